@@ -1,0 +1,53 @@
+# Two commands set everything up on a fresh Debian/Ubuntu machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+HOST ?= 127.0.0.1
+PORT ?= 8050
+export HOST PORT
+
+# glymur needs the OpenJPEG shared library; the tests use other projects' tools as independent checkers.
+RUN_DEBS := libopenjp2-7
+TEST_DEBS := $(RUN_DEBS) libopenjp2-tools openjph-tools libgdcm-tools dcmtk dicom3tools
+
+.PHONY: run test bench venv sysdeps-run sysdeps-test clean
+
+# Install the Debian packages in $(1) that are missing (as root, or through sudo).
+define apt_ensure
+	@if command -v dpkg >/dev/null 2>&1; then \
+	  missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "Installing system packages:$$missing"; \
+	    SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	else echo "warning: not a Debian/Ubuntu system; install the equivalents of: $(1)"; fi
+endef
+
+$(STAMP): requirements.txt
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { $(call apt_ensure,python3-venv); $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+venv: $(STAMP)
+
+sysdeps-run:
+	$(call apt_ensure,$(RUN_DEBS))
+
+sysdeps-test:
+	$(call apt_ensure,$(TEST_DEBS))
+
+run: sysdeps-run venv
+	$(PY) app.py
+
+test: sysdeps-test venv
+	$(PY) -m pytest -q tests
+
+bench: sysdeps-test venv
+	$(PY) -m core bench --json-out bench-results.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache bench-results.json

@@ -1,0 +1,208 @@
+"""``python -m core``: info, compress, verify, bench.
+
+Every failure the user can cause ends as one line on stderr and exit code 2;
+``verify`` exits 1 when a file claims to be lossless and is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .codecs import CODEC_NAMES, MAX_RATIO, MIN_RATIO, check_ratio
+from .compress import MODES, compress, parse_mode
+from .derive import format_ratio
+from .errors import InvalidOptionError, RadPressError
+from .files import write_dataset
+from .pixels import pixel_spec, read_dataset
+from .verify import verify
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_LOSSLESS_VIOLATION, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, as for any other bad input
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message}\n")
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def cmd_info(args) -> int:
+    rows, status = [], EXIT_OK
+    for path in args.files:
+        try:
+            ds = read_dataset(path)
+            spec = pixel_spec(ds)
+        except RadPressError as exc:
+            _fail(f"{path}: {exc}" if str(path) not in str(exc) else str(exc))
+            status = EXIT_BAD_INPUT
+            continue
+        uid = ds.file_meta.TransferSyntaxUID
+        rows.append(
+            {
+                "file": str(path),
+                "modality": str(ds.get("Modality", "")),
+                "rows": spec.rows,
+                "columns": spec.columns,
+                "frames": spec.frames,
+                "samples_per_pixel": spec.samples,
+                "bits_allocated": spec.bits_allocated,
+                "bits_stored": spec.bits_stored,
+                "signed": spec.signed,
+                "photometric": str(ds.get("PhotometricInterpretation", "")),
+                "transfer_syntax": str(uid),
+                "transfer_syntax_name": uid.name,
+                "uncompressed_bytes": spec.frame_bytes * spec.frames,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(
+                f"{r['file']}: {r['modality'] or '?'} {r['rows']}x{r['columns']} x{r['frames']} frame(s), "
+                f"{r['bits_stored']}/{r['bits_allocated']} bits {'signed' if r['signed'] else 'unsigned'}, "
+                f"{r['photometric']}, {r['transfer_syntax_name']} ({r['transfer_syntax']}), "
+                f"{r['uncompressed_bytes']} bytes uncompressed"
+            )
+    return status
+
+
+def _output_path(out_dir: Path, source: Path, codec: str, mode: str, ratio: float | None) -> Path:
+    suffix = f"{codec}-{mode}" + (format_ratio(ratio) if ratio else "")
+    return out_dir / f"{source.stem}.{suffix}.dcm"
+
+
+def cmd_compress(args) -> int:
+    lossy = parse_mode(args.mode)
+    ratio = check_ratio(args.ratio, lossy)
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidOptionError(f"--out {out_dir} is a file, not a folder.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = {Path(p).resolve() for p in args.files}
+    rows, status = [], EXIT_OK
+    for name in args.files:
+        source = Path(name)
+        try:
+            start = time.perf_counter()
+            ds = read_dataset(source)
+            result = compress(ds, args.codec, args.mode, ratio)
+            target = _output_path(out_dir, source, result.codec.name, args.mode, ratio)
+            if target.resolve() in inputs:
+                raise InvalidOptionError(f"Refusing to overwrite the input file {target}.", hint="Choose another --out folder.")
+            size = write_dataset(result.dataset, target)
+        except RadPressError as exc:
+            _fail(f"{source}: {exc}" if str(source) not in str(exc) else str(exc))
+            status = EXIT_BAD_INPUT
+            continue
+        rows.append(
+            {
+                "file": str(source),
+                "output": str(target),
+                "codec": result.codec.name,
+                "mode": result.codec.mode,
+                "transfer_syntax": str(result.codec.transfer_syntax),
+                "transfer_syntax_name": result.codec.label,
+                "target_ratio": ratio,
+                "ratio": round(result.ratio, 3),
+                "uncompressed_bytes": result.uncompressed_bytes,
+                "compressed_bytes": result.compressed_bytes,
+                "file_bytes": size,
+                "encode_seconds": round(result.encode_seconds, 4),
+                "seconds": round(time.perf_counter() - start, 4),
+                "sop_instance_uid": str(result.dataset.SOPInstanceUID),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(
+                f"{r['file']} -> {r['output']}: {r['codec']} {r['mode']}, {r['transfer_syntax']} "
+                f"({r['transfer_syntax_name']}), ratio {r['ratio']:.2f}:1, {r['seconds']:.3f} s"
+            )
+    return status
+
+
+def cmd_verify(args) -> int:
+    result = verify(read_dataset(args.original), read_dataset(args.compressed))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        m = result.metrics
+        psnr = "inf (identical)" if m.identical else f"{m.psnr:.2f} dB"
+        print(
+            f"claims lossless: {'yes' if result.claims_lossless else 'no'}; ratio {m.ratio:.2f}:1, "
+            f"{m.bpp:.3f} bpp; PSNR {psnr}; SSIM {m.ssim:.5f}; max error {m.max_error}; RMSE {m.rmse:.3f}"
+        )
+    if not result.ok:
+        _fail(f"{args.compressed} claims to be lossless but its pixels differ from {args.original} (max error {result.metrics.max_error}).")
+        return EXIT_LOSSLESS_VIOLATION
+    return EXIT_OK
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    return run_bench(json_path=args.json_out, as_json=args.json, repeat=args.repeat)
+
+
+def _ratio(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ratio must be a number such as 10, not {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m core", description="RadPress core: DICOM compression and checks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("info", help="describe DICOM images")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("compress", help="write compressed copies of DICOM images")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--codec", choices=CODEC_NAMES, required=True)
+    p.add_argument("--mode", choices=MODES, default="lossless")
+    p.add_argument("--ratio", type=_ratio, help=f"lossy target, {MIN_RATIO:g} to {MAX_RATIO:g}")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_compress)
+
+    p = sub.add_parser("verify", help="compare a compressed file with its original")
+    p.add_argument("original")
+    p.add_argument("compressed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_verify)
+
+    p = sub.add_parser("bench", help="codec throughput and ratios on the pydicom-data images")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--json-out", default="bench-results.json", help="where to write the JSON results")
+    p.add_argument("--repeat", type=int, default=3)
+    p.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except RadPressError as exc:
+        _fail(str(exc))
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug, not bad input: still one line, never a traceback
+        _fail(f"internal error, please report it: {type(exc).__name__}: {exc}")
+        return EXIT_INTERNAL

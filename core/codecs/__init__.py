@@ -1,0 +1,202 @@
+"""The codec registry: every compressed form RadPress writes or reads itself.
+
+One :class:`Codec` per (name, lossy) pair and transfer syntax, in the manner of
+pydicom's pixel encoders/decoders.  The CLI, the routes and the UI list codecs
+from :data:`CODECS`; nothing else keeps its own list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import numpy as np
+from pydicom.uid import (
+    HTJ2K,
+    UID,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+)
+
+from pydicom._uid_dict import UID_dictionary
+
+from ..errors import InvalidOptionError, UnsupportedError
+from ..pixels import PixelSpec
+from . import htj2k, j2k, jpegls, jxl
+
+__all__ = [
+    "Codec",
+    "AutoRule",
+    "CODECS",
+    "CODEC_NAMES",
+    "MIN_RATIO",
+    "MAX_RATIO",
+    "JPEGXLLossless",
+    "JPEGXLJPEGRecompression",
+    "JPEGXL",
+    "get_codec",
+    "codec_for_uid",
+    "choose_codec",
+    "check_ratio",
+]
+
+# PS3.5 Table A-1; pydicom 3.0 does not know these yet, and writes only
+# transfer syntaxes it knows, so they are registered with it here.
+JPEGXLLossless = UID("1.2.840.10008.1.2.4.110")
+JPEGXLJPEGRecompression = UID("1.2.840.10008.1.2.4.111")
+JPEGXL = UID("1.2.840.10008.1.2.4.112")
+for _uid, _name, _keyword in (
+    (JPEGXLLossless, "JPEG XL Lossless", "JPEGXLLossless"),
+    (JPEGXLJPEGRecompression, "JPEG XL JPEG Recompression", "JPEGXLJPEGRecompression"),
+    (JPEGXL, "JPEG XL", "JPEGXL"),
+):
+    UID_dictionary.setdefault(_uid, (_name, "Transfer Syntax", "", "", _keyword))
+
+MIN_RATIO = 2.0
+MAX_RATIO = 200.0
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One way of compressing a frame, tied to the transfer syntax that announces it."""
+
+    name: str
+    lossy: bool
+    transfer_syntax: UID
+    label: str
+    method: str  # Lossy Image Compression Method (0028,2114) defined term, PS3.3 C.7.6.1.1.5.1
+    backend: ModuleType = field(repr=False)
+    writes: bool = True
+    decodable_by_pydicom: bool = True
+
+    @property
+    def mode(self) -> str:
+        return "lossy" if self.lossy else "lossless"
+
+    @property
+    def is_available(self) -> bool:
+        return self.backend.is_available()
+
+    def check(self, spec: PixelSpec) -> None:
+        """Raise :class:`UnsupportedError` naming the attribute when *spec* cannot be encoded."""
+        if not self.writes:
+            raise UnsupportedError(f"RadPress reads but does not write {self.transfer_syntax.name}.")
+        if spec.bits_allocated not in (8, 16):
+            raise UnsupportedError(
+                f"Bits Allocated (0028,0100) = {spec.bits_allocated}: {self.label} compression handles 8 and 16 bits only.",
+                hint="Keep this image uncompressed (strategy 4, original only).",
+            )
+        if spec.samples not in (1, 3):
+            raise UnsupportedError(f"Samples per Pixel (0028,0002) = {spec.samples} is not 1 or 3.")
+        if self.lossy and spec.photometric == "PALETTE COLOR":
+            raise UnsupportedError(
+                "Lossy compression of a PALETTE COLOR image would change palette indices, i.e. colours.",
+                hint="Use --mode lossless for this image.",
+            )
+        if not self.is_available:
+            raise UnsupportedError(f"The {self.name} codec is not installed: needs {self.backend.DEPENDENCIES}.")
+        if hasattr(self.backend, "check"):
+            self.backend.check(spec, self.lossy)
+
+    def encode(self, frame: np.ndarray, spec: PixelSpec, ratio: float | None = None) -> bytes:
+        """Encode one frame; *ratio* is the lossy target (uncompressed as stored / compressed)."""
+        return self.backend.encode(frame, spec, ratio if self.lossy else None)
+
+    def decode(self, data: bytes, spec: PixelSpec) -> np.ndarray:
+        return self.backend.decode(data, spec).reshape(spec.shape)
+
+    def photometric(self, spec: PixelSpec) -> str:
+        """Photometric Interpretation the standard requires for the encoded frames."""
+        return self.backend.photometric(spec, self.lossy)
+
+
+CODECS: tuple[Codec, ...] = (
+    Codec("j2k", False, JPEG2000Lossless, "JPEG 2000 lossless", "ISO_15444_1", j2k),
+    Codec("j2k", True, JPEG2000, "JPEG 2000", "ISO_15444_1", j2k),
+    Codec("htj2k", False, HTJ2KLosslessRPCL, "HTJ2K lossless (RPCL)", "ISO_15444_15", htj2k),
+    Codec("htj2k", False, HTJ2KLossless, "HTJ2K lossless", "ISO_15444_15", htj2k, writes=False),
+    Codec("htj2k", True, HTJ2K, "HTJ2K", "ISO_15444_15", htj2k),
+    Codec("jpegls", False, JPEGLSLossless, "JPEG-LS lossless", "ISO_14495_1", jpegls),
+    Codec("jpegls", True, JPEGLSNearLossless, "JPEG-LS near-lossless", "ISO_14495_1", jpegls),
+    Codec("jxl", False, JPEGXLLossless, "JPEG XL lossless", "ISO_18181_1", jxl, decodable_by_pydicom=False),
+    Codec("jxl", True, JPEGXL, "JPEG XL", "ISO_18181_1", jxl, decodable_by_pydicom=False),
+    Codec("jxl", False, JPEGXLJPEGRecompression, "JPEG XL JPEG recompression", "ISO_18181_1", jxl,
+          writes=False, decodable_by_pydicom=False),
+)
+
+CODEC_NAMES: tuple[str, ...] = tuple(dict.fromkeys(c.name for c in CODECS)) + ("auto",)
+
+
+def get_codec(name: str, lossy: bool) -> Codec:
+    for codec in CODECS:
+        if codec.name == name and codec.lossy == lossy and codec.writes:
+            return codec
+    known = ", ".join(CODEC_NAMES)
+    raise InvalidOptionError(f"Unknown codec {name!r}.", hint=f"Choose one of: {known}.")
+
+
+def codec_for_uid(uid: str) -> Codec | None:
+    """The registry entry for a transfer syntax, or None for syntaxes pydicom handles alone."""
+    for codec in CODECS:
+        if codec.transfer_syntax == uid:
+            return codec
+    return None
+
+
+@dataclass(frozen=True)
+class AutoRule:
+    """OHIF's web-delivery rule: small grayscale → JPEG-LS, large grayscale → HTJ2K, colour → JPEG XL.
+
+    When the preferred codec cannot take an image (signed data in JPEG XL,
+    say), the fallbacks are tried in order.
+    """
+
+    small_side: int = 1000
+    small_gray: str = "jpegls"
+    large_gray: str = "htj2k"
+    color: str = "jxl"
+    fallbacks: tuple[str, ...] = ("htj2k", "j2k")
+
+
+def choose_codec(name: str, lossy: bool, spec: PixelSpec, rule: AutoRule = AutoRule()) -> Codec:
+    """Resolve *name* (``auto`` included) to a codec that accepts *spec*, or raise why not."""
+    if name != "auto":
+        codec = get_codec(name, lossy)
+        codec.check(spec)
+        return codec
+    if spec.samples == 3:
+        preferred = rule.color
+    elif max(spec.rows, spec.columns) < rule.small_side:
+        preferred = rule.small_gray
+    else:
+        preferred = rule.large_gray
+    reasons = []
+    for candidate in dict.fromkeys((preferred, *rule.fallbacks)):
+        codec = get_codec(candidate, lossy)
+        try:
+            codec.check(spec)
+        except UnsupportedError as exc:
+            reasons.append(f"{candidate}: {exc.message}")
+            continue
+        return codec
+    raise UnsupportedError("No codec accepts this image. " + " ".join(reasons))
+
+
+def check_ratio(ratio: float | None, lossy: bool) -> float | None:
+    """Validate the lossy target once, before any work."""
+    if not lossy:
+        if ratio is not None:
+            raise InvalidOptionError("--ratio was given with --mode lossless.", hint="Drop --ratio, or use --mode lossy.")
+        return None
+    if ratio is None:
+        raise InvalidOptionError("--mode lossy needs --ratio.", hint=f"For example --ratio 10 (allowed {MIN_RATIO:g}–{MAX_RATIO:g}).")
+    if not MIN_RATIO <= ratio <= MAX_RATIO:
+        raise InvalidOptionError(
+            f"Compression ratio {ratio:g}:1 is out of range.",
+            hint=f"Choose between {MIN_RATIO:g}:1 and {MAX_RATIO:g}:1.",
+        )
+    return float(ratio)

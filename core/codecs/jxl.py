@@ -1,0 +1,64 @@
+"""JPEG XL (libjxl): modular lossless, and VarDCT lossy at a target ratio.
+
+JPEG XL stores unsigned samples only; signed images are refused rather than
+shifted.  The lossy knob is the Butteraugli distance, searched for the ratio.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UnsupportedError
+from ..pixels import PixelSpec
+from .rate import Knob, encode_to_ratio
+
+DEPENDENCIES = "imagecodecs built with libjxl"
+EFFORT = 5
+
+
+def is_available() -> bool:
+    try:
+        import imagecodecs
+    except ImportError:
+        return False
+    return bool(imagecodecs.JPEGXL.available)
+
+
+def photometric(spec: PixelSpec, lossy: bool) -> str:
+    return spec.photometric
+
+
+def check(spec: PixelSpec, lossy: bool) -> None:
+    if spec.signed:
+        raise UnsupportedError(
+            "JPEG XL cannot store signed pixel data (Pixel Representation (0028,0103) = 1).",
+            hint="Use --codec j2k, htj2k or jpegls for this image.",
+        )
+
+
+def encode(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
+    import imagecodecs
+
+    pixels = np.ascontiguousarray(frame)
+
+    def write(distance: float | None) -> bytes:
+        return bytes(
+            imagecodecs.jpegxl_encode(
+                pixels,
+                lossless=distance is None,
+                distance=distance,
+                effort=EFFORT,
+                bitspersample=spec.bits_stored,
+            )
+        )
+
+    if ratio is None:
+        return write(None)
+    knob = Knob(low=0.01, high=25.0, guess=lambda r: 1.0)
+    return encode_to_ratio(write, knob, spec.frame_bytes, ratio)[0]
+
+
+def decode(data: bytes, spec: PixelSpec) -> np.ndarray:
+    import imagecodecs
+
+    return np.asarray(imagecodecs.jpegxl_decode(data)).astype(spec.dtype, copy=False)

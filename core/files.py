@@ -1,0 +1,48 @@
+"""Writing files so that a reader never sees half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from pydicom.dataset import Dataset
+
+__all__ = ["atomic_writer", "write_dataset"]
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Write to a temporary file beside *path*, fsync, then rename into place.
+
+    On any error the temporary file is removed and *path* is untouched.
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_dataset(ds: Dataset, path: str | os.PathLike) -> int:
+    """Write *ds* as a DICOM Part 10 file atomically; returns the file size."""
+    with atomic_writer(path) as fh:
+        ds.save_as(fh, enforce_file_format=True)
+        size = fh.tell()
+    return size

@@ -1,0 +1,184 @@
+"""Reading DICOM files and decoding their frames, one frame at a time.
+
+pydicom (with the pylibjpeg / pyjpegls plugins) decodes every transfer syntax it
+knows, because it already handles the quirks of real files (sign correction,
+Bits Stored masking, YBR upsampling).  Transfer syntaxes it does not know yet
+(JPEG XL) are decoded through the codec registry.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from .errors import NoPixelDataError, NotDicomError, TruncatedError, UnsupportedError
+
+__all__ = ["PixelSpec", "read_dataset", "pixel_spec", "decode_frame", "iter_frames", "decode_all"]
+
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Photometric interpretation of the *decoded* array: decoders undo the colour
+# transforms of JPEG 2000 and upsample 4:2:2 chroma.
+_DECODED_PHOTOMETRIC = {"YBR_RCT": "RGB", "YBR_ICT": "RGB", "YBR_FULL_422": "YBR_FULL", "YBR_PARTIAL_420": "YBR_FULL"}
+
+
+@dataclass(frozen=True)
+class PixelSpec:
+    """What one decoded frame looks like, independent of how it is stored."""
+
+    rows: int
+    columns: int
+    samples: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    photometric: str
+    frames: int = 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        if self.bits_allocated <= 8:
+            return np.dtype(np.int8 if self.signed else np.uint8)
+        if self.bits_allocated <= 16:
+            return np.dtype(np.int16 if self.signed else np.uint16)
+        return np.dtype(np.int32 if self.signed else np.uint32)
+
+    @property
+    def frame_bytes(self) -> int:
+        """Uncompressed size of one frame as stored: the denominator of every ratio."""
+        return self.rows * self.columns * self.samples * self.bits_allocated // 8
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.rows, self.columns) if self.samples == 1 else (self.rows, self.columns, self.samples)
+
+    @property
+    def peak(self) -> int:
+        return (1 << self.bits_stored) - 1
+
+
+def read_dataset(source: str | os.PathLike | BinaryIO, *, pixels: bool = True) -> Dataset:
+    """Read a DICOM Part 10 file, turning pydicom's errors into typed ones."""
+    name = getattr(source, "name", source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(source, stop_before_pixels=not pixels)
+            if pixels:
+                _check_complete(ds)
+    except FileNotFoundError:
+        raise NotDicomError(f"{name}: no such file.") from None
+    except IsADirectoryError:
+        raise NotDicomError(f"{name}: is a folder, not a DICOM file.") from None
+    except InvalidDicomError:
+        raise NotDicomError(
+            f"{name}: not a DICOM file (no 'DICM' marker after the 128-byte preamble).",
+            hint="Upload .dcm files exported by the modality or PACS.",
+        ) from None
+    except (EOFError, OSError, ValueError, KeyError, struct.error) as exc:
+        raise TruncatedError(f"{name}: the file is damaged or cut short ({_short(exc)}).") from None
+    return ds
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).split("\n")[0]
+    return text[:160] or type(exc).__name__
+
+
+def _check_complete(ds: Dataset) -> None:
+    """Native pixel data shorter than Rows x Columns x ... means a truncated file."""
+    if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    spec = pixel_spec(ds)
+    needed = spec.frame_bytes * spec.frames if spec.bits_allocated != 1 else (spec.rows * spec.columns * spec.frames + 7) // 8
+    if len(ds.PixelData) < needed:
+        raise TruncatedError(
+            f"Pixel Data (7FE0,0010) holds {len(ds.PixelData)} bytes but {needed} are needed "
+            f"for {spec.frames} frame(s) of {spec.rows}x{spec.columns}: the file is cut short."
+        )
+
+
+def pixel_spec(ds: Dataset) -> PixelSpec:
+    """Describe the frames of *ds*; refuses datasets without an image."""
+    if not any(tag in ds for tag in _PIXEL_TAGS):
+        raise NoPixelDataError(
+            "The dataset has no Pixel Data (7FE0,0010): it is not an image "
+            f"(SOP Class {getattr(ds.get('SOPClassUID'), 'name', ds.get('SOPClassUID', 'unknown'))})."
+        )
+    missing = [k for k in ("Rows", "Columns", "BitsAllocated") if k not in ds]
+    if missing:
+        raise UnsupportedError(f"The image lacks the required attribute(s) {', '.join(missing)}.")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    return PixelSpec(
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        samples=int(ds.get("SamplesPerPixel", 1) or 1),
+        bits_allocated=int(ds.BitsAllocated),
+        bits_stored=int(ds.get("BitsStored", ds.BitsAllocated) or ds.BitsAllocated),
+        signed=int(ds.get("PixelRepresentation", 0) or 0) == 1,
+        photometric=_DECODED_PHOTOMETRIC.get(photometric, photometric),
+        frames=int(ds.get("NumberOfFrames", 1) or 1),
+    )
+
+
+def decode_frame(ds: Dataset, index: int = 0) -> np.ndarray:
+    """Decode frame *index* only (other frames are not decoded).
+
+    Returns stored values (no modality or VOI LUT); colour frames come back
+    (rows, columns, samples) in the photometric interpretation of
+    :func:`pixel_spec`.
+    """
+    spec = pixel_spec(ds)
+    if not 0 <= index < spec.frames:
+        raise UnsupportedError(f"Frame {index + 1} requested but the image has {spec.frames} frame(s).")
+    uid = ds.file_meta.TransferSyntaxUID
+    from .codecs import codec_for_uid
+
+    codec = codec_for_uid(uid)
+    if codec is not None and not codec.decodable_by_pydicom:
+        from pydicom.encaps import get_frame
+
+        frame = get_frame(ds.PixelData, index, number_of_frames=spec.frames)
+        return codec.decode(frame, spec)
+    return _pydicom_frame(ds, index, spec)
+
+
+def _pydicom_frame(ds: Dataset, index: int, spec: PixelSpec) -> np.ndarray:
+    from pydicom.pixels import get_decoder
+
+    uid = ds.file_meta.TransferSyntaxUID
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise UnsupportedError(
+            f"Transfer Syntax {uid} ({uid.name}) is not supported for decoding.",
+            hint="Ask the sender to export uncompressed, JPEG, JPEG-LS, JPEG 2000 or RLE.",
+        ) from None
+    if not decoder.is_available:
+        raise UnsupportedError(
+            f"No decoder installed for {uid.name}: " + "; ".join(decoder.missing_dependencies),
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr, _meta = decoder.as_array(ds, index=index, as_rgb=False)
+    except (ValueError, RuntimeError, EOFError, KeyError, AttributeError, TypeError) as exc:
+        raise TruncatedError(f"Frame {index + 1} could not be decoded from {uid.name}: {_short(exc)}") from None
+    return np.asarray(arr).reshape(spec.shape) if spec.bits_allocated != 1 else arr
+
+
+def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
+    for index in range(pixel_spec(ds).frames):
+        yield decode_frame(ds, index)
+
+
+def decode_all(ds: Dataset) -> np.ndarray:
+    """All frames stacked on a leading axis (frames, rows, columns[, samples])."""
+    return np.stack(list(iter_frames(ds)))
