@@ -18,8 +18,9 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from .errors import NoPixelDataError, NotDicomError, TruncatedError, UnsupportedError
+from .errors import CodecError, NoPixelDataError, NotDicomError, TruncatedError, UnsupportedError
 
 __all__ = ["PixelSpec", "read_dataset", "pixel_spec", "decode_frame", "iter_frames", "decode_all"]
 
@@ -71,6 +72,7 @@ def read_dataset(source: str | os.PathLike | BinaryIO, *, pixels: bool = True) -
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(source, stop_before_pixels=not pixels)
+            _fill_transfer_syntax(ds)
             if pixels:
                 _check_complete(ds)
     except FileNotFoundError:
@@ -92,16 +94,29 @@ def _short(exc: BaseException) -> str:
     return text[:160] or type(exc).__name__
 
 
+def _fill_transfer_syntax(ds: Dataset) -> None:
+    """Some writers omit (0002,0010); the encoding pydicom detected while reading tells it."""
+    meta = ds.file_meta
+    if "TransferSyntaxUID" in meta or ds.original_encoding is None:
+        return
+    implicit, little = ds.original_encoding
+    meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
+
+
 def _check_complete(ds: Dataset) -> None:
     """Native pixel data shorter than Rows x Columns x ... means a truncated file."""
     if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
         return
-    spec = pixel_spec(ds)
-    needed = spec.frame_bytes * spec.frames if spec.bits_allocated != 1 else (spec.rows * spec.columns * spec.frames + 7) // 8
+    from pydicom.pixels.utils import get_expected_length
+
+    pixel_spec(ds)  # the attributes the length depends on are present
+    needed = get_expected_length(ds, unit="bytes")
     if len(ds.PixelData) < needed:
         raise TruncatedError(
             f"Pixel Data (7FE0,0010) holds {len(ds.PixelData)} bytes but {needed} are needed "
-            f"for {spec.frames} frame(s) of {spec.rows}x{spec.columns}: the file is cut short."
+            f"for {ds.get('NumberOfFrames', 1)} frame(s) of {ds.Rows}x{ds.Columns}: the file is cut short."
         )
 
 
@@ -170,8 +185,14 @@ def _pydicom_frame(ds: Dataset, index: int, spec: PixelSpec) -> np.ndarray:
             warnings.simplefilter("ignore")
             arr, _meta = decoder.as_array(ds, index=index, as_rgb=False)
     except (ValueError, RuntimeError, EOFError, KeyError, AttributeError, TypeError) as exc:
-        raise TruncatedError(f"Frame {index + 1} could not be decoded from {uid.name}: {_short(exc)}") from None
-    return np.asarray(arr).reshape(spec.shape) if spec.bits_allocated != 1 else arr
+        raise CodecError(
+            f"Frame {index + 1} could not be decoded from {uid.name}: the compressed data is damaged "
+            f"or uses a variant no installed decoder handles ({_short(exc)})."
+        ) from None
+    arr = np.asarray(arr)
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr.reshape(spec.shape) if spec.bits_allocated != 1 else arr
 
 
 def iter_frames(ds: Dataset) -> Iterator[np.ndarray]:

@@ -1,0 +1,106 @@
+"""Independent decoders from other projects (Debian packages that `make test` installs).
+
+Lossless means *another* decoder gets back the same pixels: GDCM for whole
+DICOM files, and the reference command-line tools of OpenJPEG, OpenJPH and
+libjxl for bare codestreams.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from core.codecs.codestream import parse_main_header
+from core.pixels import PixelSpec, decode_all, read_dataset
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    assert path, f"{tool} is missing: `make test` installs it (see TEST_DEBS in the Makefile)"
+    return path
+
+
+def run(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300)
+    if ok:
+        assert proc.returncode == 0, f"{args[0]} failed ({proc.returncode}): {proc.stderr or proc.stdout}"
+    return proc
+
+
+def gdcm_pixels(path: Path, tmp: Path) -> np.ndarray:
+    """Let GDCM decompress the whole file, then read its native pixels."""
+    out = tmp / f"gdcm-{path.name}"
+    run(require("gdcmconv"), "--raw", path, out)
+    return decode_all(read_dataset(out))
+
+
+def read_pnm(path: Path) -> np.ndarray:
+    """PGM/PPM (binary, 8 or 16 bit big-endian)."""
+    data = path.read_bytes()
+    fields, pos = [], 0
+    while len(fields) < 4:
+        while data[pos : pos + 1].isspace():
+            pos += 1
+        if data[pos : pos + 1] == b"#":
+            pos = data.index(b"\n", pos)
+            continue
+        end = pos
+        while not data[end : end + 1].isspace():
+            end += 1
+        fields.append(data[pos:end])
+        pos = end
+    pos += 1
+    magic, width, height, maxval = fields[0], int(fields[1]), int(fields[2]), int(fields[3])
+    channels = 3 if magic == b"P6" else 1
+    dtype = np.dtype(">u2") if maxval > 255 else np.dtype(np.uint8)
+    arr = np.frombuffer(data, dtype=dtype, count=width * height * channels, offset=pos)
+    return arr.reshape((height, width, channels) if channels == 3 else (height, width)).astype(dtype.newbyteorder("="))
+
+
+def tool_pixels(codec: str, codestream: bytes, spec: PixelSpec, tmp: Path) -> np.ndarray:
+    """Decode one frame's codestream with the codec's reference command-line decoder.
+
+    OpenJPH's ojph_expand cannot write signed samples, so signed HTJ2K goes
+    through OpenJPEG's opj_decompress (still not the encoder's library).
+    """
+    pnm = tmp / ("frame.ppm" if spec.samples == 3 else "frame.pgm")
+    if codec in ("j2k", "htj2k"):
+        src = tmp / "frame.j2c"
+        src.write_bytes(codestream)
+        if spec.signed:
+            out = tmp / "frame.raw"
+            run(require("opj_decompress"), "-i", src, "-o", out, "-quiet")
+            return _sign_extend(np.fromfile(out, dtype="<u2"), parse_main_header(codestream).precision).reshape(spec.shape)
+        if codec == "j2k":
+            run(require("opj_decompress"), "-i", src, "-o", pnm, "-quiet")
+        else:
+            run(require("ojph_expand"), "-i", src, "-o", pnm)
+        return read_pnm(pnm).astype(spec.dtype)
+    if codec == "jxl":
+        src = tmp / "frame.jxl"
+        src.write_bytes(codestream)
+        run(require("djxl"), src, pnm)
+        values = read_pnm(pnm).astype(np.uint32)
+        if spec.bits_allocated == 16 and 8 <= spec.bits_stored < 16:
+            # djxl writes a 16-bit PNM by bit replication: v << k | v >> (bits - k).
+            shift = 16 - spec.bits_stored
+            replicated = values >> shift
+            assert np.array_equal((replicated << shift) | (replicated >> (spec.bits_stored - shift)), values)
+            values = replicated
+        return values.astype(spec.dtype)
+    raise ValueError(codec)
+
+
+def _sign_extend(values: np.ndarray, precision: int) -> np.ndarray:
+    wide = values.astype(np.int32)
+    return np.where(wide >= 1 << (precision - 1), wide - (1 << precision), wide).astype(np.int16)
+
+
+def dciodvfy_errors(path: Path) -> set[str]:
+    """The Error lines dciodvfy reports, without the file-specific values."""
+    proc = run(require("dciodvfy"), path, ok=False)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return {line.strip() for line in lines if line.startswith("Error")}

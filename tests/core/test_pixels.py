@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+from core.codecs import get_codec
+from core.compress import compress
+from core.errors import CodecError, NoPixelDataError, NotDicomError, RadPressError, TruncatedError, UnsupportedError
+from core.pixels import decode_all, decode_frame, pixel_spec, read_dataset
+from core.samples import pydicom_test_dir, sample, sample_files
+from tests.reference import params
+
+
+@pytest.mark.parametrize("path", sample_files(), ids=lambda p: p.name)
+def test_every_sample_file_decodes_or_raises_a_typed_error(path):
+    try:
+        ds = read_dataset(path)
+        spec = pixel_spec(ds)
+        last = decode_frame(ds, spec.frames - 1)
+    except RadPressError as exc:
+        assert str(exc).strip(), "typed errors carry a message"
+        return
+    if spec.bits_allocated != 1:
+        assert last.shape == spec.shape
+    assert last.dtype.isnative
+
+
+@pytest.mark.parametrize("ref", params())
+def test_reference_files_decode_as_expected(ref, load):
+    ds = load(ref.name)
+    spec = pixel_spec(ds)
+    assert spec.frames == ref.frames
+    assert spec.photometric == ref.photometric
+    frame = decode_frame(ds, ref.frames - 1)
+    assert frame.shape == ref.shape and frame.dtype == np.dtype(ref.dtype)
+    if ref.same_pixels_as:
+        assert np.array_equal(decode_all(ds), decode_all(load(ref.same_pixels_as)))
+
+
+def test_a_frame_decodes_without_decoding_the_others(load, tmp_path):
+    """Corrupting frame 1's codestream leaves frame 10 readable: frames are decoded one by one."""
+    result = compress(load("emri_small"), "htj2k", "lossless")
+    ds = result.dataset
+    from pydicom.encaps import encapsulate, generate_frames
+
+    frames = list(generate_frames(ds.PixelData, number_of_frames=10))
+    frames[0] = b"\xff\x4f" + b"\x00" * 40
+    ds.PixelData = encapsulate(frames, has_bot=True)
+    assert np.array_equal(decode_frame(ds, 9), decode_frame(load("emri_small"), 9))
+    with pytest.raises(CodecError):
+        decode_frame(ds, 0)
+
+
+def test_jpeg_xl_frames_decode_through_the_registry(load):
+    ds = compress(load("US1_UNCR"), "jxl", "lossless").dataset
+    assert not get_codec("jxl", False).decodable_by_pydicom
+    assert np.array_equal(decode_frame(ds, 0), decode_frame(load("US1_UNCR"), 0))
+
+
+def test_frame_index_out_of_range(load):
+    with pytest.raises(UnsupportedError, match="has 10 frame"):
+        decode_frame(load("emri_small"), 10)
+
+
+def test_truncated_native_pixel_data():
+    with pytest.raises(TruncatedError, match="cut short"):
+        read_dataset(pydicom_test_dir() / "MR_truncated.dcm")
+
+
+def test_file_cut_in_the_middle(tmp_path):
+    data = sample("MR2_UNCR").read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TruncatedError):
+        read_dataset(cut)
+
+
+def test_not_dicom(tmp_path):
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("hello")
+    with pytest.raises(NotDicomError, match="not a DICOM file"):
+        read_dataset(bogus)
+
+
+def test_no_pixel_data():
+    with pytest.raises(NoPixelDataError, match="Pixel Data"):
+        pixel_spec(read_dataset(pydicom_test_dir() / "rtplan.dcm"))
+
+
+def test_missing_transfer_syntax_is_inferred():
+    ds = read_dataset(pydicom_test_dir() / "no_meta_group_length.dcm", pixels=False)
+    assert "TransferSyntaxUID" in ds.file_meta
