@@ -51,4 +51,4 @@ def encode(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
 def decode(data: bytes, spec: PixelSpec) -> np.ndarray:
     import imagecodecs
 
-    return np.asarray(imagecodecs.htj2k_decode(data)).astype(spec.dtype, copy=False)
+    return np.asarray(imagecodecs.htj2k_decode(data, planar=False)).astype(spec.dtype, copy=False)

@@ -1,0 +1,203 @@
+import glymur
+import numpy as np
+import pytest
+from pydicom.encaps import generate_frames
+
+from core.codecs import CODECS, AutoRule, check_ratio, choose_codec, codec_for_uid, get_codec
+from core.codecs.codestream import declare_rpcl, parse_main_header
+from core.codecs.rate import Knob, encode_to_ratio
+from core.compress import compress
+from core.errors import InvalidOptionError, UnsupportedError
+from core.pixels import decode_all, pixel_spec
+from tests.reference import CODEC_SAMPLES
+
+WRITERS = ("j2k", "htj2k", "jpegls", "jxl")
+
+
+def frames_of(ds):
+    return list(generate_frames(ds.PixelData, number_of_frames=pixel_spec(ds).frames))
+
+
+def expected_refusal(codec, spec, lossy):
+    """Why a codec must refuse an image, or None when it must encode it."""
+    if spec.signed and codec == "jxl":
+        return "JPEG XL cannot store signed"
+    if spec.signed and codec == "jpegls" and lossy:
+        return "wrapping around zero"
+    if lossy and spec.photometric == "PALETTE COLOR":
+        return "PALETTE COLOR"
+    return None
+
+
+@pytest.mark.parametrize("codec", WRITERS)
+@pytest.mark.parametrize("name", CODEC_SAMPLES)
+def test_lossless_round_trip_is_bit_exact(codec, name, load):
+    source = load(name)
+    spec = pixel_spec(source)
+    reason = expected_refusal(codec, spec, lossy=False)
+    if reason:
+        with pytest.raises(UnsupportedError, match=reason):
+            compress(source, codec, "lossless")
+        return
+    result = compress(source, codec, "lossless")
+    original = decode_all(source)
+    # through the registry's own decoder, frame by frame ...
+    registry = np.stack([result.codec.decode(f, spec) for f in frames_of(result.dataset)])
+    assert np.array_equal(registry, original)
+    # ... and through pydicom's plugins reading the written dataset
+    assert np.array_equal(decode_all(result.dataset), original)
+    assert result.dataset.file_meta.TransferSyntaxUID == result.codec.transfer_syntax
+    assert not result.codec.lossy
+
+
+@pytest.mark.parametrize("ratio", [5, 10, 20, 50])
+@pytest.mark.parametrize("name", ["693_UNCR", "MR2_UNCR", "RG1_UNCR", "RG3_UNCR", "US1_UNCR"])
+def test_lossy_j2k_lands_within_10_percent_of_the_target(name, ratio, load):
+    result = compress(load(name), "j2k", "lossy", ratio)
+    if abs(result.ratio - ratio) / ratio > 0.10:
+        # Only allowed where even lossless compresses about as far as the target:
+        # the finest 9/7 quantisation cannot make a file larger than that.
+        lossless = compress(load(name), "j2k", "lossless").ratio
+        assert result.ratio > ratio and lossless >= 0.9 * ratio, f"achieved {result.ratio:.2f}:1 for {ratio}:1"
+    info = parse_main_header(frames_of(result.dataset)[0])
+    assert not info.reversible, "lossy JPEG 2000 uses the irreversible 9/7 wavelet"
+
+
+@pytest.mark.parametrize("codec", ["htj2k", "jpegls", "jxl"])
+@pytest.mark.parametrize("name", ["MR2_UNCR", "RG3_UNCR"])
+def test_other_lossy_codecs_reach_a_10_to_1_target(codec, name, load):
+    result = compress(load(name), codec, "lossy", 10)
+    assert abs(result.ratio - 10) / 10 <= 0.20, f"achieved {result.ratio:.2f}:1"
+    assert result.codec.lossy
+
+
+@pytest.mark.parametrize("name", ["MR2_UNCR", "RG1_UNCR", "US1_UNCR"])
+def test_lossy_quality_falls_as_the_ratio_rises(name, load):
+    from core.verify import verify
+
+    source = load(name)
+    psnrs = [verify(source, compress(source, "j2k", "lossy", r).dataset).metrics.psnr for r in (5, 20, 50)]
+    assert psnrs[0] > psnrs[1] > psnrs[2]
+
+
+@pytest.mark.parametrize("name", ["693_UNCR", "MR2_UNCR", "RG1_UNCR", "US1_UNCR"])
+def test_j2k_lossless_settings_read_back(name, load, tmp_path):
+    source = load(name)
+    spec = pixel_spec(source)
+    codestream = frames_of(compress(source, "j2k", "lossless").dataset)[0]
+    info = parse_main_header(codestream)
+    assert info.progression == "RPCL" and info.reversible and info.layers == 1
+    assert max(info.base_resolution) <= 64 and info.decompositions >= 1
+    assert info.signed == spec.signed
+    assert info.mct == (spec.samples == 3)
+    # glymur (OpenJPEG) reads the same settings, and a reduced resolution decodes.
+    path = tmp_path / "frame.j2k"
+    path.write_bytes(codestream)
+    jp2 = glymur.Jp2k(path)
+    cod = next(s for s in jp2.codestream.segment if s.marker_id == "COD")
+    assert cod.prog_order == glymur.core.RPCL
+    assert cod.layers == 1
+    if not spec.signed:
+        assert jp2[::4, ::4].shape[:2] == (-(-spec.rows // 4), -(-spec.columns // 4))
+
+
+def test_signed_ct_is_encoded_as_signed(load):
+    source = load("693_UNCR")
+    for codec in ("j2k", "htj2k"):
+        for mode, ratio in (("lossless", None), ("lossy", 10)):
+            info = parse_main_header(frames_of(compress(source, codec, mode, ratio).dataset)[0])
+            assert info.signed, f"{codec} {mode} lost the sign"
+
+
+@pytest.mark.parametrize("name", ["MR2_UNCR", "RG1_UNCR", "US1_UNCR"])
+def test_htj2k_rpcl_syntax_requirements(name, load):
+    result = compress(load(name), "htj2k", "lossless")
+    assert result.codec.transfer_syntax == "1.2.840.10008.1.2.4.202"
+    info = parse_main_header(frames_of(result.dataset)[0])
+    assert info.htj2k and info.progression == "RPCL" and info.tlm and info.reversible
+    assert max(info.base_resolution) <= 64
+
+
+def test_colour_transform_sets_photometric(load):
+    source = load("US1_UNCR")
+    assert compress(source, "j2k", "lossless").dataset.PhotometricInterpretation == "YBR_RCT"
+    assert compress(source, "j2k", "lossy", 10).dataset.PhotometricInterpretation == "YBR_ICT"
+    assert compress(source, "htj2k", "lossy", 10).dataset.PhotometricInterpretation == "YBR_ICT"
+    assert compress(source, "jpegls", "lossless").dataset.PhotometricInterpretation == "RGB"
+    ybr = compress(load("SC_ybr_full_uncompressed"), "j2k", "lossless")
+    assert ybr.dataset.PhotometricInterpretation == "YBR_FULL"  # no colour transform on YBR data
+    assert not parse_main_header(frames_of(ybr.dataset)[0]).mct
+
+
+@pytest.mark.parametrize(
+    "name, lossy, expected",
+    [
+        ("emri_small", False, "jpegls"),  # small grayscale
+        ("693_UNCR", False, "jpegls"),
+        ("MR2_UNCR", False, "htj2k"),  # large grayscale
+        ("RG1_UNCR", True, "htj2k"),
+        ("US1_UNCR", False, "jxl"),  # colour
+        ("693_UNCR", True, "htj2k"),  # signed: JPEG-LS near-lossless refuses, first fallback
+    ],
+)
+def test_auto_rule(name, lossy, expected, load):
+    assert choose_codec("auto", lossy, pixel_spec(load(name))).name == expected
+
+
+def test_auto_rule_is_configurable(load):
+    rule = AutoRule(small_side=2048, small_gray="j2k")
+    assert choose_codec("auto", False, pixel_spec(load("MR2_UNCR")), rule).name == "j2k"
+
+
+def test_registry_is_consistent():
+    uids = [c.transfer_syntax for c in CODECS]
+    assert len(uids) == len(set(uids))
+    for codec in CODECS:
+        assert codec_for_uid(codec.transfer_syntax) is codec
+        assert codec.method.startswith("ISO_")
+    assert get_codec("j2k", True).transfer_syntax == "1.2.840.10008.1.2.4.91"
+    assert get_codec("jpegls", False).transfer_syntax == "1.2.840.10008.1.2.4.80"
+    with pytest.raises(InvalidOptionError, match="Choose one of"):
+        get_codec("webp", False)
+
+
+@pytest.mark.parametrize("ratio, lossy", [(1, True), (500, True), (None, True), (10, False)])
+def test_ratio_is_validated_before_work(ratio, lossy):
+    with pytest.raises(InvalidOptionError):
+        check_ratio(ratio, lossy)
+
+
+def test_unsupported_bit_depths_are_refused(load):
+    with pytest.raises(UnsupportedError, match="Bits Allocated"):
+        compress(load("liver"), "j2k", "lossless")
+    with pytest.raises(UnsupportedError, match="Bits Allocated"):
+        compress(load("SC_rgb_32bit"), "htj2k", "lossless")
+
+
+def test_rate_search_converges_on_a_monotonic_encoder():
+    calls = []
+
+    def encode(q):
+        calls.append(q)
+        return b"x" * int(100000 / q)
+
+    data, knob = encode_to_ratio(encode, Knob(low=0.1, high=1000), uncompressed=1_000_000, ratio=20)
+    assert abs(1_000_000 / len(data) - 20) / 20 <= 0.04
+    assert len(calls) <= 16
+
+
+def test_rate_search_integer_knob_returns_closest():
+    data, near = encode_to_ratio(lambda n: b"x" * (1000 // (int(n) + 1)), Knob(low=1, high=50, integer=True), 10000, 40)
+    assert near == int(near) and abs(10000 / len(data) - 40) <= 5
+
+
+def test_declare_rpcl_refuses_multi_layer():
+    import imagecodecs
+
+    single = imagecodecs.jpeg2k_encode(np.zeros((64, 64), np.int16), codecformat="J2K", reversible=True)
+    assert parse_main_header(declare_rpcl(bytes(single))).progression == "RPCL"
+    cod = bytes(single).index(b"\xff\x52")
+    multi = bytearray(single)
+    multi[cod + 6 : cod + 8] = (3).to_bytes(2, "big")
+    with pytest.raises(ValueError, match="3 layers"):
+        declare_rpcl(bytes(multi))
