@@ -31,6 +31,7 @@ from . import htj2k, j2k, jpegls, jxl
 __all__ = [
     "Codec",
     "AutoRule",
+    "OHIF_RULE",
     "CODECS",
     "CODEC_NAMES",
     "MIN_RATIO",
@@ -149,17 +150,31 @@ def codec_for_uid(uid: str) -> Codec | None:
 
 @dataclass(frozen=True)
 class AutoRule:
-    """OHIF's web-delivery rule: small grayscale → JPEG-LS, large grayscale → HTJ2K, colour → JPEG XL.
+    """Which codec ``auto`` means, by image kind: (small grayscale, large grayscale, colour).
 
-    When the preferred codec cannot take an image (signed data in JPEG XL,
-    say), the fallbacks are tried in order.
+    Lossy copies follow the rule the OHIF team uses for web delivery (small
+    grayscale → JPEG-LS, large grayscale → HTJ2K, colour → JPEG XL), where
+    decode speed matters.  Lossless copies are archived and paid for every
+    day, so large grayscale goes to JPEG XL, which the benchmark measures
+    smallest on the CR/MR images (HTJ2K is 6–9 % larger there).  When the
+    preferred codec cannot take an image (signed data in JPEG XL, say), the
+    fallbacks are tried in order.
     """
 
     small_side: int = 1000
-    small_gray: str = "jpegls"
-    large_gray: str = "htj2k"
-    color: str = "jxl"
-    fallbacks: tuple[str, ...] = ("htj2k", "j2k")
+    lossy: tuple[str, str, str] = ("jpegls", "htj2k", "jxl")
+    lossless: tuple[str, str, str] = ("jpegls", "jxl", "jxl")
+    fallbacks: tuple[str, ...] = ("jpegls", "htj2k", "j2k")
+
+    def preferred(self, spec: PixelSpec, lossy: bool) -> str:
+        small, large, colour = self.lossy if lossy else self.lossless
+        if spec.samples == 3:
+            return colour
+        return small if max(spec.rows, spec.columns) < self.small_side else large
+
+
+# OHIF's web-delivery rule for both modes.
+OHIF_RULE = AutoRule(lossless=AutoRule.lossy)
 
 
 def choose_codec(name: str, lossy: bool, spec: PixelSpec, rule: AutoRule = AutoRule()) -> Codec:
@@ -168,14 +183,8 @@ def choose_codec(name: str, lossy: bool, spec: PixelSpec, rule: AutoRule = AutoR
         codec = get_codec(name, lossy)
         codec.check(spec)
         return codec
-    if spec.samples == 3:
-        preferred = rule.color
-    elif max(spec.rows, spec.columns) < rule.small_side:
-        preferred = rule.small_gray
-    else:
-        preferred = rule.large_gray
     reasons = []
-    for candidate in dict.fromkeys((preferred, *rule.fallbacks)):
+    for candidate in dict.fromkeys((rule.preferred(spec, lossy), *rule.fallbacks)):
         codec = get_codec(candidate, lossy)
         try:
             codec.check(spec)

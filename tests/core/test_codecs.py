@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from pydicom.encaps import generate_frames
 
-from core.codecs import CODECS, AutoRule, check_ratio, choose_codec, codec_for_uid, get_codec
+from core.codecs import CODECS, OHIF_RULE, AutoRule, check_ratio, choose_codec, codec_for_uid, get_codec
 from core.codecs.codestream import declare_rpcl, parse_main_header
 from core.codecs.rate import Knob, encode_to_ratio
 from core.compress import compress
@@ -134,8 +134,8 @@ def test_colour_transform_sets_photometric(load):
     [
         ("emri_small", False, "jpegls"),  # small grayscale
         ("693_UNCR", False, "jpegls"),
-        ("MR2_UNCR", False, "htj2k"),  # large grayscale
-        ("RG1_UNCR", True, "htj2k"),
+        ("MR2_UNCR", False, "jxl"),  # large grayscale, archived: smallest
+        ("RG1_UNCR", True, "htj2k"),  # large grayscale, web delivery: fastest
         ("US1_UNCR", False, "jxl"),  # colour
         ("693_UNCR", True, "htj2k"),  # signed: JPEG-LS near-lossless refuses, first fallback
     ],
@@ -145,8 +145,9 @@ def test_auto_rule(name, lossy, expected, load):
 
 
 def test_auto_rule_is_configurable(load):
-    rule = AutoRule(small_side=2048, small_gray="j2k")
+    rule = AutoRule(small_side=2048, lossless=("j2k", "htj2k", "jxl"))
     assert choose_codec("auto", False, pixel_spec(load("MR2_UNCR")), rule).name == "j2k"
+    assert choose_codec("auto", False, pixel_spec(load("MR2_UNCR")), OHIF_RULE).name == "htj2k"
 
 
 def test_registry_is_consistent():

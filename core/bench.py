@@ -1,0 +1,199 @@
+"""``python -m core bench``: lossless ratios and codec throughput on real images.
+
+Throughput is measured on the pixels already decoded (codec work only).
+"Two threads" runs two encodes (or decodes) of the frame at once, as two
+jobs of a batch would; the reference command-line tools are timed end to
+end (process start and file I/O included), so their MB/s is a lower bound.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .codecs import OHIF_RULE, AutoRule, choose_codec, get_codec
+from .codecs.j2k import decompositions
+from .compress import compress
+from .errors import UnsupportedError
+from .files import atomic_writer
+from .pixels import PixelSpec, decode_frame, pixel_spec, read_dataset
+from .samples import BENCH_SAMPLES, sample
+
+__all__ = ["run_bench", "measure"]
+
+CODECS = ("j2k", "htj2k", "jpegls", "jxl")
+LOSSY_TARGETS = (10, 20, 50)
+
+
+def _timed(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _parallel(fn, repeat: int, threads: int = 2) -> float:
+    with ThreadPoolExecutor(threads) as pool:
+        return _timed(lambda: list(pool.map(lambda _: fn(), range(threads))), repeat)
+
+
+def _codec_row(name: str, codec_name: str, frame: np.ndarray, spec: PixelSpec, repeat: int) -> dict:
+    codec = get_codec(codec_name, lossy=False)
+    try:
+        codec.check(spec)
+    except UnsupportedError as exc:
+        return {"image": name, "codec": codec_name, "skipped": exc.message}
+    data = codec.encode(frame, spec)
+    assert np.array_equal(codec.decode(data, spec), frame), f"{codec_name} lossless is not bit-exact on {name}"
+    mb = spec.frame_bytes / 1e6
+    return {
+        "image": name,
+        "codec": codec_name,
+        "ratio": spec.frame_bytes / len(data),
+        "encode_mb_s": mb / _timed(lambda: codec.encode(frame, spec), repeat),
+        "encode_mb_s_2threads": 2 * mb / _parallel(lambda: codec.encode(frame, spec), repeat),
+        "decode_mb_s": mb / _timed(lambda: codec.decode(data, spec), repeat),
+        "decode_mb_s_2threads": 2 * mb / _parallel(lambda: codec.decode(data, spec), repeat),
+    }
+
+
+def _write_input(frame: np.ndarray, spec: PixelSpec, tmp: Path) -> tuple[Path, Path]:
+    """The frame as PNM (unsigned) and as planar little-endian raw (any)."""
+    pnm = tmp / ("in.ppm" if spec.samples == 3 else "in.pgm")
+    maxval = 255 if spec.bits_allocated == 8 else (1 << spec.bits_stored) - 1
+    header = f"{'P6' if spec.samples == 3 else 'P5'}\n{spec.columns} {spec.rows}\n{maxval}\n".encode()
+    if not spec.signed:
+        pnm.write_bytes(header + frame.astype(">u2" if spec.bits_allocated == 16 else np.uint8).tobytes())
+    raw = tmp / "in.rawl"  # opj_compress reads .raw as big-endian, .rawl as little-endian
+    planar = np.moveaxis(frame, -1, 0) if spec.samples == 3 else frame
+    raw.write_bytes(planar.astype(frame.dtype.newbyteorder("<")).tobytes())
+    return pnm, raw
+
+
+def _tool_rows(name: str, frame: np.ndarray, spec: PixelSpec, repeat: int) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="radpress-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        pnm, raw = _write_input(frame, spec, tmp)
+        sign = "s" if spec.signed else "u"
+        levels = decompositions(spec)
+        commands = {}
+        if shutil.which("opj_compress"):
+            fmt = f"{spec.columns},{spec.rows},{spec.samples},{spec.bits_stored},{sign}"
+            source = ["-i", str(raw), "-F", fmt] if spec.signed or spec.samples == 3 else ["-i", str(pnm)]
+            commands["opj_compress"] = (["opj_compress", *source, "-o", str(tmp / "out.j2k"), "-n", str(levels + 1), "-p", "RPCL"], tmp / "out.j2k")
+        if shutil.which("ojph_compress"):
+            base = ["ojph_compress", "-o", str(tmp / "out.j2c"), "-reversible", "true", "-num_decomps", str(levels)]
+            if spec.signed:
+                source = ["-i", str(tmp / "in.yuv"), "-dims", f"{{{spec.columns},{spec.rows}}}", "-num_comps", "1",
+                          "-signed", "true", "-bit_depth", str(spec.bits_stored), "-downsamp", "{1,1}"]
+                (tmp / "in.yuv").write_bytes(raw.read_bytes())
+            else:
+                source = ["-i", str(pnm)]
+            commands["ojph_compress"] = ([*base, *source], tmp / "out.j2c")
+        for tool, (cmd, out) in commands.items():
+            def call():
+                subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+
+            if tool == "ojph_compress" and spec.samples == 3:
+                cmd = [*cmd, "-colour_trans", "true"]
+            try:
+                seconds = _timed(call, repeat)
+            except subprocess.CalledProcessError as exc:
+                rows.append({"image": name, "codec": tool, "skipped": exc.stderr.decode(errors="replace")[:120]})
+                continue
+            rows.append({"image": name, "codec": tool, "ratio": spec.frame_bytes / out.stat().st_size,
+                         "encode_mb_s": spec.frame_bytes / 1e6 / seconds})
+    return rows
+
+
+def _reference_ratio(name: str) -> float | None:
+    """Lossless ratio of the J2KR file pydicom-data ships, made by another encoder."""
+    if not name.endswith("_UNCR"):
+        return None
+    try:
+        ds = read_dataset(sample(name.replace("_UNCR", "_J2KR")))
+    except FileNotFoundError:
+        return None
+    spec = pixel_spec(ds)
+    from pydicom.encaps import generate_frames
+
+    return spec.frame_bytes / sum(len(f) for f in generate_frames(ds.PixelData, number_of_frames=1))
+
+
+def measure(names=BENCH_SAMPLES, repeat: int = 3) -> dict:
+    codec_rows, tool_rows, lossy_rows, checks = [], [], [], []
+    for name in names:
+        ds = read_dataset(sample(name))
+        spec = pixel_spec(ds)
+        frame = decode_frame(ds, 0)
+        rows = [_codec_row(name, c, frame, spec, repeat) for c in CODECS]
+        codec_rows += rows
+        tool_rows += _tool_rows(name, frame, spec, repeat)
+        ratios = {r["codec"]: r["ratio"] for r in rows if "ratio" in r}
+        best = max(ratios.values())
+        for label, rule in (("auto", AutoRule()), ("OHIF rule", OHIF_RULE)):
+            chosen = choose_codec("auto", False, spec, rule).name
+            checks.append({"target": f"{label} lossless ratio >= 0.97 x best ({name})",
+                           "measured": f"{chosen} {ratios[chosen]:.3f} vs best {best:.3f} ({ratios[chosen] / best:.3f})",
+                           "ok": ratios[chosen] >= 0.97 * best, "informative": label != "auto"})
+        reference = _reference_ratio(name)
+        if reference:
+            checks.append({"target": f"j2k lossless ratio within 1% of the reference J2KR ({name})",
+                           "measured": f"{ratios['j2k']:.3f} vs {reference:.3f}", "ok": abs(ratios["j2k"] / reference - 1) <= 0.01 or ratios["j2k"] > reference})
+        for target in LOSSY_TARGETS:
+            result = compress(ds, "j2k", "lossy", target)
+            lossy_rows.append({"image": name, "codec": "j2k", "target": target, "ratio": result.ratio, "seconds": result.encode_seconds})
+            checks.append({"target": f"lossy j2k {target}:1 within 10% ({name})", "measured": f"{result.ratio:.2f}:1",
+                           "ok": abs(result.ratio / target - 1) <= 0.10})
+    mr = {r["codec"]: r for r in codec_rows if r["image"] == "MR2_UNCR" and "ratio" in r}
+    if "htj2k" in mr:
+        checks.insert(0, {"target": "HTJ2K lossless encode >= 150 MB/s on MR2", "measured": f"{mr['htj2k']['encode_mb_s']:.0f} MB/s", "ok": mr["htj2k"]["encode_mb_s"] >= 150})
+        checks.insert(1, {"target": "HTJ2K lossless decode >= 250 MB/s on MR2", "measured": f"{mr['htj2k']['decode_mb_s']:.0f} MB/s", "ok": mr["htj2k"]["decode_mb_s"] >= 250})
+    return {
+        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine(), "cpus": __import__("os").cpu_count()},
+        "repeat": repeat,
+        "codecs": codec_rows,
+        "tools": tool_rows,
+        "lossy": lossy_rows,
+        "checks": checks,
+    }
+
+
+def _table(results: dict) -> str:
+    lines = [f"{'image':<10} {'codec':<14} {'ratio':>7} {'enc MB/s':>9} {'enc 2T':>8} {'dec MB/s':>9} {'dec 2T':>8}"]
+    for r in results["codecs"] + results["tools"]:
+        if "skipped" in r:
+            lines.append(f"{r['image']:<10} {r['codec']:<14} skipped: {r['skipped'][:60]}")
+            continue
+        cells = [f"{r.get(k, float('nan')):>{w}.{p}f}" if k in r else f"{'-':>{w}}" for k, w, p in
+                 (("encode_mb_s", 9, 1), ("encode_mb_s_2threads", 8, 1), ("decode_mb_s", 9, 1), ("decode_mb_s_2threads", 8, 1))]
+        lines.append(f"{r['image']:<10} {r['codec']:<14} {r['ratio']:>7.3f} " + " ".join(cells))
+    lines.append("")
+    lines.append("lossy j2k: " + ", ".join(f"{r['image']} {r['target']}:1->{r['ratio']:.2f}" for r in results["lossy"]))
+    lines.append("")
+    for c in results["checks"]:
+        verdict = ("ok" if c["ok"] else "below") if c.get("informative") else ("PASS" if c["ok"] else "FAIL")
+        lines.append(f"[{verdict}] {c['target']}: {c['measured']}")
+    return "\n".join(lines)
+
+
+def run_bench(json_path: str | None = "bench-results.json", as_json: bool = False, repeat: int = 3) -> int:
+    results = measure(repeat=repeat)
+    text = json.dumps(results, indent=2)
+    if json_path:
+        with atomic_writer(json_path) as fh:
+            fh.write(text.encode())
+    print(text if as_json else _table(results))
+    return 0
