@@ -16,7 +16,7 @@ TEST_DEBS := $(RUN_DEBS) libopenjp2-tools openjph-tools libgdcm-tools dcmtk dico
 
 # Install the Debian packages in $(1) that are missing (as root, or through sudo).
 define apt_ensure
-	@if command -v dpkg >/dev/null 2>&1; then \
+if command -v dpkg >/dev/null 2>&1; then \
 	  missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then \
 	    echo "Installing system packages:$$missing"; \
@@ -35,10 +35,10 @@ $(STAMP): requirements.txt
 venv: $(STAMP)
 
 sysdeps-run:
-	$(call apt_ensure,$(RUN_DEBS))
+	@$(call apt_ensure,$(RUN_DEBS))
 
 sysdeps-test:
-	$(call apt_ensure,$(TEST_DEBS))
+	@$(call apt_ensure,$(TEST_DEBS))
 
 run: sysdeps-run venv
 	$(PY) app.py
