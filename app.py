@@ -6,25 +6,30 @@ import os
 from pathlib import Path
 
 import dash
-from flask import jsonify
 
 from components.shell import make_shell
-from core import CODECS
+from core.demo import load_demo
+from core.jobs import Jobs
+from core.routes import init_archive
+from core.store import Store
 
 __all__ = ["create_app", "main"]
 
 
-def create_app(data_dir: str | os.PathLike | None = None) -> dash.Dash:
-    data = Path(data_dir or os.environ.get("RADPRESS_DATA", "var")).resolve()
-    data.mkdir(parents=True, exist_ok=True)
+def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = True, demo: bool | None = None) -> dash.Dash:
+    """Build the app on a data directory; *run_jobs* starts the background job thread."""
+    store = Store(Path(data_dir or os.environ.get("RADPRESS_DATA", "var")))
+    store.check()
+    jobs = Jobs(store, workers=int(os.environ.get("RADPRESS_WORKERS", "2")))
+    if demo if demo is not None else os.environ.get("RADPRESS_DEMO", "1") == "1":
+        for result in load_demo(store):
+            if result.status == "stored":
+                jobs.submit(result.study_uid)
     app = dash.Dash(__name__, use_pages=True, title="RadPress", suppress_callback_exceptions=True)
-    app.server.config["RADPRESS_DATA"] = str(data)
+    init_archive(app.server, store, jobs)
     app.layout = make_shell()
-
-    @app.server.get("/api/health")
-    def health():
-        return jsonify(status="ok", data_dir=str(data), codecs=sorted({c.name for c in CODECS if c.is_available}))
-
+    if run_jobs:
+        jobs.start()
     return app
 
 

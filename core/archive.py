@@ -1,0 +1,230 @@
+"""What each study should have on disk under its strategy, and getting any variant of an instance.
+
+:func:`plan` compares the artifacts a study has with what its strategy and
+the clinic's policy ask for; :func:`make_artifact` produces one (in a worker
+process when run by a job); :func:`variant_file` serves a stored artifact or
+makes an on-demand one through a size-limited LRU cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .codecs import check_ratio, get_codec
+from .compress import compress
+from .errors import InvalidOptionError, RadPressError
+from .pixels import read_dataset
+from .policy import Policy, get_strategy, ratio_for
+from .render import thumbnail_png
+from .store import Artifact, Store
+
+__all__ = ["Wanted", "Plan", "plan", "make_artifact", "variant_file", "storage_report", "Forbidden", "CACHE_LIMIT"]
+
+CACHE_LIMIT = 2 << 30
+THUMBNAIL_SIZE = 256
+
+
+class Forbidden(RadPressError):
+    http_status = 403
+
+
+@dataclass(frozen=True)
+class Wanted:
+    sop_uid: str
+    variant: str
+    ratio: float
+    codec: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    study_uid: str
+    strategy: int
+    make: tuple[Wanted, ...]
+    remove: tuple[Artifact, ...]
+
+
+def _ratio(policy: Policy, row) -> float:
+    return ratio_for(policy, row["modality"] or "", row["body_part"] or "", row["study_description"] or "")
+
+
+def wanted_for(policy: Policy, strategy: int, row) -> set[Wanted]:
+    """The artifacts one instance keeps under *strategy* (originals are implied)."""
+    wanted = set()
+    for variant in get_strategy(strategy).stored:
+        if variant == "lossless":
+            wanted.add(Wanted(row["sop_uid"], "lossless", 0, policy.lossless_codec))
+        elif variant == "lossy" and policy.lossy_enabled:
+            wanted.add(Wanted(row["sop_uid"], "lossy", _ratio(policy, row), policy.lossy_codec))
+        elif variant == "thumbnail":
+            wanted.add(Wanted(row["sop_uid"], "thumbnail", 0, "png"))
+    return wanted
+
+
+def plan(store: Store, study_uid: str) -> Plan:
+    policy, strategy = store.policy(), store.study_strategy(study_uid)
+    have = {(a.sop_uid, a.variant, a.ratio, a.codec): a for a in store.artifacts(study_uid=study_uid) if a.variant != "original"}
+    wanted = set()
+    for row in store.instances(study_uid):
+        wanted |= wanted_for(policy, strategy, row)
+    keys = {(w.sop_uid, w.variant, w.ratio, w.codec) for w in wanted}
+    make = tuple(sorted((w for w in wanted if (w.sop_uid, w.variant, w.ratio, w.codec) not in have), key=lambda w: (w.sop_uid, w.variant)))
+    remove = tuple(a for k, a in have.items() if k not in keys)
+    return Plan(study_uid, strategy, make, remove)
+
+
+def _encode(original: Path, variant: str, ratio: float, codec: str) -> tuple[bytes, str, float | None]:
+    ds = read_dataset(original)
+    if variant == "thumbnail":
+        return thumbnail_png(ds, THUMBNAIL_SIZE), "", None
+    result = compress(ds, codec, "lossy" if variant == "lossy" else "lossless", ratio or None)
+    buffer = io.BytesIO()
+    result.dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue(), str(result.codec.transfer_syntax), result.ratio
+
+
+def make_artifact(store: Store, wanted: Wanted) -> Artifact:
+    original = store.artifact(wanted.sop_uid, "original")
+    data, syntax, achieved = _encode(original.path, wanted.variant, wanted.ratio, wanted.codec)
+    return store.put_artifact(wanted.sop_uid, wanted.variant, wanted.ratio, wanted.codec, syntax, data, achieved)
+
+
+def _cache(store: Store):
+    import diskcache
+
+    cache = getattr(store, "_variant_cache", None)
+    if cache is None:
+        cache = diskcache.Cache(str(store.root / "cache" / "variants"), size_limit=CACHE_LIMIT, eviction_policy="least-recently-used")
+        store._variant_cache = cache
+    return cache
+
+
+@dataclass
+class VariantFile:
+    """An open file to send: a stored artifact, or an on-demand one held by the cache."""
+
+    stream: BinaryIO
+    etag: str
+    size: int
+    transfer_syntax: str
+    from_cache: bool
+    lossy_ratio: float | None = None
+    method: str | None = None
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def variant_file(store: Store, sop_uid: str, variant: str, ratio: float | None = None) -> VariantFile:
+    """A variant of an instance: stored when the strategy keeps it, else made once and cached (LRU)."""
+    row = store.instance(sop_uid)
+    policy = store.policy()
+    if variant not in ("original", "lossless", "lossy"):
+        raise InvalidOptionError(f"Unknown variant {variant!r}.", hint="Use original, lossless or lossy.")
+    if variant == "lossy" and not policy.lossy_enabled:
+        raise Forbidden("Lossy images are switched off for this clinic.", hint="An administrator can enable them on the Policy page.")
+    original = store.artifact(sop_uid, "original")
+    if variant == "original":
+        return VariantFile(open(original.path, "rb"), original.checksum[:32], original.bytes, original.transfer_syntax, False)
+    lossy = variant == "lossy"
+    codec = policy.lossy_codec if lossy else policy.lossless_codec
+    ratio = check_ratio(float(ratio) if ratio else _ratio(policy, row), True) if lossy else 0.0
+    method = get_codec(codec, True).method if lossy else None
+    art = store.artifact(sop_uid, variant, ratio)
+    if art is not None and art.codec == codec:
+        return VariantFile(open(art.path, "rb"), art.checksum[:32], art.bytes, art.transfer_syntax, False, art.achieved_ratio, method)
+    key = f"{original.checksum}:{variant}:{ratio:g}:{codec}"
+    cache = _cache(store)
+    handle, tag = cache.get(key, read=True, tag=True)
+    from_cache = handle is not None
+    if not from_cache:
+        data, syntax, achieved = _encode(original.path, variant, ratio, codec)
+        cache.set(key, io.BytesIO(data), read=True, tag=f"{syntax}|{achieved or ''}")
+        handle, tag = cache.get(key, read=True, tag=True)
+    syntax, achieved = tag.split("|")
+    handle.seek(0, io.SEEK_END)
+    size = handle.tell()
+    handle.seek(0)
+    etag = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return VariantFile(handle, etag, size, syntax, from_cache, float(achieved) if achieved else None, method)
+
+
+def storage_report(store: Store, study_uid: str | None = None) -> dict:
+    """Bytes per variant now, and what each strategy would cost (measured, or estimated from a sample)."""
+    from .policy import STRATEGIES
+
+    studies = [study_uid] if study_uid else [r["study_uid"] for r in store.studies()]
+    policy = store.policy()
+    now: dict[str, int] = {}
+    cost = {s.number: 0.0 for s in STRATEGIES}
+    estimated = {s.number: False for s in STRATEGIES}
+    for uid in studies:
+        rows = store.instances(uid)
+        arts = store.artifacts(study_uid=uid)
+        for a in arts:
+            now[a.variant] = now.get(a.variant, 0) + a.bytes
+        by_key = {(a.sop_uid, a.variant): a for a in arts}
+        lossless_ratio = _sample_lossless_ratio(store, rows, by_key, policy)
+        for row in rows:
+            original = by_key[(row["sop_uid"], "original")].bytes
+            sizes = {"original": original}
+            measured = by_key.get((row["sop_uid"], "lossless"))
+            sizes["lossless"] = measured.bytes if measured else row["uncompressed_bytes"] / lossless_ratio
+            lossy = by_key.get((row["sop_uid"], "lossy"))
+            sizes["lossy"] = lossy.bytes if lossy else row["uncompressed_bytes"] / _ratio(policy, row)
+            thumb = by_key.get((row["sop_uid"], "thumbnail"))
+            sizes["thumbnail"] = thumb.bytes if thumb else 20_000
+            for strategy in STRATEGIES:
+                for variant in strategy.stored:
+                    if variant == "lossy" and not policy.lossy_enabled:
+                        continue
+                    cost[strategy.number] += sizes[variant]
+                    if variant != "original" and not by_key.get((row["sop_uid"], variant)):
+                        estimated[strategy.number] = True
+    originals = now.get("original", 0)
+    return {
+        "study_uid": study_uid,
+        "studies": len(studies),
+        "bytes_now": now,
+        "bytes_total": sum(now.values()),
+        "strategies": [
+            {"strategy": s.number, "name": s.name, "bytes": int(cost[s.number]), "estimated": estimated[s.number],
+             "vs_originals": (cost[s.number] / originals) if originals else None}
+            for s in STRATEGIES
+        ],
+    }
+
+
+def _sample_lossless_ratio(store: Store, rows, by_key, policy: Policy) -> float:
+    """Measured lossless ratio where artifacts exist, else from encoding one sample instance."""
+    measured = [(r["uncompressed_bytes"], by_key[(r["sop_uid"], "lossless")].bytes) for r in rows if (r["sop_uid"], "lossless") in by_key]
+    if measured:
+        return sum(u for u, _ in measured) / sum(c for _, c in measured)
+    if not rows:
+        return 1.0
+    sample = rows[len(rows) // 2]
+    try:
+        data, _syntax, achieved = _encode(by_key[(sample["sop_uid"], "original")].path, "lossless", 0, policy.lossless_codec)
+    except RadPressError:
+        return 1.0
+    return achieved or 1.0
+
+
+def thumbnail_bytes(store: Store, sop_uid: str) -> tuple[bytes, str]:
+    """The stored thumbnail, or one made from the original and cached."""
+    store.instance(sop_uid)
+    stored = store.artifact(sop_uid, "thumbnail")
+    if stored is not None:
+        return stored.path.read_bytes(), stored.checksum[:32]
+    original = store.artifact(sop_uid, "original")
+    key = f"{original.checksum}:thumbnail:{THUMBNAIL_SIZE}"
+    cache = _cache(store)
+    data = cache.get(key)
+    if data is None:
+        data = thumbnail_png(read_dataset(original.path), THUMBNAIL_SIZE)
+        cache.set(key, data)
+    return data, hashlib.sha256(key.encode()).hexdigest()[:32]

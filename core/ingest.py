@@ -1,0 +1,242 @@
+"""Bringing files into the archive: single files, folders, zip and tar(.gz) archives.
+
+Each file gets one result (stored, duplicate, conflict, rejected with a
+reason, or skipped for DICOMDIR).  Archives are read member by member, with
+limits checked before and while extracting, so that path traversal, links
+and decompression bombs are refused with a reason instead of filling the disk.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tarfile
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Iterable, Iterator
+
+from .errors import NoPixelDataError, NotDicomError, RadPressError, TruncatedError, UnsupportedError
+from .files import atomic_writer
+from .pixels import pixel_spec, read_dataset
+from .store import Store
+
+__all__ = ["Limits", "IngestResult", "ingest", "ingest_stream"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_file_bytes: int = 2 << 30
+    max_archive_bytes: int = 20 << 30
+    max_entries: int = 100_000
+    max_expansion: float = 200.0  # uncompressed / compressed size of one archive member
+
+
+@dataclass
+class IngestResult:
+    name: str
+    status: str  # stored | duplicate | conflict | rejected | skipped
+    reason: str = ""
+    sop_uid: str = ""
+    study_uid: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Rejected(Exception):
+    pass
+
+
+class _LimitedReader:
+    """Counts bytes as they are extracted: archive headers can lie about sizes."""
+
+    def __init__(self, raw: BinaryIO, limit: int, what: str):
+        self.raw, self.limit, self.what, self.count = raw, limit, what, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n if n and n > 0 else 1 << 20)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise _Rejected(self.what)
+        return data
+
+
+def _safe_member_name(name: str) -> str:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
+        raise _Rejected("unsafe path in archive (absolute or '..'): refused to prevent writing outside the upload")
+    return str(path)
+
+
+def _is_dicomdir(name: str) -> bool:
+    return PurePosixPath(name).name.upper() == "DICOMDIR"
+
+
+def _stage_stream(store: Store, stream: BinaryIO, limit: int, what: str) -> Path:
+    staged = store.tmp_path(".dcm")
+    try:
+        with atomic_writer(staged) as out:
+            shutil.copyfileobj(_LimitedReader(stream, limit, what), out, 1 << 20)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    return staged
+
+
+def _admit(store: Store, staged: Path, name: str) -> IngestResult:
+    """Validate a staged file as an image and hand it to the store."""
+    try:
+        ds = read_dataset(staged)
+        pixel_spec(ds)
+        missing = [k for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if not ds.get(k)]
+        if missing:
+            raise UnsupportedError(f"missing {', '.join(missing)}")
+    except (NotDicomError, TruncatedError, NoPixelDataError, UnsupportedError, RadPressError) as exc:
+        staged.unlink(missing_ok=True)
+        return IngestResult(name, "rejected", _reason(exc))
+    status = store.add_original(staged, ds, name)
+    return IngestResult(name, status, "", str(ds.SOPInstanceUID), str(ds.StudyInstanceUID))
+
+
+def _reason(exc: RadPressError) -> str:
+    kinds = {NotDicomError: "not DICOM", TruncatedError: "truncated", NoPixelDataError: "no pixel data", UnsupportedError: "unsupported"}
+    label = next((v for k, v in kinds.items() if isinstance(exc, k)), "unreadable")
+    detail = exc.message.split(": ", 1)[-1] if ": " in exc.message else exc.message
+    return f"{label}: {detail}"
+
+
+def _from_zip(store: Store, path: Path, label: str, limits: Limits) -> Iterator[IngestResult]:
+    with zipfile.ZipFile(path) as archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if len(members) > limits.max_entries:
+            yield IngestResult(label, "rejected", f"archive has {len(members)} entries, more than the limit of {limits.max_entries}")
+            return
+        total = 0
+        for member in members:
+            name = f"{label}/{member.filename}"
+            try:
+                _safe_member_name(member.filename)
+                if stat.S_ISLNK(member.external_attr >> 16):
+                    raise _Rejected("symbolic link in archive: refused")
+                if _is_dicomdir(member.filename):
+                    yield IngestResult(name, "skipped", "DICOMDIR index file")
+                    continue
+                if member.file_size > limits.max_file_bytes:
+                    raise _Rejected(f"too large: {member.file_size} bytes, the limit is {limits.max_file_bytes}")
+                if member.compress_size and member.file_size / member.compress_size > limits.max_expansion:
+                    raise _Rejected("decompression bomb: expands more than "
+                                    f"{limits.max_expansion:g}x ({member.compress_size} → {member.file_size} bytes)")
+                total += member.file_size
+                if total > limits.max_archive_bytes:
+                    raise _Rejected(f"archive expands beyond {limits.max_archive_bytes} bytes: rest refused")
+                with archive.open(member) as stream:
+                    staged = _stage_stream(store, stream, min(member.file_size, limits.max_file_bytes),
+                                           "entry larger than its header says: refused")
+            except _Rejected as exc:
+                yield IngestResult(name, "rejected", str(exc))
+                continue
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                yield IngestResult(name, "rejected", f"truncated: damaged archive entry ({exc})")
+                continue
+            yield _admit(store, staged, name)
+
+
+def _from_tar(store: Store, path: Path, label: str, limits: Limits) -> Iterator[IngestResult]:
+    total, entries = 0, 0
+    try:
+        with tarfile.open(path, mode="r:*") as archive:
+            for member in archive:
+                if member.isdir():
+                    continue
+                entries += 1
+                name = f"{label}/{member.name}"
+                if entries > limits.max_entries:
+                    yield IngestResult(label, "rejected", f"archive has more than {limits.max_entries} entries: rest refused")
+                    return
+                try:
+                    _safe_member_name(member.name)
+                    if member.issym() or member.islnk():
+                        raise _Rejected("symbolic or hard link in archive: refused")
+                    if not member.isfile():
+                        raise _Rejected("not a regular file (device, fifo)")
+                    if _is_dicomdir(member.name):
+                        yield IngestResult(name, "skipped", "DICOMDIR index file")
+                        continue
+                    if member.size > limits.max_file_bytes:
+                        raise _Rejected(f"too large: {member.size} bytes, the limit is {limits.max_file_bytes}")
+                    total += member.size
+                    if total > limits.max_archive_bytes:
+                        raise _Rejected(f"decompression bomb: archive expands beyond {limits.max_archive_bytes} bytes")
+                    staged = _stage_stream(store, archive.extractfile(member), member.size, "entry larger than declared")
+                except _Rejected as exc:
+                    yield IngestResult(name, "rejected", str(exc))
+                    continue
+                yield _admit(store, staged, name)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        yield IngestResult(label, "rejected", f"truncated: damaged tar archive ({exc})")
+
+
+def _from_file(store: Store, path: Path, label: str, limits: Limits, owned: bool = False) -> Iterator[IngestResult]:
+    if _is_dicomdir(path.name):
+        yield IngestResult(label, "skipped", "DICOMDIR index file")
+        return
+    if zipfile.is_zipfile(path):
+        yield from _from_zip(store, path, label, limits)
+        return
+    if _is_tar(path):
+        yield from _from_tar(store, path, label, limits)
+        return
+    size = path.stat().st_size
+    if size > limits.max_file_bytes:
+        yield IngestResult(label, "rejected", f"too large: {size} bytes, the limit is {limits.max_file_bytes}")
+        return
+    if owned:  # already a private copy in the store's tmp folder: moved, not copied again
+        yield _admit(store, path, label)
+        return
+    with open(path, "rb") as stream:
+        staged = _stage_stream(store, stream, limits.max_file_bytes, "file grew while reading")
+    yield _admit(store, staged, label)
+
+
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, tarfile.TarError):
+        return False
+
+
+def ingest(store: Store, paths: Iterable[str | os.PathLike], limits: Limits = Limits()) -> Iterator[IngestResult]:
+    """Ingest files, folders (recursively, links not followed) and archives."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_symlink() and path.is_dir():
+            yield IngestResult(str(path), "rejected", "symbolic link to a folder: not followed")
+        elif path.is_dir():
+            for folder, dirs, files in os.walk(path, followlinks=False):
+                dirs.sort()
+                for name in sorted(files):
+                    child = Path(folder) / name
+                    if child.is_symlink():
+                        yield IngestResult(str(child), "rejected", "symbolic link: not followed")
+                        continue
+                    yield from _from_file(store, child, str(child), limits)
+        elif path.is_file():
+            yield from _from_file(store, path, str(path), limits)
+        else:
+            yield IngestResult(str(path), "rejected", "not found")
+
+
+def ingest_stream(store: Store, stream: BinaryIO, name: str, limits: Limits = Limits()) -> list[IngestResult]:
+    """Ingest an uploaded body: spooled to disk in chunks (never held in memory), then handled as a file."""
+    try:
+        staged = _stage_stream(store, stream, limits.max_archive_bytes, "upload larger than the archive limit")
+    except _Rejected as exc:
+        return [IngestResult(name, "rejected", f"too large: {exc}")]
+    upload = staged.with_name(staged.name + "-upload")
+    staged.rename(upload)
+    try:
+        return list(_from_file(store, upload, name, limits, owned=True))
+    finally:
+        upload.unlink(missing_ok=True)

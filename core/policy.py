@@ -1,0 +1,144 @@
+"""Storage strategies and the clinic's lossy policy: what is kept for each study.
+
+The strategy table and the ratio defaults are data, read by the archive, the
+storage API and the Policy page alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from .codecs import MAX_RATIO, MIN_RATIO, get_codec
+from .errors import InvalidOptionError
+
+__all__ = [
+    "Strategy",
+    "STRATEGIES",
+    "get_strategy",
+    "Policy",
+    "RECOMMENDED_RATIOS",
+    "UPPER_BOUNDS",
+    "VARIANTS",
+    "ratio_for",
+    "ratio_warning",
+]
+
+VARIANTS = ("original", "lossless", "lossy", "thumbnail")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    number: int
+    name: str
+    stored: tuple[str, ...]  # made at ingest and kept
+    on_demand: tuple[str, ...]  # made when asked for, cached
+    pros: str
+    cons: str
+    suits: str
+
+
+STRATEGIES: tuple[Strategy, ...] = (
+    Strategy(1, "Everything ready", ("original", "lossless", "lossy", "thumbnail"), (),
+             "Every download and viewer is served at once.", "Most disk: three copies of every image.",
+             "Busy clinics with plenty of disk and many remote viewers."),
+    Strategy(2, "Original + lossless", ("original", "lossless"), ("lossy",),
+             "Bit-exact compressed copy ready for transfer; no lossy copy stored.", "Lossy views are made on first request.",
+             "Clinics that rarely use lossy images."),
+    Strategy(3, "Original + lossy", ("original", "lossy"), ("lossless",),
+             "Cheap, fast web viewing.", "Lossless transfers are compressed on demand.",
+             "Teleradiology and web viewing on slow links."),
+    Strategy(4, "Original only", ("original",), ("lossless", "lossy"),
+             "Least disk.", "Everything is compressed on the fly at download.",
+             "Small archives, rare downloads."),
+)
+
+
+def get_strategy(number: int) -> Strategy:
+    for strategy in STRATEGIES:
+        if strategy.number == number:
+            return strategy
+    raise InvalidOptionError(f"Storage strategy {number!r} does not exist.", hint="Choose 1, 2, 3 or 4.")
+
+
+# German radiology consensus (Loose et al., RöFo 2009; endorsed by the German
+# Radiation Protection Commission, 2011): keys are (modality, anatomy or "").
+RECOMMENDED_RATIOS: dict[tuple[str, str], float] = {
+    ("CT", "BRAIN"): 5,
+    ("CT", ""): 8,
+    ("CR", ""): 10,
+    ("DX", ""): 10,
+    ("MG", ""): 15,
+    ("MR", ""): 7,
+    ("XA", ""): 6,
+    ("RF", ""): 6,
+}
+# Canadian Association of Radiologists (2008): the outer limit an admin is warned about.
+UPPER_BOUNDS: dict[tuple[str, str], float] = {
+    ("CR", ""): 30,
+    ("DX", ""): 30,
+    ("CT", "BRAIN"): 12,
+    ("CT", ""): 15,
+    ("US", ""): 12,
+    ("MR", ""): 24,
+    ("NM", ""): 11,
+}
+_BRAIN_WORDS = ("BRAIN", "HEAD", "SKULL", "NEURO", "CEREBR")
+
+
+def anatomy(body_part: str, description: str = "") -> str:
+    text = f"{body_part} {description}".upper()
+    return "BRAIN" if any(w in text for w in _BRAIN_WORDS) else ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Clinic-wide settings; per-study strategy overrides live with the study."""
+
+    strategy: int = 1
+    lossy_enabled: bool = True
+    default_ratio: float = 10.0
+    ratios: dict[str, float] = field(default_factory=lambda: {_key(k): v for k, v in RECOMMENDED_RATIOS.items()})
+    lossless_codec: str = "j2k"
+    lossy_codec: str = "j2k"
+
+    def validated(self) -> "Policy":
+        get_strategy(self.strategy)
+        get_codec(self.lossless_codec, False)
+        get_codec(self.lossy_codec, True)
+        for key, value in {"default": self.default_ratio, **self.ratios}.items():
+            if not MIN_RATIO <= float(value) <= MAX_RATIO:
+                raise InvalidOptionError(
+                    f"Lossy ratio {value}:1 for {key} is out of range.", hint=f"Choose between {MIN_RATIO:g} and {MAX_RATIO:g}."
+                )
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Policy":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return replace(cls(), **known).validated()
+
+
+def _key(key: tuple[str, str]) -> str:
+    return f"{key[0]} {key[1]}".strip()
+
+
+def ratio_for(policy: Policy, modality: str, body_part: str = "", description: str = "") -> float:
+    """The clinic's ratio for an image: modality + anatomy, then modality, then the clinic default."""
+    region = anatomy(body_part, description)
+    for key in (_key((modality, region)), modality):
+        if key in policy.ratios:
+            return float(policy.ratios[key])
+    return float(policy.default_ratio)
+
+
+def ratio_warning(modality: str, ratio: float, body_part: str = "", description: str = "") -> str | None:
+    """A warning when *ratio* exceeds the CAR 2008 upper bound for this kind of image."""
+    region = anatomy(body_part, description)
+    bound = UPPER_BOUNDS.get((modality, region)) or UPPER_BOUNDS.get((modality, ""))
+    if bound and ratio > bound:
+        label = f"{modality} {region.lower()}".strip()
+        return f"{ratio:g}:1 exceeds the Canadian Association of Radiologists' upper bound of {bound:g}:1 for {label}."
+    return None

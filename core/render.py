@@ -1,0 +1,68 @@
+"""Turning stored values into something a screen shows: windowing, inversion, colour.
+
+Used for thumbnails here and by the image routes; never used for anything
+diagnostic that is written back to DICOM.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from .pixels import decode_frame, pixel_spec
+
+__all__ = ["display_frame", "window_of", "thumbnail_png"]
+
+
+def _first(value) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value[0] if hasattr(value, "__len__") and not isinstance(value, str) else value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def window_of(ds: Dataset, values: np.ndarray) -> tuple[float, float]:
+    """The instance's own window (center, width), or a robust 1–99 percentile window."""
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if center is not None and width and width > 0:
+        return center, width
+    lo, hi = np.percentile(values, [1, 99])
+    return (lo + hi) / 2, max(hi - lo, 1.0)
+
+
+def display_frame(ds: Dataset, index: int = 0, window: tuple[float, float] | None = None) -> np.ndarray:
+    """An 8-bit frame as a viewer shows it: (rows, cols) grey or (rows, cols, 3) RGB."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space
+
+    spec = pixel_spec(ds)
+    frame = decode_frame(ds, index)
+    if spec.photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(frame, ds)
+        return (rgb / (rgb.max() or 1) * 255).astype(np.uint8) if rgb.dtype != np.uint8 else rgb
+    if spec.samples == 3:
+        if spec.photometric.startswith("YBR"):
+            frame = convert_color_space(frame, "YBR_FULL", "RGB")
+        return (frame >> (spec.bits_stored - 8)).astype(np.uint8) if spec.bits_stored > 8 else frame.astype(np.uint8)
+    values = apply_modality_lut(frame, ds).astype(np.float64)
+    center, width = window or window_of(ds, values)
+    low = center - width / 2
+    out = np.clip((values - low) / width, 0, 1) * 255
+    if spec.photometric == "MONOCHROME1":
+        out = 255 - out
+    return out.astype(np.uint8)
+
+
+def thumbnail_png(ds: Dataset, size: int = 256) -> bytes:
+    """PNG thumbnail of the middle frame, at most *size* pixels on its longer side."""
+    from PIL import Image
+
+    frame = display_frame(ds, pixel_spec(ds).frames // 2)
+    image = Image.fromarray(frame)
+    image.thumbnail((size, size), Image.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()

@@ -1,0 +1,267 @@
+"""HTTP routes of the archive: the API, downloads and thumbnails (a Flask blueprint).
+
+Routes parse the request, call one core function and shape the answer;
+every :class:`RadPressError` becomes a JSON ``{"error": ...}`` with its 4xx status.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict
+
+from flask import Blueprint, Response, current_app, jsonify, request, send_file, stream_with_context
+from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import wrap_file
+
+from .archive import Forbidden, plan, storage_report, variant_file
+from .bundle import Member, safe_name, tar_stream, zip_stream
+from .codecs import CODECS
+from .derive import format_ratio
+from .errors import InvalidOptionError, RadPressError
+from .ingest import ingest_stream
+from .jobs import Jobs
+from .policy import STRATEGIES, Policy, ratio_warning
+from .store import Store
+
+__all__ = ["blueprint", "init_archive", "archive"]
+
+blueprint = Blueprint("archive", __name__)
+
+
+def init_archive(server, store: Store, jobs: Jobs) -> None:
+    server.extensions["radpress"] = {"store": store, "jobs": jobs}
+    server.register_blueprint(blueprint)
+
+
+def archive() -> tuple[Store, Jobs]:
+    ext = current_app.extensions["radpress"]
+    return ext["store"], ext["jobs"]
+
+
+@blueprint.app_errorhandler(RadPressError)
+def _radpress_error(exc: RadPressError):
+    return jsonify(error=str(exc)), exc.http_status
+
+
+@blueprint.app_errorhandler(HTTPException)
+def _http_error(exc: HTTPException):
+    if request.path.startswith(("/api/", "/download/", "/thumbnail/")):
+        return jsonify(error=exc.description), exc.code
+    return exc
+
+
+def _row(row) -> dict:
+    return {k: row[k] for k in row.keys()}
+
+
+# -- status -------------------------------------------------------------------
+@blueprint.get("/api/health")
+def health():
+    store, _ = archive()
+    return jsonify(status="ok", data_dir=str(store.root), codecs=sorted({c.name for c in CODECS if c.is_available}))
+
+
+# -- ingest -------------------------------------------------------------------
+@blueprint.post("/api/upload")
+def upload():
+    store, jobs = archive()
+    results = []
+    if request.files:
+        for field in request.files:
+            for item in request.files.getlist(field):
+                results += ingest_stream(store, item.stream, item.filename or field)
+    else:
+        name = request.args.get("name") or request.headers.get("X-Filename") or "upload"
+        if not request.content_length and request.content_length is not None:
+            raise InvalidOptionError("The upload is empty.", hint="Send DICOM files, a folder's files or a zip/tar archive.")
+        results += ingest_stream(store, request.stream, name)
+    if not results:
+        raise InvalidOptionError("The upload is empty.", hint="Send DICOM files, a folder's files or a zip/tar archive.")
+    studies = sorted({r.study_uid for r in results if r.status == "stored"})
+    job_ids = [jobs.submit(uid) for uid in studies]
+    accepted = any(r.status in ("stored", "duplicate", "conflict") for r in results)
+    body = {"results": [r.to_dict() for r in results], "studies": studies, "jobs": job_ids}
+    return jsonify(body), 200 if accepted else 422
+
+
+# -- studies and storage ------------------------------------------------------
+@blueprint.get("/api/studies")
+def studies():
+    store, _ = archive()
+    return jsonify([_row(r) for r in store.studies()])
+
+
+@blueprint.get("/api/studies/<study_uid>")
+def study(study_uid):
+    store, _ = archive()
+    row = _row(store.study(study_uid))
+    row["effective_strategy"] = store.study_strategy(study_uid)
+    arts = {}
+    for a in store.artifacts(study_uid=study_uid):
+        arts.setdefault(a.sop_uid, []).append(
+            {"variant": a.variant, "ratio": a.ratio, "codec": a.codec, "transfer_syntax": a.transfer_syntax,
+             "bytes": a.bytes, "achieved_ratio": a.achieved_ratio})
+    row["instances"] = [dict(_row(i), artifacts=arts.get(i["sop_uid"], [])) for i in store.instances(study_uid)]
+    return jsonify(row)
+
+
+@blueprint.get("/api/studies/<study_uid>/storage")
+def study_storage(study_uid):
+    store, _ = archive()
+    store.study(study_uid)
+    return jsonify(storage_report(store, study_uid))
+
+
+@blueprint.get("/api/storage")
+def clinic_storage():
+    store, _ = archive()
+    return jsonify(storage_report(store))
+
+
+@blueprint.put("/api/studies/<study_uid>/strategy")
+def set_strategy(study_uid):
+    store, jobs = archive()
+    body = request.get_json(silent=True) or {}
+    if "strategy" not in body:
+        raise InvalidOptionError('Send JSON {"strategy": 1-4}, or null to follow the clinic default.')
+    strategy = body["strategy"]
+    if strategy is not None and not isinstance(strategy, int):
+        raise InvalidOptionError(f"Strategy {strategy!r} is not a number 1-4.")
+    store.set_study_strategy(study_uid, strategy, user=request.headers.get("X-User", "api"))
+    todo = plan(store, study_uid)
+    job = jobs.submit(study_uid) if todo.make or todo.remove else None
+    return jsonify(strategy=store.study_strategy(study_uid), job=job, make=len(todo.make), remove=len(todo.remove))
+
+
+@blueprint.get("/api/strategies")
+def strategies():
+    return jsonify([asdict(s) for s in STRATEGIES])
+
+
+@blueprint.get("/api/policy")
+def get_policy():
+    store, _ = archive()
+    return jsonify(store.policy().to_dict())
+
+
+@blueprint.put("/api/policy")
+def put_policy():
+    store, jobs = archive()
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidOptionError("Send the policy as a JSON object.")
+    try:
+        policy = Policy.from_dict({**store.policy().to_dict(), **body})
+    except (TypeError, ValueError) as exc:
+        raise InvalidOptionError(f"The policy is not valid: {exc}") from None
+    store.set_policy(policy, user=request.headers.get("X-User", "api"))
+    warnings = [w for m, r in policy.ratios.items() if (w := ratio_warning(m.split()[0], float(r), *m.split()[1:2]))]
+    job_ids = [jobs.submit(s["study_uid"]) for s in store.studies()]
+    return jsonify(policy=policy.to_dict(), warnings=warnings, jobs=job_ids)
+
+
+# -- jobs ---------------------------------------------------------------------
+@blueprint.get("/api/jobs")
+def list_jobs():
+    _, jobs = archive()
+    return jsonify(jobs.list())
+
+
+@blueprint.get("/api/jobs/<int:job_id>")
+def get_job(job_id):
+    _, jobs = archive()
+    return jsonify(jobs.get(job_id))
+
+
+@blueprint.post("/api/jobs/<int:job_id>/cancel")
+def cancel_job(job_id):
+    _, jobs = archive()
+    return jsonify(jobs.cancel(job_id))
+
+
+# -- downloads ----------------------------------------------------------------
+def _variant_args() -> tuple[str, float | None]:
+    variant = request.args.get("variant", "original")
+    ratio = request.args.get("ratio")
+    try:
+        return variant, float(ratio) if ratio else None
+    except ValueError:
+        raise InvalidOptionError(f"ratio={ratio!r} is not a number.", hint="For example ratio=10.") from None
+
+
+def _lossy_header(response: Response, vf) -> None:
+    if vf.method:
+        response.headers["X-Lossy-Compression"] = f"ratio={format_ratio(vf.lossy_ratio or 0)}; method={vf.method}"
+
+
+@blueprint.get("/download/instance/<sop_uid>")
+def download_instance(sop_uid):
+    store, _ = archive()
+    variant, ratio = _variant_args()
+    vf = variant_file(store, sop_uid, variant, ratio)
+    response = Response(wrap_file(request.environ, vf.stream), mimetype="application/dicom", direct_passthrough=True)
+    response.headers["Content-Length"] = str(vf.size)
+    response.headers["Content-Disposition"] = f'attachment; filename="{safe_name(sop_uid, "instance")}.{variant}.dcm"'
+    response.headers["X-Transfer-Syntax"] = vf.transfer_syntax
+    response.set_etag(vf.etag)
+    # Range, If-Range, If-None-Match: 206, 416 and 304 as HTTP asks.
+    response.make_conditional(request, accept_ranges=True, complete_length=vf.size)
+    _lossy_header(response, vf)
+    return response
+
+
+def _bundle_members(store: Store, study_uid: str, variant: str, ratio: float | None) -> list[Member]:
+    if variant == "lossy" and not store.policy().lossy_enabled:
+        raise Forbidden("Lossy images are switched off for this clinic.")
+    rows = store.instances(study_uid)
+    if not rows:
+        raise InvalidOptionError(f"Study {study_uid} has no instances.")
+    members, used = [], set()
+    for row in rows:
+        patient = safe_name(f"{row['patient_name']}_{row['patient_id']}", "patient")
+        study_dir = safe_name(f"{store.study(study_uid)['date']}_{row['study_description']}", study_uid)
+        series = safe_name(f"{row['series_uid'][-8:]}_{row['modality']}_{row['series_description']}", row["series_uid"])
+        stem = safe_name(f"{row['number'] or ''}_{row['sop_uid'][-12:]}", row["sop_uid"])
+        name = f"{patient}/{study_dir}/{series}/{stem}.dcm"
+        while name in used:
+            name = name[:-4] + "_.dcm"
+        used.add(name)
+        members.append(Member(name, _opener(store, row["sop_uid"], variant, ratio)))
+    return members
+
+
+def _opener(store, sop_uid, variant, ratio):
+    def open_member():
+        return variant_file(store, sop_uid, variant, ratio).stream
+
+    return open_member
+
+
+@blueprint.get("/download/study/<study_uid>.<fmt>")
+def download_study(study_uid, fmt):
+    store, _ = archive()
+    if fmt not in ("zip", "tar"):
+        raise InvalidOptionError(f"Bundle format {fmt!r} is not offered.", hint="Use .zip or .tar.")
+    variant, ratio = _variant_args()
+    if variant not in ("original", "lossless", "lossy"):
+        raise InvalidOptionError(f"Unknown variant {variant!r}.", hint="Use original, lossless or lossy.")
+    store.study(study_uid)
+    members = _bundle_members(store, study_uid, variant, ratio)
+    if fmt == "tar":
+        body = tar_stream(members)
+        mimetype = "application/x-tar"
+    else:
+        body = zip_stream(members)
+        mimetype = "application/zip"
+    response = Response(stream_with_context(body), mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="{safe_name(study_uid, "study")}.{variant}.{fmt}"'
+    return response
+
+
+@blueprint.get("/thumbnail/<sop_uid>")
+def thumbnail(sop_uid):
+    from .archive import thumbnail_bytes
+
+    store, _ = archive()
+    data, etag = thumbnail_bytes(store, sop_uid)
+    return send_file(io.BytesIO(data), mimetype="image/png", etag=etag, conditional=True, max_age=3600)
