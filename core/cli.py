@@ -1,4 +1,4 @@
-"""``python -m core``: info, compress, verify, bench.
+"""``python -m core``: info, compress, verify, ingest, bench.
 
 Every failure the user can cause ends as one line on stderr and exit code 2;
 ``verify`` exits 1 when a file claims to be lossless and is not.
@@ -149,6 +149,36 @@ def cmd_verify(args) -> int:
     return EXIT_OK
 
 
+def cmd_ingest(args) -> int:
+    import os
+
+    from .ingest import ingest
+    from .jobs import Jobs
+    from .store import Store
+
+    store = Store(args.data or os.environ.get("RADPRESS_DATA", "var"))
+    results = []
+    for result in ingest(store, args.paths):
+        results.append(result)
+        if not args.json:
+            reason = f" ({result.reason})" if result.reason else ""
+            print(f"{result.status:<9} {result.name}{reason}", file=sys.stderr if result.status == "rejected" else sys.stdout)
+    studies = sorted({r.study_uid for r in results if r.status == "stored"})
+    jobs = []
+    if not args.no_jobs and studies:
+        runner = Jobs(store, workers=args.workers)
+        for uid in studies:
+            runner.submit(uid)
+        jobs = runner.run_pending(progress=None if args.json else _print_progress)
+    if args.json:
+        print(json.dumps({"results": [r.to_dict() for r in results], "studies": studies, "jobs": jobs}, indent=2))
+    return EXIT_BAD_INPUT if any(r.status == "rejected" for r in results) else EXIT_OK
+
+
+def _print_progress(job: dict) -> None:
+    print(f"job {job['id']}: {job['done'] + job['failed']}/{job['total']} instance(s), {job['mb_per_s']:.1f} MB/s", file=sys.stderr)
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -185,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("compressed")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_verify)
+
+    p = sub.add_parser("ingest", help="add files, folders and zip/tar archives to the archive")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--data", help="data directory (default: $RADPRESS_DATA or ./var)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-jobs", action="store_true", help="index only; make the strategy's artifacts later")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(run=cmd_ingest)
 
     p = sub.add_parser("bench", help="codec throughput and ratios on the pydicom-data images")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")

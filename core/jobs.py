@@ -8,6 +8,7 @@ artifacts already in place are not made again.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import threading
 import time
@@ -169,6 +170,9 @@ class Jobs:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.run_pending()
+            try:
+                self.run_pending()
+            except Exception:  # noqa: BLE001 - the thread must outlive one bad job
+                logging.getLogger(__name__).exception("job runner")
             self._wake.wait(timeout=2)
             self._wake.clear()

@@ -203,6 +203,7 @@ def download_instance(sop_uid):
     response.headers["Content-Length"] = str(vf.size)
     response.headers["Content-Disposition"] = f'attachment; filename="{safe_name(sop_uid, "instance")}.{variant}.dcm"'
     response.headers["X-Transfer-Syntax"] = vf.transfer_syntax
+    response.headers["X-Cache"] = "hit" if vf.from_cache else "miss"
     response.set_etag(vf.etag)
     # Range, If-Range, If-None-Match: 206, 416 and 304 as HTTP asks.
     response.make_conditional(request, accept_ranges=True, complete_length=vf.size)

@@ -135,9 +135,9 @@ class Store:
         return self.root / "originals" / sop_uid[-2:] / f"{sop_uid}.dcm"
 
     def artifact_path(self, sop_uid: str, variant: str, ratio: float, codec: str) -> Path:
-        suffix = ".png" if variant == "thumbnail" else ".dcm"
         tag = f"{variant}-{ratio:g}" if ratio else variant
-        return self.root / "artifacts" / sop_uid[-2:] / sop_uid / f"{tag}.{codec}{suffix}"
+        name = f"{tag}.png" if variant == "thumbnail" else f"{tag}.{codec}.dcm"
+        return self.root / "artifacts" / sop_uid[-2:] / sop_uid / name
 
     # -- originals --------------------------------------------------------------
     def add_original(self, staged: Path, ds: Dataset, source: str) -> str:

@@ -3,7 +3,7 @@ from core import CODECS
 
 
 def test_health_and_home_page(tmp_path):
-    app = create_app(tmp_path / "data")
+    app = create_app(tmp_path / "data", run_jobs=False, demo=False)
     client = app.server.test_client()
     health = client.get("/api/health")
     assert health.status_code == 200
@@ -21,3 +21,12 @@ def test_home_layout_lists_the_registry():
     text = str(layout())
     for codec in CODECS:
         assert str(codec.transfer_syntax) in text
+
+
+def test_demo_studies_are_loaded_on_first_start(tmp_path):
+    create_app(tmp_path / "data", run_jobs=False, demo=True)
+    app = create_app(tmp_path / "data", run_jobs=False, demo=True)  # second start adds nothing
+    studies = app.server.test_client().get("/api/studies").get_json()
+    assert sorted(s["modalities"] for s in studies) == ["CR", "CT", "MR", "MR", "US"]
+    jobs = app.server.extensions["radpress"]["jobs"].list()
+    assert len(jobs) == 5 and all(j["state"] == "queued" for j in jobs)

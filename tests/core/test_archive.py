@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+
+from core.archive import Forbidden, plan, storage_report, thumbnail_bytes, variant_file
+from core.ingest import ingest
+from core.jobs import Jobs
+from core.pixels import decode_all, read_dataset
+from core.policy import Policy, ratio_for, ratio_warning
+from core.samples import sample
+from core.store import Store
+from core.verify import verify
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store(tmp_path / "data")
+    list(ingest(store, [sample("MR2_UNCR"), sample("693_UNCR")]))
+    return store
+
+
+def study_of(store, modality):
+    return next(s["study_uid"] for s in store.studies() if s["modalities"] == modality)
+
+
+def variants(store, study_uid):
+    return sorted((a.variant, a.ratio) for a in store.artifacts(study_uid=study_uid))
+
+
+def test_strategy_1_keeps_everything(store):
+    mr = study_of(store, "MR")
+    Jobs(store, workers=1).submit(mr)
+    Jobs(store, workers=1).run_pending()
+    assert variants(store, mr) == [("lossless", 0), ("lossy", 7), ("original", 0), ("thumbnail", 0)]
+    lossy = store.artifact(store.instances(mr)[0]["sop_uid"], "lossy", 7)
+    ds = read_dataset(lossy.path)
+    assert ds.LossyImageCompression == "01" and abs(float(ds.LossyImageCompressionRatio) - 7) < 0.7
+
+
+@pytest.mark.parametrize("strategy, expected", [
+    (2, [("lossless", 0), ("original", 0)]),
+    (3, [("lossy", 7), ("original", 0)]),
+    (4, [("original", 0)]),
+])
+def test_changing_strategy_plans_the_difference(store, strategy, expected):
+    mr = study_of(store, "MR")
+    jobs = Jobs(store, workers=1)
+    jobs.submit(mr)
+    jobs.run_pending()
+    original = store.artifact(store.instances(mr)[0]["sop_uid"], "original")
+    before = original.path.read_bytes()
+    store.set_study_strategy(mr, strategy)
+    todo = plan(store, mr)
+    assert all(w.variant != "original" for w in todo.make) and all(a.variant != "original" for a in todo.remove)
+    jobs.submit(mr)
+    jobs.run_pending()
+    assert variants(store, mr) == expected
+    assert original.path.read_bytes() == before  # originals untouched
+    assert plan(store, mr).make == () and plan(store, mr).remove == ()
+
+
+def test_lossy_off_makes_and_serves_no_lossy(store):
+    mr = study_of(store, "MR")
+    store.set_policy(Policy(lossy_enabled=False))
+    jobs = Jobs(store, workers=1)
+    jobs.submit(mr)
+    jobs.run_pending()
+    assert ("lossy", 7) not in variants(store, mr)
+    with pytest.raises(Forbidden):
+        variant_file(store, store.instances(mr)[0]["sop_uid"], "lossy")
+
+
+def test_on_demand_variant_is_cached(store):
+    ct = study_of(store, "CT")
+    store.set_study_strategy(ct, 4)
+    sop = store.instances(ct)[0]["sop_uid"]
+    first = variant_file(store, sop, "lossy", 10)
+    data = first.stream.read()
+    first.close()
+    second = variant_file(store, sop, "lossy", 10)
+    assert not first.from_cache and second.from_cache and second.stream.read() == data
+    second.close()
+    lossless = variant_file(store, sop, "lossless")
+    path = store.root / "tmp" / "x.dcm"
+    path.write_bytes(lossless.stream.read())
+    lossless.close()
+    assert verify(read_dataset(sample("693_UNCR")), read_dataset(path)).metrics.identical
+
+
+def test_storage_report_measures_and_estimates(store):
+    mr = study_of(store, "MR")
+    report = storage_report(store, mr)
+    assert report["bytes_now"] == {"original": sample("MR2_UNCR").stat().st_size}
+    by = {s["strategy"]: s for s in report["strategies"]}
+    assert by[4]["bytes"] == report["bytes_total"] and not by[4]["estimated"]
+    assert by[1]["estimated"] and by[1]["bytes"] > by[2]["bytes"] > by[4]["bytes"]
+    jobs = Jobs(store, workers=1)
+    jobs.submit(mr)
+    jobs.run_pending()
+    measured = {s["strategy"]: s for s in storage_report(store, mr)["strategies"]}
+    assert not measured[1]["estimated"] and measured[1]["bytes"] == storage_report(store, mr)["bytes_total"]
+    assert abs(measured[2]["bytes"] - by[2]["bytes"]) / by[2]["bytes"] < 0.05  # the estimate was close
+
+
+def test_ratio_table_and_warnings():
+    policy = Policy()
+    assert ratio_for(policy, "CT", "HEAD") == 5 and ratio_for(policy, "CT", "CHEST") == 8
+    assert ratio_for(policy, "CR") == 10 and ratio_for(policy, "MG") == 15 and ratio_for(policy, "MR") == 7
+    assert ratio_for(policy, "XA") == 6 and ratio_for(policy, "US") == policy.default_ratio
+    assert ratio_warning("CT", 13, "BRAIN") and not ratio_warning("CT", 13, "CHEST")
+    assert ratio_warning("CR", 31) and not ratio_warning("CR", 30)
+
+
+def test_thumbnail(store):
+    sop = store.instances(study_of(store, "MR"))[0]["sop_uid"]
+    data, etag = thumbnail_bytes(store, sop)
+    assert data.startswith(b"\x89PNG") and etag
+
+
+def test_check_repairs_after_a_crash(store):
+    mr = study_of(store, "MR")
+    jobs = Jobs(store, workers=1)
+    jobs.submit(mr)
+    jobs.run_pending()
+    lossless = store.artifact(store.instances(mr)[0]["sop_uid"], "lossless")
+    lossless.path.unlink()  # a row pointing at nothing
+    orphan = store.root / "artifacts" / "zz" / "orphan.dcm"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"half")
+    part = store.root / "tmp" / ".x.part"
+    part.write_bytes(b"half")
+    report = store.check()
+    assert str(lossless.path) in report["missing_files"] and str(orphan) in report["orphan_files"]
+    assert not orphan.exists() and not part.exists()
+    assert store.artifact(lossless.sop_uid, "lossless") is None
+    assert np.array_equal(decode_all(read_dataset(store.artifact(lossless.sop_uid, "original").path)),
+                          decode_all(read_dataset(sample("MR2_UNCR"))))
