@@ -183,17 +183,115 @@ def _table(results: dict) -> str:
     lines.append("")
     lines.append("lossy j2k: " + ", ".join(f"{r['image']} {r['target']}:1->{r['ratio']:.2f}" for r in results["lossy"]))
     lines.append("")
+    if "archive" in results:
+        lines += [_archive_table(results["archive"]), ""]
     for c in results["checks"]:
         verdict = ("ok" if c["ok"] else "below") if c.get("informative") else ("PASS" if c["ok"] else "FAIL")
         lines.append(f"[{verdict}] {c['target']}: {c['measured']}")
     return "\n".join(lines)
 
 
-def run_bench(json_path: str | None = "bench-results.json", as_json: bool = False, repeat: int = 3) -> int:
+def run_bench(json_path: str | None = "bench-results.json", as_json: bool = False, repeat: int = 3,
+              archive_instances: int = 300) -> int:
     results = measure(repeat=repeat)
+    if archive_instances:
+        archive = measure_archive(archive_instances)
+        results["archive"] = archive
+        results["checks"].append({"target": "archive peak RSS < 1 GB", "measured": f"{max(archive['peak_rss_mb'], archive['peak_worker_rss_mb']):.0f} MB",
+                                  "ok": max(archive["peak_rss_mb"], archive["peak_worker_rss_mb"]) < 1024})
     text = json.dumps(results, indent=2)
     if json_path:
         with atomic_writer(json_path) as fh:
             fh.write(text.encode())
     print(text if as_json else _table(results))
     return 0
+
+
+def _peak_rss_mb() -> tuple[float, float]:
+    """Peak resident set size of this process and of its largest child (worker), in MB."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return own, children
+
+
+def measure_archive(count: int = 300, workers: int = 2) -> dict:
+    """Ingest a CT series built from the real 693 slice, materialise strategy 1, download it."""
+    import threading
+
+    import requests
+    from werkzeug.serving import make_server
+
+    from .ingest import ingest
+    from .jobs import Jobs
+    from .samples import write_series
+    from .store import Store
+
+    with tempfile.TemporaryDirectory(prefix="radpress-bench-archive-") as tmp_name:
+        tmp = Path(tmp_name)
+        files = write_series("693_UNCR", count, tmp / "series")
+        source_mb = sum(f.stat().st_size for f in files) / 1e6
+        store = Store(tmp / "data")
+        start = time.perf_counter()
+        results = list(ingest(store, files))
+        ingest_s = time.perf_counter() - start
+        study = results[0].study_uid
+        jobs = Jobs(store, workers=workers)
+        jobs.submit(study)
+        start = time.perf_counter()
+        [job] = jobs.run_pending()
+        materialise_s = time.perf_counter() - start
+
+        from flask import Flask
+
+        from .routes import init_archive
+
+        server = Flask(__name__)
+        init_archive(server, store, jobs)
+        httpd = make_server("127.0.0.1", 0, server, threaded=True)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{httpd.server_port}"
+        try:
+            start = time.perf_counter()
+            size = 0
+            with requests.get(f"{base}/download/study/{study}.zip", params={"variant": "lossless"}, stream=True) as r:
+                for chunk in r.iter_content(1 << 20):
+                    size += len(chunk)
+            zip_s = time.perf_counter() - start
+            store.set_study_strategy(study, 4)
+            jobs.submit(study)
+            jobs.run_pending()
+            sop = store.instances(study)[0]["sop_uid"]
+            timings = []
+            for _ in range(2):
+                start = time.perf_counter()
+                requests.get(f"{base}/download/instance/{sop}", params={"variant": "lossy", "ratio": 12}).raise_for_status()
+                timings.append(time.perf_counter() - start)
+        finally:
+            httpd.shutdown()
+        own, child = _peak_rss_mb()
+        return {
+            "instances": count,
+            "source_mb": source_mb,
+            "ingest_s": ingest_s,
+            "materialise_s": materialise_s,
+            "instances_per_s": count / (ingest_s + materialise_s),
+            "job_state": job["state"],
+            "peak_rss_mb": own,
+            "peak_worker_rss_mb": child,
+            "zip_mb": size / 1e6,
+            "zip_mb_s": size / 1e6 / zip_s,
+            "strategy4_lossy_first_ms": timings[0] * 1000,
+            "strategy4_lossy_cached_ms": timings[1] * 1000,
+        }
+
+
+def _archive_table(a: dict) -> str:
+    return "\n".join([
+        f"archive: {a['instances']} CT instances ({a['source_mb']:.0f} MB): ingest {a['ingest_s']:.1f} s, "
+        f"strategy-1 materialisation {a['materialise_s']:.1f} s, {a['instances_per_s']:.1f} instances/s",
+        f"         peak RSS {a['peak_rss_mb']:.0f} MB (largest worker {a['peak_worker_rss_mb']:.0f} MB); "
+        f"study zip {a['zip_mb']:.0f} MB at {a['zip_mb_s']:.0f} MB/s; strategy-4 lossy download "
+        f"{a['strategy4_lossy_first_ms']:.0f} ms first, {a['strategy4_lossy_cached_ms']:.0f} ms cached",
+    ])

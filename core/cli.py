@@ -182,7 +182,7 @@ def _print_progress(job: dict) -> None:
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
-    return run_bench(json_path=args.json_out, as_json=args.json, repeat=args.repeat)
+    return run_bench(json_path=args.json_out, as_json=args.json, repeat=args.repeat, archive_instances=args.instances)
 
 
 def _ratio(text: str) -> float:
@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--json-out", default="bench-results.json", help="where to write the JSON results")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--instances", type=int, default=300, help="size of the CT series for the archive benchmark (0: skip)")
     p.set_defaults(run=cmd_bench)
     return parser
 

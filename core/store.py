@@ -142,9 +142,6 @@ class Store:
     # -- originals --------------------------------------------------------------
     def add_original(self, staged: Path, ds: Dataset, source: str) -> str:
         """Move a staged, validated file into the archive; returns stored / duplicate / conflict."""
-        from .derive import is_marked_lossy
-        from .pixels import pixel_spec
-
         sop_uid = _text(ds, "SOPInstanceUID")
         checksum = sha256_file(staged)
         existing = self.query("SELECT checksum FROM artifacts WHERE sop_uid=? AND variant='original'", (sop_uid,))
@@ -163,6 +160,14 @@ class Store:
 
         target = self.original_path(sop_uid)
         _place(staged, target)
+        self._index_original(target, ds, checksum)
+        return "stored"
+
+    def _index_original(self, target: Path, ds: Dataset, checksum: str) -> None:
+        from .derive import is_marked_lossy
+        from .pixels import pixel_spec
+
+        sop_uid = _text(ds, "SOPInstanceUID")
         spec = pixel_spec(ds)
         now = time.time()
         patient_key = f"{_text(ds, 'PatientID')}|{_text(ds, 'PatientName')}"
@@ -183,7 +188,6 @@ class Store:
             db.execute("INSERT INTO artifacts VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (sop_uid, "original", 0, "", str(ds.file_meta.TransferSyntaxUID), target.stat().st_size,
                         checksum, str(target), now, None))
-        return "stored"
 
     # -- artifacts --------------------------------------------------------------
     def put_artifact(self, sop_uid: str, variant: str, ratio: float, codec: str, transfer_syntax: str,
@@ -281,8 +285,12 @@ class Store:
 
     # -- consistency ------------------------------------------------------------
     def check(self) -> dict:
-        """Remove rows whose file vanished and files no row names; report what was done."""
-        report = {"orphan_files": [], "missing_files": [], "missing_originals": []}
+        """Remove rows whose file vanished and derived files no row names; index orphan originals.
+
+        An original without a row was placed just before a crash, before its
+        row was committed: it is indexed now, never deleted.
+        """
+        report = {"orphan_files": [], "missing_files": [], "missing_originals": [], "reindexed_originals": []}
         known = set()
         for row in self.query("SELECT * FROM artifacts"):
             path = Path(row["path"])
@@ -297,10 +305,16 @@ class Store:
         known |= {Path(r["path"]) for r in self.query("SELECT path FROM conflicts")}
         for sub in ("originals", "artifacts", "tmp"):
             for path in (self.root / sub).rglob("*"):
-                if path.is_file() and path not in known:
-                    report["orphan_files"].append(str(path))
-                    if sub != "originals" or path.name.endswith(".part"):
-                        path.unlink(missing_ok=True)
+                if not path.is_file() or path in known:
+                    continue
+                if sub == "originals" and path.suffix == ".dcm":
+                    from .pixels import read_dataset
+
+                    self._index_original(path, read_dataset(path), sha256_file(path))
+                    report["reindexed_originals"].append(str(path))
+                    continue
+                report["orphan_files"].append(str(path))
+                path.unlink(missing_ok=True)
         return report
 
 

@@ -134,3 +134,18 @@ def test_check_repairs_after_a_crash(store):
     assert store.artifact(lossless.sop_uid, "lossless") is None
     assert np.array_equal(decode_all(read_dataset(store.artifact(lossless.sop_uid, "original").path)),
                           decode_all(read_dataset(sample("MR2_UNCR"))))
+
+
+def test_check_indexes_an_original_placed_just_before_a_crash(tmp_path):
+    import shutil
+
+    from pydicom import dcmread
+
+    store = Store(tmp_path / "data")
+    ds = dcmread(sample("MR2_UNCR"))
+    target = store.original_path(ds.SOPInstanceUID)
+    target.parent.mkdir(parents=True)
+    shutil.copy(sample("MR2_UNCR"), target)  # file in place, row never committed
+    report = store.check()
+    assert report["reindexed_originals"] == [str(target)] and target.exists()
+    assert store.instance(ds.SOPInstanceUID)["modality"] == "MR"
