@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import dash
 
 from components.shell import make_shell
+from core.auth import init_auth, secret_key
 from core.demo import load_demo
 from core.jobs import Jobs
 from core.routes import init_archive
 from core.store import Store
+from core.users import DEMO_USER, Users
 
 __all__ = ["create_app", "main"]
 
@@ -21,11 +24,18 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
     store = Store(Path(data_dir or os.environ.get("RADPRESS_DATA", "var")))
     store.check()
     jobs = Jobs(store, workers=int(os.environ.get("RADPRESS_WORKERS", "2")))
-    if demo if demo is not None else os.environ.get("RADPRESS_DEMO", "1") == "1":
+    users = Users(store)
+    demo = demo if demo is not None else os.environ.get("RADPRESS_DEMO", "1") == "1"
+    if demo:
+        users.ensure(DEMO_USER, secrets.token_urlsafe(16), "demo")
         for result in load_demo(store):
             if result.status == "stored":
                 jobs.submit(result.study_uid)
+    admin = os.environ.get("RADPRESS_ADMIN_USER")
+    if admin:
+        users.ensure(admin, os.environ.get("RADPRESS_ADMIN_PASSWORD", ""), "admin")
     app = dash.Dash(__name__, use_pages=True, title="RadPress", suppress_callback_exceptions=True)
+    init_auth(app.server, users, secret_key(store.root), demo)
     init_archive(app.server, store, jobs)
     app.layout = make_shell()
     if run_jobs:

@@ -245,17 +245,24 @@ def measure_archive(count: int = 300, workers: int = 2) -> dict:
 
         from flask import Flask
 
+        from .auth import init_auth
         from .routes import init_archive
+        from .users import Users
 
         server = Flask(__name__)
+        users = Users(store)
+        users.add("bench", "bench-password", "admin")
+        init_auth(server, users, b"bench", demo=False)
         init_archive(server, store, jobs)
+        http = requests.Session()
+        http.auth = ("bench", "bench-password")
         httpd = make_server("127.0.0.1", 0, server, threaded=True)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{httpd.server_port}"
         try:
             start = time.perf_counter()
             size = 0
-            with requests.get(f"{base}/download/study/{study}.zip", params={"variant": "lossless"}, stream=True) as r:
+            with http.get(f"{base}/download/study/{study}.zip", params={"variant": "lossless"}, stream=True) as r:
                 for chunk in r.iter_content(1 << 20):
                     size += len(chunk)
             zip_s = time.perf_counter() - start
@@ -266,7 +273,7 @@ def measure_archive(count: int = 300, workers: int = 2) -> dict:
             timings = []
             for _ in range(2):
                 start = time.perf_counter()
-                requests.get(f"{base}/download/instance/{sop}", params={"variant": "lossy", "ratio": 12}).raise_for_status()
+                http.get(f"{base}/download/instance/{sop}", params={"variant": "lossy", "ratio": 12}).raise_for_status()
                 timings.append(time.perf_counter() - start)
         finally:
             httpd.shutdown()

@@ -1,4 +1,4 @@
-"""``python -m core``: info, compress, verify, ingest, bench.
+"""``python -m core``: info, compress, verify, ingest, users, bench.
 
 Every failure the user can cause ends as one line on stderr and exit code 2;
 ``verify`` exits 1 when a file claims to be lossless and is not.
@@ -175,6 +175,32 @@ def cmd_ingest(args) -> int:
     return EXIT_BAD_INPUT if any(r.status == "rejected" for r in results) else EXIT_OK
 
 
+def cmd_users(args) -> int:
+    import getpass
+    import os
+
+    from .store import Store
+    from .users import Users
+
+    users = Users(Store(args.data or os.environ.get("RADPRESS_DATA", "var")))
+    if args.action == "list":
+        for user in users.list():
+            print(f"{user.name}\t{user.role}")
+        return EXIT_OK
+    if not args.name:
+        raise InvalidOptionError(f"users {args.action} needs a user name.")
+    if args.action == "remove":
+        users.remove(args.name)
+        print(f"removed {args.name}")
+        return EXIT_OK
+    password = args.password or os.environ.get("RADPRESS_PASSWORD")
+    if password is None:
+        password = getpass.getpass(f"Password for {args.name}: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    user = users.add(args.name, password, args.role)
+    print(f"added {user.name} ({user.role})")
+    return EXIT_OK
+
+
 def _print_progress(job: dict) -> None:
     print(f"job {job['id']}: {job['done'] + job['failed']}/{job['total']} instance(s), {job['mb_per_s']:.1f} MB/s", file=sys.stderr)
 
@@ -223,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-jobs", action="store_true", help="index only; make the strategy's artifacts later")
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(run=cmd_ingest)
+
+    p = sub.add_parser("users", help="add, remove or list users")
+    p.add_argument("action", choices=("add", "remove", "list"))
+    p.add_argument("name", nargs="?")
+    p.add_argument("--role", choices=("admin", "radiologist", "demo"), default="radiologist")
+    p.add_argument("--password", help="default: $RADPRESS_PASSWORD, a prompt, or one line on standard input")
+    p.add_argument("--data", help="data directory (default: $RADPRESS_DATA or ./var)")
+    p.set_defaults(run=cmd_users)
 
     p = sub.add_parser("bench", help="codec throughput and ratios on the pydicom-data images")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")

@@ -16,4 +16,8 @@ def load_demo(store: Store) -> list[IngestResult]:
     """Ingest the samples once: an archive that already has studies is left alone."""
     if store.studies():
         return []
-    return list(ingest(store, [sample(name) for name in DEMO_SAMPLES]))
+    results = list(ingest(store, [sample(name) for name in DEMO_SAMPLES]))
+    with store.connect() as db:
+        for uid in {r.study_uid for r in results if r.study_uid}:
+            db.execute("UPDATE studies SET demo=1 WHERE study_uid=?", (uid,))
+    return results

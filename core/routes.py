@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
 from .archive import Forbidden, plan, storage_report, variant_file
+from .auth import current_user, require
 from .bundle import Member, safe_name, tar_stream, zip_stream
 from .codecs import CODECS
 from .derive import format_ratio
@@ -50,6 +51,17 @@ def _http_error(exc: HTTPException):
     return exc
 
 
+def _check_study(store: Store, study_uid: str) -> None:
+    """The demo account sees the bundled sample studies only."""
+    user = current_user()
+    if user is not None and user.sees_only_demo and not store.study(study_uid)["demo"]:
+        raise Forbidden("The demo account can open the sample studies only.")
+
+
+def _check_instance(store: Store, sop_uid: str) -> None:
+    _check_study(store, store.instance(sop_uid)["study_uid"])
+
+
 def _row(row) -> dict:
     return {k: row[k] for k in row.keys()}
 
@@ -63,6 +75,7 @@ def health():
 
 # -- ingest -------------------------------------------------------------------
 @blueprint.post("/api/upload")
+@require("upload")
 def upload():
     store, jobs = archive()
     results = []
@@ -86,14 +99,18 @@ def upload():
 
 # -- studies and storage ------------------------------------------------------
 @blueprint.get("/api/studies")
+@require("view")
 def studies():
     store, _ = archive()
-    return jsonify([_row(r) for r in store.studies()])
+    demo_only = current_user().sees_only_demo
+    return jsonify([_row(r) for r in store.studies() if r["demo"] or not demo_only])
 
 
 @blueprint.get("/api/studies/<study_uid>")
+@require("view")
 def study(study_uid):
     store, _ = archive()
+    _check_study(store, study_uid)
     row = _row(store.study(study_uid))
     row["effective_strategy"] = store.study_strategy(study_uid)
     arts = {}
@@ -106,19 +123,22 @@ def study(study_uid):
 
 
 @blueprint.get("/api/studies/<study_uid>/storage")
+@require("view")
 def study_storage(study_uid):
     store, _ = archive()
-    store.study(study_uid)
+    _check_study(store, study_uid)
     return jsonify(storage_report(store, study_uid))
 
 
 @blueprint.get("/api/storage")
+@require("view")
 def clinic_storage():
     store, _ = archive()
     return jsonify(storage_report(store))
 
 
 @blueprint.put("/api/studies/<study_uid>/strategy")
+@require("policy")
 def set_strategy(study_uid):
     store, jobs = archive()
     body = request.get_json(silent=True) or {}
@@ -127,24 +147,27 @@ def set_strategy(study_uid):
     strategy = body["strategy"]
     if strategy is not None and not isinstance(strategy, int):
         raise InvalidOptionError(f"Strategy {strategy!r} is not a number 1-4.")
-    store.set_study_strategy(study_uid, strategy, user=request.headers.get("X-User", "api"))
+    store.set_study_strategy(study_uid, strategy, user=current_user().name)
     todo = plan(store, study_uid)
     job = jobs.submit(study_uid) if todo.make or todo.remove else None
     return jsonify(strategy=store.study_strategy(study_uid), job=job, make=len(todo.make), remove=len(todo.remove))
 
 
 @blueprint.get("/api/strategies")
+@require("view")
 def strategies():
     return jsonify([asdict(s) for s in STRATEGIES])
 
 
 @blueprint.get("/api/policy")
+@require("view")
 def get_policy():
     store, _ = archive()
     return jsonify(store.policy().to_dict())
 
 
 @blueprint.put("/api/policy")
+@require("policy")
 def put_policy():
     store, jobs = archive()
     body = request.get_json(silent=True)
@@ -154,7 +177,7 @@ def put_policy():
         policy = Policy.from_dict({**store.policy().to_dict(), **body})
     except (TypeError, ValueError) as exc:
         raise InvalidOptionError(f"The policy is not valid: {exc}") from None
-    store.set_policy(policy, user=request.headers.get("X-User", "api"))
+    store.set_policy(policy, user=current_user().name)
     warnings = [w for m, r in policy.ratios.items() if (w := ratio_warning(m.split()[0], float(r), *m.split()[1:2]))]
     job_ids = [jobs.submit(s["study_uid"]) for s in store.studies()]
     return jsonify(policy=policy.to_dict(), warnings=warnings, jobs=job_ids)
@@ -162,18 +185,21 @@ def put_policy():
 
 # -- jobs ---------------------------------------------------------------------
 @blueprint.get("/api/jobs")
+@require("view")
 def list_jobs():
     _, jobs = archive()
     return jsonify(jobs.list())
 
 
 @blueprint.get("/api/jobs/<int:job_id>")
+@require("view")
 def get_job(job_id):
     _, jobs = archive()
     return jsonify(jobs.get(job_id))
 
 
 @blueprint.post("/api/jobs/<int:job_id>/cancel")
+@require("jobs")
 def cancel_job(job_id):
     _, jobs = archive()
     return jsonify(jobs.cancel(job_id))
@@ -195,8 +221,10 @@ def _lossy_header(response: Response, vf) -> None:
 
 
 @blueprint.get("/download/instance/<sop_uid>")
+@require("download")
 def download_instance(sop_uid):
     store, _ = archive()
+    _check_instance(store, sop_uid)
     variant, ratio = _variant_args()
     vf = variant_file(store, sop_uid, variant, ratio)
     response = Response(wrap_file(request.environ, vf.stream), mimetype="application/dicom", direct_passthrough=True)
@@ -239,6 +267,7 @@ def _opener(store, sop_uid, variant, ratio):
 
 
 @blueprint.get("/download/study/<study_uid>.<fmt>")
+@require("download")
 def download_study(study_uid, fmt):
     store, _ = archive()
     if fmt not in ("zip", "tar"):
@@ -246,7 +275,7 @@ def download_study(study_uid, fmt):
     variant, ratio = _variant_args()
     if variant not in ("original", "lossless", "lossy"):
         raise InvalidOptionError(f"Unknown variant {variant!r}.", hint="Use original, lossless or lossy.")
-    store.study(study_uid)
+    _check_study(store, study_uid)
     members = _bundle_members(store, study_uid, variant, ratio)
     if fmt == "tar":
         body = tar_stream(members)
@@ -260,9 +289,11 @@ def download_study(study_uid, fmt):
 
 
 @blueprint.get("/thumbnail/<sop_uid>")
+@require("view")
 def thumbnail(sop_uid):
     from .archive import thumbnail_bytes
 
     store, _ = archive()
+    _check_instance(store, sop_uid)
     data, etag = thumbnail_bytes(store, sop_uid)
     return send_file(io.BytesIO(data), mimetype="image/png", etag=etag, conditional=True, max_age=3600)

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS patients (
     patient_key TEXT PRIMARY KEY, patient_id TEXT, name TEXT, birth_date TEXT);
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY, patient_key TEXT REFERENCES patients, date TEXT, description TEXT,
-    accession TEXT, strategy INTEGER, created REAL);
+    accession TEXT, strategy INTEGER, created REAL, demo INTEGER DEFAULT 0);
 CREATE TABLE IF NOT EXISTS series (
     series_uid TEXT PRIMARY KEY, study_uid TEXT REFERENCES studies, modality TEXT, number INTEGER,
     description TEXT, body_part TEXT);
@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS job_items (
     job_id INTEGER REFERENCES jobs, sop_uid TEXT, state TEXT, error TEXT, PRIMARY KEY (job_id, sop_uid));
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL, user TEXT, what TEXT, old TEXT, new TEXT);
+CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, password_hash TEXT, role TEXT, created REAL);
 CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
 """
@@ -174,7 +175,7 @@ class Store:
         with self.connect() as db:
             db.execute("INSERT OR IGNORE INTO patients VALUES (?,?,?,?)",
                        (patient_key, _text(ds, "PatientID"), _text(ds, "PatientName"), _text(ds, "PatientBirthDate")))
-            db.execute("INSERT OR IGNORE INTO studies VALUES (?,?,?,?,?,NULL,?)",
+            db.execute("INSERT OR IGNORE INTO studies VALUES (?,?,?,?,?,NULL,?,0)",
                        (_text(ds, "StudyInstanceUID"), patient_key, _text(ds, "StudyDate"), _text(ds, "StudyDescription"),
                         _text(ds, "AccessionNumber"), now))
             db.execute("INSERT OR IGNORE INTO series VALUES (?,?,?,?,?,?)",

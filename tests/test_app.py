@@ -10,7 +10,8 @@ def test_health_and_home_page(tmp_path):
     body = health.get_json()
     assert body["status"] == "ok" and set(body["codecs"]) == {c.name for c in CODECS}
     assert (tmp_path / "data").is_dir()
-    page = client.get("/")
+    assert client.get("/").status_code == 302  # pages need a login
+    page = client.get("/login")
     assert page.status_code == 200 and b"RadPress" in page.data
 
 
@@ -26,7 +27,9 @@ def test_home_layout_lists_the_registry():
 def test_demo_studies_are_loaded_on_first_start(tmp_path):
     create_app(tmp_path / "data", run_jobs=False, demo=True)
     app = create_app(tmp_path / "data", run_jobs=False, demo=True)  # second start adds nothing
-    studies = app.server.test_client().get("/api/studies").get_json()
+    client = app.server.test_client()
+    client.post("/login", data={"demo": "1"})
+    studies = client.get("/api/studies").get_json()
     assert sorted(s["modalities"] for s in studies) == ["CR", "CT", "MR", "MR", "US"]
     jobs = app.server.extensions["radpress"]["jobs"].list()
     assert len(jobs) == 5 and all(j["state"] == "queued" for j in jobs)

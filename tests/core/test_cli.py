@@ -120,3 +120,14 @@ def test_never_overwrites_an_input(capsys, tmp_path):
     code, _, err = run_cli(capsys, "compress", src, "--codec", "htj2k", "--out", tmp_path)
     assert code == 0  # output is MR2_UNCR.htj2k-lossless.htj2k-lossless.dcm, the input is untouched
     assert src.read_bytes() == MR2.read_bytes()
+
+
+def test_users_command(capsys, tmp_path):
+    data = tmp_path / "data"
+    assert main(["users", "add", "boss", "--role", "admin", "--password", "long-enough", "--data", str(data)]) == 0
+    assert main(["users", "list", "--data", str(data)]) == 0
+    assert "boss\tadmin" in capsys.readouterr().out
+    assert main(["users", "add", "boss", "--password", "long-enough", "--data", str(data)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["users", "add", "x", "--password", "short", "--data", str(data)]) == 2
+    assert main(["users", "remove", "boss", "--data", str(data)]) == 0

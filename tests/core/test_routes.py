@@ -19,8 +19,13 @@ from core.samples import sample, write_series
 MR2 = sample("MR2_UNCR")
 
 
+ADMIN = ("admin", "correct-horse")
+
+
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, monkeypatch):
+    monkeypatch.setenv("RADPRESS_ADMIN_USER", ADMIN[0])
+    monkeypatch.setenv("RADPRESS_ADMIN_PASSWORD", ADMIN[1])
     app = create_app(tmp_path / "data", demo=False)
     httpd = make_server("127.0.0.1", 0, app.server, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -30,104 +35,112 @@ def server(tmp_path):
     app.server.extensions["radpress"]["jobs"].stop()
 
 
-def wait_jobs(base, timeout=120):
+@pytest.fixture(autouse=True)
+def http(monkeypatch):
+    """Every request of these tests authenticates as the admin with HTTP Basic."""
+    session = requests.Session()
+    session.auth = ADMIN
+    return session
+
+
+def wait_jobs(http, base, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        jobs = requests.get(f"{base}/api/jobs").json()
+        jobs = http.get(f"{base}/api/jobs").json()
         if jobs and all(j["state"] in ("done", "failed", "cancelled") for j in jobs):
             return jobs
         time.sleep(0.2)
     raise AssertionError("jobs did not finish")
 
 
-def upload(base, path):
+def upload(http, base, path):
     with open(path, "rb") as fh:
-        return requests.post(f"{base}/api/upload", files={"file": (path.name, fh)})
+        return http.post(f"{base}/api/upload", files={"file": (path.name, fh)})
 
 
-def test_health(server):
+def test_health(http, server):
     base, _ = server
-    r = requests.get(f"{base}/api/health")
+    r = http.get(f"{base}/api/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"
 
 
-def test_upload_multipart_and_raw_body(server, tmp_path):
+def test_upload_multipart_and_raw_body(http, server, tmp_path):
     base, _ = server
-    r = upload(base, MR2)
+    r = upload(http, base, MR2)
     assert r.status_code == 200 and r.json()["results"][0]["status"] == "stored" and r.json()["jobs"]
     with open(sample("693_UNCR"), "rb") as fh:
-        raw = requests.post(f"{base}/api/upload?name=ct.dcm", data=fh)
+        raw = http.post(f"{base}/api/upload?name=ct.dcm", data=fh)
     assert raw.status_code == 200 and raw.json()["results"][0]["status"] == "stored"
-    again = upload(base, MR2)
+    again = upload(http, base, MR2)
     assert again.json()["results"][0]["status"] == "duplicate"
     zpath = tmp_path / "study.zip"
     with zipfile.ZipFile(zpath, "w") as z:
         for f in write_series("emri_small", 2, tmp_path / "s"):
             z.write(f, f"a/{f.name}")
-    assert [x["status"] for x in upload(base, zpath).json()["results"]] == ["stored", "stored"]
-    assert len(requests.get(f"{base}/api/studies").json()) == 3
+    assert [x["status"] for x in upload(http, base, zpath).json()["results"]] == ["stored", "stored"]
+    assert len(http.get(f"{base}/api/studies").json()) == 3
 
 
-def test_upload_of_bad_files_is_a_4xx_with_reasons(server, tmp_path):
+def test_upload_of_bad_files_is_a_4xx_with_reasons(http, server, tmp_path):
     base, _ = server
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
-    r = upload(base, bad)
+    r = upload(http, base, bad)
     assert r.status_code == 422 and r.json()["results"][0]["reason"].startswith("not DICOM")
-    empty = requests.post(f"{base}/api/upload", data=b"")
+    empty = http.post(f"{base}/api/upload", data=b"")
     assert empty.status_code == 400 and "empty" in empty.json()["error"]
 
 
-def test_downloads_for_each_variant(server):
+def test_downloads_for_each_variant(http, server):
     base, _ = server
-    study = upload(base, MR2).json()["studies"][0]
-    wait_jobs(base)
-    sop = requests.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
-    original = requests.get(f"{base}/download/instance/{sop}")
+    study = upload(http, base, MR2).json()["studies"][0]
+    wait_jobs(http, base)
+    sop = http.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
+    original = http.get(f"{base}/download/instance/{sop}")
     assert original.status_code == 200 and original.content == MR2.read_bytes()
     assert original.headers["Content-Type"] == "application/dicom" and original.headers["ETag"]
     assert "attachment" in original.headers["Content-Disposition"]
-    lossless = requests.get(f"{base}/download/instance/{sop}", params={"variant": "lossless"})
+    lossless = http.get(f"{base}/download/instance/{sop}", params={"variant": "lossless"})
     ds = dcmread(io.BytesIO(lossless.content))
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
     assert np.array_equal(decode_all(ds), decode_all(read_dataset(MR2)))
-    lossy = requests.get(f"{base}/download/instance/{sop}", params={"variant": "lossy"})
+    lossy = http.get(f"{base}/download/instance/{sop}", params={"variant": "lossy"})
     ds = dcmread(io.BytesIO(lossy.content))
     assert ds.LossyImageCompression == "01" and ds.SOPInstanceUID != sop
     assert lossy.headers["X-Lossy-Compression"].startswith("ratio=7") and "ISO_15444_1" in lossy.headers["X-Lossy-Compression"]
 
 
-def test_http_range(server):
+def test_http_range(http, server):
     base, _ = server
-    study = upload(base, MR2).json()["studies"][0]
-    sop = requests.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
+    study = upload(http, base, MR2).json()["studies"][0]
+    sop = http.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
     url = f"{base}/download/instance/{sop}"
     whole = MR2.read_bytes()
-    part = requests.get(url, headers={"Range": "bytes=100-199"})
+    part = http.get(url, headers={"Range": "bytes=100-199"})
     assert part.status_code == 206 and part.content == whole[100:200]
     assert part.headers["Content-Range"] == f"bytes 100-199/{len(whole)}"
-    tail = requests.get(url, headers={"Range": "bytes=-10"})
+    tail = http.get(url, headers={"Range": "bytes=-10"})
     assert tail.status_code == 206 and tail.content == whole[-10:]
-    bad = requests.get(url, headers={"Range": f"bytes={len(whole) + 10}-"})
+    bad = http.get(url, headers={"Range": f"bytes={len(whole) + 10}-"})
     assert bad.status_code == 416
     etag = part.headers["ETag"]
-    same = requests.get(url, headers={"Range": "bytes=0-9", "If-Range": etag})
+    same = http.get(url, headers={"Range": "bytes=0-9", "If-Range": etag})
     assert same.status_code == 206
-    changed = requests.get(url, headers={"Range": "bytes=0-9", "If-Range": '"something-else"'})
+    changed = http.get(url, headers={"Range": "bytes=0-9", "If-Range": '"something-else"'})
     assert changed.status_code == 200 and changed.content == whole
 
 
 @pytest.mark.parametrize("fmt", ["zip", "tar"])
-def test_study_bundles(server, tmp_path, fmt):
+def test_study_bundles(http, server, tmp_path, fmt):
     base, _ = server
     files = write_series("emri_small", 3, tmp_path / "s")
     zpath = tmp_path / "up.zip"
     with zipfile.ZipFile(zpath, "w") as z:
         for f in files:
             z.write(f, f.name)
-    study = upload(base, zpath).json()["studies"][0]
-    wait_jobs(base)
-    r = requests.get(f"{base}/download/study/{study}.{fmt}", params={"variant": "lossless"}, stream=True)
+    study = upload(http, base, zpath).json()["studies"][0]
+    wait_jobs(http, base)
+    r = http.get(f"{base}/download/study/{study}.{fmt}", params={"variant": "lossless"}, stream=True)
     assert r.status_code == 200 and "Content-Length" not in r.headers  # streamed
     body = r.content
     if fmt == "zip":
@@ -145,61 +158,88 @@ def test_study_bundles(server, tmp_path, fmt):
         assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
 
 
-def test_strategy_change_and_storage_api(server):
+def test_strategy_change_and_storage_api(http, server):
     base, _ = server
-    study = upload(base, MR2).json()["studies"][0]
-    wait_jobs(base)
-    storage = requests.get(f"{base}/api/studies/{study}/storage").json()
+    study = upload(http, base, MR2).json()["studies"][0]
+    wait_jobs(http, base)
+    storage = http.get(f"{base}/api/studies/{study}/storage").json()
     assert set(storage["bytes_now"]) == {"original", "lossless", "lossy", "thumbnail"}
-    r = requests.put(f"{base}/api/studies/{study}/strategy", json={"strategy": 4})
+    r = http.put(f"{base}/api/studies/{study}/strategy", json={"strategy": 4})
     assert r.status_code == 200 and r.json()["remove"] == 3
-    wait_jobs(base)
-    assert set(requests.get(f"{base}/api/studies/{study}/storage").json()["bytes_now"]) == {"original"}
-    assert requests.put(f"{base}/api/studies/{study}/strategy", json={"strategy": 9}).status_code == 400
-    clinic = requests.get(f"{base}/api/storage").json()
+    wait_jobs(http, base)
+    assert set(http.get(f"{base}/api/studies/{study}/storage").json()["bytes_now"]) == {"original"}
+    assert http.put(f"{base}/api/studies/{study}/strategy", json={"strategy": 9}).status_code == 400
+    clinic = http.get(f"{base}/api/storage").json()
     assert len(clinic["strategies"]) == 4
 
 
-def test_lossy_refused_when_the_clinic_has_lossy_off(server):
+def test_lossy_refused_when_the_clinic_has_lossy_off(http, server):
     base, _ = server
-    study = upload(base, MR2).json()["studies"][0]
-    sop = requests.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
-    r = requests.put(f"{base}/api/policy", json={"lossy_enabled": False})
+    study = upload(http, base, MR2).json()["studies"][0]
+    sop = http.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
+    r = http.put(f"{base}/api/policy", json={"lossy_enabled": False})
     assert r.status_code == 200
-    denied = requests.get(f"{base}/download/instance/{sop}", params={"variant": "lossy"})
+    denied = http.get(f"{base}/download/instance/{sop}", params={"variant": "lossy"})
     assert denied.status_code == 403 and "switched off" in denied.json()["error"]
-    assert requests.get(f"{base}/download/study/{study}.zip", params={"variant": "lossy"}).status_code == 403
+    assert http.get(f"{base}/download/study/{study}.zip", params={"variant": "lossy"}).status_code == 403
 
 
-def test_policy_validation_and_warnings(server):
+def test_policy_validation_and_warnings(http, server):
     base, _ = server
-    bad = requests.put(f"{base}/api/policy", json={"default_ratio": 1000})
+    bad = http.put(f"{base}/api/policy", json={"default_ratio": 1000})
     assert bad.status_code == 400 and "out of range" in bad.json()["error"]
-    warned = requests.put(f"{base}/api/policy", json={"ratios": {"CR": 40}})
+    warned = http.put(f"{base}/api/policy", json={"ratios": {"CR": 40}})
     assert warned.status_code == 200 and "Canadian" in warned.json()["warnings"][0]
 
 
-def test_bad_requests(server):
+def test_bad_requests(http, server):
     base, _ = server
-    assert requests.get(f"{base}/download/instance/1.2.3").status_code == 404
-    study = upload(base, MR2).json()["studies"][0]
-    sop = requests.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
+    assert http.get(f"{base}/download/instance/1.2.3").status_code == 404
+    study = upload(http, base, MR2).json()["studies"][0]
+    sop = http.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
     for params in ({"variant": "bogus"}, {"variant": "lossy", "ratio": "x"}, {"variant": "lossy", "ratio": "1000"}):
-        r = requests.get(f"{base}/download/instance/{sop}", params=params)
+        r = http.get(f"{base}/download/instance/{sop}", params=params)
         assert r.status_code == 400 and r.json()["error"]
-    assert requests.get(f"{base}/download/study/{study}.rar").status_code == 400
-    assert requests.get(f"{base}/api/jobs/999").status_code == 404
+    assert http.get(f"{base}/download/study/{study}.rar").status_code == 400
+    assert http.get(f"{base}/api/jobs/999").status_code == 404
 
 
-def test_thumbnail_and_second_download_from_cache(server):
+def test_thumbnail_and_second_download_from_cache(http, server):
     base, _ = server
-    study = upload(base, sample("693_UNCR")).json()["studies"][0]
-    requests.put(f"{base}/api/studies/{study}/strategy", json={"strategy": 4})
-    wait_jobs(base)
-    sop = requests.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
-    thumb = requests.get(f"{base}/thumbnail/{sop}")
+    study = upload(http, base, sample("693_UNCR")).json()["studies"][0]
+    http.put(f"{base}/api/studies/{study}/strategy", json={"strategy": 4})
+    wait_jobs(http, base)
+    sop = http.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
+    thumb = http.get(f"{base}/thumbnail/{sop}")
     assert thumb.status_code == 200 and thumb.headers["Content-Type"] == "image/png"
     url = f"{base}/download/instance/{sop}?variant=lossy&ratio=10"
-    first, second = requests.get(url), requests.get(url)
+    first, second = http.get(url), http.get(url)
     assert first.content == second.content and first.headers["ETag"] == second.headers["ETag"]
     assert first.headers["X-Cache"] == "miss" and second.headers["X-Cache"] == "hit"
+
+
+def test_authentication_and_roles(server, tmp_path):
+    base, app = server
+    from core.users import Users
+
+    users = Users(app.server.extensions["radpress"]["store"])
+    users.add("rad", "radiologist-pw", "radiologist")
+    assert requests.get(f"{base}/api/studies").status_code == 401
+    assert requests.get(f"{base}/api/studies", auth=("admin", "wrong")).status_code == 401
+    assert requests.get(f"{base}/thumbnail/x").status_code == 401
+    assert requests.get(f"{base}/download/instance/x").status_code == 401
+    page = requests.get(f"{base}/", allow_redirects=False)
+    assert page.status_code == 302 and "/login" in page.headers["Location"]
+    rad = requests.Session()
+    rad.auth = ("rad", "radiologist-pw")
+    assert rad.get(f"{base}/api/studies").status_code == 200
+    assert rad.put(f"{base}/api/policy", json={"lossy_enabled": False}).status_code == 403
+    with open(MR2, "rb") as fh:
+        assert rad.post(f"{base}/api/upload", files={"file": ("a.dcm", fh)}).status_code == 403
+    browser = requests.Session()
+    login = browser.post(f"{base}/login", data={"username": "rad", "password": "radiologist-pw"}, allow_redirects=False)
+    assert login.status_code == 302
+    cookie = login.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert browser.get(f"{base}/api/studies").status_code == 200
+    assert browser.post(f"{base}/login", data={"username": "rad", "password": "nope"}).status_code == 401
