@@ -7,9 +7,10 @@ import secrets
 from pathlib import Path
 
 import dash
+from dash import Input, Output
 
 from components.shell import make_shell
-from core.auth import init_auth, secret_key
+from core.auth import current_user, init_auth, secret_key
 from core.demo import load_demo
 from core.jobs import Jobs
 from core.routes import init_archive
@@ -23,6 +24,7 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
     """Build the app on a data directory; *run_jobs* starts the background job thread."""
     store = Store(Path(data_dir or os.environ.get("RADPRESS_DATA", "var")))
     store.check()
+    os.environ["RADPRESS_DATA"] = str(store.root)  # background-callback workers open the same archive
     jobs = Jobs(store, workers=int(os.environ.get("RADPRESS_WORKERS", "2")))
     users = Users(store)
     demo = demo if demo is not None else os.environ.get("RADPRESS_DEMO", "1") == "1"
@@ -34,13 +36,32 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
     admin = os.environ.get("RADPRESS_ADMIN_USER")
     if admin:
         users.ensure(admin, os.environ.get("RADPRESS_ADMIN_PASSWORD", ""), "admin")
-    app = dash.Dash(__name__, use_pages=True, title="RadPress", suppress_callback_exceptions=True)
+    app = dash.Dash(__name__, use_pages=True, title="RadPress", suppress_callback_exceptions=True,
+                    background_callback_manager=background_manager(store.root))
     init_auth(app.server, users, secret_key(store.root), demo)
     init_archive(app.server, store, jobs)
     app.layout = make_shell()
+
+    @app.callback(Output("whoami", "children"), Input("url", "pathname"))
+    def whoami(_path):
+        user = current_user()
+        return f"{user.name} ({user.role})" if user else ""
+
     if run_jobs:
         jobs.start()
     return app
+
+
+def background_manager(root: Path):
+    """Celery with Redis when REDIS_URL is set, else a diskcache in the data directory."""
+    if os.environ.get("REDIS_URL"):
+        from celery import Celery
+
+        celery = Celery(__name__, broker=os.environ["REDIS_URL"], backend=os.environ["REDIS_URL"])
+        return dash.CeleryManager(celery)
+    import diskcache
+
+    return dash.DiskcacheManager(diskcache.Cache(str(root / "cache" / "callbacks")))
 
 
 def main() -> None:

@@ -1,14 +1,25 @@
-"""The page frame shared by every page."""
+"""The page frame shared by every page: navigation, who is logged in, the page itself."""
 
 import dash
-from dash import html
+import dash_bootstrap_components as dbc
+from dash import dcc, html
+
+NAV = [("Studies", "/"), ("Compare", "/compare"), ("Policy", "/policy"), ("Jobs", "/jobs"), ("Users", "/users")]
 
 
 def make_shell() -> html.Div:
-    return html.Div(
-        [
-            html.Header([html.H1("RadPress"), html.P("Store and serve medical images economically, without fooling a doctor.")]),
-            html.Main(dash.page_container),
-        ],
-        className="shell",
-    )
+    return html.Div([
+        dcc.Location(id="url"),
+        dbc.Navbar(
+            dbc.Container([
+                dbc.NavbarBrand("RadPress", href="/"),
+                dbc.Nav([dbc.NavItem(dbc.NavLink(label, href=href, active="exact", id=f"nav-{label.lower()}")) for label, href in NAV],
+                        navbar=True),
+                html.Div([html.Span(id="whoami", className="text-light me-3 small"),
+                          dbc.Button("Log out", href="/logout", external_link=True, size="sm", color="light", outline=True)],
+                         className="d-flex align-items-center"),
+            ], fluid=True),
+            color="dark", dark=True, className="mb-3",
+        ),
+        dbc.Container(dash.page_container, fluid=True),
+    ])

@@ -100,9 +100,12 @@ class Policy:
     ratios: dict[str, float] = field(default_factory=lambda: {_key(k): v for k, v in RECOMMENDED_RATIOS.items()})
     lossless_codec: str = "j2k"
     lossy_codec: str = "j2k"
+    lossy_banner: str = "LOSSY — compressed {ratio}:1 ({codec}, {method}) — not for primary diagnosis"  # clinic's wording
 
     def validated(self) -> "Policy":
         get_strategy(self.strategy)
+        if "{ratio}" not in self.lossy_banner:
+            raise InvalidOptionError("The lossy banner must show the ratio.", hint="Keep {ratio} in the wording.")
         get_codec(self.lossless_codec, False)
         get_codec(self.lossy_codec, True)
         for key, value in {"default": self.default_ratio, **self.ratios}.items():

@@ -13,7 +13,15 @@ from pydicom.dataset import Dataset
 
 from .pixels import decode_frame, pixel_spec
 
-__all__ = ["display_frame", "window_of", "thumbnail_png"]
+__all__ = ["display_frame", "to_display", "window_of", "thumbnail_png", "WINDOW_PRESETS"]
+
+# Window (center, width) presets a radiologist expects, in Hounsfield units for CT.
+WINDOW_PRESETS: dict[str, dict[str, tuple[float, float]]] = {
+    "CT": {"brain": (40, 80), "lung": (-600, 1500), "bone": (400, 1800), "soft tissue": (50, 400), "abdomen": (40, 350)},
+    "MR": {},
+    "CR": {},
+    "DX": {},
+}
 
 
 def _first(value) -> float | None:
@@ -36,10 +44,14 @@ def window_of(ds: Dataset, values: np.ndarray) -> tuple[float, float]:
 
 def display_frame(ds: Dataset, index: int = 0, window: tuple[float, float] | None = None) -> np.ndarray:
     """An 8-bit frame as a viewer shows it: (rows, cols) grey or (rows, cols, 3) RGB."""
+    return to_display(decode_frame(ds, index), ds, window)
+
+
+def to_display(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | None = None) -> np.ndarray:
+    """Stored values of one frame of *ds* (original or decoded variant) to 8-bit display values."""
     from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space
 
     spec = pixel_spec(ds)
-    frame = decode_frame(ds, index)
     if spec.photometric == "PALETTE COLOR":
         rgb = apply_color_lut(frame, ds)
         return (rgb / (rgb.max() or 1) * 255).astype(np.uint8) if rgb.dtype != np.uint8 else rgb

@@ -1,0 +1,39 @@
+"""One storage strategy with what it keeps and what it would cost here."""
+
+import dash_bootstrap_components as dbc
+from dash import html
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def make_strategy_card(strategy, cost: dict | None, current: bool) -> dbc.Card:
+    costs = []
+    if cost:
+        label = "projected" if cost["estimated"] else "measured"
+        ratio = f" ({cost['vs_originals']:.2f}× the originals)" if cost.get("vs_originals") else ""
+        costs = [html.P([html.Strong(_size(cost["bytes"])), f" {label}{ratio}"], className=f"strategy-cost-{strategy.number}")]
+    return dbc.Card(
+        [
+            dbc.CardHeader([f"{strategy.number}. {strategy.name}", dbc.Badge("clinic default", color="primary", className="ms-2") if current else None]),
+            dbc.CardBody([
+                html.P([html.Strong("Stored: "), " + ".join(strategy.stored)]),
+                html.P([html.Strong("Made on demand: "), " + ".join(strategy.on_demand) or "nothing"]),
+                html.P([html.Strong("Pros: "), strategy.pros]),
+                html.P([html.Strong("Cons: "), strategy.cons]),
+                html.P([html.Strong("Suits: "), strategy.suits]),
+                *costs,
+            ]),
+        ],
+        className="strategy-card h-100" + (" border-primary" if current else ""),
+        id=f"strategy-card-{strategy.number}",
+    )
+
+
+def human_size(n: float) -> str:
+    return _size(n)

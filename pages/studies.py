@@ -1,0 +1,87 @@
+"""Studies: upload with per-file progress and results, and the table of studies."""
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import Input, Output, callback, dash_table, dcc, html
+
+from components.strategy_card import human_size
+from core.auth import current_user
+from core.context import open_store
+from core.users import allowed
+
+dash.register_page(__name__, path="/", title="Studies — RadPress", name="Studies")
+
+TABLE = "studies-table"
+REFRESH = "studies-refresh"
+
+
+def layout(**_query):
+    user = current_user()
+    upload = (
+        dbc.Card([
+            dbc.CardHeader("Upload studies"),
+            dbc.CardBody([
+                html.P("DICOM files, a whole folder, or zip / tar archives. Each file is checked and reported.", className="small text-muted"),
+                # Filled by assets/upload.js: it streams each file to /api/upload with its own progress bar.
+                html.Div(id="upload-widget", className="upload-widget"),
+                html.Div(id="upload-results"),
+            ]),
+        ], className="mb-3")
+        if allowed(user, "upload") else
+        dbc.Alert("Your role can look at studies but not upload them.", color="secondary", id="upload-not-allowed")
+    )
+    return html.Div([
+        html.H2("Studies"),
+        upload,
+        dbc.Row([
+            dbc.Col(dbc.Input(id="studies-search", placeholder="Search patient, description, UID…", type="search"), md=6),
+            dbc.Col(dcc.Dropdown(id="studies-modality", placeholder="Modality", multi=True), md=3),
+        ], className="mb-2"),
+        dash_table.DataTable(
+            id=TABLE,
+            columns=[{"name": n, "id": i, "presentation": "markdown"} if i == "open" else {"name": n, "id": i}
+                     for n, i in (("Patient", "patient"), ("Date", "date"), ("Description", "description"),
+                                  ("Modality", "modalities"), ("Instances", "instances"), ("Strategy", "strategy"),
+                                  ("Stored", "stored"), ("Saving vs originals", "saving"), ("", "open"))],
+            sort_action="native", page_size=20, markdown_options={"link_target": "_self"},
+            style_cell={"fontFamily": "system-ui", "fontSize": "0.9rem", "textAlign": "left"},
+        ),
+        dcc.Interval(id=REFRESH, interval=3000),
+    ])
+
+
+def _rows(store, user):
+    rows = []
+    for s in store.studies():
+        if user.sees_only_demo and not s["demo"]:
+            continue
+        arts = store.artifacts(study_uid=s["study_uid"])
+        stored = sum(a.bytes for a in arts)
+        by_variant = {}
+        for a in arts:
+            by_variant[a.variant] = by_variant.get(a.variant, 0) + a.bytes
+        originals = by_variant.get("original", 0)
+        saving = ", ".join(f"{v} −{100 * (1 - by_variant[v] / originals):.0f} %" for v in ("lossless", "lossy") if v in by_variant and originals)
+        rows.append({
+            "patient": f"{s['patient_name']} ({s['patient_id']})",
+            "date": s["date"], "description": s["description"], "modalities": s["modalities"],
+            "instances": s["instances"], "strategy": store.study_strategy(s["study_uid"]),
+            "stored": human_size(stored),
+            "saving": saving or "no compressed copy stored",
+            "open": f"[Open](/study?uid={s['study_uid']})",
+            "uid": s["study_uid"],
+        })
+    return rows
+
+
+@callback(Output(TABLE, "data"), Output("studies-modality", "options"),
+          Input(REFRESH, "n_intervals"), Input("studies-search", "value"), Input("studies-modality", "value"))
+def refresh(_n, search, modalities):
+    rows = _rows(open_store(), current_user())
+    options = sorted({m for r in rows for m in (r["modalities"] or "").split(",") if m})
+    if search:
+        needle = search.lower()
+        rows = [r for r in rows if needle in " ".join(str(v) for v in r.values()).lower()]
+    if modalities:
+        rows = [r for r in rows if set((r["modalities"] or "").split(",")) & set(modalities)]
+    return rows, options

@@ -1,0 +1,92 @@
+"""One study: series with thumbnails, artifacts per instance, downloads, strategy override."""
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import Input, Output, State, callback, dcc, html
+
+from components.strategy_card import human_size
+from core.archive import plan
+from core.auth import current_user
+from core.context import open_store
+from core.errors import RadPressError
+from core.policy import STRATEGIES
+from core.users import allowed
+
+dash.register_page(__name__, path="/study", title="Study — RadPress", name="Study")
+
+STRATEGY = "study-strategy"
+
+
+def _downloads(href: str, label: str, lossy_enabled: bool):
+    variants = ["original", "lossless"] + (["lossy"] if lossy_enabled else [])
+    return dbc.ButtonGroup([dbc.Button(f"{label} {v}", href=f"{href}?variant={v}", external_link=True, size="sm",
+                                       color="secondary", outline=True) for v in variants], className="me-2 mb-1")
+
+
+def layout(uid: str = "", **_query):
+    store, user = open_store(), current_user()
+    try:
+        study = store.study(uid)
+        if user.sees_only_demo and not study["demo"]:
+            raise RadPressError("The demo account can open the sample studies only.")
+    except RadPressError as exc:
+        return dbc.Alert(str(exc), color="warning")
+    policy = store.policy()
+    instances = store.instances(uid)
+    artifacts = {}
+    for a in store.artifacts(study_uid=uid):
+        artifacts.setdefault(a.sop_uid, []).append(a)
+    series = {}
+    for row in instances:
+        series.setdefault(row["series_uid"], []).append(row)
+    blocks = []
+    for series_uid, rows in series.items():
+        cards = []
+        for row in rows:
+            arts = ", ".join(f"{a.variant}{f' {a.ratio:g}:1' if a.ratio else ''} ({human_size(a.bytes)})" for a in artifacts.get(row["sop_uid"], []))
+            cards.append(dbc.Col(dbc.Card([
+                html.A(html.Img(src=f"/thumbnail/{row['sop_uid']}", className="card-img-top thumb", alt="thumbnail"),
+                       href=f"/compare?sop={row['sop_uid']}"),
+                dbc.CardBody([
+                    html.Div(f"#{row['number'] or '?'} · {row['rows']}×{row['columns']} · {row['frames']} frame(s)", className="small"),
+                    html.Div(arts, className="small text-muted artifacts"),
+                    _downloads(f"/download/instance/{row['sop_uid']}", "⬇", policy.lossy_enabled),
+                    dbc.Button("Compare", href=f"/compare?sop={row['sop_uid']}", size="sm", color="primary"),
+                ], className="p-2"),
+            ], className="h-100"), md=3, className="mb-3"))
+        first = rows[0]
+        blocks += [html.H5(f"Series {first['series_uid'][-12:]} — {first['modality']} {first['series_description'] or ''}"), dbc.Row(cards)]
+    override = study["strategy"]
+    strategy_picker = dbc.Row([
+        dbc.Col(html.Label("Storage strategy for this study", htmlFor=STRATEGY), width="auto"),
+        dbc.Col(dcc.Dropdown(id=STRATEGY, clearable=False, value=override or 0,
+                             options=[{"label": f"Clinic default ({policy.strategy})", "value": 0}] +
+                                     [{"label": f"{s.number}. {s.name}", "value": s.number} for s in STRATEGIES]), md=4),
+        dbc.Col(html.Div(id="study-strategy-result")),
+    ], className="mb-3 align-items-center") if allowed(user, "policy") else html.P(f"Storage strategy: {store.study_strategy(uid)}")
+    return html.Div([
+        dcc.Store(id="study-uid", data=uid),
+        html.H2(f"{study['patient_name']} — {study['description'] or 'study'} ({study['date']})"),
+        html.P(f"Study Instance UID {uid}", className="text-muted small"),
+        strategy_picker,
+        html.Div([_downloads(f"/download/study/{uid}.zip", "zip", policy.lossy_enabled),
+                  _downloads(f"/download/study/{uid}.tar", "tar", policy.lossy_enabled)], className="mb-3"),
+        *blocks,
+    ])
+
+
+@callback(Output("study-strategy-result", "children"), Input(STRATEGY, "value"), State("study-uid", "data"), prevent_initial_call=True)
+def change_strategy(value, uid):
+    from core.routes import archive
+
+    user = current_user()
+    if not allowed(user, "policy"):
+        return dbc.Alert("Only an administrator can change the strategy.", color="danger")
+    store, jobs = archive()
+    store.set_study_strategy(uid, value or None, user=user.name)
+    todo = plan(store, uid)
+    if not todo.make and not todo.remove:
+        return dbc.Alert("Nothing to change.", color="secondary", className="py-1 mb-0")
+    job = jobs.submit(uid)
+    return dbc.Alert([f"Job {job} queued: {len(todo.make)} artifact(s) to make, {len(todo.remove)} to remove. ",
+                      html.A("See Jobs", href="/jobs")], color="info", className="py-1 mb-0", id="strategy-job")
