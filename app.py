@@ -36,6 +36,8 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
     admin = os.environ.get("RADPRESS_ADMIN_USER")
     if admin:
         users.ensure(admin, os.environ.get("RADPRESS_ADMIN_PASSWORD", ""), "admin")
+    elif not any(u.role == "admin" for u in users.list()):
+        _first_admin(users, store.root)
     app = dash.Dash(__name__, use_pages=True, title="RadPress", suppress_callback_exceptions=True,
                     background_callback_manager=background_manager(store.root))
     init_auth(app.server, users, secret_key(store.root), demo)
@@ -50,6 +52,17 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
     if run_jobs:
         jobs.start()
     return app
+
+
+def _first_admin(users: Users, root: Path) -> None:
+    """No administrator yet and none configured: make one, and say where its password is."""
+    password = secrets.token_urlsafe(12)
+    users.add("admin", password, "admin")
+    path = root / "initial-admin-password.txt"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password + "\n")
+    print(f"RadPress: created the administrator 'admin' with password {password} (also in {path}).", flush=True)
 
 
 def background_manager(root: Path):

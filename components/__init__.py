@@ -1,7 +1,6 @@
 """Reusable UI pieces: pure ``make_*()`` factories with their ID constants."""
 
 from .banner import make_lossy_banner
-from .codec_table import make_codec_table
 from .job_progress import make_job_table
 from .metrics_card import make_metrics_card
 from .shell import make_shell
@@ -9,7 +8,6 @@ from .strategy_card import make_strategy_card
 from .viewer import make_difference_figure, make_image_figure
 
 __all__ = [
-    "make_codec_table",
     "make_difference_figure",
     "make_image_figure",
     "make_job_table",

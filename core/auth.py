@@ -104,7 +104,9 @@ def _login_page(error: str = "", demo: bool = False) -> str:
 <input class="form-control" id="username" name="username" autocomplete="username" required></div>
 <div class="mb-3"><label class="form-label" for="password">Password</label>
 <input class="form-control" id="password" name="password" type="password" autocomplete="current-password" required></div>
-<button class="btn btn-primary w-100" id="login-button">Log in</button></form>{demo_form}</main></body></html>"""
+<button class="btn btn-primary w-100" id="login-button">Log in</button></form>{demo_form}
+<p class="small text-muted mt-3">First start: the administrator is <code>admin</code>; its password is printed in the
+server's console and kept in <code>initial-admin-password.txt</code> in the data directory.</p></main></body></html>"""
 
 
 def init_auth(server, users: Users, secret: bytes, demo: bool) -> None:

@@ -1,5 +1,6 @@
 from app import create_app
 from core import CODECS
+from core.users import Users
 
 
 def test_health_and_home_page(tmp_path):
@@ -15,15 +16,6 @@ def test_health_and_home_page(tmp_path):
     assert page.status_code == 200 and b"RadPress" in page.data
 
 
-def test_home_layout_lists_the_registry():
-    import pages.home  # noqa: F401  (registers the page)
-    from pages.home import layout
-
-    text = str(layout())
-    for codec in CODECS:
-        assert str(codec.transfer_syntax) in text
-
-
 def test_demo_studies_are_loaded_on_first_start(tmp_path):
     create_app(tmp_path / "data", run_jobs=False, demo=True)
     app = create_app(tmp_path / "data", run_jobs=False, demo=True)  # second start adds nothing
@@ -33,3 +25,13 @@ def test_demo_studies_are_loaded_on_first_start(tmp_path):
     assert sorted(s["modalities"] for s in studies) == ["CR", "CT", "MR", "MR", "US"]
     jobs = app.server.extensions["radpress"]["jobs"].list()
     assert len(jobs) == 5 and all(j["state"] == "queued" for j in jobs)
+
+
+def test_first_start_creates_an_administrator(tmp_path, capsys):
+    app = create_app(tmp_path / "data", run_jobs=False, demo=False)
+    password = (tmp_path / "data" / "initial-admin-password.txt").read_text().strip()
+    assert password in capsys.readouterr().out
+    users = Users(app.server.extensions["radpress"]["store"])
+    assert users.authenticate("admin", password).role == "admin"
+    create_app(tmp_path / "data", run_jobs=False, demo=False)
+    assert [u.name for u in users.list()] == ["admin"]
