@@ -77,6 +77,15 @@ def background_manager(root: Path):
     return dash.DiskcacheManager(diskcache.Cache(str(root / "cache" / "callbacks")))
 
 
+def __getattr__(name: str):
+    """``celery -A app:celery_app worker``: the worker builds the app so the background callbacks are registered."""
+    if name == "celery_app":
+        if not os.environ.get("REDIS_URL"):
+            raise AttributeError("celery_app needs REDIS_URL")
+        return create_app(run_jobs=False, demo=False)._background_manager.handle
+    raise AttributeError(name)
+
+
 def main() -> None:
     app = create_app()
     app.run(host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8050")), debug=False)

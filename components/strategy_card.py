@@ -4,7 +4,7 @@ import dash_bootstrap_components as dbc
 from dash import html
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1024 or unit == "TB":
             return f"{n:.1f} {unit}"
@@ -17,7 +17,7 @@ def make_strategy_card(strategy, cost: dict | None, current: bool) -> dbc.Card:
     if cost:
         label = "projected" if cost["estimated"] else "measured"
         ratio = f" ({cost['vs_originals']:.2f}× the originals)" if cost.get("vs_originals") else ""
-        costs = [html.P([html.Strong(_size(cost["bytes"])), f" {label}{ratio}"], className=f"strategy-cost-{strategy.number}")]
+        costs = [html.P([html.Strong(human_size(cost["bytes"])), f" {label}{ratio}"], className=f"strategy-cost-{strategy.number}")]
     return dbc.Card(
         [
             dbc.CardHeader([f"{strategy.number}. {strategy.name}", dbc.Badge("clinic default", color="primary", className="ms-2") if current else None]),
@@ -33,7 +33,3 @@ def make_strategy_card(strategy, cost: dict | None, current: bool) -> dbc.Card:
         className="strategy-card h-100" + (" border-primary" if current else ""),
         id=f"strategy-card-{strategy.number}",
     )
-
-
-def human_size(n: float) -> str:
-    return _size(n)
