@@ -49,6 +49,9 @@ class Plan:
 
 
 def _ratio(policy: Policy, row) -> float:
+    """The study's own ratio when one was set, else the clinic's for this modality."""
+    if row["study_ratio"]:
+        return float(row["study_ratio"])
     return ratio_for(policy, row["modality"] or "", row["body_part"] or "", row["study_description"] or "")
 
 
@@ -228,3 +231,30 @@ def thumbnail_bytes(store: Store, sop_uid: str) -> tuple[bytes, str]:
         data = thumbnail_png(read_dataset(original.path), THUMBNAIL_SIZE)
         cache.set(key, data)
     return data, hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def study_lab(store: Store, study_uid: str, config=None, progress=None, *, refresh: bool = False) -> dict:
+    """The quality-lab sweep on a stored study, at the clinic's current ratio; cached per study and settings."""
+    import json
+
+    from .lab import LabConfig, run_lab
+
+    config = config or LabConfig()
+    store.study(study_uid)
+    rows = store.instances(study_uid)
+    if not rows:
+        raise InvalidOptionError(f"Study {study_uid} has no instances.")
+    policy = store.policy()
+    current = _ratio(policy, rows[0])
+    key = "lab:" + hashlib.sha256(json.dumps([study_uid, [r["sop_uid"] for r in rows], repr(config), current,
+                                              policy.lossy_codec]).encode()).hexdigest()
+    cache = _cache(store)
+    if not refresh and (hit := cache.get(key)) is not None:
+        return hit
+    datasets = [read_dataset(store.artifact(r["sop_uid"], "original").path) for r in rows]
+    study = store.study(study_uid)
+    result = run_lab(datasets, config, current_ratio=current, current_codec=policy.lossy_codec,
+                     label=f"{study['patient_name']} {study['description'] or ''}".strip(), progress=progress)
+    result["study_uid"] = study_uid
+    cache.set(key, result)
+    return result

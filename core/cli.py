@@ -1,4 +1,4 @@
-"""``python -m core``: info, compress, verify, ingest, users, bench.
+"""``python -m core``: info, compress, verify, ingest, users, lab, bench.
 
 Every failure the user can cause ends as one line on stderr and exit code 2;
 ``verify`` exits 1 when a file claims to be lossless and is not.
@@ -205,6 +205,87 @@ def _print_progress(job: dict) -> None:
     print(f"job {job['id']}: {job['done'] + job['failed']}/{job['total']} instance(s), {job['mb_per_s']:.1f} MB/s", file=sys.stderr)
 
 
+def cmd_lab(args) -> int:
+    import os
+    from pathlib import Path
+
+    from .lab import LabConfig, run_lab, to_csv
+
+    options = {}
+    if args.codecs:
+        options["codecs"] = tuple(c for c in args.codecs.split(",") if c)
+    if args.ratios:
+        try:
+            options["ratios"] = tuple(float(r) for r in args.ratios.split(","))
+        except ValueError:
+            raise InvalidOptionError(f"--ratios {args.ratios!r}: use numbers separated by commas, e.g. 5,10,20.") from None
+    config = LabConfig(**options)
+    for codec in config.codecs:
+        from .codecs import get_codec
+
+        get_codec(codec, True)
+    target = Path(args.target)
+    if target.exists():
+        files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+        datasets = []
+        for path in files:
+            try:
+                ds = read_dataset(path)
+                pixel_spec(ds)
+            except RadPressError as exc:
+                if target.is_file():
+                    raise
+                print(f"skipped {path}: {exc}", file=sys.stderr)
+                continue
+            datasets.append(ds)
+        if not datasets:
+            raise InvalidOptionError(f"No DICOM images in {target}.")
+        result = run_lab(datasets, config, label=str(target))
+    else:
+        from .archive import study_lab
+        from .store import Store
+
+        data = Path(args.data or os.environ.get("RADPRESS_DATA", "var"))
+        if not (data / "index.sqlite").exists():
+            raise InvalidOptionError(f"{args.target} is neither a file nor a folder, and there is no archive at {data} to look it up in.",
+                                     hint="Give a DICOM file or folder, or --data DIR for a study UID.")
+        result = study_lab(Store(data), args.target, config)
+    if args.csv:
+        from .files import atomic_writer
+
+        with atomic_writer(args.csv) as fh:
+            fh.write(to_csv(result).encode())
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(_lab_table(result))
+    return EXIT_OK
+
+
+def _lab_table(result: dict) -> str:
+    lines = [f"{result['instances']} instance(s), {', '.join(result['modalities'])}; sweep {result['wall_s']:.1f} s",
+             f"{'codec':<7} {'target':>7} {'ratio':>7} {'bpp':>7} {'PSNR min':>9} {'SSIM':>7} {'max err':>8} {'Dice min':>9} {'enc s':>6} {'dec s':>6}  ok"]
+    for r in result["sweep"]:
+        target = "lossless" if r["mode"] == "lossless" else f"{r['target_ratio']:g}:1"
+        psnr = "inf" if r["psnr_min"] is None else f"{r['psnr_min']:.1f}"
+        worst = min(r["dice_min"].values(), default=1.0)
+        lines.append(f"{r['codec']:<7} {target:>7} {r['achieved_ratio']:>7.2f} {r['bpp']:>7.3f} {psnr:>9} {r['ssim_mean']:>7.4f} "
+                     f"{r['max_error']:>8} {worst:>9.4f} {r['encode_s']:>6.2f} {r['decode_s']:>6.2f}  {'yes' if r['passes'] else 'no'}")
+    lines.append("")
+    lines.append(f"{'variant':<16} {'link Mbit/s':>11} {'volume MB':>10} {'transmit s':>11} {'compress s':>11} {'decompress s':>13} {'total s':>8}")
+    for t in result["transmission"]:
+        if t["variant"] == "uncompressed" or "lossless" in t["variant"] or (result.get("current") and t["variant"].endswith(f" {result['current']['ratio']:g}:1")):
+            lines.append(f"{t['variant']:<16} {t['link_mbit_s']:>11g} {t['volume_mb']:>10.3f} {t['transmission_s']:>11.3f} "
+                         f"{t['compression_s']:>11.3f} {t['decompression_s']:>13.3f} {t['total_s']:>8.3f}")
+    lines.append("")
+    for codec, rec in result["recommendation"].items():
+        lines.append(f"recommended {codec}: " + (f"{rec['ratio']:g}:1 ({rec['bpp']:.3f} bpp)" if rec["ratio"] else "no lossy ratio passes"))
+    if result.get("current"):
+        c = result["current"]
+        lines.append(f"current {c['codec']} {c['ratio']:g}:1: {'passes' if c['passes'] else 'FAILS the criteria'}")
+    return "\n".join(lines)
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -257,6 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password", help="default: $RADPRESS_PASSWORD, a prompt, or one line on standard input")
     p.add_argument("--data", help="data directory (default: $RADPRESS_DATA or ./var)")
     p.set_defaults(run=cmd_users)
+
+    p = sub.add_parser("lab", help="rate-distortion and task-agreement sweep with a recommended ratio")
+    p.add_argument("target", help="a DICOM file, a folder of them, or a study UID in the archive")
+    p.add_argument("--codecs", help="comma-separated, default j2k,htj2k,jxl")
+    p.add_argument("--ratios", help="comma-separated lossy ratios, default 5,8,10,15,20,30,50,80,100")
+    p.add_argument("--csv", help="also write the sweep table as CSV")
+    p.add_argument("--data", help="data directory for a study UID (default: $RADPRESS_DATA or ./var)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_lab)
 
     p = sub.add_parser("bench", help="codec throughput and ratios on the pydicom-data images")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")

@@ -137,6 +137,43 @@ def clinic_storage():
     return jsonify(storage_report(store))
 
 
+@blueprint.get("/api/studies/<study_uid>/lab")
+@require("view")
+def study_lab_route(study_uid):
+    from .archive import study_lab
+    from .lab import LabConfig
+
+    store, _ = archive()
+    _check_study(store, study_uid)
+    options = {}
+    try:
+        if request.args.get("codecs"):
+            options["codecs"] = tuple(c.strip() for c in request.args["codecs"].split(",") if c.strip())
+        if request.args.get("ratios"):
+            options["ratios"] = tuple(float(r) for r in request.args["ratios"].split(","))
+    except ValueError:
+        raise InvalidOptionError("ratios must be numbers separated by commas, e.g. ratios=5,10,20.") from None
+    for codec in options.get("codecs", ()):
+        from .codecs import get_codec
+
+        get_codec(codec, True)
+    return jsonify(study_lab(store, study_uid, LabConfig(**options)))
+
+
+@blueprint.put("/api/studies/<study_uid>/ratio")
+@require("policy")
+def set_ratio(study_uid):
+    store, jobs = archive()
+    body = request.get_json(silent=True) or {}
+    if "ratio" not in body:
+        raise InvalidOptionError('Send JSON {"ratio": R}, or null to follow the clinic default.')
+    ratio = body["ratio"]
+    if ratio is not None and not isinstance(ratio, (int, float)):
+        raise InvalidOptionError(f"Ratio {ratio!r} is not a number.")
+    store.set_study_ratio(study_uid, ratio, user=current_user().name)
+    return jsonify(ratio=ratio, job=jobs.submit(study_uid))
+
+
 @blueprint.put("/api/studies/<study_uid>/strategy")
 @require("policy")
 def set_strategy(study_uid):

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS patients (
     patient_key TEXT PRIMARY KEY, patient_id TEXT, name TEXT, birth_date TEXT);
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY, patient_key TEXT REFERENCES patients, date TEXT, description TEXT,
-    accession TEXT, strategy INTEGER, created REAL, demo INTEGER DEFAULT 0);
+    accession TEXT, strategy INTEGER, created REAL, demo INTEGER DEFAULT 0, ratio REAL);
 CREATE TABLE IF NOT EXISTS series (
     series_uid TEXT PRIMARY KEY, study_uid TEXT REFERENCES studies, modality TEXT, number INTEGER,
     description TEXT, body_part TEXT);
@@ -175,7 +175,7 @@ class Store:
         with self.connect() as db:
             db.execute("INSERT OR IGNORE INTO patients VALUES (?,?,?,?)",
                        (patient_key, _text(ds, "PatientID"), _text(ds, "PatientName"), _text(ds, "PatientBirthDate")))
-            db.execute("INSERT OR IGNORE INTO studies VALUES (?,?,?,?,?,NULL,?,0)",
+            db.execute("INSERT OR IGNORE INTO studies VALUES (?,?,?,?,?,NULL,?,0,NULL)",
                        (_text(ds, "StudyInstanceUID"), patient_key, _text(ds, "StudyDate"), _text(ds, "StudyDescription"),
                         _text(ds, "AccessionNumber"), now))
             db.execute("INSERT OR IGNORE INTO series VALUES (?,?,?,?,?,?)",
@@ -231,7 +231,7 @@ class Store:
     def instance(self, sop_uid: str) -> sqlite3.Row:
         rows = self.query(
             "SELECT i.*, s.study_uid, s.modality, s.body_part, s.description AS series_description, "
-            "st.description AS study_description, st.patient_key FROM instances i JOIN series s USING (series_uid) "
+            "st.description AS study_description, st.ratio AS study_ratio, st.patient_key FROM instances i JOIN series s USING (series_uid) "
             "JOIN studies st USING (study_uid) WHERE i.sop_uid=?", (sop_uid,))
         if not rows:
             raise StoreError(f"No instance with SOP Instance UID {sop_uid} in the archive.")
@@ -240,7 +240,7 @@ class Store:
     def instances(self, study_uid: str) -> list[sqlite3.Row]:
         return self.query(
             "SELECT i.*, s.study_uid, s.modality, s.body_part, s.description AS series_description, "
-            "st.description AS study_description, p.name AS patient_name, p.patient_id FROM instances i "
+            "st.description AS study_description, st.ratio AS study_ratio, p.name AS patient_name, p.patient_id FROM instances i "
             "JOIN series s USING (series_uid) JOIN studies st USING (study_uid) JOIN patients p USING (patient_key) "
             "WHERE s.study_uid=? ORDER BY s.number, s.series_uid, i.number, i.sop_uid", (study_uid,))
 
@@ -283,6 +283,18 @@ class Store:
             db.execute("UPDATE studies SET strategy=? WHERE study_uid=?", (strategy, study_uid))
             db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
                        (time.time(), user, f"strategy of study {study_uid}", json.dumps(old), json.dumps(strategy)))
+
+    def set_study_ratio(self, study_uid: str, ratio: float | None, user: str = "system") -> None:
+        """A per-study lossy ratio that overrides the clinic's modality defaults (None: follow them)."""
+        from .codecs import check_ratio
+
+        if ratio is not None:
+            ratio = check_ratio(float(ratio), True)
+        old = self.study(study_uid)["ratio"]
+        with self.connect() as db:
+            db.execute("UPDATE studies SET ratio=? WHERE study_uid=?", (ratio, study_uid))
+            db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
+                       (time.time(), user, f"lossy ratio of study {study_uid}", json.dumps(old), json.dumps(ratio)))
 
     # -- consistency ------------------------------------------------------------
     def check(self) -> dict:

@@ -1,0 +1,215 @@
+"""Quality lab: rate–distortion and task-agreement sweeps, transmission times, a recommended ratio.
+
+For each codec and ratio, every instance is encoded, decoded and measured
+(PSNR, SSIM, max error, bpp, time), and a classical segmentation is run on
+the original and on the decoded image: their Dice/IoU per label says whether
+the downstream task still gives the same answer.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from .codecs import check_ratio, choose_codec
+from .errors import InvalidOptionError, RadPressError
+from .metrics import compare
+from .pixels import decode_frame, pixel_spec
+from .segment import dice, iou, segmenter_for
+
+__all__ = ["LabConfig", "run_lab", "recommend", "transmission", "to_csv", "PSNR_THRESHOLDS"]
+
+PSNR_THRESHOLDS = {"CT": 50.0, "MR": 45.0, "CR": 45.0, "DX": 45.0, "MG": 50.0, "US": 35.0, "": 40.0}
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    codecs: tuple[str, ...] = ("j2k", "htj2k", "jxl")
+    ratios: tuple[float, ...] = (5, 8, 10, 15, 20, 30, 50, 80, 100)  # lossless is always measured too
+    links_mbit_s: tuple[float, ...] = (10, 100, 1000)
+    psnr_thresholds: dict[str, float] = field(default_factory=lambda: dict(PSNR_THRESHOLDS))
+    dice_threshold: float = 0.98
+    max_frames: int = 3
+
+    def validated(self) -> "LabConfig":
+        for ratio in self.ratios:
+            check_ratio(float(ratio), True)
+        if not self.codecs:
+            raise InvalidOptionError("The lab needs at least one codec.")
+        if any(s <= 0 for s in self.links_mbit_s):
+            raise InvalidOptionError("Link speeds must be positive (Mbit/s).")
+        return self
+
+    def psnr_threshold(self, modality: str) -> float:
+        return float(self.psnr_thresholds.get(modality, self.psnr_thresholds.get("", 40.0)))
+
+
+def _frames(spec, limit: int) -> list[int]:
+    if spec.frames <= limit:
+        return list(range(spec.frames))
+    return sorted({round(i * (spec.frames - 1) / (limit - 1)) for i in range(limit)})
+
+
+def _finite(value: float) -> float | None:
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _measure(ds: Dataset, originals, masks, codec_name: str, ratio: float | None) -> dict:
+    spec = pixel_spec(ds)
+    codec = choose_codec(codec_name, ratio is not None, spec)
+    modality = str(ds.get("Modality", ""))
+    segment = segmenter_for(modality, spec.samples)
+    encode_s = decode_s = 0.0
+    size = 0
+    decoded = []
+    for frame in originals:
+        start = time.perf_counter()
+        data = codec.encode(frame, spec, ratio)
+        encode_s += time.perf_counter() - start
+        start = time.perf_counter()
+        decoded.append(codec.decode(data, spec))
+        decode_s += time.perf_counter() - start
+        size += len(data)
+    uncompressed = spec.frame_bytes * len(originals)
+    m = compare(np.stack(originals), np.stack(decoded), spec.bits_stored, compressed_bytes=size, uncompressed_bytes=uncompressed)
+    dices: dict[str, float] = {}
+    ious: dict[str, float] = {}
+    for reference, frame in zip(masks, decoded):
+        for label, mask in segment(frame, ds).items():
+            if label in reference:
+                dices[label] = min(dices.get(label, 1.0), dice(reference[label], mask))
+                ious[label] = min(ious.get(label, 1.0), iou(reference[label], mask))
+    return {
+        "sop_uid": str(ds.get("SOPInstanceUID", "")), "modality": modality, "codec": codec.name,
+        "mode": codec.mode, "target_ratio": ratio, "achieved_ratio": m.ratio, "bpp": m.bpp,
+        "psnr": _finite(m.psnr), "ssim": m.ssim, "max_error": m.max_error, "rmse": m.rmse,
+        "dice": dices, "iou": ious, "encode_s": encode_s, "decode_s": decode_s,
+        "compressed_bytes": size, "uncompressed_bytes": uncompressed,
+    }
+
+
+def _aggregate(rows: list[dict], config: LabConfig) -> dict:
+    first = rows[0]
+    labels = sorted({label for r in rows for label in r["dice"]})
+    psnrs = [r["psnr"] for r in rows]
+    finite = [p for p in psnrs if p is not None]
+    compressed = sum(r["compressed_bytes"] for r in rows)
+    uncompressed = sum(r["uncompressed_bytes"] for r in rows)
+    pixels = sum(r["compressed_bytes"] * 8 / r["bpp"] for r in rows if r["bpp"])
+    dice_min = {label: min(r["dice"].get(label, 1.0) for r in rows) for label in labels}
+    psnr_ok = all(p is None or p >= config.psnr_threshold(r["modality"]) for p, r in zip(psnrs, rows))
+    return {
+        "codec": first["codec"], "mode": first["mode"], "target_ratio": first["target_ratio"],
+        "achieved_ratio": uncompressed / compressed, "bpp": compressed * 8 / pixels if pixels else None,
+        "psnr_min": min(finite) if finite else None, "psnr_mean": float(np.mean(finite)) if finite else None,
+        "ssim_mean": float(np.mean([r["ssim"] for r in rows])), "max_error": max(r["max_error"] for r in rows),
+        "dice_min": dice_min, "iou_min": {label: min(r["iou"].get(label, 1.0) for r in rows) for label in labels},
+        "encode_s": sum(r["encode_s"] for r in rows), "decode_s": sum(r["decode_s"] for r in rows),
+        "compressed_bytes": compressed, "uncompressed_bytes": uncompressed,
+        "passes": psnr_ok and all(v >= config.dice_threshold for v in dice_min.values()),
+    }
+
+
+def recommend(sweep: list[dict]) -> dict[str, dict]:
+    """Per codec, the highest ratio that passes with every lower ratio passing too (the first failure ends it)."""
+    out: dict[str, dict] = {}
+    for codec in dict.fromkeys(r["codec"] for r in sweep):
+        best = None
+        for row in sorted((r for r in sweep if r["codec"] == codec and r["mode"] == "lossy"), key=lambda r: r["target_ratio"]):
+            if not row["passes"]:
+                break
+            best = row
+        first_drop = next((r for r in sorted((r for r in sweep if r["codec"] == codec and r["mode"] == "lossy"),
+                                             key=lambda r: r["target_ratio"]) if min(r["dice_min"].values(), default=1) < 0.98), None)
+        out[codec] = {"ratio": best["target_ratio"] if best else None, "achieved_ratio": best["achieved_ratio"] if best else None,
+                      "bpp": best["bpp"] if best else None,
+                      "dice_drop_bpp": first_drop["bpp"] if first_drop else None,
+                      "dice_drop_ratio": first_drop["target_ratio"] if first_drop else None}
+    return out
+
+
+def transmission(sweep: list[dict], links_mbit_s, uncompressed_bytes: int) -> list[dict]:
+    """The latency breakdown: volume, transmission, compression, decompression, total — per variant and link."""
+    variants = [{"variant": "uncompressed", "bytes": uncompressed_bytes, "encode_s": 0.0, "decode_s": 0.0}]
+    variants += [{"variant": f"{r['codec']} {'lossless' if r['mode'] == 'lossless' else format(r['target_ratio'], 'g') + ':1'}",
+                  "bytes": r["compressed_bytes"], "encode_s": r["encode_s"], "decode_s": r["decode_s"]} for r in sweep]
+    rows = []
+    for link in links_mbit_s:
+        for v in variants:
+            seconds = v["bytes"] * 8 / (link * 1e6)
+            rows.append({"variant": v["variant"], "link_mbit_s": link, "volume_mb": v["bytes"] / 1e6, "transmission_s": seconds,
+                         "compression_s": v["encode_s"], "decompression_s": v["decode_s"],
+                         "total_s": seconds + v["encode_s"] + v["decode_s"]})
+    return rows
+
+
+def run_lab(datasets: list[Dataset], config: LabConfig = LabConfig(), *, current_ratio: float | None = None,
+            current_codec: str = "j2k", label: str = "", progress: Callable[[int, int], None] | None = None) -> dict:
+    """The whole sweep over *datasets*; returns a JSON-ready dict."""
+    config = config.validated()
+    if not datasets:
+        raise InvalidOptionError("The lab needs at least one image.")
+    ratios = sorted(set(config.ratios) | ({float(current_ratio)} if current_ratio else set()))
+    prepared = []
+    for ds in datasets:
+        spec = pixel_spec(ds)
+        frames = [decode_frame(ds, i) for i in _frames(spec, config.max_frames)]
+        segment = segmenter_for(str(ds.get("Modality", "")), spec.samples)
+        prepared.append((ds, frames, [segment(f, ds) for f in frames]))
+    steps = [(codec, ratio) for codec in config.codecs for ratio in [None, *ratios]]
+    total, done = len(steps) * len(prepared), 0
+    per_instance, sweep, skipped = [], [], []
+    started = time.perf_counter()
+    for codec, ratio in steps:
+        rows = []
+        for ds, frames, masks in prepared:
+            try:
+                rows.append(_measure(ds, frames, masks, codec, ratio))
+            except RadPressError as exc:
+                skipped.append({"sop_uid": str(ds.get("SOPInstanceUID", "")), "codec": codec, "target_ratio": ratio, "reason": str(exc)})
+            done += 1
+            if progress:
+                progress(done, total)
+        if rows:
+            per_instance += rows
+            sweep.append(_aggregate(rows, config))
+    wall = time.perf_counter() - started
+    uncompressed = sum(pixel_spec(ds).frame_bytes * len(frames) for ds, frames, _ in prepared)
+    current = None
+    if current_ratio:
+        row = next((r for r in sweep if r["codec"] == current_codec and r["target_ratio"] == float(current_ratio)), None)
+        current = {"codec": current_codec, "ratio": float(current_ratio), "passes": bool(row and row["passes"]),
+                   "dice_min": row["dice_min"] if row else None, "psnr_min": row["psnr_min"] if row else None}
+    return {
+        "study": label,
+        "instances": len(prepared),
+        "modalities": sorted({str(ds.get("Modality", "")) for ds, _, _ in prepared}),
+        "config": {**asdict(config), "ratios": ratios},
+        "sweep": sweep,
+        "per_instance": per_instance,
+        "skipped": skipped,
+        "transmission": transmission(sweep, config.links_mbit_s, uncompressed),
+        "recommendation": recommend(sweep),
+        "current": current,
+        "wall_s": wall,
+    }
+
+
+def to_csv(result: dict) -> str:
+    """The sweep table as CSV (one row per codec and ratio; Dice per label as columns)."""
+    labels = sorted({label for r in result["sweep"] for label in r["dice_min"]})
+    out = io.StringIO()
+    writer = csv.writer(out)
+    columns = ["codec", "mode", "target_ratio", "achieved_ratio", "bpp", "psnr_min", "psnr_mean", "ssim_mean", "max_error",
+               "encode_s", "decode_s", "compressed_bytes", "passes"]
+    writer.writerow(columns + [f"dice_min {label}" for label in labels])
+    for row in result["sweep"]:
+        writer.writerow([row[c] for c in columns] + [row["dice_min"].get(label) for label in labels])
+    return out.getvalue()
