@@ -366,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (| head): nothing left to say
+        sys.stderr.close()
+        return EXIT_OK
     except Exception as exc:  # a bug, not bad input: still one line, never a traceback
         _fail(f"internal error, please report it: {type(exc).__name__}: {exc}")
         return EXIT_INTERNAL

@@ -1,0 +1,151 @@
+"""Quality lab: PSNR, SSIM and Dice against bits per pixel, latency table, recommended ratio."""
+
+from dataclasses import replace
+
+import dash
+import dash_bootstrap_components as dbc
+import plotly.graph_objects as go
+from dash import Input, Output, State, callback, dcc, html, no_update
+from plotly.subplots import make_subplots
+
+from core.auth import current_user
+from core.context import open_store
+from core.errors import RadPressError
+from core.users import allowed
+
+dash.register_page(__name__, path="/lab", title="Quality lab — RadPress", name="Quality lab")
+
+
+def layout(uid: str = "", **_query):
+    store, user = open_store(), current_user()
+    studies = [s for s in store.studies() if s["demo"] or not user.sees_only_demo]
+    if not studies:
+        return dbc.Alert("No studies yet: upload one on the Studies page.", color="secondary")
+    uid = uid if any(s["study_uid"] == uid for s in studies) else studies[0]["study_uid"]
+    return html.Div([
+        html.H2("Quality lab"),
+        html.P("Choose a lossy ratio from evidence on your own images: every codec and ratio is encoded, measured, "
+               "and a segmentation is run on the original and on the decoded image (Dice = task agreement).", className="text-muted"),
+        dbc.Row([
+            dbc.Col(dcc.Dropdown(id="lab-study", value=uid, clearable=False,
+                                 options=[{"label": f"{s['patient_name']} — {s['modalities']} {s['description'] or ''}", "value": s["study_uid"]}
+                                          for s in studies]), md=6),
+            dbc.Col(dbc.Button("Run the sweep", id="lab-run", color="primary"), width="auto"),
+            dbc.Col(dbc.Button("Cancel", id="lab-cancel", color="danger", outline=True, disabled=True), width="auto"),
+            dbc.Col(dbc.Button("Export CSV", id="lab-csv", color="secondary", outline=True), width="auto"),
+        ], className="mb-2"),
+        dbc.Progress(id="lab-progress", value=0, className="mb-2", style={"height": "1.2rem"}),
+        dcc.Store(id="lab-key"),
+        dcc.Download(id="lab-download"),
+        html.Div(id="lab-error"),
+        html.Div(id="lab-recommendation"),
+        dcc.Graph(id="lab-curves", style={"height": "420px"}),
+        html.H4("Latency (transmission dominates a remote service)"),
+        html.Div(id="lab-latency"),
+    ])
+
+
+@callback(Output("lab-key", "data"), Output("lab-error", "children"), Input("lab-run", "n_clicks"), State("lab-study", "value"),
+          background=True, running=[(Output("lab-run", "disabled"), True, False), (Output("lab-cancel", "disabled"), False, True)],
+          cancel=[Input("lab-cancel", "n_clicks")], progress=[Output("lab-progress", "value"), Output("lab-progress", "label")],
+          prevent_initial_call=True)
+def run(set_progress, _clicks, uid):
+    from core.archive import study_lab
+
+    def progress(done, total):
+        set_progress((100 * done / total, f"{done}/{total} encodings"))
+
+    try:
+        study_lab(open_store(), uid, progress=progress)
+    except RadPressError as exc:
+        return no_update, dbc.Alert(str(exc), color="danger")
+    return uid, None
+
+
+def _result(uid):
+    from core.archive import study_lab
+
+    return study_lab(open_store(), uid)  # cached by the sweep that just ran
+
+
+@callback(Output("lab-curves", "figure"), Output("lab-latency", "children"), Output("lab-recommendation", "children"),
+          Input("lab-key", "data"), prevent_initial_call=True)
+def show(uid):
+    result = _result(uid)
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("PSNR (dB)", "SSIM", "worst Dice (task agreement)"))
+    current = result.get("current") or {}
+    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
+    for index, codec in enumerate(dict.fromkeys(r["codec"] for r in result["sweep"])):
+        color = palette[index % len(palette)]
+        rows = sorted((r for r in result["sweep"] if r["codec"] == codec and r["mode"] == "lossy"), key=lambda r: r["bpp"])
+        x = [r["bpp"] for r in rows]
+        for col, ys in enumerate(([r["psnr_min"] for r in rows], [r["ssim_mean"] for r in rows],
+                                  [min(r["dice_min"].values(), default=1) for r in rows]), start=1):
+            fig.add_trace(go.Scatter(x=x, y=ys, mode="lines+markers", name=codec, legendgroup=codec, showlegend=col == 1, line_color=color,
+                                     text=[f"{r['target_ratio']:g}:1" for r in rows]), row=1, col=col)
+    mark = next((r for r in result["sweep"] if r["codec"] == current.get("codec") and r["target_ratio"] == current.get("ratio")), None)
+    if mark:
+        for col in (1, 2, 3):
+            fig.add_vline(x=mark["bpp"], line_dash="dash", line_color="red", row=1, col=col)
+        fig.add_annotation(x=mark["bpp"], y=1, yref="paper", text=f"current {current['ratio']:g}:1", showarrow=False, font_color="red")
+    fig.add_hline(y=0.98, line_dash="dot", line_color="grey", row=1, col=3)
+    fig.update_xaxes(title_text="bits per pixel", type="log")
+    fig.update_layout(margin=dict(l=40, r=10, t=40, b=40))
+    keep = {"uncompressed"} | {f"{c} lossless" for c in result["recommendation"]}
+    if current:
+        keep |= {f"{c} {current['ratio']:g}:1" for c in result["recommendation"]}
+    latency = dbc.Table(
+        [html.Thead(html.Tr([html.Th(h) for h in ("Variant", "Link (Mbit/s)", "Volume (MB)", "Transmission (s)", "Compression (s)",
+                                                    "Decompression (s)", "Total (s)")]))] +
+        [html.Tbody([html.Tr([html.Td(t["variant"]), html.Td(f"{t['link_mbit_s']:g}"), html.Td(f"{t['volume_mb']:.3f}"),
+                              html.Td(f"{t['transmission_s']:.3f}"), html.Td(f"{t['compression_s']:.3f}"),
+                              html.Td(f"{t['decompression_s']:.3f}"), html.Td(f"{t['total_s']:.3f}")])
+                     for t in result["transmission"] if t["variant"] in keep])], size="sm", id="lab-latency-table")
+    items = []
+    admin = allowed(current_user(), "policy")
+    for codec, rec in result["recommendation"].items():
+        text = f"{codec}: highest ratio keeping Dice ≥ 0.98 and the PSNR threshold on every instance: "
+        text += f"{rec['ratio']:g}:1 ({rec['bpp']:.3f} bpp)" if rec["ratio"] else "none of the ratios tried"
+        buttons = [dbc.Button(f"Apply {rec['ratio']:g}:1 to this study", id={"type": "lab-apply", "ratio": rec["ratio"], "scope": "study"},
+                              size="sm", color="primary", outline=True, className="ms-2"),
+                   dbc.Button(f"Apply to the clinic's {'/'.join(result['modalities'])} ratio", size="sm", color="primary", outline=True,
+                              id={"type": "lab-apply", "ratio": rec["ratio"], "scope": "clinic"}, className="ms-1")] if admin and rec["ratio"] else []
+        items.append(html.Li([text, *buttons], className="mb-1"))
+    verdict = None
+    if current:
+        verdict = dbc.Alert(f"The current ratio {current['ratio']:g}:1 ({current['codec']}) "
+                            + ("passes the criteria." if current["passes"] else "FAILS the criteria on these images."),
+                            color="success" if current["passes"] else "warning", id="lab-current")
+    return fig, latency, html.Div([verdict, html.Ul(items, id="lab-recommended"), html.Div(id="lab-applied")])
+
+
+@callback(Output("lab-applied", "children"), Input({"type": "lab-apply", "ratio": dash.ALL, "scope": dash.ALL}, "n_clicks"),
+          State("lab-key", "data"), prevent_initial_call=True)
+def apply(clicks, uid):
+    from core.routes import archive
+
+    trigger = dash.ctx.triggered_id
+    user = current_user()
+    if not trigger or not any(clicks) or not allowed(user, "policy"):
+        return no_update
+    store, jobs = archive()
+    ratio = float(trigger["ratio"])
+    if trigger["scope"] == "study":
+        store.set_study_ratio(uid, ratio, user=user.name)
+        jobs.submit(uid)
+        return dbc.Alert(f"This study now uses {ratio:g}:1.", color="success", id="lab-applied-study")
+    policy = store.policy()
+    modalities = _result(uid)["modalities"]
+    store.set_policy(replace(policy, ratios={**policy.ratios, **{m: ratio for m in modalities}}), user=user.name)
+    for study in store.studies():
+        jobs.submit(study["study_uid"])
+    return dbc.Alert(f"The clinic's ratio for {', '.join(modalities)} is now {ratio:g}:1.", color="success", id="lab-applied-clinic")
+
+
+@callback(Output("lab-download", "data"), Input("lab-csv", "n_clicks"), State("lab-key", "data"), prevent_initial_call=True)
+def export(_clicks, uid):
+    from core.lab import to_csv
+
+    if not uid:
+        return no_update
+    return dict(content=to_csv(_result(uid)), filename=f"quality-lab-{uid[-12:]}.csv")

@@ -1,0 +1,84 @@
+import json
+
+import pytest
+
+from core.cli import main
+from core.errors import InvalidOptionError
+from core.lab import LabConfig, recommend, run_lab, to_csv, transmission
+from core.samples import sample
+
+
+def row(codec, ratio, passes, dice=0.99, bpp=1.0):
+    return {"codec": codec, "mode": "lossy", "target_ratio": ratio, "passes": passes, "dice_min": {"body": dice},
+            "bpp": bpp, "achieved_ratio": ratio}
+
+
+def test_recommendation_is_the_highest_ratio_before_the_first_failure():
+    sweep = [row("j2k", 5, True), row("j2k", 10, True), row("j2k", 20, False, 0.97, 0.5), row("j2k", 30, True),
+             row("htj2k", 5, False, 0.9), row("htj2k", 10, False, 0.8)]
+    rec = recommend(sweep)
+    assert rec["j2k"]["ratio"] == 10 and rec["j2k"]["dice_drop_ratio"] == 20 and rec["j2k"]["dice_drop_bpp"] == 0.5
+    assert rec["htj2k"]["ratio"] is None and rec["htj2k"]["dice_drop_ratio"] == 5
+
+
+def test_transmission_table():
+    sweep = [{"codec": "j2k", "mode": "lossless", "target_ratio": None, "compressed_bytes": 1_000_000, "encode_s": 0.5, "decode_s": 0.25}]
+    rows = transmission(sweep, (10, 100), 4_000_000)
+    first = next(r for r in rows if r["variant"] == "uncompressed" and r["link_mbit_s"] == 10)
+    assert first["transmission_s"] == pytest.approx(3.2) and first["volume_mb"] == 4
+    lossless = next(r for r in rows if r["variant"] == "j2k lossless" and r["link_mbit_s"] == 100)
+    assert lossless["transmission_s"] == pytest.approx(0.08) and lossless["total_s"] == pytest.approx(0.83)
+
+
+def test_lossless_rows_agree_perfectly(load):
+    result = run_lab([load("693_UNCR")], LabConfig(codecs=("j2k",), ratios=(10,)))
+    lossless = next(r for r in result["sweep"] if r["mode"] == "lossless")
+    assert lossless["psnr_min"] is None and lossless["max_error"] == 0  # PSNR ∞ reported as None
+    assert all(v == 1.0 for v in lossless["dice_min"].values()) and lossless["passes"]
+
+
+@pytest.mark.parametrize("name, codec", [("RG3_UNCR", "j2k"), ("693_UNCR", "htj2k"), ("MR2_UNCR", "j2k")])
+def test_trends_across_the_sweep_on_real_images(load, name, codec):
+    result = run_lab([load(name)], LabConfig(codecs=(codec,), ratios=(5, 10, 20, 50)))
+    lossy = sorted((r for r in result["sweep"] if r["mode"] == "lossy"), key=lambda r: r["target_ratio"])
+    bpp = [r["bpp"] for r in lossy]
+    psnr = [r["psnr_min"] for r in lossy]
+    worst = [min(r["dice_min"].values()) for r in lossy]
+    assert bpp == sorted(bpp, reverse=True)
+    assert psnr == sorted(psnr, reverse=True)
+    assert worst[0] > worst[-1] and all(b <= a + 0.01 for a, b in zip(worst, worst[1:]))
+
+
+def test_current_ratio_is_judged(load):
+    result = run_lab([load("MR2_UNCR")], LabConfig(codecs=("j2k",), ratios=(5,)), current_ratio=20, current_codec="j2k")
+    assert result["config"]["ratios"] == [5, 20]
+    assert result["current"]["ratio"] == 20 and result["current"]["passes"] is False
+    assert min(result["current"]["dice_min"].values()) < 0.98
+
+
+def test_config_is_validated():
+    with pytest.raises(InvalidOptionError):
+        LabConfig(ratios=(1000,)).validated()
+
+
+def test_cli_json_schema_and_csv(capsys, tmp_path):
+    csv_path = tmp_path / "lab.csv"
+    code = main(["lab", str(sample("emri_small")), "--codecs", "j2k,jxl", "--ratios", "5,10", "--json", "--csv", str(csv_path)])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"study", "instances", "modalities", "config", "sweep", "per_instance", "transmission",
+                           "recommendation", "current", "wall_s"}
+    assert len(result["sweep"]) == 6 and result["modalities"] == ["MR"]
+    for r in result["sweep"]:
+        assert set(r) >= {"codec", "mode", "target_ratio", "achieved_ratio", "bpp", "psnr_min", "ssim_mean", "max_error",
+                          "dice_min", "iou_min", "encode_s", "decode_s", "passes"}
+    assert {t["link_mbit_s"] for t in result["transmission"]} == {10, 100, 1000}
+    assert set(result["recommendation"]) == {"j2k", "jxl"}
+    assert csv_path.read_text().splitlines()[0].startswith("codec,mode,target_ratio")
+    assert to_csv(result).count("\n") == 7
+
+
+def test_cli_bad_input(capsys, tmp_path):
+    assert main(["lab", str(tmp_path / "nothing-here")]) == 2
+    assert main(["lab", str(sample("emri_small")), "--codecs", "webp"]) == 2
+    assert "Unknown codec" in capsys.readouterr().err
