@@ -185,6 +185,8 @@ def _table(results: dict) -> str:
     lines.append("")
     if "archive" in results:
         lines += [_archive_table(results["archive"]), ""]
+    if "lab" in results:
+        lines += [_lab_table(results["lab"]), ""]
     for c in results["checks"]:
         verdict = ("ok" if c["ok"] else "below") if c.get("informative") else ("PASS" if c["ok"] else "FAIL")
         lines.append(f"[{verdict}] {c['target']}: {c['measured']}")
@@ -192,8 +194,10 @@ def _table(results: dict) -> str:
 
 
 def run_bench(json_path: str | None = "bench-results.json", as_json: bool = False, repeat: int = 3,
-              archive_instances: int = 300) -> int:
+              archive_instances: int = 300, lab: bool = True) -> int:
     results = measure(repeat=repeat)
+    if lab:
+        results["lab"] = measure_lab()
     if archive_instances:
         archive = measure_archive(archive_instances)
         results["archive"] = archive
@@ -302,3 +306,33 @@ def _archive_table(a: dict) -> str:
         f"study zip {a['zip_mb']:.0f} MB at {a['zip_mb_s']:.0f} MB/s; strategy-4 lossy download "
         f"{a['strategy4_lossy_first_ms']:.0f} ms first, {a['strategy4_lossy_cached_ms']:.0f} ms cached",
     ])
+
+
+LAB_SAMPLES = {"CT": "693_UNCR", "MR": "MR2_UNCR", "CR": "RG1_UNCR"}
+
+
+def measure_lab() -> dict:
+    """The quality-lab sweep on a real CT, MR and CR image: where task agreement first breaks, and the wall time."""
+    from .lab import run_lab
+
+    start = time.perf_counter()
+    rows = []
+    for modality, name in LAB_SAMPLES.items():
+        result = run_lab([read_dataset(sample(name))])
+        for codec, rec in result["recommendation"].items():
+            lossless = next(r for r in result["sweep"] if r["codec"] == codec and r["mode"] == "lossless")
+            rows.append({"modality": modality, "image": name, "codec": codec, "lossless_bpp": lossless["bpp"],
+                         "dice_drop_bpp": rec["dice_drop_bpp"], "dice_drop_ratio": rec["dice_drop_ratio"],
+                         "recommended_ratio": rec["ratio"], "recommended_bpp": rec["bpp"], "sweep_s": result["wall_s"]})
+    return {"rows": rows, "wall_s": time.perf_counter() - start}
+
+
+def _lab_table(lab: dict) -> str:
+    lines = [f"quality lab (sweep of j2k/htj2k/jxl x lossless + 9 ratios, whole run {lab['wall_s']:.0f} s on this machine):",
+             f"{'modality':<8} {'codec':<6} {'lossless bpp':>12} {'Dice<0.98 at bpp':>17} {'(ratio)':>8} {'recommended':>12}"]
+    for r in lab["rows"]:
+        drop = f"{r['dice_drop_bpp']:.3f}" if r["dice_drop_bpp"] else "never"
+        ratio = f"{r['dice_drop_ratio']:g}:1" if r["dice_drop_ratio"] else "-"
+        rec = f"{r['recommended_ratio']:g}:1" if r["recommended_ratio"] else "none"
+        lines.append(f"{r['modality']:<8} {r['codec']:<6} {r['lossless_bpp']:>12.3f} {drop:>17} {ratio:>8} {rec:>12}")
+    return "\n".join(lines)

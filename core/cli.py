@@ -289,7 +289,8 @@ def _lab_table(result: dict) -> str:
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
-    return run_bench(json_path=args.json_out, as_json=args.json, repeat=args.repeat, archive_instances=args.instances)
+    return run_bench(json_path=args.json_out, as_json=args.json, repeat=args.repeat, archive_instances=args.instances,
+                     lab=not args.no_lab)
 
 
 def _ratio(text: str) -> float:
@@ -353,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-out", default="bench-results.json", help="where to write the JSON results")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--instances", type=int, default=300, help="size of the CT series for the archive benchmark (0: skip)")
+    p.add_argument("--no-lab", action="store_true", help="skip the quality-lab sweep")
     p.set_defaults(run=cmd_bench)
     return parser
 

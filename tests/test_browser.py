@@ -187,3 +187,19 @@ def test_demo_user_cannot_upload(server, browser):
     status = browser.execute_script(
         "const r = await fetch('/api/upload?name=x.dcm', {method: 'POST', body: 'x'}); return r.status;")
     assert status == 403
+
+
+def test_quality_lab_page(server, browser):
+    login(browser, server, ADMIN)
+    http = requests.Session()
+    http.auth = ADMIN
+    study = next(s["study_uid"] for s in http.get(f"{server}/api/studies").json() if s["date"] == "20000101")  # emri_small
+    browser.get(f"{server}/lab?uid={study}")
+    wait(browser).until(EC.element_to_be_clickable((By.ID, "lab-run"))).click()
+    wait(browser, 180).until(EC.presence_of_element_located((By.ID, "lab-recommended")))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#lab-recommended li")) == 3
+    assert "current ratio" in browser.find_element(By.ID, "lab-current").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#lab-curves .scatterlayer .trace")) == 9
+    assert "uncompressed" in browser.find_element(By.ID, "lab-latency-table").text
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "lab.png"))

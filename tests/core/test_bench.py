@@ -19,8 +19,10 @@ def test_bench_writes_json(tmp_path, monkeypatch, capsys):
     import core.bench as bench
 
     monkeypatch.setattr(bench, "measure", lambda repeat: measure(names=("emri_small",), repeat=1))
+    monkeypatch.setattr(bench, "LAB_SAMPLES", {"MR": "emri_small"})
     assert run_bench(json_path=str(tmp_path / "bench.json"), archive_instances=4) == 0
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written["codecs"] and written["archive"]["instances"] == 4 and written["archive"]["job_state"] == "done"
     assert written["archive"]["zip_mb_s"] > 0
+    assert {r["codec"] for r in written["lab"]["rows"]} == {"j2k", "htj2k", "jxl"}
     assert "PASS" in capsys.readouterr().out

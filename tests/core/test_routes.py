@@ -243,3 +243,20 @@ def test_authentication_and_roles(server, tmp_path):
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
     assert browser.get(f"{base}/api/studies").status_code == 200
     assert browser.post(f"{base}/login", data={"username": "rad", "password": "nope"}).status_code == 401
+
+
+def test_lab_api_and_study_ratio(http, server):
+    base, _ = server
+    study = upload(http, base, sample("RG3_UNCR")).json()["studies"][0]
+    r = http.get(f"{base}/api/studies/{study}/lab", params={"codecs": "j2k", "ratios": "5,10"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["study_uid"] == study and body["modalities"] == ["CR"] and body["current"]["ratio"] == 10
+    assert [row["target_ratio"] for row in body["sweep"]] == [None, 5, 10]
+    assert http.get(f"{base}/api/studies/{study}/lab", params={"ratios": "x"}).status_code == 400
+    assert http.get(f"{base}/api/studies/{study}/lab", params={"codecs": "webp"}).status_code == 400
+    assert http.put(f"{base}/api/studies/{study}/ratio", json={"ratio": 1000}).status_code == 400
+    assert http.put(f"{base}/api/studies/{study}/ratio", json={"ratio": 25}).status_code == 200
+    wait_jobs(http, base)
+    lossy = [a for a in http.get(f"{base}/api/studies/{study}").json()["instances"][0]["artifacts"] if a["variant"] == "lossy"]
+    assert [a["ratio"] for a in lossy] == [25]
