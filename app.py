@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -12,6 +13,7 @@ from dash import Input, Output
 from components.shell import make_shell
 from core.auth import current_user, init_auth, secret_key
 from core.demo import load_demo
+from core.dims import DimsConfig
 from core.jobs import Jobs
 from core.routes import init_archive
 from core.store import Store
@@ -41,7 +43,7 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
     app = dash.Dash(__name__, use_pages=True, title="RadPress", suppress_callback_exceptions=True,
                     background_callback_manager=background_manager(store.root))
     init_auth(app.server, users, secret_key(store.root), demo)
-    init_archive(app.server, store, jobs)
+    init_archive(app.server, store, jobs, dims_config())
     app.layout = make_shell()
 
     @app.callback(Output("whoami", "children"), Input("url", "pathname"))
@@ -52,6 +54,15 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
     if run_jobs:
         jobs.start()
     return app
+
+
+def dims_config() -> DimsConfig:
+    """Image-transform limits, overlays and conditional chains: RADPRESS_DIMS_CONFIG names a JSON file."""
+    path = os.environ.get("RADPRESS_DIMS_CONFIG")
+    if not path:
+        return DimsConfig()
+    with open(path, encoding="utf-8") as fh:
+        return DimsConfig(**json.load(fh))
 
 
 def _first_admin(users: Users, root: Path) -> None:

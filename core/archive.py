@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .codecs import check_ratio, get_codec
+from .codecs import check_ratio, choose_codec, get_codec
 from .compress import compress
 from .errors import InvalidOptionError, RadPressError
+from .files import atomic_writer
 from .pixels import read_dataset
 from .policy import Policy, get_strategy, ratio_for
 from .render import thumbnail_png
@@ -258,3 +259,55 @@ def study_lab(store: Store, study_uid: str, config=None, progress=None, *, refre
     result["study_uid"] = study_uid
     cache.set(key, result)
     return result
+
+
+def codestream_path(store: Store, sop_uid: str, frame: int = 0, variant: str = "lossless", ratio: float | None = None) -> tuple[Path, float | None]:
+    """A JPEG 2000 / HTJ2K codestream file of one frame, for reduced-resolution and region reads.
+
+    Taken from the stored artifact when it is J2K or HTJ2K, otherwise encoded
+    once as JPEG 2000 and kept in the cache folder.  Returns the path and, for
+    lossy variants, the achieved ratio.  ``original`` reads the lossless
+    codestream: same pixels.
+    """
+    from pydicom.encaps import get_frame
+
+    from .pixels import pixel_spec
+
+    row = store.instance(sop_uid)
+    if not 0 <= frame < row["frames"]:
+        raise InvalidOptionError(f"Frame {frame + 1} requested but the image has {row['frames']} frame(s).")
+    policy = store.policy()
+    lossy = variant == "lossy"
+    if variant not in ("original", "lossless", "lossy"):
+        raise InvalidOptionError(f"Unknown variant {variant!r}.", hint="Use original, lossless or lossy.")
+    if lossy and not policy.lossy_enabled:
+        raise Forbidden("Lossy images are switched off for this clinic.")
+    ratio = check_ratio(float(ratio) if ratio else _ratio(policy, row), True) if lossy else None
+    original = store.artifact(sop_uid, "original")
+    key = hashlib.sha256(f"{original.checksum}:{frame}:{'lossy' if lossy else 'lossless'}:{ratio}".encode()).hexdigest()
+    folder = store.root / "cache" / "codestreams"
+    path = folder / f"{key}.j2k"
+    meta = path.with_suffix(".ratio")
+    if path.exists():
+        return path, float(meta.read_text()) if meta.exists() else None
+    stored = store.artifact(sop_uid, "lossy" if lossy else "lossless", ratio or 0)
+    achieved = None
+    if stored is not None and stored.codec in ("j2k", "htj2k"):
+        ds = read_dataset(stored.path)
+        data = get_frame(ds.PixelData, frame, number_of_frames=pixel_spec(ds).frames)
+        achieved = stored.achieved_ratio
+    else:
+        from .pixels import decode_frame
+
+        ds = read_dataset(original.path)
+        spec = pixel_spec(ds)
+        codec = choose_codec("j2k", lossy, spec)
+        data = codec.encode(decode_frame(ds, frame), spec, ratio)
+        achieved = spec.frame_bytes / len(data) if lossy else None
+    folder.mkdir(parents=True, exist_ok=True)
+    if achieved:
+        with atomic_writer(meta) as fh:
+            fh.write(f"{achieved}".encode())
+    with atomic_writer(path) as fh:
+        fh.write(data)
+    return path, achieved

@@ -13,7 +13,9 @@ from pydicom.dataset import Dataset
 
 from .pixels import decode_frame, pixel_spec
 
-__all__ = ["display_frame", "to_display", "window_of", "thumbnail_png", "WINDOW_PRESETS"]
+__all__ = ["display_frame", "to_display", "window_of", "thumbnail_png", "encode_image", "IMAGE_TYPES", "WINDOW_PRESETS"]
+
+IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif", "jp2": "image/jp2"}
 
 # Window (center, width) presets a radiologist expects, in Hounsfield units for CT.
 WINDOW_PRESETS: dict[str, dict[str, tuple[float, float]]] = {
@@ -77,4 +79,26 @@ def thumbnail_png(ds: Dataset, size: int = 256) -> bytes:
     image.thumbnail((size, size), Image.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def encode_image(pixels: np.ndarray, fmt: str, quality: int = 90, optimize: bool = False) -> bytes:
+    """8-bit grey or RGB pixels as PNG, JPEG, WebP, GIF or JPEG 2000 (JP2) bytes."""
+    from PIL import Image
+
+    image = Image.fromarray(pixels)
+    buffer = io.BytesIO()
+    if fmt == "png":
+        image.save(buffer, format="PNG", optimize=optimize)
+    elif fmt == "jpeg":
+        image.save(buffer, format="JPEG", quality=quality, optimize=optimize)
+    elif fmt == "webp":
+        image.save(buffer, format="WEBP", quality=quality, lossless=optimize and quality >= 100)
+    elif fmt == "gif":
+        image.save(buffer, format="GIF", optimize=optimize)
+    elif fmt == "jp2":
+        image.save(buffer, format="JPEG2000", irreversible=quality < 100, quality_mode="rates",
+                   quality_layers=[max(1.0, (100 - quality) / 2)] if quality < 100 else None)
+    else:
+        raise ValueError(fmt)
     return buffer.getvalue()

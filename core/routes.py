@@ -6,22 +6,27 @@ every :class:`RadPressError` becomes a JSON ``{"error": ...}`` with its 4xx stat
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import asdict
 
-from flask import Blueprint, Response, current_app, jsonify, request, send_file, stream_with_context
+from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file, stream_with_context
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
-from .archive import Forbidden, plan, storage_report, variant_file
+from .archive import Forbidden, codestream_path, plan, storage_report, variant_file
 from .auth import current_user, require
 from .bundle import Member, safe_name, tar_stream, zip_stream
-from .codecs import CODECS
+from .codecs import CODECS, get_codec
+from .deepzoom import Codestream, DeepZoom
+from .dims import DimsConfig, DimsError, apply_chain, expand_byoriginal, normalise, parse_chain
 from .derive import format_ratio
 from .errors import InvalidOptionError, RadPressError
 from .ingest import ingest_stream
 from .jobs import Jobs
+from .pixels import read_dataset
 from .policy import STRATEGIES, Policy, ratio_warning
+from .render import IMAGE_TYPES, encode_image, to_display, window_of
 from .store import Store
 
 __all__ = ["blueprint", "init_archive", "archive"]
@@ -29,8 +34,8 @@ __all__ = ["blueprint", "init_archive", "archive"]
 blueprint = Blueprint("archive", __name__)
 
 
-def init_archive(server, store: Store, jobs: Jobs) -> None:
-    server.extensions["radpress"] = {"store": store, "jobs": jobs}
+def init_archive(server, store: Store, jobs: Jobs, dims: DimsConfig | None = None) -> None:
+    server.extensions["radpress"] = {"store": store, "jobs": jobs, "dims": dims or DimsConfig()}
     server.register_blueprint(blueprint)
 
 
@@ -334,3 +339,170 @@ def thumbnail(sop_uid):
     _check_instance(store, sop_uid)
     data, etag = thumbnail_bytes(store, sop_uid)
     return send_file(io.BytesIO(data), mimetype="image/png", etag=etag, conditional=True, max_age=3600)
+
+
+# -- images: progressive previews and DeepZoom ---------------------------------
+def _int_arg(name: str, default: int) -> int:
+    value = request.args.get(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidOptionError(f"{name}={value!r} is not a whole number.") from None
+
+
+def _image_response(pixels, fmt: str, etag: str, lossy_ratio: float | None = None, method: str | None = None) -> Response:
+    data = encode_image(pixels, fmt)
+    response = Response(data, mimetype=IMAGE_TYPES[fmt])
+    response.set_etag(etag)
+    response.cache_control.max_age = 3600
+    if lossy_ratio:
+        response.headers["X-Lossy-Compression"] = f"ratio={format_ratio(lossy_ratio)}; method={method}"
+    return response.make_conditional(request)
+
+
+@blueprint.get("/preview/<sop_uid>")
+@require("view")
+def preview(sop_uid):
+    """Resolution level K (0 = full, 1 = half, ...) decoded from the codestream's lower levels only."""
+    store, _ = archive()
+    _check_instance(store, sop_uid)
+    variant, ratio = _variant_args()
+    level, frame = _int_arg("level", 0), _int_arg("frame", 1) - 1
+    path, achieved = codestream_path(store, sop_uid, frame, variant, ratio)
+    source = Codestream(path)
+    pixels = source.region(level, 0, source.height, 0, source.width)
+    ds = read_dataset(store.artifact(sop_uid, "original").path)
+    method = get_codec("j2k", True).method if variant == "lossy" else None
+    return _image_response(to_display(pixels, ds), "png", f"{path.stem}-{level}", achieved, method)
+
+
+def _deepzoom(store: Store, sop_uid: str) -> tuple[Codestream, DeepZoom]:
+    path, _ = codestream_path(store, sop_uid, 0, "lossless")
+    source = Codestream(path)
+    config = current_app.config
+    return source, DeepZoom(source.width, source.height, config.get("RADPRESS_TILE_SIZE", 254), config.get("RADPRESS_TILE_OVERLAP", 1))
+
+
+@blueprint.get("/deepzoom/<sop_uid>.dzi")
+@require("view")
+def deepzoom_descriptor(sop_uid):
+    store, _ = archive()
+    _check_instance(store, sop_uid)
+    _source, zoom = _deepzoom(store, sop_uid)
+    return Response(zoom.dzi(), mimetype="application/xml")
+
+
+@blueprint.get("/deepzoom/<sop_uid>_files/<int:level>/<int:col>_<int:row>.<fmt>")
+@require("view")
+def deepzoom_tile(sop_uid, level, col, row, fmt):
+    store, _ = archive()
+    if fmt not in ("jpeg", "jpg", "png"):
+        raise InvalidOptionError(f"Tile format {fmt!r} is not offered.", hint="Use .jpeg or .png.")
+    _check_instance(store, sop_uid)
+    source, zoom = _deepzoom(store, sop_uid)
+    original = store.artifact(sop_uid, "original")
+    ds = read_dataset(original.path)
+    window = _tile_window(original.checksum, str(source.path), str(original.path))
+    pixels = zoom.read(source, level, col, row)
+    return _image_response(to_display(pixels, ds, window), "jpeg" if fmt == "jpg" else fmt, f"{sop_uid}-{level}-{col}-{row}")
+
+
+@functools.lru_cache(maxsize=256)
+def _tile_window(checksum: str, codestream: str, original: str) -> tuple[float, float] | None:
+    """One window for every tile of an image: its own, or percentiles of the codestream's lowest level."""
+    from pydicom.pixels import apply_modality_lut
+
+    ds = read_dataset(original, pixels=False)
+    if int(ds.get("SamplesPerPixel", 1) or 1) == 3:
+        return None
+    source = Codestream(codestream)
+    coarse = source.region(source.levels, 0, source.height, 0, source.width)
+    center, width = window_of(ds, apply_modality_lut(coarse, ds))
+    return float(center), float(width)
+
+
+# -- DIMS: URL image transforms -------------------------------------------------
+_DIMS_TYPES = {**IMAGE_TYPES}
+
+
+@blueprint.get("/dims/<sop_uid>/<path:commands>")
+@require("view")
+def dims(sop_uid, commands):
+    store, _ = archive()
+    config: DimsConfig = current_app.extensions["radpress"]["dims"]
+    try:
+        return _dims(store, config, sop_uid, commands)
+    except DimsError:
+        if config.on_failure == "redirect":
+            return redirect(f"/download/instance/{sop_uid}?variant=original", 302)
+        raise
+
+
+def _dims(store: Store, config: DimsConfig, sop_uid: str, commands: str) -> Response:
+    import hashlib
+
+    from pydicom import dcmread
+
+    from .pixels import decode_frame
+
+    chain = parse_chain(commands, config)  # every command checked before any image is read
+    try:
+        row = store.instance(sop_uid)
+    except RadPressError:
+        raise DimsError("source not available", f"no instance {sop_uid}", 404) from None
+    _check_instance(store, sop_uid)
+    original = store.artifact(sop_uid, "original")
+    if original.bytes > config.max_source_mb * 1e6:
+        raise DimsError("source too large", f"{original.bytes / 1e6:.0f} MB is above the {config.max_source_mb:g} MB limit", 413)
+    chain = expand_byoriginal(chain, config, row["rows"] * row["columns"])
+    settings = dict(chain)
+    key = f"{original.checksum}:{normalise(chain)}"
+    etag = hashlib.sha256(key.encode()).hexdigest()[:32]
+    from .archive import _cache
+
+    cache = _cache(store)
+    hit = cache.get("dims:" + key)
+    if hit is None:
+        variant = settings.get("variant", "original")
+        label = None
+        lossy_header = None
+        try:
+            source = read_dataset(original.path)
+            if variant == "lossy":
+                vf = variant_file(store, sop_uid, "lossy", settings.get("ratio"))
+                try:
+                    ds = dcmread(vf.stream)
+                finally:
+                    vf.close()
+                label = f"LOSSY {format_ratio(vf.lossy_ratio or 0)}:1 {vf.method}"
+                lossy_header = f"ratio={format_ratio(vf.lossy_ratio or 0)}; method={vf.method}"
+            else:
+                ds = source
+            frames = row["frames"]
+            if "frame" in settings:
+                if settings["frame"] > frames:
+                    raise DimsError("invalid command", f"frame {settings['frame']} of {frames}", 400, "frame")
+                indices = [settings["frame"] - 1]
+            elif settings.get("firstframeonly", True) is False:
+                indices = list(range(min(frames, settings.get("limit", frames))))
+            else:
+                indices = [0]
+            window = settings.get("window")
+            rendered = [to_display(decode_frame(ds, i), source, window) for i in indices]
+        except DimsError:
+            raise
+        except RadPressError as exc:
+            raise DimsError("source could not be loaded", str(exc), 422) from None
+        try:
+            data, fmt = apply_chain(rendered, chain, config, label)
+        except (ValueError, OSError) as exc:
+            raise DimsError("unsupported image", str(exc), 415) from None
+        hit = {"data": data, "format": fmt, "lossy": lossy_header}
+        cache.set("dims:" + key, hit)
+    response = Response(hit["data"], mimetype=_DIMS_TYPES[hit["format"]])
+    response.set_etag(etag)
+    response.cache_control.max_age = 86400
+    response.cache_control.public = False
+    if hit["lossy"]:
+        response.headers["X-Lossy-Compression"] = hit["lossy"]
+    return response.make_conditional(request)

@@ -51,7 +51,8 @@ def layout(uid: str = "", **_query):
                     html.Div(f"#{row['number'] or '?'} · {row['rows']}×{row['columns']} · {row['frames']} frame(s)", className="small"),
                     html.Div(arts, className="small text-muted artifacts"),
                     _downloads(f"/download/instance/{row['sop_uid']}", "⬇", policy.lossy_enabled),
-                    dbc.Button("Compare", href=f"/compare?sop={row['sop_uid']}", size="sm", color="primary"),
+                    dbc.Button("Compare", href=f"/compare?sop={row['sop_uid']}", size="sm", color="primary", className="me-1"),
+                    dbc.Button("Zoom", href=f"/viewer?sop={row['sop_uid']}", size="sm", color="secondary", outline=True),
                 ], className="p-2"),
             ], className="h-100"), md=3, className="mb-3"))
         first = rows[0]
