@@ -260,3 +260,82 @@ def test_lab_api_and_study_ratio(http, server):
     wait_jobs(http, base)
     lossy = [a for a in http.get(f"{base}/api/studies/{study}").json()["instances"][0]["artifacts"] if a["variant"] == "lossy"]
     assert [a["ratio"] for a in lossy] == [25]
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).size
+
+
+def test_progressive_preview_levels(http, server):
+    base, _ = server
+    study = upload(http, base, sample("RG3_UNCR")).json()["studies"][0]
+    sop = http.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
+    full = http.get(f"{base}/preview/{sop}", params={"level": 0})
+    coarse = http.get(f"{base}/preview/{sop}", params={"level": 3})
+    assert full.status_code == coarse.status_code == 200 and full.headers["Content-Type"] == "image/png"
+    assert _png_size(full.content) == (1760, 1760) and _png_size(coarse.content) == (220, 220)
+    assert len(coarse.content) < len(full.content) / 10
+    lossy = http.get(f"{base}/preview/{sop}", params={"level": 2, "variant": "lossy", "ratio": 20})
+    assert lossy.headers["X-Lossy-Compression"].startswith("ratio=") and _png_size(lossy.content) == (440, 440)
+    assert http.get(f"{base}/preview/{sop}", params={"level": 9}).status_code == 400
+    assert http.get(f"{base}/preview/{sop}", params={"level": "x"}).status_code == 400
+
+
+def test_deepzoom_routes(http, server):
+    base, _ = server
+    study = upload(http, base, sample("RG3_UNCR")).json()["studies"][0]
+    sop = http.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
+    dzi = http.get(f"{base}/deepzoom/{sop}.dzi")
+    assert dzi.status_code == 200 and 'Width="1760"' in dzi.text and 'TileSize="254"' in dzi.text
+    tile = http.get(f"{base}/deepzoom/{sop}_files/11/1_1.jpeg")
+    assert tile.status_code == 200 and tile.headers["Content-Type"] == "image/jpeg"
+    assert _png_size(tile.content) == (256, 256)  # 254 + overlap on both sides
+    assert http.get(f"{base}/deepzoom/{sop}_files/11/1_1.png").headers["Content-Type"] == "image/png"
+    assert http.get(f"{base}/deepzoom/{sop}_files/11/50_1.jpeg").status_code == 400
+    assert http.get(f"{base}/deepzoom/{sop}_files/11/1_1.bmp").status_code == 400
+    assert requests.get(f"{base}/deepzoom/{sop}.dzi").status_code == 401
+
+
+def test_dims_transforms(http, server):
+    base, _ = server
+    study = upload(http, base, sample("RG1_UNCR")).json()["studies"][0]
+    sop = http.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
+    url = f"{base}/dims/{sop}/thumbnail/256x256/format/jpg"
+    first = http.get(url)
+    assert first.status_code == 200 and first.headers["Content-Type"] == "image/jpeg"
+    from PIL import Image
+
+    assert max(Image.open(io.BytesIO(first.content)).size) == 256
+    assert "X-Lossy-Compression" not in first.headers
+    again = http.get(url, headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304
+    lossy = http.get(f"{base}/dims/{sop}/variant/lossy/ratio/20/thumbnail/300/format/png")
+    assert lossy.headers["X-Lossy-Compression"].startswith("ratio=20") and "ISO_15444_1" in lossy.headers["X-Lossy-Compression"]
+    image = Image.open(io.BytesIO(lossy.content)).convert("RGB")
+    assert image.getpixel((1, 1)) == (255, 224, 138)  # the burned-in LOSSY label's background
+    cropped = http.get(f"{base}/dims/{sop}/crop/100x50+10+10/format/png")
+    assert Image.open(io.BytesIO(cropped.content)).size == (100, 50)
+    bad = http.get(f"{base}/dims/{sop}/rotate/90")
+    assert bad.status_code == 400 and "unknown command 'rotate'" in bad.json()["error"]
+    missing = http.get(f"{base}/dims/1.2.3/thumbnail/10x10")
+    assert missing.status_code == 404 and "source not available" in missing.json()["error"]
+
+
+def test_dims_multiframe_and_limits(http, server, tmp_path):
+    base, app = server
+    files = write_series("emri_small", 1, tmp_path / "s")
+    study = upload(http, base, files[0]).json()["studies"][0]
+    sop = http.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
+    animated = http.get(f"{base}/dims/{sop}/firstframeonly/off/limit/4/format/gif")
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(animated.content)).n_frames == 4
+    single = http.get(f"{base}/dims/{sop}/frame/3/format/png")
+    assert Image.open(io.BytesIO(single.content)).size == (64, 64)
+    app.server.extensions["radpress"]["dims"].max_source_mb = 0.001
+    assert http.get(f"{base}/dims/{sop}/format/png").status_code == 413
+    app.server.extensions["radpress"]["dims"].on_failure = "redirect"
+    moved = http.get(f"{base}/dims/{sop}/format/png", allow_redirects=False)
+    assert moved.status_code == 302 and moved.headers["Location"].endswith(f"/download/instance/{sop}?variant=original")
