@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .bigimage import is_large
 from .codecs import check_ratio, choose_codec, get_codec
 from .compress import compress
 from .errors import InvalidOptionError, RadPressError
@@ -93,8 +94,70 @@ def _encode(original: Path, variant: str, ratio: float, codec: str) -> tuple[byt
 
 def make_artifact(store: Store, wanted: Wanted) -> Artifact:
     original = store.artifact(wanted.sop_uid, "original")
+    row = store.instance(wanted.sop_uid)
+    if is_large(row["rows"], row["columns"]):
+        return _make_large(store, wanted, original)
     data, syntax, achieved = _encode(original.path, wanted.variant, wanted.ratio, wanted.codec)
     return store.put_artifact(wanted.sop_uid, wanted.variant, wanted.ratio, wanted.codec, syntax, data, achieved)
+
+
+def _pyramid(store: Store, original: Artifact, ratio: float | None) -> tuple[Path, float | None]:
+    """The tiled multi-resolution codestream of a very large image, made tile by tile once."""
+    from .bigimage import DicomTiles, encode_pyramid
+    from .deepzoom import Codestream, CodestreamTiles
+
+    path, meta = _codestream_cache(store, original.checksum, 0, ratio)
+    if not path.exists():
+        ds = read_dataset(original.path)
+        lossless, _ = _codestream_cache(store, original.checksum, 0, None)
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            if not lossless.exists():
+                raise InvalidOptionError("This very large compressed image has no tiled codestream to read from.")
+            source = CodestreamTiles(Codestream(lossless))
+        else:
+            source = DicomTiles(original.path, ds)
+        encode_pyramid(source, path, ratio)
+        if ratio:
+            from .pixels import pixel_spec
+
+            with atomic_writer(meta) as fh:
+                fh.write(f"{pixel_spec(ds).frame_bytes / path.stat().st_size}".encode())
+    return path, float(meta.read_text()) if meta.exists() else None
+
+
+def _make_large(store: Store, wanted: Wanted, original: Artifact) -> Artifact:
+    from .bigimage import write_encapsulated
+    from .deepzoom import Codestream
+    from .derive import derived_header
+    from .pixels import pixel_spec
+    from .render import to_display
+
+    ds = read_dataset(original.path)
+    if wanted.variant == "thumbnail":
+        from PIL import Image
+
+        path, _ = _pyramid(store, original, None)
+        source = Codestream(path)
+        image = Image.fromarray(to_display(source.region(source.levels, 0, source.height, 0, source.width), ds))
+        image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return store.put_artifact(wanted.sop_uid, "thumbnail", 0, "png", "", buffer.getvalue())
+    lossy = wanted.variant == "lossy"
+    codec = get_codec("j2k", lossy)
+    path, achieved = _pyramid(store, original, wanted.ratio if lossy else None)
+    header = derived_header(ds, codec, pixel_spec(ds), achieved or 1.0)
+    staged = store.tmp_path(".dcm")
+    write_encapsulated(header, path, staged)
+    return store.put_artifact_file(wanted.sop_uid, wanted.variant, wanted.ratio, "j2k", str(codec.transfer_syntax), staged, achieved)
+
+
+def _codestream_cache(store: Store, checksum: str, frame: int, ratio: float | None) -> tuple[Path, Path]:
+    """Where the codestream of a frame (lossless, or lossy at *ratio*) is kept, and its ratio note."""
+    key = hashlib.sha256(f"{checksum}:{frame}:{'lossy' if ratio else 'lossless'}:{ratio}".encode()).hexdigest()
+    path = store.root / "cache" / "codestreams" / f"{key}.j2k"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, path.with_suffix(".ratio")
 
 
 def _cache(store: Store):
@@ -284,10 +347,9 @@ def codestream_path(store: Store, sop_uid: str, frame: int = 0, variant: str = "
         raise Forbidden("Lossy images are switched off for this clinic.")
     ratio = check_ratio(float(ratio) if ratio else _ratio(policy, row), True) if lossy else None
     original = store.artifact(sop_uid, "original")
-    key = hashlib.sha256(f"{original.checksum}:{frame}:{'lossy' if lossy else 'lossless'}:{ratio}".encode()).hexdigest()
-    folder = store.root / "cache" / "codestreams"
-    path = folder / f"{key}.j2k"
-    meta = path.with_suffix(".ratio")
+    if is_large(row["rows"], row["columns"]):
+        return _pyramid(store, original, ratio)
+    path, meta = _codestream_cache(store, original.checksum, frame, ratio)
     if path.exists():
         return path, float(meta.read_text()) if meta.exists() else None
     stored = store.artifact(sop_uid, "lossy" if lossy else "lossless", ratio or 0)
@@ -304,7 +366,6 @@ def codestream_path(store: Store, sop_uid: str, frame: int = 0, variant: str = "
         codec = choose_codec("j2k", lossy, spec)
         data = codec.encode(decode_frame(ds, frame), spec, ratio)
         achieved = spec.frame_bytes / len(data) if lossy else None
-    folder.mkdir(parents=True, exist_ok=True)
     if achieved:
         with atomic_writer(meta) as fh:
             fh.write(f"{achieved}".encode())

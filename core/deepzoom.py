@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import InvalidOptionError
 
-__all__ = ["Codestream", "DeepZoom", "Patch", "iter_patches", "map_patches"]
+__all__ = ["Codestream", "CodestreamTiles", "DeepZoom", "Patch", "iter_patches", "map_patches"]
 
 
 class Codestream:
@@ -38,6 +38,20 @@ class Codestream:
             raise InvalidOptionError(f"Resolution level {level} does not exist (0–{self.levels}).")
         step = 1 << level
         return np.asarray(self.jp2[y0:y1:step, x0:x1:step])
+
+
+class CodestreamTiles:
+    """A codestream as a tile source (full-resolution regions), to re-encode it tile by tile."""
+
+    def __init__(self, source: Codestream):
+        self.source = source
+        self.height, self.width = source.height, source.width
+        shape = source.jp2.shape
+        self.samples = shape[2] if len(shape) == 3 else 1
+        self.dtype = np.dtype(np.uint16 if source.jp2.codestream.segment[1].bitdepth[0] > 8 else np.uint8)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return self.source.region(0, y0, y1, x0, x1)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pydicom.uid import (
 from .codecs import Codec, JPEGXLLossless
 from .pixels import PixelSpec
 
-__all__ = ["LOSSLESS_SYNTAXES", "is_marked_lossy", "compressed_dataset", "format_ratio"]
+__all__ = ["LOSSLESS_SYNTAXES", "is_marked_lossy", "compressed_dataset", "derived_header", "format_ratio"]
 
 # Transfer syntaxes that can only hold exact pixels; a file in one of them
 # whose pixels differ from its source is lying.
@@ -79,13 +79,7 @@ def compressed_dataset(
     bot_limit: int = BOT_LIMIT,
 ) -> Dataset:
     """A new dataset holding *frames* encapsulated, every other attribute of *source* kept."""
-    out = Dataset()
-    for element in source:
-        if element.keyword not in ("PixelData", "ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
-            out.add(copy.deepcopy(element))  # never share elements: the source must stay untouched
-    out.file_meta = copy.deepcopy(source.file_meta) if hasattr(source, "file_meta") else FileMetaDataset()
-    out.file_meta.TransferSyntaxUID = codec.transfer_syntax
-
+    out = derived_header(source, codec, spec, achieved_ratio)
     if sum(len(f) + (len(f) & 1) + 8 for f in frames) > bot_limit:
         pixel_data, table, lengths = encapsulate_extended(frames)
         out.ExtendedOffsetTable = table
@@ -95,7 +89,18 @@ def compressed_dataset(
     out.PixelData = pixel_data
     out["PixelData"].VR = "OB"
     out["PixelData"].is_undefined_length = True
+    return out
 
+
+def derived_header(source: Dataset, codec: Codec, spec: PixelSpec, achieved_ratio: float) -> Dataset:
+    """Every attribute of the compressed copy but its Pixel Data (very large images stream that in)."""
+    out = Dataset()
+    skip = {0x7FE00010, 0x7FE00001, 0x7FE00002}  # Pixel Data (never loaded here) and its offset tables
+    for tag in source.keys():
+        if tag not in skip:
+            out.add(copy.deepcopy(source[tag]))  # never share elements: the source must stay untouched
+    out.file_meta = copy.deepcopy(source.file_meta) if hasattr(source, "file_meta") else FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = codec.transfer_syntax
     out.PhotometricInterpretation = codec.photometric(spec)
     if spec.samples > 1:
         out.PlanarConfiguration = 0

@@ -188,6 +188,9 @@ def _from_file(store: Store, path: Path, label: str, limits: Limits, owned: bool
     if _is_tar(path):
         yield from _from_tar(store, path, label, limits)
         return
+    if path.suffix.lower() in (".tif", ".tiff"):
+        yield _from_tiff(store, path, label)
+        return
     size = path.stat().st_size
     if size > limits.max_file_bytes:
         yield IngestResult(label, "rejected", f"too large: {size} bytes, the limit is {limits.max_file_bytes}")
@@ -198,6 +201,34 @@ def _from_file(store: Store, path: Path, label: str, limits: Limits, owned: bool
     with open(path, "rb") as stream:
         staged = _stage_stream(store, stream, limits.max_file_bytes, "file grew while reading")
     yield _admit(store, staged, label)
+
+
+def _from_tiff(store: Store, path: Path, label: str) -> IngestResult:
+    """A TIFF (plain or tiled, any size) becomes a JPEG 2000 lossless Secondary Capture instance, tile by tile."""
+    import tifffile
+
+    from .archive import _codestream_cache
+    from .bigimage import TiffTiles, encode_pyramid, tiff_header, write_encapsulated
+
+    codestream, staged = store.tmp_path(".j2k"), store.tmp_path(".dcm")
+    try:
+        source = TiffTiles(path)
+        try:
+            encode_pyramid(source, codestream)
+            header = tiff_header(source, path.stem)
+        finally:
+            source.close()
+        write_encapsulated(header, codestream, staged)
+        result = _admit(store, staged, label)
+        if result.status == "stored":
+            target, _ = _codestream_cache(store, store.artifact(result.sop_uid, "original").checksum, 0, None)
+            os.replace(codestream, target)  # the tile source of this image's levels and regions
+        return result
+    except (UnsupportedError, tifffile.TiffFileError, ValueError, OSError) as exc:
+        return IngestResult(label, "rejected", f"unsupported: {exc}")
+    finally:
+        codestream.unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
 
 
 def _is_tar(path: Path) -> bool:

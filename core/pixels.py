@@ -71,7 +71,8 @@ def read_dataset(source: str | os.PathLike | BinaryIO, *, pixels: bool = True) -
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(source, stop_before_pixels=not pixels)
+            # Pixel data above 64 MB stays on disk until decoded (very large images are tiled from the file).
+            ds = pydicom.dcmread(source, stop_before_pixels=not pixels, defer_size="64 MB")
             _fill_transfer_syntax(ds)
             if pixels:
                 _check_complete(ds)
@@ -113,9 +114,11 @@ def _check_complete(ds: Dataset) -> None:
 
     pixel_spec(ds)  # the attributes the length depends on are present
     needed = get_expected_length(ds, unit="bytes")
-    if len(ds.PixelData) < needed:
+    element = ds.get_item("PixelData")
+    have = element.length if element.value is None else len(element.value)
+    if have < needed:
         raise TruncatedError(
-            f"Pixel Data (7FE0,0010) holds {len(ds.PixelData)} bytes but {needed} are needed "
+            f"Pixel Data (7FE0,0010) holds {have} bytes but {needed} are needed "
             f"for {ds.get('NumberOfFrames', 1)} frame(s) of {ds.Rows}x{ds.Columns}: the file is cut short."
         )
 
@@ -153,6 +156,13 @@ def decode_frame(ds: Dataset, index: int = 0) -> np.ndarray:
     spec = pixel_spec(ds)
     if not 0 <= index < spec.frames:
         raise UnsupportedError(f"Frame {index + 1} requested but the image has {spec.frames} frame(s).")
+    from .bigimage import is_large
+
+    if is_large(spec.rows, spec.columns):
+        raise UnsupportedError(
+            f"The image is {spec.columns} x {spec.rows} pixels, too large to decode whole.",
+            hint="It is served tile by tile: open it in the Viewer (DeepZoom) or use /preview with a level.",
+        )
     uid = ds.file_meta.TransferSyntaxUID
     from .codecs import codec_for_uid
 

@@ -193,17 +193,28 @@ class Store:
     # -- artifacts --------------------------------------------------------------
     def put_artifact(self, sop_uid: str, variant: str, ratio: float, codec: str, transfer_syntax: str,
                      data: bytes, achieved_ratio: float | None = None) -> Artifact:
-        if variant == "original":
-            raise InvalidOptionError("Originals are added by ingest, never replaced.")
+        _refuse_original(variant)
         path = self.artifact_path(sop_uid, variant, ratio, codec)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(path) as fh:
             fh.write(data)
-        checksum = hashlib.sha256(data).hexdigest()
+        return self._index_artifact(sop_uid, variant, ratio, codec, transfer_syntax, path, achieved_ratio)
+
+    def put_artifact_file(self, sop_uid: str, variant: str, ratio: float, codec: str, transfer_syntax: str,
+                          staged: Path, achieved_ratio: float | None = None) -> Artifact:
+        """Like :meth:`put_artifact` for a file already written (fsynced) elsewhere on this file system."""
+        _refuse_original(variant)
+        path = self.artifact_path(sop_uid, variant, ratio, codec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _place(staged, path)
+        return self._index_artifact(sop_uid, variant, ratio, codec, transfer_syntax, path, achieved_ratio)
+
+    def _index_artifact(self, sop_uid, variant, ratio, codec, transfer_syntax, path: Path, achieved_ratio) -> Artifact:
+        size, checksum = path.stat().st_size, sha256_file(path)
         with self.connect() as db:
             db.execute("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?,?,?,?,?)",
-                       (sop_uid, variant, ratio, codec, transfer_syntax, len(data), checksum, str(path), time.time(), achieved_ratio))
-        return Artifact(sop_uid, variant, ratio, codec, transfer_syntax, len(data), checksum, path, achieved_ratio)
+                       (sop_uid, variant, ratio, codec, transfer_syntax, size, checksum, str(path), time.time(), achieved_ratio))
+        return Artifact(sop_uid, variant, ratio, codec, transfer_syntax, size, checksum, path, achieved_ratio)
 
     def remove_artifact(self, artifact: Artifact) -> None:
         if artifact.variant == "original":
@@ -329,6 +340,11 @@ class Store:
                 report["orphan_files"].append(str(path))
                 path.unlink(missing_ok=True)
         return report
+
+
+def _refuse_original(variant: str) -> None:
+    if variant == "original":
+        raise InvalidOptionError("Originals are added by ingest, never replaced.")
 
 
 def _int(value) -> int | None:

@@ -1,0 +1,77 @@
+"""Very large images, exercised with the size limit lowered so the real CR files count as large."""
+
+import numpy as np
+import pytest
+import tifffile
+from pydicom import dcmread
+
+from core.archive import Wanted, codestream_path, make_artifact
+from core.bigimage import DicomTiles, TiffTiles, is_large
+from core.deepzoom import Codestream, DeepZoom
+from core.errors import UnsupportedError
+from core.ingest import ingest
+from core.pixels import decode_frame, read_dataset
+from core.samples import sample, write_series
+from core.store import Store
+
+
+@pytest.fixture(autouse=True)
+def large_limit(monkeypatch):
+    monkeypatch.setenv("RADPRESS_LARGE_PIXELS", "1000000")
+
+
+def test_threshold():
+    assert is_large(1760, 1760) and not is_large(512, 512)
+
+
+def test_large_dicom_is_tiled_without_whole_decoding(tmp_path):
+    store = Store(tmp_path / "data")
+    [result] = list(ingest(store, write_series("RG3_UNCR", 1, tmp_path / "in")))
+    assert result.status == "stored"
+    original = read_dataset(store.artifact(result.sop_uid, "original").path)
+    with pytest.raises(UnsupportedError, match="too large to decode whole"):
+        decode_frame(original, 0)
+    tiles = DicomTiles(store.artifact(result.sop_uid, "original").path, original)
+    assert isinstance(tiles.pixels, np.memmap)
+    truth = dcmread(sample("RG3_UNCR")).pixel_array  # pydicom itself, outside our size guard
+    assert np.array_equal(tiles.read(100, 300, 50, 400), truth[100:300, 50:400])
+    lossless = make_artifact(store, Wanted(result.sop_uid, "lossless", 0, "j2k"))
+    assert read_dataset(lossless.path).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    path, _ = codestream_path(store, result.sop_uid)
+    source = Codestream(path)
+    assert np.array_equal(source.region(0, 0, 1760, 0, 1760), truth)  # bit-exact, read back through OpenJPEG
+    assert source.jp2.codestream.segment[1].xtsiz == 1024  # tiled
+    lossy = make_artifact(store, Wanted(result.sop_uid, "lossy", 10, "j2k"))
+    lossy_ds = read_dataset(lossy.path)
+    assert lossy_ds.LossyImageCompression == "01" and lossy_ds.SOPInstanceUID != result.sop_uid
+    assert 7 < lossy.achieved_ratio < 13
+    thumb = make_artifact(store, Wanted(result.sop_uid, "thumbnail", 0, "png"))
+    assert thumb.path.read_bytes().startswith(b"\x89PNG")
+    tile = DeepZoom(1760, 1760).read(source, 5, 0, 0)
+    assert tile.shape == (28, 28)  # level 5 of 11: 1/64 of 1760 px
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_tiff_is_ingested_tile_by_tile(tmp_path, tiled):
+    truth = dcmread(sample("RG3_UNCR")).pixel_array  # pydicom itself, outside our size guard
+    tif = tmp_path / "slide.tif"
+    tifffile.imwrite(tif, truth, tile=(256, 256) if tiled else None, compression="zlib" if tiled else None)
+    source = TiffTiles(tif)
+    assert np.array_equal(source.read(300, 700, 250, 900), truth[300:700, 250:900])
+    source.close()
+    store = Store(tmp_path / "data")
+    [result] = list(ingest(store, [tif]))
+    assert result.status == "stored"
+    row = store.instance(result.sop_uid)
+    assert (row["rows"], row["columns"], row["modality"]) == (1760, 1760, "OT")
+    path, _ = codestream_path(store, result.sop_uid)
+    assert np.array_equal(Codestream(path).region(0, 0, 1760, 0, 1760), truth)
+    lossy = make_artifact(store, Wanted(result.sop_uid, "lossy", 20, "j2k"))
+    assert read_dataset(lossy.path).LossyImageCompression == "01"
+
+
+def test_bad_tiff_is_rejected(tmp_path):
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    [result] = list(ingest(Store(tmp_path / "data"), [bad]))
+    assert result.status == "rejected" and result.reason.startswith("unsupported")
