@@ -187,6 +187,8 @@ def _table(results: dict) -> str:
         lines += [_archive_table(results["archive"]), ""]
     if "lab" in results:
         lines += [_lab_table(results["lab"]), ""]
+    if "delivery" in results:
+        lines += [_delivery_table(results["delivery"]), ""]
     for c in results["checks"]:
         verdict = ("ok" if c["ok"] else "below") if c.get("informative") else ("PASS" if c["ok"] else "FAIL")
         lines.append(f"[{verdict}] {c['target']}: {c['measured']}")
@@ -194,8 +196,12 @@ def _table(results: dict) -> str:
 
 
 def run_bench(json_path: str | None = "bench-results.json", as_json: bool = False, repeat: int = 3,
-              archive_instances: int = 300, lab: bool = True) -> int:
+              archive_instances: int = 300, lab: bool = True, big: int = 30000) -> int:
     results = measure(repeat=repeat)
+    if big:
+        results["delivery"] = measure_delivery(big)
+        peak = max(results["delivery"]["peak_rss_mb"], results["delivery"]["peak_worker_rss_mb"])
+        results["checks"].append({"target": f"{big}x{big} ingest peak RSS < 2 GB", "measured": f"{peak:.0f} MB", "ok": peak < 2048})
     if lab:
         results["lab"] = measure_lab()
     if archive_instances:
@@ -336,3 +342,119 @@ def _lab_table(lab: dict) -> str:
         rec = f"{r['recommended_ratio']:g}:1" if r["recommended_ratio"] else "none"
         lines.append(f"{r['modality']:<8} {r['codec']:<6} {r['lossless_bpp']:>12.3f} {drop:>17} {ratio:>8} {rec:>12}")
     return "\n".join(lines)
+
+
+def write_large_dicom(path: Path, size: int) -> None:
+    """A size x size 16-bit CR made by tiling the real RG1 radiograph: structure, not noise; written band by band."""
+    import struct
+
+    from pydicom import dcmread
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = dcmread(sample("RG1_UNCR"))
+    tile = ds.pixel_array
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Rows = ds.Columns = size
+    with open(path, "wb") as fh:
+        ds.save_as(fh, enforce_file_format=True)
+        fh.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, size * size * 2))
+        across = np.tile(tile, (1, -(-size // tile.shape[1])))[:, :size]
+        for y in range(0, size, tile.shape[0]):
+            fh.write(across[: min(tile.shape[0], size - y)].astype("<u2").tobytes())
+
+
+def _timed_get(http, url: str, **params) -> tuple[float, int]:
+    start = time.perf_counter()
+    response = http.get(url, params=params)
+    response.raise_for_status()
+    return (time.perf_counter() - start) * 1000, len(response.content)
+
+
+def measure_delivery(size: int = 30000, tiles: int = 40) -> dict:
+    """Very large image ingest, DeepZoom tiles, DIMS and progressive previews, through HTTP on localhost."""
+    import logging
+    import random
+    import threading
+
+    import requests
+    from flask import Flask
+    from werkzeug.serving import make_server
+
+    from .auth import init_auth
+    from .deepzoom import DeepZoom
+    from .ingest import ingest
+    from .jobs import Jobs
+    from .policy import Policy
+    from .routes import init_archive
+    from .store import Store
+    from .users import Users
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    out: dict = {"size": size}
+    with tempfile.TemporaryDirectory(prefix="radpress-bench-big-") as tmp_name:
+        tmp = Path(tmp_name)
+        big = tmp / "big.dcm"
+        write_large_dicom(big, size)
+        out["source_mb"] = big.stat().st_size / 1e6
+        store = Store(tmp / "data")
+        store.set_policy(Policy(strategy=2))  # original + lossless pyramid: what DeepZoom reads
+        start = time.perf_counter()
+        [result] = list(ingest(store, [big]))
+        big.unlink()
+        jobs = Jobs(store, workers=1)
+        jobs.submit(result.study_uid)
+        [job] = jobs.run_pending()
+        out["ingest_s"] = time.perf_counter() - start
+        out["job_state"] = job["state"]
+        out["peak_rss_mb"], out["peak_worker_rss_mb"] = _peak_rss_mb()
+        list(ingest(store, [sample("RG1_UNCR")]))
+        server = Flask(__name__)
+        users = Users(store)
+        users.add("bench", "bench-password", "admin")
+        init_auth(server, users, b"bench", demo=False)
+        init_archive(server, store, jobs)
+        httpd = make_server("127.0.0.1", 0, server, threaded=True)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{httpd.server_port}"
+        http = requests.Session()
+        http.auth = ("bench", "bench-password")
+        try:
+            zoom = DeepZoom(size, size)
+            rng = random.Random(0)
+            picks = []
+            for _ in range(tiles):
+                level = rng.randint(zoom.max_level - 4, zoom.max_level)
+                cols, rows = zoom.tiles(level)
+                picks.append((level, rng.randrange(cols), rng.randrange(rows)))
+            for label in ("cold", "cached"):
+                times = [_timed_get(http, f"{base}/deepzoom/{result.sop_uid}_files/{lv}/{c}_{r}.jpeg")[0] for lv, c, r in picks]
+                out[f"tile_{label}_median_ms"] = statistics.median(times)
+                out[f"tile_{label}_p95_ms"] = sorted(times)[int(0.95 * (len(times) - 1))]
+            rg1 = next(s["study_uid"] for s in store.studies() if s["modalities"] == "CR" and s["study_uid"] != result.study_uid)
+            sop = store.instances(rg1)[0]["sop_uid"]
+            dims = f"{base}/dims/{sop}/thumbnail/256x256/format/jpg"
+            out["dims_cold_ms"], _ = _timed_get(http, dims)
+            out["dims_cached_ms"], _ = _timed_get(http, dims)
+            _timed_get(http, f"{base}/preview/{sop}", level=3)  # the codestream is made once; then time decoding
+            for level in (0, 3):
+                http.get(f"{base}/preview/{sop}", params={"level": level})
+                out[f"preview_level{level}_ms"], out[f"preview_level{level}_bytes"] = _timed_get(
+                    http, f"{base}/preview/{sop}", level=level, nocache=time.time())
+        finally:
+            httpd.shutdown()
+    return out
+
+
+def _delivery_table(d: dict) -> str:
+    return "\n".join([
+        f"very large image {d['size']} x {d['size']} 16-bit ({d['source_mb']:.0f} MB): ingest + tiled lossless pyramid "
+        f"{d['ingest_s']:.1f} s, peak RSS {d['peak_rss_mb']:.0f} MB (worker {d['peak_worker_rss_mb']:.0f} MB)",
+        f"DeepZoom tile: cold median {d['tile_cold_median_ms']:.1f} ms, p95 {d['tile_cold_p95_ms']:.1f} ms; "
+        f"cached median {d['tile_cached_median_ms']:.1f} ms, p95 {d['tile_cached_p95_ms']:.1f} ms",
+        f"DIMS thumbnail/256x256/format/jpg on RG1: cold {d['dims_cold_ms']:.0f} ms, cached {d['dims_cached_ms']:.1f} ms",
+        f"progressive preview of RG1: level 0 {d['preview_level0_bytes'] / 1e3:.0f} kB in {d['preview_level0_ms']:.0f} ms, "
+        f"level 3 {d['preview_level3_bytes'] / 1e3:.1f} kB in {d['preview_level3_ms']:.0f} ms",
+    ])

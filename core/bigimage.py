@@ -28,7 +28,7 @@ TILE = 1024
 
 def is_large(rows: int, columns: int) -> bool:
     """Above Pillow's limit (or RADPRESS_LARGE_PIXELS): tiled, never decoded whole."""
-    return rows * columns > int(os.environ.get("RADPRESS_LARGE_PIXELS", LARGE_PIXELS))
+    return rows * columns > int(os.environ.get("RADPRESS_LARGE_PIXELS") or LARGE_PIXELS)
 
 
 class TileSource(Protocol):
@@ -41,7 +41,11 @@ class TileSource(Protocol):
 
 
 class DicomTiles:
-    """Native (uncompressed, little-endian) single-frame pixel data, memory-mapped from the file."""
+    """Native (uncompressed, little-endian) single-frame pixel data, read from the file one band of rows at a time.
+
+    Tiles are asked for row by row, so the band of the current tile row
+    (tile height x full width) is the only pixel data in memory.
+    """
 
     def __init__(self, path: Path, ds: Dataset):
         from .pixels import pixel_spec
@@ -54,13 +58,20 @@ class DicomTiles:
                 f"{spec.frames} frame(s), {spec.bits_allocated} bits.")
         if spec.signed:
             raise UnsupportedError("Very large signed images are not supported: the tiled JPEG 2000 writer takes unsigned samples.")
-        offset = ds.get_item("PixelData").value_tell
-        shape = spec.shape
-        self.pixels = np.memmap(path, dtype=spec.dtype.newbyteorder("<"), mode="r", offset=offset, shape=shape)
+        self.path, self.offset = Path(path), ds.get_item("PixelData").value_tell
         self.height, self.width, self.samples, self.dtype = spec.rows, spec.columns, spec.samples, spec.dtype
+        self.row_bytes = spec.columns * spec.samples * spec.dtype.itemsize
+        self._band: tuple[int, int, np.ndarray] | None = None
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return np.ascontiguousarray(self.pixels[y0:y1, x0:x1])
+        if self._band is None or not (self._band[0] <= y0 and y1 <= self._band[1]):
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset + y0 * self.row_bytes)
+                data = fh.read((y1 - y0) * self.row_bytes)
+            shape = (y1 - y0, self.width) + ((self.samples,) if self.samples > 1 else ())
+            self._band = (y0, y1, np.frombuffer(data, dtype=self.dtype.newbyteorder("<")).reshape(shape))
+        top, _bottom, band = self._band
+        return np.ascontiguousarray(band[y0 - top : y1 - top, x0:x1])
 
 
 class TiffTiles:

@@ -290,7 +290,7 @@ def cmd_bench(args) -> int:
     from .bench import run_bench
 
     return run_bench(json_path=args.json_out, as_json=args.json, repeat=args.repeat, archive_instances=args.instances,
-                     lab=not args.no_lab)
+                     lab=not args.no_lab, big=args.big)
 
 
 def _ratio(text: str) -> float:
@@ -355,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--instances", type=int, default=300, help="size of the CT series for the archive benchmark (0: skip)")
     p.add_argument("--no-lab", action="store_true", help="skip the quality-lab sweep")
+    p.add_argument("--big", type=int, default=30000, help="side of the very large image benchmark (0: skip)")
     p.set_defaults(run=cmd_bench)
     return parser
 

@@ -18,6 +18,7 @@ from .archive import Forbidden, codestream_path, plan, storage_report, variant_f
 from .auth import current_user, require
 from .bundle import Member, safe_name, tar_stream, zip_stream
 from .codecs import CODECS, get_codec
+from .bigimage import is_large
 from .deepzoom import Codestream, DeepZoom
 from .dims import DimsConfig, DimsError, apply_chain, expand_byoriginal, normalise, parse_chain
 from .derive import format_ratio
@@ -399,12 +400,23 @@ def deepzoom_tile(sop_uid, level, col, row, fmt):
     if fmt not in ("jpeg", "jpg", "png"):
         raise InvalidOptionError(f"Tile format {fmt!r} is not offered.", hint="Use .jpeg or .png.")
     _check_instance(store, sop_uid)
-    source, zoom = _deepzoom(store, sop_uid)
+    fmt = "jpeg" if fmt == "jpg" else fmt
     original = store.artifact(sop_uid, "original")
-    ds = read_dataset(original.path)
-    window = _tile_window(original.checksum, str(source.path), str(original.path))
-    pixels = zoom.read(source, level, col, row)
-    return _image_response(to_display(pixels, ds, window), "jpeg" if fmt == "jpg" else fmt, f"{sop_uid}-{level}-{col}-{row}")
+    key = f"tile:{original.checksum}:{level}:{col}:{row}:{fmt}"
+    from .archive import _cache
+
+    cache = _cache(store)
+    data = cache.get(key)
+    if data is None:
+        source, zoom = _deepzoom(store, sop_uid)
+        ds = read_dataset(original.path)
+        window = _tile_window(original.checksum, str(source.path), str(original.path))
+        data = encode_image(to_display(zoom.read(source, level, col, row), ds, window), fmt)
+        cache.set(key, data)
+    response = Response(data, mimetype=IMAGE_TYPES[fmt])
+    response.set_etag(key.split(":", 1)[1].replace(":", "-"))
+    response.cache_control.max_age = 3600
+    return response.make_conditional(request)
 
 
 @functools.lru_cache(maxsize=256)
@@ -436,6 +448,25 @@ def dims(sop_uid, commands):
         if config.on_failure == "redirect":
             return redirect(f"/download/instance/{sop_uid}?variant=original", 302)
         raise
+
+
+def _large_level(store: Store, sop_uid: str, chain, config: DimsConfig, variant: str, ratio):
+    """A very large image is read at the coarsest codestream level that still serves the requested size."""
+    import math
+
+    names = [n for n, _ in chain]
+    if "crop" in names:
+        raise DimsError("unsupported image", "crop on a very large image; use the DeepZoom tiles", 415, "crop")
+    path, _ = codestream_path(store, sop_uid, 0, "lossless" if variant == "original" else variant, ratio)
+    source = Codestream(path)
+    side = max(source.width, source.height)
+    wanted = next((v for n, v in chain if n in ("thumbnail", "resize")), None)
+    if wanted is not None and wanted.flag != "%":
+        target = max(wanted.width or 0, wanted.height or 0)
+    else:
+        target = math.sqrt(config.max_output_pixels)
+    level = max(0, min(source.levels, int(math.log2(side / max(target, 1))))) if side > target else 0
+    return source.region(level, 0, source.height, 0, source.width)
 
 
 def _dims(store: Store, config: DimsConfig, sop_uid: str, commands: str) -> Response:
@@ -488,7 +519,10 @@ def _dims(store: Store, config: DimsConfig, sop_uid: str, commands: str) -> Resp
             else:
                 indices = [0]
             window = settings.get("window")
-            rendered = [to_display(decode_frame(ds, i), source, window) for i in indices]
+            if is_large(row["rows"], row["columns"]):
+                rendered = [to_display(_large_level(store, sop_uid, chain, config, variant, settings.get("ratio")), source, window)]
+            else:
+                rendered = [to_display(decode_frame(ds, i), source, window) for i in indices]
         except DimsError:
             raise
         except RadPressError as exc:

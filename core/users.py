@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import dataclass
@@ -34,6 +35,24 @@ class User:
     @property
     def sees_only_demo(self) -> bool:
         return self.role == "demo"
+
+
+_VERIFIED: dict[tuple[str, str], None] = {}
+
+
+def _verified(stored: str, password: str) -> bool:
+    """check_password_hash costs ~100 ms by design; scripts sending HTTP Basic on every request
+    would pay it each time, so successes are remembered (by the stored hash and a digest of
+    the password: a changed password or a removed user is checked afresh)."""
+    key = (stored, hashlib.sha256(password.encode()).hexdigest())
+    if key in _VERIFIED:
+        return True
+    if not check_password_hash(stored, password):
+        return False
+    if len(_VERIFIED) > 1024:
+        _VERIFIED.clear()
+    _VERIFIED[key] = None
+    return True
 
 
 def allowed(user: User | None, permission: str) -> bool:
@@ -71,7 +90,7 @@ class Users:
 
     def authenticate(self, name: str, password: str) -> User | None:
         rows = self.store.query("SELECT * FROM users WHERE name=?", (name or "",))
-        if rows and check_password_hash(rows[0]["password_hash"], password or ""):
+        if rows and _verified(rows[0]["password_hash"], password or ""):
             return User(rows[0]["name"], rows[0]["role"])
         return None
 
