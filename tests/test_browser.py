@@ -203,3 +203,14 @@ def test_quality_lab_page(server, browser):
     assert "uncompressed" in browser.find_element(By.ID, "lab-latency-table").text
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "lab.png"))
+
+
+def test_viewer_pans_and_zooms_deepzoom_tiles(server, browser):
+    login(browser, server, ADMIN)
+    browser.get(f"{server}/viewer?sop={instance_of(server, 'CR')}")
+    wait(browser, 60).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#osd-viewer .openseadragon-canvas canvas")))
+    wait(browser, 60).until(lambda d: d.execute_script(
+        "return performance.getEntriesByType('resource').some(e => e.name.includes('_files/'));"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    time.sleep(1)
+    browser.save_screenshot(str(ARTIFACTS / "viewer.png"))
