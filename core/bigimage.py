@@ -58,7 +58,7 @@ class DicomTiles:
                 f"{spec.frames} frame(s), {spec.bits_allocated} bits.")
         if spec.signed:
             raise UnsupportedError("Very large signed images are not supported: the tiled JPEG 2000 writer takes unsigned samples.")
-        self.path, self.offset = Path(path), ds.get_item("PixelData").value_tell
+        self.path, self.offset = Path(path), pixel_data_offset(Path(path), not syntax.is_implicit_VR)
         self.height, self.width, self.samples, self.dtype = spec.rows, spec.columns, spec.samples, spec.dtype
         self.row_bytes = spec.columns * spec.samples * spec.dtype.itemsize
         self._band: tuple[int, int, np.ndarray] | None = None
@@ -72,6 +72,19 @@ class DicomTiles:
             self._band = (y0, y1, np.frombuffer(data, dtype=self.dtype.newbyteorder("<")).reshape(shape))
         top, _bottom, band = self._band
         return np.ascontiguousarray(band[y0 - top : y1 - top, x0:x1])
+
+
+def pixel_data_offset(path: Path, explicit_vr: bool) -> int:
+    """File offset of the Pixel Data value, found without reading the value."""
+    import pydicom
+
+    with open(path, "rb") as fh:
+        pydicom.dcmread(fh, stop_before_pixels=True)
+        start = fh.tell()
+        group, element = struct.unpack("<HH", fh.read(4))
+    if (group, element) != (0x7FE0, 0x0010):
+        raise UnsupportedError("Pixel Data (7FE0,0010) is not where the header ends; the file cannot be tiled.")
+    return start + (12 if explicit_vr else 8)
 
 
 class TiffTiles:
