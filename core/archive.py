@@ -130,19 +130,14 @@ def _make_large(store: Store, wanted: Wanted, original: Artifact) -> Artifact:
     from .deepzoom import Codestream
     from .derive import derived_header
     from .pixels import pixel_spec
-    from .render import to_display
+    from .render import shrink_png, to_display
 
     ds = read_dataset(original.path)
     if wanted.variant == "thumbnail":
-        from PIL import Image
-
         path, _ = _pyramid(store, original, None)
         source = Codestream(path)
-        image = Image.fromarray(to_display(source.region(source.levels, 0, source.height, 0, source.width), ds))
-        image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return store.put_artifact(wanted.sop_uid, "thumbnail", 0, "png", "", buffer.getvalue())
+        coarse = to_display(source.region(source.levels, 0, source.height, 0, source.width), ds)
+        return store.put_artifact(wanted.sop_uid, "thumbnail", 0, "png", "", shrink_png(coarse, THUMBNAIL_SIZE))
     lossy = wanted.variant == "lossy"
     codec = get_codec("j2k", lossy)
     path, achieved = _pyramid(store, original, wanted.ratio if lossy else None)

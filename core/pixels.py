@@ -110,17 +110,26 @@ def _check_complete(ds: Dataset) -> None:
     """Native pixel data shorter than Rows x Columns x ... means a truncated file."""
     if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
         return
-    from pydicom.pixels.utils import get_expected_length
-
-    pixel_spec(ds)  # the attributes the length depends on are present
-    needed = get_expected_length(ds, unit="bytes")
-    element = ds.get_item("PixelData")
-    have = element.length if element.value is None else len(element.value)
+    spec = pixel_spec(ds)
+    needed = _expected_bytes(ds, spec)
+    # elements() yields the raw element when the value was deferred: its length, without reading it
+    element = next(e for e in ds.elements() if e.tag == 0x7FE00010)
+    have = element.length if getattr(element, "value", None) is None else len(element.value)
     if have < needed:
         raise TruncatedError(
             f"Pixel Data (7FE0,0010) holds {have} bytes but {needed} are needed "
             f"for {ds.get('NumberOfFrames', 1)} frame(s) of {ds.Rows}x{ds.Columns}: the file is cut short."
         )
+
+
+def _expected_bytes(ds: Dataset, spec: PixelSpec) -> int:
+    """Native Pixel Data length, computed from the header (pydicom's helper would read the value)."""
+    pixels = spec.rows * spec.columns * spec.frames
+    if spec.bits_allocated == 1:
+        return (pixels + 7) // 8
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        return pixels * 2 * spec.bits_allocated // 8  # 4:2:2: two samples per pixel on average
+    return pixels * spec.samples * spec.bits_allocated // 8
 
 
 def pixel_spec(ds: Dataset) -> PixelSpec:

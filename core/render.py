@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 
 from .pixels import decode_frame, pixel_spec
 
-__all__ = ["display_frame", "to_display", "window_of", "thumbnail_png", "encode_image", "IMAGE_TYPES", "WINDOW_PRESETS"]
+__all__ = ["display_frame", "to_display", "window_of", "thumbnail_png", "shrink_png", "encode_image", "IMAGE_TYPES", "WINDOW_PRESETS"]
 
 IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif", "jp2": "image/jp2"}
 
@@ -72,14 +72,16 @@ def to_display(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | Non
 
 def thumbnail_png(ds: Dataset, size: int = 256) -> bytes:
     """PNG thumbnail of the middle frame, at most *size* pixels on its longer side."""
+    return shrink_png(display_frame(ds, pixel_spec(ds).frames // 2), size)
+
+
+def shrink_png(pixels: np.ndarray, size: int) -> bytes:
+    """8-bit display pixels scaled to at most *size* on the longer side, as PNG."""
     from PIL import Image
 
-    frame = display_frame(ds, pixel_spec(ds).frames // 2)
-    image = Image.fromarray(frame)
+    image = Image.fromarray(pixels)
     image.thumbnail((size, size), Image.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
+    return encode_image(np.asarray(image), "png", optimize=True)
 
 
 def encode_image(pixels: np.ndarray, fmt: str, quality: int = 90, optimize: bool = False) -> bytes:
