@@ -112,8 +112,7 @@ def _check_complete(ds: Dataset) -> None:
         return
     spec = pixel_spec(ds)
     needed = _expected_bytes(ds, spec)
-    # elements() yields the raw element when the value was deferred: its length, without reading it
-    element = next(e for e in ds.elements() if e.tag == 0x7FE00010)
+    element = ds.get_item("PixelData", keep_deferred=True)  # a deferred value stays on disk: its length only
     have = element.length if getattr(element, "value", None) is None else len(element.value)
     if have < needed:
         raise TruncatedError(
