@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import resource
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -22,18 +23,18 @@ from .store import Store, StoreError
 __all__ = ["Jobs"]
 
 
-def _make_for_instance(root: str, wanted: list[Wanted]) -> tuple[int, str | None]:
-    """Worker: make one instance's missing artifacts; returns (bytes written, error)."""
+def _make_for_instance(root: str, wanted: list[Wanted]) -> tuple[int, str | None, float]:
+    """Worker: make one instance's missing artifacts; returns (bytes written, error, worker peak RSS in MB)."""
     store = Store(root)
-    written = 0
+    written, error = 0, None
     try:
         for item in wanted:
             written += make_artifact(store, item).bytes
     except RadPressError as exc:
-        return written, str(exc)
+        error = str(exc)
     except Exception as exc:  # noqa: BLE001 - one bad instance must not stop the job
-        return written, f"internal error: {type(exc).__name__}: {exc}"
-    return written, None
+        error = f"internal error: {type(exc).__name__}: {exc}"
+    return written, error, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Jobs:
@@ -132,11 +133,12 @@ class Jobs:
                 finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in finished:
                     sop = pending.pop(future)
-                    written, error = future.result()
+                    written, error, rss = future.result()
                     with self.store.connect() as db:
                         db.execute("INSERT OR REPLACE INTO job_items VALUES (?,?,?,?)", (job_id, sop, "failed" if error else "done", error))
                         column = "failed" if error else "done"
-                        db.execute(f"UPDATE jobs SET {column}={column}+1, bytes=bytes+? WHERE id=?", (written, job_id))
+                        db.execute(f"UPDATE jobs SET {column}={column}+1, bytes=bytes+?, peak_rss_mb=max(peak_rss_mb, ?) WHERE id=?",
+                                   (written, rss, job_id))
                     if progress:
                         progress(self.get(job_id))
                 if self.store.query("SELECT cancel FROM jobs WHERE id=?", (job_id,))[0]["cancel"] or self._stop.is_set():

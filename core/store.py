@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT, study_uid TEXT, state TEXT, total INTEGER DEFAULT 0,
     done INTEGER DEFAULT 0, failed INTEGER DEFAULT 0, bytes INTEGER DEFAULT 0, params TEXT, message TEXT,
-    created REAL, started REAL, finished REAL, cancel INTEGER DEFAULT 0);
+    created REAL, started REAL, finished REAL, cancel INTEGER DEFAULT 0, peak_rss_mb REAL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS job_items (
     job_id INTEGER REFERENCES jobs, sop_uid TEXT, state TEXT, error TEXT, PRIMARY KEY (job_id, sop_uid));
 CREATE TABLE IF NOT EXISTS audit (
