@@ -211,19 +211,7 @@ def cmd_lab(args) -> int:
 
     from .lab import LabConfig, run_lab, to_csv
 
-    options = {}
-    if args.codecs:
-        options["codecs"] = tuple(c for c in args.codecs.split(",") if c)
-    if args.ratios:
-        try:
-            options["ratios"] = tuple(float(r) for r in args.ratios.split(","))
-        except ValueError:
-            raise InvalidOptionError(f"--ratios {args.ratios!r}: use numbers separated by commas, e.g. 5,10,20.") from None
-    config = LabConfig(**options)
-    for codec in config.codecs:
-        from .codecs import get_codec
-
-        get_codec(codec, True)
+    config = LabConfig.from_text(args.codecs, args.ratios)
     target = Path(args.target)
     if target.exists():
         files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]

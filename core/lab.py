@@ -47,6 +47,23 @@ class LabConfig:
             raise InvalidOptionError("Link speeds must be positive (Mbit/s).")
         return self
 
+    @classmethod
+    def from_text(cls, codecs: str | None = None, ratios: str | None = None) -> "LabConfig":
+        """From comma-separated lists as typed on a command line or in a URL; checked before any work."""
+        from .codecs import get_codec
+
+        options: dict = {}
+        if codecs:
+            options["codecs"] = tuple(c.strip() for c in codecs.split(",") if c.strip())
+            for codec in options["codecs"]:
+                get_codec(codec, True)
+        if ratios:
+            try:
+                options["ratios"] = tuple(float(r) for r in ratios.split(","))
+            except ValueError:
+                raise InvalidOptionError(f"Ratios {ratios!r}: use numbers separated by commas, e.g. 5,10,20.") from None
+        return cls(**options).validated()
+
     def psnr_threshold(self, modality: str) -> float:
         return float(self.psnr_thresholds.get(modality, self.psnr_thresholds.get("", 40.0)))
 

@@ -151,19 +151,8 @@ def study_lab_route(study_uid):
 
     store, _ = archive()
     _check_study(store, study_uid)
-    options = {}
-    try:
-        if request.args.get("codecs"):
-            options["codecs"] = tuple(c.strip() for c in request.args["codecs"].split(",") if c.strip())
-        if request.args.get("ratios"):
-            options["ratios"] = tuple(float(r) for r in request.args["ratios"].split(","))
-    except ValueError:
-        raise InvalidOptionError("ratios must be numbers separated by commas, e.g. ratios=5,10,20.") from None
-    for codec in options.get("codecs", ()):
-        from .codecs import get_codec
-
-        get_codec(codec, True)
-    return jsonify(study_lab(store, study_uid, LabConfig(**options)))
+    config = LabConfig.from_text(request.args.get("codecs"), request.args.get("ratios"))
+    return jsonify(study_lab(store, study_uid, config))
 
 
 @blueprint.put("/api/studies/<study_uid>/ratio")
