@@ -229,7 +229,7 @@ def _composite(image, overlay: dict, command: str):
     alpha = mark.getchannel("A").point(lambda a: a * float(overlay.get("dissolve", 100)) / 100)
     mark.putalpha(alpha)
     base.alpha_composite(mark, (max(0, x), max(0, y)))
-    return base.convert(image.mode if image.mode in ("RGB", "L") else "RGB")
+    return base.convert("RGB")  # a coloured overlay on a grey image needs colour
 
 
 def lossy_label(image, text: str):

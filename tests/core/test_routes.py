@@ -339,3 +339,22 @@ def test_dims_multiframe_and_limits(http, server, tmp_path):
     app.server.extensions["radpress"]["dims"].on_failure = "redirect"
     moved = http.get(f"{base}/dims/{sop}/format/png", allow_redirects=False)
     assert moved.status_code == 302 and moved.headers["Location"].endswith(f"/download/instance/{sop}?variant=original")
+
+
+def test_dims_composite_and_byoriginal_from_configuration(http, server, tmp_path):
+    from PIL import Image
+
+    base, app = server
+    mark = tmp_path / "mark.png"
+    Image.new("RGBA", (20, 10), (255, 0, 0, 255)).save(mark)
+    config = app.server.extensions["radpress"]["dims"]
+    config.overlays = {"clinic": {"file": str(mark), "gravity": "se", "geometry": "+5+5", "dissolve": 100}}
+    config.byoriginal = {"web": [{"max_pixels": 1_000_000, "chain": "thumbnail/64x64"}, {"chain": "thumbnail/128x128"}]}
+    study = upload(http, base, sample("RG1_UNCR")).json()["studies"][0]
+    sop = http.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
+    sized = Image.open(io.BytesIO(http.get(f"{base}/dims/{sop}/byoriginal/web/format/png").content))
+    assert max(sized.size) == 128  # 3.6 megapixels: the second rule
+    marked = Image.open(io.BytesIO(http.get(f"{base}/dims/{sop}/thumbnail/200x200/composite/clinic/format/png").content)).convert("RGB")
+    w, h = marked.size
+    assert marked.getpixel((w - 5 - 10, h - 5 - 5)) == (255, 0, 0)  # bottom-right, 5 px in
+    assert marked.getpixel((10, 10)) != (255, 0, 0)
