@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -136,7 +137,9 @@ def _make_large(store: Store, wanted: Wanted, original: Artifact) -> Artifact:
     if wanted.variant == "thumbnail":
         path, _ = _pyramid(store, original, None)
         source = Codestream(path)
-        coarse = to_display(source.region(source.levels, 0, source.height, 0, source.width), ds)
+        # the coarsest level still at least a thumbnail wide
+        level = max(0, min(source.levels, int(math.log2(max(source.width, source.height) / THUMBNAIL_SIZE))))
+        coarse = to_display(source.region(level, 0, source.height, 0, source.width), ds)
         return store.put_artifact(wanted.sop_uid, "thumbnail", 0, "png", "", shrink_png(coarse, THUMBNAIL_SIZE))
     lossy = wanted.variant == "lossy"
     codec = get_codec("j2k", lossy)

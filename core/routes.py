@@ -482,6 +482,7 @@ def _dims(store: Store, config: DimsConfig, sop_uid: str, commands: str) -> Resp
 
     cache = _cache(store)
     hit = cache.get("dims:" + key)
+    from_cache = hit is not None
     if hit is None:
         variant = settings.get("variant", "original")
         label = None
@@ -528,4 +529,5 @@ def _dims(store: Store, config: DimsConfig, sop_uid: str, commands: str) -> Resp
     response.cache_control.public = False
     if hit["lossy"]:
         response.headers["X-Lossy-Compression"] = hit["lossy"]
+    response.headers["X-Cache"] = "hit" if from_cache else "miss"
     return response.make_conditional(request)

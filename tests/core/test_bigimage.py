@@ -74,3 +74,38 @@ def test_bad_tiff_is_rejected(tmp_path):
     bad.write_bytes(b"II*\x00garbage")
     [result] = list(ingest(Store(tmp_path / "data"), [bad]))
     assert result.status == "rejected" and result.reason.startswith("unsupported")
+
+
+def _checker_tiles(size: int, tile: int):
+    """Tiles of a size x size 8-bit image of large squares: structure that compresses to almost nothing."""
+    for y in range(0, size, tile):
+        for x in range(0, size, tile):
+            yy, xx = np.mgrid[y : y + tile, x : x + tile]
+            yield (((yy // 1000) + (xx // 1000)) % 2 * 200 + 20).astype(np.uint8)
+
+
+def test_image_over_pillows_real_limit(tmp_path, monkeypatch):
+    """13 500 x 13 500 = 182 megapixels, more than Pillow opens, as a small deflated tiled TIFF."""
+    from PIL import Image
+
+    monkeypatch.delenv("RADPRESS_LARGE_PIXELS")
+    size = 13_500
+    assert size * size > Image.MAX_IMAGE_PIXELS
+    tif = tmp_path / "huge.tif"
+    tifffile.imwrite(tif, _checker_tiles(size, 512), shape=(size, size), dtype=np.uint8, tile=(512, 512), compression="zlib")
+    assert tif.stat().st_size < 20_000_000
+    store = Store(tmp_path / "data")
+    [result] = list(ingest(store, [tif]))
+    assert result.status == "stored"
+    original = read_dataset(store.artifact(result.sop_uid, "original").path)
+    with pytest.raises(UnsupportedError, match="too large to decode whole"):
+        decode_frame(original, 0)
+    path, _ = codestream_path(store, result.sop_uid)
+    source = Codestream(path)
+    assert (source.width, source.height) == (size, size)
+    region = source.region(0, 990, 1010, 990, 1010)
+    assert region[0, 0] == 20 and region[-1, 0] == 220 and region[-1, -1] == 20  # square corners, bit-exact
+    zoom = DeepZoom(size, size)
+    assert zoom.read(source, zoom.max_level - 6, 0, 0).shape == (211, 211)
+    thumb = make_artifact(store, Wanted(result.sop_uid, "thumbnail", 0, "png"))
+    assert Image.open(thumb.path).size == (256, 256)

@@ -358,3 +358,129 @@ def test_dims_composite_and_byoriginal_from_configuration(http, server, tmp_path
     w, h = marked.size
     assert marked.getpixel((w - 5 - 10, h - 5 - 5)) == (255, 0, 0)  # bottom-right, 5 px in
     assert marked.getpixel((10, 10)) != (255, 0, 0)
+
+
+MAGIC = {"png": b"\x89PNG", "jpeg": b"\xff\xd8", "gif": b"GIF8", "webp": b"RIFF", "jp2": b"\x00\x00\x00\x0cjP"}
+
+
+@pytest.fixture
+def dims_instances(http, server, tmp_path):
+    """A radiograph (RG3) and a 10-frame MR, uploaded once per test."""
+    base, app = server
+    from PIL import Image
+
+    mark = tmp_path / "mark.png"
+    Image.new("RGBA", (8, 8), (0, 0, 255, 255)).save(mark)
+    config = app.server.extensions["radpress"]["dims"]
+    config.overlays = {"logo": {"file": str(mark), "gravity": "nw", "geometry": "+1+1", "dissolve": 80},
+                       "missing": {"file": str(tmp_path / "nope.png")}}
+    config.byoriginal = {"small": [{"max_pixels": 10, "chain": "thumbnail/32x32"}, {"chain": "thumbnail/48x48"}]}
+    sops = {}
+    for name, path in (("cr", sample("RG3_UNCR")), ("mf", write_series("emri_small", 1, tmp_path / "s")[0])):
+        study = upload(http, base, path).json()["studies"][0]
+        sops[name] = http.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
+    return base, sops
+
+
+@pytest.mark.parametrize("chain, fmt, size", [
+    ("frame/1/format/png", "png", (1760, 1760)),
+    ("window/500,1000/thumbnail/100x100/format/png", "png", (100, 100)),
+    ("variant/original/thumbnail/64/format/png", "png", (64, 64)),
+    ("variant/lossless/thumbnail/64/format/png", "png", (64, 64)),
+    ("variant/lossy/ratio/30/thumbnail/64/format/png", "png", (64, 64)),
+    ("crop/100x40+10+20/format/png", "png", (100, 40)),
+    ("crop/50x25%/format/png", "png", (880, 440)),
+    ("thumbnail/x50/format/jpg", "jpeg", (50, 50)),
+    ("thumbnail/10%/format/png", "png", (176, 176)),
+    ("thumbnail/120x60!/format/png", "png", (120, 60)),
+    ("thumbnail/5000x5000>/format/png", "png", (1760, 1760)),
+    ("thumbnail/100x100</format/png", "png", (1760, 1760)),
+    ("resize/200x100/format/webp", "webp", (100, 100)),
+    ("thumbnail/64/format/gif", "gif", (64, 64)),
+    ("thumbnail/64/format/jp2", "jp2", (64, 64)),
+    ("thumbnail/64/format/jpg/quality/20", "jpeg", (64, 64)),
+    ("thumbnail/64/format/png/optimize", "png", (64, 64)),
+    ("thumbnail/64/composite/logo/format/png", "png", (64, 64)),
+    ("byoriginal/small/format/png", "png", (48, 48)),
+])
+def test_every_dims_command(http, dims_instances, chain, fmt, size):
+    from PIL import Image
+
+    base, sops = dims_instances
+    r = http.get(f"{base}/dims/{sops['cr']}/{chain}")
+    assert r.status_code == 200, r.text
+    assert r.content.startswith(MAGIC[fmt]) and r.headers["Content-Type"] == f"image/{fmt}"
+    assert Image.open(io.BytesIO(r.content)).size == size
+    assert ("X-Lossy-Compression" in r.headers) == ("variant/lossy" in chain)
+    again = http.get(f"{base}/dims/{sops['cr']}/{chain}")
+    assert r.headers["X-Cache"] == "miss" and again.headers["X-Cache"] == "hit" and again.content == r.content
+
+
+def test_dims_quality_and_multiframe(http, dims_instances):
+    from PIL import Image
+
+    base, sops = dims_instances
+    low = http.get(f"{base}/dims/{sops['cr']}/thumbnail/256/format/jpg/quality/10").content
+    high = http.get(f"{base}/dims/{sops['cr']}/thumbnail/256/format/jpg/quality/95").content
+    assert len(low) < len(high)
+    mf = sops["mf"]
+    assert Image.open(io.BytesIO(http.get(f"{base}/dims/{mf}/format/gif").content)).n_frames == 1  # first frame only by default
+    apng = Image.open(io.BytesIO(http.get(f"{base}/dims/{mf}/firstframeonly/off/format/png").content))
+    assert getattr(apng, "n_frames", 1) == 10
+    assert Image.open(io.BytesIO(http.get(f"{base}/dims/{mf}/firstframeonly/off/limit/3/format/gif").content)).n_frames == 3
+
+
+@pytest.mark.parametrize("chain, status, fragment", [
+    ("frame/0", 400, "counts from 1"),
+    ("frame/99/format/png", 400, "frame 99 of 1"),
+    ("window/abc", 400, "bad argument"),
+    ("variant/blurry", 400, "bad argument"),
+    ("ratio/1000", 400, "out of range"),
+    ("crop/10x10+5000+5000/format/png", 400, "outside"),
+    ("crop/nonsense", 400, "malformed geometry"),
+    ("thumbnail/0x0x0", 400, "malformed geometry"),
+    ("thumbnail/99999x99999", 400, "larger than the limit"),
+    ("resize/5000%", 400, "enlarges more than 10x"),
+    ("format/tiff", 400, "bad argument"),
+    ("quality/500", 400, "not between 0 and 100"),
+    ("composite/unknown", 400, "no overlay named"),
+    ("composite/missing/format/png", 422, "source could not be loaded"),
+    ("byoriginal/unknown", 400, "no byoriginal rule"),
+    ("firstframeonly/maybe", 400, "bad argument"),
+    ("limit/0", 400, "counts from 1"),
+    ("limit", 400, "missing argument"),
+    ("sharpen/5", 400, "unknown command"),
+])
+def test_dims_errors_name_the_command(http, dims_instances, chain, status, fragment):
+    base, sops = dims_instances
+    r = http.get(f"{base}/dims/{sops['cr']}/{chain}")
+    assert r.status_code == status and fragment in r.json()["error"], r.text
+    assert "command '" in r.json()["error"] or status == 422
+
+
+def test_dzi_and_tile_sizes_at_every_level(http, dims_instances):
+    import math
+    import xml.etree.ElementTree as ET
+
+    from PIL import Image
+
+    base, sops = dims_instances
+    sop = sops["cr"]
+    root = ET.fromstring(http.get(f"{base}/deepzoom/{sop}.dzi").text)
+    tile, overlap = int(root.get("TileSize")), int(root.get("Overlap"))
+    size = root.find("{http://schemas.microsoft.com/deepzoom/2008}Size")
+    width, height = int(size.get("Width")), int(size.get("Height"))
+    assert (width, height) == (1760, 1760)
+    top = math.ceil(math.log2(max(width, height)))
+    for level in range(top + 1):
+        scale = 2 ** (top - level)
+        w, h = math.ceil(width / scale), math.ceil(height / scale)
+        cols, rows = math.ceil(w / tile), math.ceil(h / tile)
+        for col, row in {(0, 0), (cols - 1, rows - 1)}:
+            r = http.get(f"{base}/deepzoom/{sop}_files/{level}/{col}_{row}.png")
+            assert r.status_code == 200, (level, col, row)
+            x0, y0 = max(0, col * tile - overlap), max(0, row * tile - overlap)
+            x1, y1 = min(w, (col + 1) * tile + overlap), min(h, (row + 1) * tile + overlap)
+            assert Image.open(io.BytesIO(r.content)).size == (x1 - x0, y1 - y0), (level, col, row)
+        assert http.get(f"{base}/deepzoom/{sop}_files/{level}/{cols}_{rows - 1}.png").status_code == 400
+    assert http.get(f"{base}/deepzoom/{sop}_files/{top + 1}/0_0.png").status_code == 400
