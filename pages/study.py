@@ -40,7 +40,7 @@ def layout(uid: str = "", **_query):
     for row in instances:
         series.setdefault(row["series_uid"], []).append(row)
     blocks = []
-    for series_uid, rows in series.items():
+    for rows in series.values():
         cards = []
         for row in rows:
             arts = ", ".join(f"{a.variant}{f' {a.ratio:g}:1' if a.ratio else ''} ({human_size(a.bytes)})" for a in artifacts.get(row["sop_uid"], []))
