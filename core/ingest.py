@@ -70,6 +70,16 @@ def _safe_member_name(name: str) -> str:
     return str(path)
 
 
+def _screen(name: str, size: int, link: bool, limits: Limits) -> bool:
+    """Refuse an unsafe or oversized archive member before extracting it; True for a DICOMDIR to skip."""
+    _safe_member_name(name)
+    if link:
+        raise _Rejected("symbolic link or hard link in archive: refused")
+    if size > limits.max_file_bytes:
+        raise _Rejected(f"too large: {size} bytes, the limit is {limits.max_file_bytes}")
+    return _is_dicomdir(name)
+
+
 def _is_dicomdir(name: str) -> bool:
     return PurePosixPath(name).name.upper() == "DICOMDIR"
 
@@ -117,14 +127,9 @@ def _from_zip(store: Store, path: Path, label: str, limits: Limits) -> Iterator[
         for member in members:
             name = f"{label}/{member.filename}"
             try:
-                _safe_member_name(member.filename)
-                if stat.S_ISLNK(member.external_attr >> 16):
-                    raise _Rejected("symbolic link in archive: refused")
-                if _is_dicomdir(member.filename):
+                if _screen(member.filename, member.file_size, stat.S_ISLNK(member.external_attr >> 16), limits):
                     yield IngestResult(name, "skipped", "DICOMDIR index file")
                     continue
-                if member.file_size > limits.max_file_bytes:
-                    raise _Rejected(f"too large: {member.file_size} bytes, the limit is {limits.max_file_bytes}")
                 if member.compress_size and member.file_size / member.compress_size > limits.max_expansion:
                     raise _Rejected("decompression bomb: expands more than "
                                     f"{limits.max_expansion:g}x ({member.compress_size} → {member.file_size} bytes)")
@@ -156,16 +161,11 @@ def _from_tar(store: Store, path: Path, label: str, limits: Limits) -> Iterator[
                     yield IngestResult(label, "rejected", f"archive has more than {limits.max_entries} entries: rest refused")
                     return
                 try:
-                    _safe_member_name(member.name)
-                    if member.issym() or member.islnk():
-                        raise _Rejected("symbolic or hard link in archive: refused")
-                    if not member.isfile():
-                        raise _Rejected("not a regular file (device, fifo)")
-                    if _is_dicomdir(member.name):
+                    if _screen(member.name, member.size, member.issym() or member.islnk(), limits):
                         yield IngestResult(name, "skipped", "DICOMDIR index file")
                         continue
-                    if member.size > limits.max_file_bytes:
-                        raise _Rejected(f"too large: {member.size} bytes, the limit is {limits.max_file_bytes}")
+                    if not member.isfile():
+                        raise _Rejected("not a regular file (device, fifo)")
                     total += member.size
                     if total > limits.max_archive_bytes:
                         raise _Rejected(f"decompression bomb: archive expands beyond {limits.max_archive_bytes} bytes")
