@@ -155,16 +155,22 @@ def study_lab_route(study_uid):
     return jsonify(study_lab(store, study_uid, config))
 
 
+def _override(field: str, types: tuple[type, ...], example: str, kind: str):
+    """A per-study setting from a JSON body ``{field: value}``; null means: follow the clinic default."""
+    body = request.get_json(silent=True) or {}
+    if field not in body:
+        raise InvalidOptionError(f'Send JSON {{"{field}": {example}}}, or null to follow the clinic default.')
+    value = body[field]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+        raise InvalidOptionError(f"{field.capitalize()} {value!r} is not {kind}.")
+    return value
+
+
 @blueprint.put("/api/studies/<study_uid>/ratio")
 @require("policy")
 def set_ratio(study_uid):
     store, jobs = archive()
-    body = request.get_json(silent=True) or {}
-    if "ratio" not in body:
-        raise InvalidOptionError('Send JSON {"ratio": R}, or null to follow the clinic default.')
-    ratio = body["ratio"]
-    if ratio is not None and not isinstance(ratio, (int, float)):
-        raise InvalidOptionError(f"Ratio {ratio!r} is not a number.")
+    ratio = _override("ratio", (int, float), "R", "a number")
     store.set_study_ratio(study_uid, ratio, user=current_user().name)
     return jsonify(ratio=ratio, job=jobs.submit(study_uid))
 
@@ -173,12 +179,7 @@ def set_ratio(study_uid):
 @require("policy")
 def set_strategy(study_uid):
     store, jobs = archive()
-    body = request.get_json(silent=True) or {}
-    if "strategy" not in body:
-        raise InvalidOptionError('Send JSON {"strategy": 1-4}, or null to follow the clinic default.')
-    strategy = body["strategy"]
-    if strategy is not None and not isinstance(strategy, int):
-        raise InvalidOptionError(f"Strategy {strategy!r} is not a number 1-4.")
+    strategy = _override("strategy", (int,), "1-4", "a number 1-4")
     store.set_study_strategy(study_uid, strategy, user=current_user().name)
     todo = plan(store, study_uid)
     job = jobs.submit(study_uid) if todo.make or todo.remove else None
