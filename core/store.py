@@ -61,6 +61,12 @@ CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
 """
 
+# Changes to tables that already exist, applied in order once each: the index
+# records how many ran in PRAGMA user_version.  Append only; never edit an
+# entry that has shipped.  An INSERT into a table that gains a column here
+# must name its columns.
+MIGRATIONS: tuple[str, ...] = ()
+
 
 class StoreError(RadPressError):
     http_status = 404
@@ -99,7 +105,22 @@ class Store:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "index.sqlite"
         self._local = threading.local()
-        self._connection().executescript(SCHEMA)
+        conn = self._connection()
+        conn.executescript(SCHEMA)
+        self._migrate(conn)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring an index made by an earlier RadPress up to :data:`MIGRATIONS`."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for statement in MIGRATIONS[version:]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={len(MIGRATIONS)}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     # -- database -------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
