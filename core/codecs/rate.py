@@ -11,7 +11,11 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["Knob", "encode_to_ratio"]
+__all__ = ["RATIO_TOLERANCE", "Knob", "encode_to_ratio"]
+
+# A lossy copy whose achieved ratio is within this fraction of the target
+# counts as having reached it (issue 9 §3); outside it, callers say so.
+RATIO_TOLERANCE = 0.10
 
 
 @dataclass(frozen=True)
