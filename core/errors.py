@@ -12,6 +12,7 @@ __all__ = [
     "UnsupportedError",
     "InvalidOptionError",
     "CodecError",
+    "InvalidHeaderError",
 ]
 
 
@@ -54,5 +55,11 @@ class InvalidOptionError(RadPressError):
 
 class CodecError(RadPressError):
     """An encoder or decoder failed on data it claims to support."""
+
+    http_status = 422
+
+
+class InvalidHeaderError(RadPressError):
+    """A DICOM attribute breaks a rule of the standard (a UID, an image header): refused before any use."""
 
     http_status = 422

@@ -20,7 +20,8 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     On any error the temporary file is removed and *path* is untouched.
     """
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    # the writer's pid in the name: a repair in another process leaves a live writer's file alone
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}-", suffix=".part", dir=target.parent)
     try:
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as fh:

@@ -3,24 +3,32 @@
 Each file gets one result (stored, duplicate, conflict, rejected with a
 reason, or skipped for DICOMDIR).  Archives are read member by member, with
 limits checked before and while extracting, so that path traversal, links
-and decompression bombs are refused with a reason instead of filling the disk.
+and decompression bombs are refused with a reason instead of filling the disk;
+a damaged, encrypted or nested member is refused alone.  Every file, from
+any way in (upload, ``python -m core ingest``, a network receiver calling
+:func:`ingest_stream`), passes :func:`core.validate.read_checked` before the
+archive uses anything in it.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import os
 import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterable, Iterator
 
-from .errors import NoPixelDataError, NotDicomError, RadPressError, TruncatedError, UnsupportedError
+from .errors import InvalidHeaderError, NoPixelDataError, NotDicomError, RadPressError, TruncatedError, UnsupportedError
 from .files import atomic_writer
-from .pixels import pixel_spec, read_dataset
 from .store import Store
+from .validate import read_checked
 
 __all__ = ["Limits", "IngestResult", "ingest", "ingest_stream"]
 
@@ -30,7 +38,8 @@ class Limits:
     max_file_bytes: int = 2 << 30
     max_archive_bytes: int = 20 << 30
     max_entries: int = 100_000
-    max_expansion: float = 200.0  # uncompressed / compressed size of one archive member
+    max_expansion: float = 200.0  # uncompressed / compressed size of one archive member or compressed tar
+    bomb_floor: int = 32 << 20  # a compressed stream is judged by its expansion once this much came out
 
 
 @dataclass
@@ -96,33 +105,57 @@ def _stage_stream(store: Store, stream: BinaryIO, limit: int, what: str) -> Path
 
 
 def _admit(store: Store, staged: Path, name: str) -> IngestResult:
-    """Validate a staged file as an image and hand it to the store."""
+    """Validate a staged file as an image and hand it to the store; the staged file is gone afterwards."""
     try:
-        ds = read_dataset(staged)
-        pixel_spec(ds)
-        missing = [k for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if not ds.get(k)]
-        if missing:
-            raise UnsupportedError(f"missing {', '.join(missing)}")
-    except (NotDicomError, TruncatedError, NoPixelDataError, UnsupportedError, RadPressError) as exc:
-        staged.unlink(missing_ok=True)
+        ds = read_checked(staged)
+        status = store.add_original(staged, ds, name)
+    except RadPressError as exc:
         return IngestResult(name, "rejected", _reason(exc))
-    status = store.add_original(staged, ds, name)
+    finally:
+        staged.unlink(missing_ok=True)
     return IngestResult(name, status, "", str(ds.SOPInstanceUID), str(ds.StudyInstanceUID))
 
 
+def _admit_member(store: Store, staged: Path, name: str) -> IngestResult:
+    """An archive member: an archive inside it is refused (never opened), anything else admitted."""
+    if _archive_magic(staged):
+        staged.unlink(missing_ok=True)
+        return IngestResult(name, "rejected", "nested archive: not opened (archives inside archives are refused; "
+                                              "send the inner archive itself)")
+    return _admit(store, staged, name)
+
+
+def _archive_magic(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(262)
+    return head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or head[257:262] == b"ustar"
+
+
 def _reason(exc: RadPressError) -> str:
-    kinds = {NotDicomError: "not DICOM", TruncatedError: "truncated", NoPixelDataError: "no pixel data", UnsupportedError: "unsupported"}
+    kinds = {NotDicomError: "not DICOM", TruncatedError: "truncated", NoPixelDataError: "no pixel data",
+             UnsupportedError: "unsupported", InvalidHeaderError: "invalid"}
     label = next((v for k, v in kinds.items() if isinstance(exc, k)), "unreadable")
     detail = exc.message.split(": ", 1)[-1] if ": " in exc.message else exc.message
     return f"{label}: {detail}"
 
 
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+# What a damaged member raises while it is inflated.
+_STREAM_ERRORS = (zipfile.BadZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, EOFError, OSError)
+
+
 def _from_zip(store: Store, path: Path, label: str, limits: Limits) -> Iterator[IngestResult]:
-    with zipfile.ZipFile(path) as archive:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        yield IngestResult(label, "rejected", f"truncated: damaged zip archive ({exc})")
+        return
+    with archive:
         members = [m for m in archive.infolist() if not m.is_dir()]
         if len(members) > limits.max_entries:
             yield IngestResult(label, "rejected", f"archive has {len(members)} entries, more than the limit of {limits.max_entries}")
             return
+        shared = _overlapping(archive, members)
         total = 0
         for member in members:
             name = f"{label}/{member.filename}"
@@ -130,7 +163,14 @@ def _from_zip(store: Store, path: Path, label: str, limits: Limits) -> Iterator[
                 if _screen(member.filename, member.file_size, stat.S_ISLNK(member.external_attr >> 16), limits):
                     yield IngestResult(name, "skipped", "DICOMDIR index file")
                     continue
-                if member.compress_size and member.file_size / member.compress_size > limits.max_expansion:
+                if member in shared:
+                    raise _Rejected("decompression bomb: entries share compressed data (overlapping zip)")
+                if member.flag_bits & 0x1:
+                    raise _Rejected("encrypted: password-protected entries cannot be read; send them unencrypted")
+                if member.compress_type not in _ZIP_METHODS:
+                    raise _Rejected(f"unsupported: compression method {member.compress_type} "
+                                    "(stored, deflate, bzip2 and LZMA are read)")
+                if member.file_size > limits.max_expansion * max(member.compress_size, 1) + limits.bomb_floor:
                     raise _Rejected("decompression bomb: expands more than "
                                     f"{limits.max_expansion:g}x ({member.compress_size} → {member.file_size} bytes)")
                 total += member.file_size
@@ -142,16 +182,69 @@ def _from_zip(store: Store, path: Path, label: str, limits: Limits) -> Iterator[
             except _Rejected as exc:
                 yield IngestResult(name, "rejected", str(exc))
                 continue
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            except (*_STREAM_ERRORS, NotImplementedError, RuntimeError) as exc:
                 yield IngestResult(name, "rejected", f"truncated: damaged archive entry ({exc})")
                 continue
-            yield _admit(store, staged, name)
+            yield _admit_member(store, staged, name)
+
+
+def _overlapping(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo]) -> set[zipfile.ZipInfo]:
+    """Entries whose compressed data overlaps another's: the shape of a zip bomb that reuses one deflate stream."""
+    ordered = sorted(archive.infolist(), key=lambda m: m.header_offset)
+    bad = set()
+    for here, after in zip(ordered, ordered[1:] + [None]):
+        end = here.header_offset + 30 + len(here.orig_filename.encode()) + here.compress_size
+        limit = after.header_offset if after is not None else archive.start_dir
+        if end > limit:
+            bad.update(m for m in (here, after) if m is not None)
+    return bad & set(members)
+
+
+class _Counted:
+    """A raw file that counts the bytes read from it (the compressed side of a stream)."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw, self.count = raw, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.count += len(data)
+        return data
+
+
+class _Budget:
+    """The inflated side of a compressed tar: refused as soon as it expands like a bomb, before it is written."""
+
+    def __init__(self, inflated: BinaryIO, compressed: _Counted, limits: Limits):
+        self.inflated, self.compressed, self.limits, self.count = inflated, compressed, limits, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inflated.read(n)
+        self.count += len(data)
+        if self.count > self.limits.max_archive_bytes:
+            raise _Rejected(f"decompression bomb: archive expands beyond {self.limits.max_archive_bytes} bytes: rest refused")
+        if self.count > self.limits.bomb_floor and self.count > self.limits.max_expansion * self.compressed.count:
+            raise _Rejected(f"decompression bomb: {self.compressed.count} compressed bytes expanded to more than "
+                            f"{self.count} (over {self.limits.max_expansion:g}x): rest refused")
+        return data
+
+
+def _inflated(raw: BinaryIO, limits: Limits) -> BinaryIO:
+    """The tar stream inside a gzip, bzip2 or xz file (or the file itself), under an expansion budget."""
+    head = raw.read(6)
+    raw.seek(0)
+    counted = _Counted(raw)
+    opener = gzip.GzipFile if head.startswith(b"\x1f\x8b") else bz2.BZ2File if head.startswith(b"BZh") else \
+        lzma.LZMAFile if head.startswith(b"\xfd7zXZ\x00") else None
+    return _Budget(opener(fileobj=counted) if opener else counted, counted, limits)
 
 
 def _from_tar(store: Store, path: Path, label: str, limits: Limits) -> Iterator[IngestResult]:
-    total, entries = 0, 0
-    try:
-        with tarfile.open(path, mode="r:*") as archive:
+    """Read as a stream: nothing is inflated that is not counted against the budget, even skipped members."""
+    entries, name = 0, label
+    with open(path, "rb") as raw:
+        try:
+            archive = tarfile.open(fileobj=_inflated(raw, limits), mode="r|")
             for member in archive:
                 if member.isdir():
                     continue
@@ -166,16 +259,18 @@ def _from_tar(store: Store, path: Path, label: str, limits: Limits) -> Iterator[
                         continue
                     if not member.isfile():
                         raise _Rejected("not a regular file (device, fifo)")
-                    total += member.size
-                    if total > limits.max_archive_bytes:
-                        raise _Rejected(f"decompression bomb: archive expands beyond {limits.max_archive_bytes} bytes")
                     staged = _stage_stream(store, archive.extractfile(member), member.size, "entry larger than declared")
                 except _Rejected as exc:
+                    if str(exc).startswith("decompression bomb"):
+                        raise
                     yield IngestResult(name, "rejected", str(exc))
                     continue
-                yield _admit(store, staged, name)
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        yield IngestResult(label, "rejected", f"truncated: damaged tar archive ({exc})")
+                yield _admit_member(store, staged, name)
+                name = label
+        except _Rejected as exc:
+            yield IngestResult(name, "rejected", str(exc))
+        except _STREAM_ERRORS as exc:
+            yield IngestResult(name, "rejected", f"truncated: damaged tar archive ({exc or type(exc).__name__})")
 
 
 def _from_file(store: Store, path: Path, label: str, limits: Limits, owned: bool = False) -> Iterator[IngestResult]:
@@ -187,6 +282,10 @@ def _from_file(store: Store, path: Path, label: str, limits: Limits, owned: bool
         return
     if _is_tar(path):
         yield from _from_tar(store, path, label, limits)
+        return
+    if _archive_magic(path):
+        yield IngestResult(label, "rejected", "truncated: a zip, tar or compressed file that cannot be opened "
+                                              "(cut short or damaged), or a compressed file that is not a tar")
         return
     if path.suffix.lower() in (".tif", ".tiff"):
         yield _from_tiff(store, path, label)

@@ -2,8 +2,10 @@
 
 Every file is written under a temporary name, fsynced and renamed into
 place; its index row is committed only afterwards, so a crash leaves at worst
-an orphan file (found and removed by :meth:`Store.check`), never a row that
-points at nothing.  Originals are never modified or deleted.
+an orphan file (found by :meth:`Store.check`), never a row that points at
+nothing.  Originals are never modified or deleted, and their file names come
+from a hash of the validated SOP Instance UID, never from DICOM text.  Rows
+keep each file's path, so archives written with an older layout still read.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -24,9 +27,11 @@ from pydicom.dataset import Dataset
 
 from .errors import InvalidOptionError, RadPressError
 from .files import atomic_writer
+from .pixels import read_dataset
+from .validate import check_uid
 from .policy import Policy, get_strategy
 
-__all__ = ["Store", "Artifact", "StoreError", "sha256_file"]
+__all__ = ["Store", "Artifact", "StoreError", "sha256_file", "uid_key"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
@@ -57,6 +62,13 @@ CREATE TABLE IF NOT EXISTS job_items (
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL, user TEXT, what TEXT, old TEXT, new TEXT);
 CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, password_hash TEXT, role TEXT, created REAL);
+CREATE TABLE IF NOT EXISTS demo_instances (sop_uid TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS study_readers (study_uid TEXT, user TEXT, PRIMARY KEY (study_uid, user));
+CREATE TABLE IF NOT EXISTS sessions (digest TEXT PRIMARY KEY, user TEXT, created REAL);
+CREATE TABLE IF NOT EXISTS login_failures (key TEXT, at REAL);
+CREATE TABLE IF NOT EXISTS access_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL, user TEXT, role TEXT, action TEXT, study_uid TEXT, sop_uid TEXT, address TEXT);
+CREATE INDEX IF NOT EXISTS login_failures_key ON login_failures(key, at);
 CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
 """
@@ -65,7 +77,19 @@ CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
 # records how many ran in PRAGMA user_version.  Append only; never edit an
 # entry that has shipped.  An INSERT into a table that gains a column here
 # must name its columns.
-MIGRATIONS: tuple[str, ...] = ()
+MIGRATIONS: tuple[str, ...] = (
+    "ALTER TABLE job_items ADD COLUMN warning TEXT",  # a lossy copy that missed its target ratio
+    "ALTER TABLE studies ADD COLUMN lossy_codec TEXT",  # the codec a per-study ratio was chosen for
+    "ALTER TABLE jobs ADD COLUMN owner TEXT",  # the runner (host:pid:token) holding a running job's lease
+    "ALTER TABLE jobs ADD COLUMN lease REAL",  # when that lease ends unless renewed
+)
+
+
+# A file without a live owner that nobody wrote for this long is abandoned (writers rename, then commit a row).
+QUIET_SECONDS = 600
+
+_INSERT_ARTIFACT = ("INSERT OR REPLACE INTO artifacts (sop_uid, variant, ratio, codec, transfer_syntax, bytes, checksum, "
+                    "path, created, achieved_ratio) VALUES (?,?,?,?,?,?,?,?,?,?)")
 
 
 class StoreError(RadPressError):
@@ -83,6 +107,11 @@ class Artifact:
     checksum: str
     path: Path
     achieved_ratio: float | None
+
+
+def uid_key(uid: str) -> str:
+    """The name the archive files an instance under: a hash of its validated UID, never the DICOM text itself."""
+    return hashlib.sha256(check_uid(uid, "SOP Instance UID (0008,0018)").encode("ascii")).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
@@ -151,41 +180,56 @@ class Store:
 
     # -- paths ------------------------------------------------------------------
     def tmp_path(self, suffix: str = "") -> Path:
+        """A staging name no other writer uses; the owner's pid in it tells :meth:`check` whether it is in flight."""
         return self.root / "tmp" / f"{time.time_ns()}-{os.getpid()}-{threading.get_ident()}{suffix}"
 
     def original_path(self, sop_uid: str) -> Path:
-        return self.root / "originals" / sop_uid[-2:] / f"{sop_uid}.dcm"
+        key = uid_key(sop_uid)
+        return self.root / "originals" / key[:2] / f"{key}.dcm"
 
     def artifact_path(self, sop_uid: str, variant: str, ratio: float, codec: str) -> Path:
+        key = uid_key(sop_uid)
         tag = f"{variant}-{ratio:g}" if ratio else variant
         name = f"{tag}.png" if variant == "thumbnail" else f"{tag}.{codec}.dcm"
-        return self.root / "artifacts" / sop_uid[-2:] / sop_uid / name
+        return self.root / "artifacts" / key[:2] / key / name
+
+    def conflict_path(self, sop_uid: str, checksum: str) -> Path:
+        return self.root / "conflicts" / f"{uid_key(sop_uid)}.{checksum[:12]}.dcm"
 
     # -- originals --------------------------------------------------------------
     def add_original(self, staged: Path, ds: Dataset, source: str) -> str:
-        """Move a staged, validated file into the archive; returns stored / duplicate / conflict."""
-        sop_uid = _text(ds, "SOPInstanceUID")
+        """Move a staged, validated file into the archive; returns stored / duplicate / conflict.
+
+        Deciding and placing are one write transaction: two uploads of one SOP
+        Instance UID cannot both be "stored", and the file kept is the one
+        whose row was committed.  A file is never placed over another one.
+        """
+        sop_uid = check_uid(_text(ds, "SOPInstanceUID"), "SOP Instance UID (0008,0018)")
         checksum = sha256_file(staged)
-        existing = self.query("SELECT checksum FROM artifacts WHERE sop_uid=? AND variant='original'", (sop_uid,))
-        if existing:
-            if existing[0]["checksum"] == checksum:
-                staged.unlink(missing_ok=True)
-                return "duplicate"
-            if self.query("SELECT 1 FROM conflicts WHERE sop_uid=? AND checksum=?", (sop_uid, checksum)):
-                staged.unlink(missing_ok=True)
-                return "duplicate"
-            target = self.root / "conflicts" / f"{sop_uid}.{checksum[:12]}.dcm"
-            _place(staged, target)
+        try:
             with self.connect() as db:
-                db.execute("INSERT OR IGNORE INTO conflicts VALUES (?,?,?,?,?)", (sop_uid, checksum, str(target), source, time.time()))
-            return "conflict"
+                row = db.execute("SELECT checksum FROM artifacts WHERE sop_uid=? AND variant='original'", (sop_uid,)).fetchone()
+                target = self.original_path(sop_uid)
+                if row is None and target.exists():  # placed just before a crash, never indexed
+                    self._index_original(db, target, read_dataset(target), sha256_file(target))
+                    row = db.execute("SELECT checksum FROM artifacts WHERE sop_uid=? AND variant='original'", (sop_uid,)).fetchone()
+                if row is None:
+                    _place_new(staged, target)
+                    self._index_original(db, target, ds, checksum)
+                    return "stored"
+                if row["checksum"] == checksum or db.execute(
+                        "SELECT 1 FROM conflicts WHERE sop_uid=? AND checksum=?", (sop_uid, checksum)).fetchone():
+                    return "duplicate"
+                target = self.conflict_path(sop_uid, checksum)
+                _place_new(staged, target)
+                db.execute("INSERT INTO conflicts (sop_uid, checksum, path, source, created) VALUES (?,?,?,?,?)",
+                           (sop_uid, checksum, str(target), source, time.time()))
+                return "conflict"
+        finally:
+            staged.unlink(missing_ok=True)
 
-        target = self.original_path(sop_uid)
-        _place(staged, target)
-        self._index_original(target, ds, checksum)
-        return "stored"
-
-    def _index_original(self, target: Path, ds: Dataset, checksum: str) -> None:
+    def _index_original(self, db: sqlite3.Connection, target: Path, ds: Dataset, checksum: str) -> None:
+        """The rows of an original placed at *target*, inside the caller's transaction."""
         from .derive import is_marked_lossy
         from .pixels import pixel_spec
 
@@ -193,23 +237,26 @@ class Store:
         spec = pixel_spec(ds)
         now = time.time()
         patient_key = f"{_text(ds, 'PatientID')}|{_text(ds, 'PatientName')}"
-        with self.connect() as db:
-            db.execute("INSERT OR IGNORE INTO patients VALUES (?,?,?,?)",
-                       (patient_key, _text(ds, "PatientID"), _text(ds, "PatientName"), _text(ds, "PatientBirthDate")))
-            db.execute("INSERT OR IGNORE INTO studies VALUES (?,?,?,?,?,NULL,?,0,NULL)",
-                       (_text(ds, "StudyInstanceUID"), patient_key, _text(ds, "StudyDate"), _text(ds, "StudyDescription"),
-                        _text(ds, "AccessionNumber"), now))
-            db.execute("INSERT OR IGNORE INTO series VALUES (?,?,?,?,?,?)",
-                       (_text(ds, "SeriesInstanceUID"), _text(ds, "StudyInstanceUID"), _text(ds, "Modality"),
-                        _int(ds.get("SeriesNumber")), _text(ds, "SeriesDescription"), _text(ds, "BodyPartExamined")))
-            db.execute("INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                       (sop_uid, _text(ds, "SeriesInstanceUID"), _text(ds, "SOPClassUID"), _int(ds.get("InstanceNumber")),
-                        spec.rows, spec.columns, spec.frames, spec.samples, spec.bits_allocated, spec.bits_stored,
-                        _text(ds, "PhotometricInterpretation"), str(ds.file_meta.TransferSyntaxUID),
-                        spec.frame_bytes * spec.frames, int(is_marked_lossy(ds)), now))
-            db.execute("INSERT INTO artifacts VALUES (?,?,?,?,?,?,?,?,?,?)",
-                       (sop_uid, "original", 0, "", str(ds.file_meta.TransferSyntaxUID), target.stat().st_size,
-                        checksum, str(target), now, None))
+        db.execute("INSERT OR IGNORE INTO patients (patient_key, patient_id, name, birth_date) VALUES (?,?,?,?)",
+                   (patient_key, _text(ds, "PatientID"), _text(ds, "PatientName"), _text(ds, "PatientBirthDate")))
+        db.execute("INSERT OR IGNORE INTO studies (study_uid, patient_key, date, description, accession, strategy, created, "
+                   "demo, ratio) VALUES (?,?,?,?,?,NULL,?,0,NULL)",
+                   (_text(ds, "StudyInstanceUID"), patient_key, _text(ds, "StudyDate"), _text(ds, "StudyDescription"),
+                    _text(ds, "AccessionNumber"), now))
+        db.execute("INSERT OR IGNORE INTO series (series_uid, study_uid, modality, number, description, body_part) "
+                   "VALUES (?,?,?,?,?,?)",
+                   (_text(ds, "SeriesInstanceUID"), _text(ds, "StudyInstanceUID"), _text(ds, "Modality"),
+                    _int(ds.get("SeriesNumber")), _text(ds, "SeriesDescription"), _text(ds, "BodyPartExamined")))
+        db.execute("INSERT INTO instances (sop_uid, series_uid, sop_class, number, rows, columns, frames, samples, "
+                   "bits_allocated, bits_stored, photometric, transfer_syntax, uncompressed_bytes, lossy, created) "
+                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                   (sop_uid, _text(ds, "SeriesInstanceUID"), _text(ds, "SOPClassUID"), _int(ds.get("InstanceNumber")),
+                    spec.rows, spec.columns, spec.frames, spec.samples, spec.bits_allocated, spec.bits_stored,
+                    _text(ds, "PhotometricInterpretation"), str(ds.file_meta.TransferSyntaxUID),
+                    spec.frame_bytes * spec.frames, int(is_marked_lossy(ds)), now))
+        db.execute(_INSERT_ARTIFACT.replace("INSERT OR REPLACE", "INSERT"),
+                   (sop_uid, "original", 0, "", str(ds.file_meta.TransferSyntaxUID), target.stat().st_size,
+                    checksum, str(target), now, None))
 
     # -- artifacts --------------------------------------------------------------
     def put_artifact(self, sop_uid: str, variant: str, ratio: float, codec: str, transfer_syntax: str,
@@ -233,7 +280,7 @@ class Store:
     def _index_artifact(self, sop_uid, variant, ratio, codec, transfer_syntax, path: Path, achieved_ratio) -> Artifact:
         size, checksum = path.stat().st_size, sha256_file(path)
         with self.connect() as db:
-            db.execute("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?,?,?,?,?)",
+            db.execute(_INSERT_ARTIFACT,
                        (sop_uid, variant, ratio, codec, transfer_syntax, size, checksum, str(path), time.time(), achieved_ratio))
         return Artifact(sop_uid, variant, ratio, codec, transfer_syntax, size, checksum, path, achieved_ratio)
 
@@ -263,7 +310,7 @@ class Store:
     def instance(self, sop_uid: str) -> sqlite3.Row:
         rows = self.query(
             "SELECT i.*, s.study_uid, s.modality, s.body_part, s.description AS series_description, "
-            "st.description AS study_description, st.ratio AS study_ratio, st.patient_key FROM instances i JOIN series s USING (series_uid) "
+            "st.description AS study_description, st.ratio AS study_ratio, st.lossy_codec AS study_codec, st.patient_key FROM instances i JOIN series s USING (series_uid) "
             "JOIN studies st USING (study_uid) WHERE i.sop_uid=?", (sop_uid,))
         if not rows:
             raise StoreError(f"No instance with SOP Instance UID {sop_uid} in the archive.")
@@ -272,7 +319,7 @@ class Store:
     def instances(self, study_uid: str) -> list[sqlite3.Row]:
         return self.query(
             "SELECT i.*, s.study_uid, s.modality, s.body_part, s.description AS series_description, "
-            "st.description AS study_description, st.ratio AS study_ratio, p.name AS patient_name, p.patient_id FROM instances i "
+            "st.description AS study_description, st.ratio AS study_ratio, st.lossy_codec AS study_codec, p.name AS patient_name, p.patient_id FROM instances i "
             "JOIN series s USING (series_uid) JOIN studies st USING (study_uid) JOIN patients p USING (patient_key) "
             "WHERE s.study_uid=? ORDER BY s.number, s.series_uid, i.number, i.sop_uid", (study_uid,))
 
@@ -288,7 +335,11 @@ class Store:
         return self.query(
             "SELECT st.*, p.name AS patient_name, p.patient_id, "
             "(SELECT group_concat(DISTINCT modality) FROM series s WHERE s.study_uid = st.study_uid) AS modalities, "
-            "(SELECT count(*) FROM instances i JOIN series s USING (series_uid) WHERE s.study_uid = st.study_uid) AS instances "
+            "(SELECT count(*) FROM instances i JOIN series s USING (series_uid) WHERE s.study_uid = st.study_uid) AS instances, "
+            "(SELECT min(a.achieved_ratio) FROM artifacts a JOIN instances i USING (sop_uid) JOIN series s USING (series_uid) "
+            " WHERE s.study_uid = st.study_uid AND a.variant = 'lossy') AS lossy_ratio_min, "  # achieved, not requested
+            "(SELECT max(a.achieved_ratio) FROM artifacts a JOIN instances i USING (sop_uid) JOIN series s USING (series_uid) "
+            " WHERE s.study_uid = st.study_uid AND a.variant = 'lossy') AS lossy_ratio_max "
             "FROM studies st JOIN patients p USING (patient_key) ORDER BY st.date DESC, st.study_uid")
 
     # -- policy -----------------------------------------------------------------
@@ -316,51 +367,90 @@ class Store:
             db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
                        (time.time(), user, f"strategy of study {study_uid}", json.dumps(old), json.dumps(strategy)))
 
-    def set_study_ratio(self, study_uid: str, ratio: float | None, user: str = "system") -> None:
-        """A per-study lossy ratio that overrides the clinic's modality defaults (None: follow them)."""
-        from .codecs import check_ratio
+    def set_study_ratio(self, study_uid: str, ratio: float | None, user: str = "system", codec: str | None = None) -> None:
+        """A per-study lossy ratio, with the codec it was chosen for, overriding the clinic's (None: follow them)."""
+        from .codecs import check_ratio, get_codec
 
         if ratio is not None:
             ratio = check_ratio(float(ratio), True)
-        old = self.study(study_uid)["ratio"]
+        if codec is not None:
+            get_codec(codec, True)
+        old = self.study(study_uid)
         with self.connect() as db:
-            db.execute("UPDATE studies SET ratio=? WHERE study_uid=?", (ratio, study_uid))
+            db.execute("UPDATE studies SET ratio=?, lossy_codec=? WHERE study_uid=?", (ratio, codec if ratio else None, study_uid))
             db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
-                       (time.time(), user, f"lossy ratio of study {study_uid}", json.dumps(old), json.dumps(ratio)))
+                       (time.time(), user, f"lossy ratio of study {study_uid}", json.dumps([old["lossy_codec"], old["ratio"]]),
+                        json.dumps([codec, ratio])))
 
     # -- consistency ------------------------------------------------------------
-    def check(self) -> dict:
-        """Remove rows whose file vanished and derived files no row names; index orphan originals.
+    def check(self, verify: bool = False) -> dict:
+        """Repair after a crash; safe while other processes use the archive.
 
-        An original without a row was placed just before a crash, before its
-        row was committed: it is indexed now, never deleted.
+        Rows whose derived file vanished are dropped.  Originals are compared
+        with the index (size; the SHA-256 too with *verify*) and a vanished or
+        replaced one is reported, never "repaired".  A temporary file is
+        removed only when its owner process (pid in its name) is gone, or,
+        without a pid, when nobody wrote it for :data:`QUIET_SECONDS`; a
+        derived file no row names likewise.  An original without a row was
+        placed just before a crash (or by an ingest committing right now): it is
+        indexed unless its row appeared meanwhile, and never deleted.
         """
-        report = {"orphan_files": [], "missing_files": [], "missing_originals": [], "reindexed_originals": []}
+        report = {key: [] for key in ("orphan_files", "missing_files", "missing_originals", "replaced_originals",
+                                      "reindexed_originals", "unindexed_originals", "in_flight")}
         known = set()
         for row in self.query("SELECT * FROM artifacts"):
             path = Path(row["path"])
             known.add(path)
-            if not path.exists():
-                if row["variant"] == "original":
-                    report["missing_originals"].append(row["sop_uid"])
-                    continue
+            if row["variant"] == "original":
+                self._check_original(row, path, verify, report)
+            elif not path.exists():
                 report["missing_files"].append(str(path))
                 with self.connect() as db:
-                    db.execute("DELETE FROM artifacts WHERE sop_uid=? AND variant=? AND ratio=?", (row["sop_uid"], row["variant"], row["ratio"]))
+                    db.execute("DELETE FROM artifacts WHERE sop_uid=? AND variant=? AND ratio=? AND path=?",
+                               (row["sop_uid"], row["variant"], row["ratio"], row["path"]))
         known |= {Path(r["path"]) for r in self.query("SELECT path FROM conflicts")}
+        now = time.time()
         for sub in ("originals", "artifacts", "tmp"):
-            for path in (self.root / sub).rglob("*"):
+            for path in sorted((self.root / sub).rglob("*")):
                 if not path.is_file() or path in known:
                     continue
+                owner = _owner_pid(path)
                 if sub == "originals" and path.suffix == ".dcm":
-                    from .pixels import read_dataset
-
-                    self._index_original(path, read_dataset(path), sha256_file(path))
-                    report["reindexed_originals"].append(str(path))
-                    continue
-                report["orphan_files"].append(str(path))
-                path.unlink(missing_ok=True)
+                    self._reindex(path, report)  # decided under the write lock, so safe beside a live ingest
+                elif _alive(owner) if owner is not None else _recent(path, now):
+                    report["in_flight"].append(str(path))
+                else:
+                    report["orphan_files"].append(str(path))
+                    path.unlink(missing_ok=True)
         return report
+
+    def _check_original(self, row: sqlite3.Row, path: Path, verify: bool, report: dict) -> None:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            report["missing_originals"].append(row["sop_uid"])
+            return
+        if size != row["bytes"] or verify and sha256_file(path) != row["checksum"]:
+            report["replaced_originals"].append(row["sop_uid"])
+
+    def _reindex(self, path: Path, report: dict) -> None:
+        """Index an original found without a row, unless it fails ingest's checks or its UID is taken."""
+        from .validate import read_checked
+
+        try:
+            ds = read_checked(path)
+        except RadPressError as exc:
+            report["unindexed_originals"].append(f"{path}: {exc}")
+            return
+        checksum = sha256_file(path)
+        with self.connect() as db:  # decided under the write lock: a concurrent ingest may have just committed it
+            taken = db.execute("SELECT path FROM artifacts WHERE variant='original' AND (sop_uid=? OR path=?)",
+                               (str(ds.SOPInstanceUID), str(path))).fetchone()
+            if taken is None:
+                self._index_original(db, path, ds, checksum)
+                report["reindexed_originals"].append(str(path))
+            elif Path(taken["path"]) != path:
+                report["unindexed_originals"].append(f"{path}: its SOP Instance UID is stored at {taken['path']}")
 
 
 def _refuse_original(variant: str) -> None:
@@ -378,6 +468,52 @@ def _int(value) -> int | None:
 def _artifact(row: sqlite3.Row) -> Artifact:
     return Artifact(row["sop_uid"], row["variant"], row["ratio"], row["codec"], row["transfer_syntax"], row["bytes"],
                     row["checksum"], Path(row["path"]), row["achieved_ratio"])
+
+
+def _place_new(staged: Path, target: Path) -> None:
+    """fsync a staged file and link it at *target*, which must not exist (FileExistsError): nothing is overwritten."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(staged, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.link(staged, target)
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_PID_IN_NAME = (re.compile(r"^\d+-(\d+)-"), re.compile(r"\.(\d+)-[^.]+\.part$"))
+
+
+def _owner_pid(path: Path) -> int | None:
+    """The writer's pid in a staging name (:meth:`Store.tmp_path`, :func:`core.files.atomic_writer`)."""
+    for pattern in _PID_IN_NAME:
+        match = pattern.search(path.name)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, run by another user
+        pass
+    return True
+
+
+def _recent(path: Path, now: float) -> bool:
+    try:
+        return now - path.stat().st_mtime < QUIET_SECONDS
+    except FileNotFoundError:
+        return True  # gone meanwhile: its writer finished
 
 
 def _place(staged: Path, target: Path) -> None:

@@ -1,3 +1,6 @@
+import os
+import time
+
 import numpy as np
 import pytest
 
@@ -7,7 +10,7 @@ from core.jobs import Jobs
 from core.pixels import decode_all, read_dataset
 from core.policy import Policy, ratio_for, ratio_warning
 from core.samples import sample
-from core.store import Store
+from core.store import QUIET_SECONDS, Store
 from core.verify import verify
 
 
@@ -128,6 +131,8 @@ def test_check_repairs_after_a_crash(store):
     orphan.write_bytes(b"half")
     part = store.root / "tmp" / ".x.part"
     part.write_bytes(b"half")
+    for path in (orphan, part):  # left by a crash: nobody has written them for longer than the quiet time
+        os.utime(path, (time.time() - QUIET_SECONDS - 1,) * 2)
     report = store.check()
     assert str(lossless.path) in report["missing_files"] and str(orphan) in report["orphan_files"]
     assert not orphan.exists() and not part.exists()

@@ -1,0 +1,183 @@
+"""The checks a DICOM file passes before the archive uses any of it.
+
+Everything in a file is untrusted text: UIDs name index rows (and, hashed,
+files), image headers size buffers, and pydicom parses elements lazily, so a
+broken element would otherwise fail in a job long after the upload was
+acknowledged.  Every way in (upload, ``python -m core ingest``, a network
+receiver) reaches :func:`read_checked` through :func:`core.ingest.ingest_file`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import warnings
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.tag import Tag
+
+from .errors import InvalidHeaderError, RadPressError, TruncatedError
+
+__all__ = ["UID_KEYWORDS", "check_uid", "check_identifiers", "check_image_header", "parse_all", "read_checked"]
+
+# The UIDs the archive keys rows on or reads back, with their tags for messages.
+UID_KEYWORDS = {
+    "SOPInstanceUID": "(0008,0018)",
+    "StudyInstanceUID": "(0020,000D)",
+    "SeriesInstanceUID": "(0020,000E)",
+    "SOPClassUID": "(0008,0016)",
+}
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_UID_MAX = 64
+_PIXEL_TAGS = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")}
+_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3, "YBR_FULL_422": 3,
+            "YBR_ICT": 3, "YBR_RCT": 3, "YBR_PARTIAL_420": 3}
+# What pydicom raises while converting a malformed element (bad lengths, unknown VRs, broken sequences).
+_PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError, OverflowError,
+                 LookupError, struct.error, EOFError, OSError)
+
+
+def check_uid(value, what: str) -> str:
+    """*value* as a UID of PS3.5 §9.1, or :class:`InvalidHeaderError` naming the rule it breaks.
+
+    Digits and dots only, no empty component, no leading zero in a component
+    other than "0", at most 64 characters.
+    """
+    if not isinstance(value, str):
+        kind = "several values" if isinstance(value, (list, tuple)) or hasattr(value, "__len__") else type(value).__name__
+        raise InvalidHeaderError(f"{what} is not one UID ({kind}).", hint="A UID is one value of digits and dots.")
+    shown = value[:80].encode("unicode_escape").decode("ascii")
+    if not value:
+        raise InvalidHeaderError(f"{what} is empty.")
+    if len(value) > _UID_MAX:
+        raise InvalidHeaderError(f"{what} '{shown}…' has {len(value)} characters; a UID has at most {_UID_MAX} (PS3.5 §9.1).")
+    if not _UID.fullmatch(value):
+        raise InvalidHeaderError(
+            f"{what} '{shown}' is not a valid UID: only digits and dots, no empty component and no leading "
+            "zero in a component (PS3.5 §9.1).",
+            hint="Ask the sender to fix the export; the archive never uses such text.")
+    return value
+
+
+def check_identifiers(ds: Dataset) -> None:
+    """The SOP, Study, Series and SOP Class UIDs and the Transfer Syntax UID: present and valid."""
+    for keyword, tag in UID_KEYWORDS.items():
+        if keyword not in ds or ds[keyword].value in (None, ""):
+            raise InvalidHeaderError(f"{keyword} {tag} is missing: the archive cannot file the instance.")
+        check_uid(ds[keyword].value, f"{keyword} {tag}")
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is None:
+        raise InvalidHeaderError("Transfer Syntax UID (0002,0010) is missing.")
+    check_uid(str(syntax), "Transfer Syntax UID (0002,0010)")
+
+
+def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    value = ds.get(keyword, default)
+    if value is None or value == "":
+        if default is None:
+            raise InvalidHeaderError(f"{keyword} is missing: the image cannot be read.")
+        return default
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__len__") and not isinstance(value, str)):
+        raise InvalidHeaderError(f"{keyword} has several values {list(value)}; it must have one.")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InvalidHeaderError(f"{keyword} {value!r} is not a number.") from None
+
+
+def check_image_header(ds: Dataset) -> None:
+    """Refuse image headers no image can have, before anything sizes a buffer from them."""
+    rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
+    for keyword, value in (("Rows", rows), ("Columns", columns)):
+        if not 1 <= value < 65535:
+            raise InvalidHeaderError(f"{keyword} {value} is not an image size (allowed 1-65534).")
+    samples = _int(ds, "SamplesPerPixel", 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if samples not in (1, 3):
+        raise InvalidHeaderError(f"Samples per Pixel (0028,0002) {samples} is not allowed: images have 1 or 3.")
+    if photometric in _SAMPLES and _SAMPLES[photometric] != samples:
+        raise InvalidHeaderError(f"Samples per Pixel (0028,0002) {samples} does not fit Photometric Interpretation "
+                                 f"{photometric}, which has {_SAMPLES[photometric]}.")
+    allocated = _int(ds, "BitsAllocated")
+    syntax = ds.file_meta.TransferSyntaxUID
+    if allocated == 1:
+        if syntax.is_compressed or samples != 1:
+            raise InvalidHeaderError(f"Bits Allocated (0028,0100) 1 is only allowed for uncompressed single-sample "
+                                     f"images, not {syntax.name} with {samples} sample(s).")
+    elif allocated <= 0 or allocated % 8 or allocated > 64:
+        raise InvalidHeaderError(f"Bits Allocated (0028,0100) {allocated} is not allowed: 1 or a multiple of 8 up to 64.")
+    stored = _int(ds, "BitsStored", allocated)
+    if not 1 <= stored <= allocated:
+        raise InvalidHeaderError(f"Bits Stored (0028,0101) {stored} must be 1 to Bits Allocated ({allocated}).")
+    high = _int(ds, "HighBit", stored - 1)
+    if high != stored - 1:
+        raise InvalidHeaderError(f"High Bit (0028,0102) {high} must be one less than Bits Stored ({stored}) "
+                                 "(PS3.3 C.7.6.3.1.1).")
+    if _int(ds, "PixelRepresentation", 0) not in (0, 1):
+        raise InvalidHeaderError(f"Pixel Representation (0028,0103) {ds.PixelRepresentation} is not 0 or 1.")
+    frames = _int(ds, "NumberOfFrames", 1)
+    if frames < 1:
+        raise InvalidHeaderError(f"Number of Frames (0028,0008) {frames} is not allowed: an image has at least 1.")
+    if syntax.is_compressed and "PixelData" in ds:
+        _check_fragments(ds, frames)
+
+
+def _check_fragments(ds: Dataset, frames: int) -> None:
+    """Every compressed frame takes one fragment or more, so fewer fragments than frames cannot hold them."""
+    element = ds.get_item("PixelData", keep_deferred=True)
+    value = getattr(element, "value", None)
+    if not isinstance(value, (bytes, bytearray)):
+        return  # deferred (above 64 MB): its frames are checked when tiled
+    tag, length = struct.unpack("<LL", value[:8]) if len(value) >= 8 else (0, 0)
+    if tag != 0xE000FFFE:
+        raise InvalidHeaderError("Encapsulated Pixel Data (7FE0,0010) does not start with an item: it is damaged.")
+    from pydicom.encaps import parse_fragments
+
+    try:
+        count, _ = parse_fragments(value[8 + length:])
+    except (ValueError, struct.error) as exc:
+        raise TruncatedError(f"Encapsulated Pixel Data (7FE0,0010) is damaged ({exc}).") from None
+    if count < frames:
+        raise InvalidHeaderError(f"Number of Frames (0028,0008) is {frames} but the Pixel Data holds only {count} "
+                                 "fragment(s): the declared size cannot be there.")
+
+
+def parse_all(ds: Dataset) -> None:
+    """Convert every element now (pixel data excepted), so a broken one is refused at ingest, not in a job."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _walk(ds, depth=0)
+
+
+def _walk(ds: Dataset, depth: int) -> None:
+    if depth > 32:
+        raise InvalidHeaderError("Sequences are nested more than 32 deep.")
+    for tag in list(ds.keys()):
+        if tag in _PIXEL_TAGS:
+            continue
+        value = ds[tag].value
+        if isinstance(value, Sequence):
+            for item in value:
+                _walk(item, depth + 1)
+
+
+def read_checked(path: str | os.PathLike) -> Dataset:
+    """Read a file and apply every check above; each failure is a :class:`RadPressError` with a reason."""
+    from .pixels import pixel_spec, read_dataset
+
+    try:
+        ds = read_dataset(path)
+        parse_all(ds.file_meta)
+        parse_all(ds)
+        pixel_spec(ds)  # no pixel data: refused with that reason first
+        check_identifiers(ds)
+        check_image_header(ds)
+    except RadPressError:
+        raise
+    except _PARSE_ERRORS as exc:
+        text = str(exc).split("\n")[0][:160] or type(exc).__name__
+        raise InvalidHeaderError(f"An element cannot be read: {text}.") from None
+    return ds
