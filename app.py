@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dash
 from dash import Input, Output
+from flask import request
 
 from components.shell import make_shell
 from core.auth import current_user, init_auth, secret_key
@@ -25,6 +26,7 @@ __all__ = ["create_app", "main"]
 def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = True, demo: bool | None = None) -> dash.Dash:
     """Build the app on a data directory; *run_jobs* starts the background job thread."""
     store = Store(Path(data_dir or os.environ.get("RADPRESS_DATA", "var")))
+    private(store.root)
     store.check()
     os.environ["RADPRESS_DATA"] = str(store.root)  # background-callback workers open the same archive
     jobs = Jobs(store, workers=int(os.environ.get("RADPRESS_WORKERS", "2")))
@@ -42,8 +44,9 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
         _first_admin(users, store.root)
     app = dash.Dash(__name__, use_pages=True, title="RadPress", suppress_callback_exceptions=True,
                     background_callback_manager=background_manager(store.root))
-    init_auth(app.server, users, secret_key(store.root), demo)
+    init_auth(app.server, users, secret_key(store.root), demo, callbacks=lambda: app.callback_map)
     init_archive(app.server, store, jobs, dims_config())
+    _not_found_on_error(app.server, "/_dash-component-suites/<string:package_name>/<path:fingerprinted_path>")
     app.layout = make_shell()
 
     @app.callback(Output("whoami", "children"), Input("url", "pathname"))
@@ -54,6 +57,30 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
     if run_jobs:
         jobs.start()
     return app
+
+
+def private(root: Path) -> None:
+    """The index (password hashes, patient names) and the images are for the service user only: 0700 / 0600."""
+    root.chmod(0o700)
+    for path in root.iterdir():
+        path.chmod(0o700 if path.is_dir() else 0o600)
+
+
+def _not_found_on_error(server, rule: str) -> None:
+    """Dash answers a request for a file outside its packages (``..%2f``) with an exception: make it a 404."""
+    from dash.exceptions import DependencyException
+    from werkzeug.exceptions import NotFound
+
+    endpoint = next(r.endpoint for r in server.url_map.iter_rules() if r.rule == rule)
+    view = server.view_functions[endpoint]
+
+    def guarded(*args, **kwargs):
+        try:
+            return view(*args, **kwargs)
+        except (DependencyException, KeyError, OSError) as exc:
+            raise NotFound(f"No such file in the app's packages: {request.path}") from exc
+
+    server.view_functions[endpoint] = guarded
 
 
 def dims_config() -> DimsConfig:
@@ -98,6 +125,7 @@ def __getattr__(name: str):
 
 
 def main() -> None:
+    os.umask(0o077)  # every file the service writes later is private too
     app = create_app()
     app.run(host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8050")), debug=False)
 

@@ -295,15 +295,17 @@ def thumbnail_bytes(store: Store, sop_uid: str) -> tuple[bytes, str]:
     return data, hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def study_lab(store: Store, study_uid: str, config=None, progress=None, *, refresh: bool = False) -> dict:
-    """The quality-lab sweep on a stored study, at the clinic's current ratio; cached per study and settings."""
+def study_lab(store: Store, study_uid: str, config=None, progress=None, *, refresh: bool = False,
+              sop_uids: set[str] | None = None) -> dict:
+    """The quality-lab sweep on a stored study (or the instances *sop_uids* of it), at the clinic's current ratio;
+    cached per study and settings."""
     import json
 
     from .lab import LabConfig, run_lab
 
     config = config or LabConfig()
     store.study(study_uid)
-    rows = store.instances(study_uid)
+    rows = [r for r in store.instances(study_uid) if sop_uids is None or r["sop_uid"] in sop_uids]
     if not rows:
         raise InvalidOptionError(f"Study {study_uid} has no instances.")
     policy = store.policy()

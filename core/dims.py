@@ -160,6 +160,8 @@ def _check(name: str, value, config: DimsConfig) -> None:
             check_ratio(value, True)
         except InvalidOptionError as exc:
             raise invalid(name, exc.message) from None
+    if name in ("thumbnail", "resize", "crop") and 0 in (value.width, value.height):
+        raise invalid(name, f"{value} is empty; a width or height must be at least 1")
     if name in ("thumbnail", "resize", "crop") and value.flag != "%":
         w, h = value.width or 1, value.height or 1
         if w * h > config.max_output_pixels or max(w, h) > 65_000:

@@ -15,9 +15,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
 from .archive import Forbidden, codestream_path, plan, storage_report, variant_file
-from .auth import current_user, require
+from .auth import client_address, current_user, require
 from .bundle import Member, safe_name, tar_stream, zip_stream
-from .codecs import CODECS, get_codec
+from .codecs import CODECS, check_ratio, get_codec
 from .bigimage import is_large
 from .deepzoom import Codestream, DeepZoom
 from .dims import DimsConfig, DimsError, apply_chain, expand_byoriginal, normalise, parse_chain
@@ -28,7 +28,9 @@ from .jobs import Jobs
 from .pixels import read_dataset
 from .policy import STRATEGIES, Policy, ratio_warning
 from .render import IMAGE_TYPES, encode_image, to_display, window_of
-from .store import Store
+from .store import Store, StoreError
+from .users import (access_log, authorize, readers, record_access, set_readers, study_lab_for, visible_instances,
+                    visible_jobs, visible_studies)
 
 __all__ = ["blueprint", "init_archive", "archive"]
 
@@ -45,27 +47,43 @@ def archive() -> tuple[Store, Jobs]:
     return ext["store"], ext["jobs"]
 
 
+JSON_PREFIXES = ("/api/", "/download/", "/thumbnail/", "/preview/", "/deepzoom/", "/dims/", "/_dash-")
+MAX_JOB_ID = (1 << 63) - 1
+
+
 @blueprint.app_errorhandler(RadPressError)
 def _radpress_error(exc: RadPressError):
-    return jsonify(error=str(exc)), exc.http_status
+    response = jsonify(error=str(exc))
+    response.status_code = exc.http_status
+    if exc.http_status == 401 and not request.path.startswith("/_dash-"):
+        response.headers["WWW-Authenticate"] = 'Basic realm="RadPress"'
+    return response
 
 
 @blueprint.app_errorhandler(HTTPException)
 def _http_error(exc: HTTPException):
-    if request.path.startswith(("/api/", "/download/", "/thumbnail/")):
+    if request.path.startswith(JSON_PREFIXES):
         return jsonify(error=exc.description), exc.code
     return exc
 
 
-def _check_study(store: Store, study_uid: str) -> None:
-    """The demo account sees the bundled sample studies only."""
-    user = current_user()
-    if user is not None and user.sees_only_demo and not store.study(study_uid)["demo"]:
-        raise Forbidden("The demo account can open the sample studies only.")
+@blueprint.route("/api/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+def _unknown_api(_rest):
+    """Unknown API paths answer JSON, not the app's HTML page."""
+    return jsonify(error=f"No API route {request.path}.", hint="See README.md, section HTTP."), 404
 
 
-def _check_instance(store: Store, sop_uid: str) -> None:
-    _check_study(store, store.instance(sop_uid)["study_uid"])
+def _check_study(store: Store, study_uid: str, action: str = "view") -> None:
+    authorize(store, current_user(), action, study_uid=study_uid)
+
+
+def _check_instance(store: Store, sop_uid: str, action: str = "view") -> None:
+    authorize(store, current_user(), action, sop_uid=sop_uid)
+
+
+def _logged(action: str, study_uid: str, sop_uid: str | None = None) -> None:
+    store, _ = archive()
+    record_access(store, current_user(), action, study_uid, sop_uid, client_address())
 
 
 def _row(row) -> dict:
@@ -108,8 +126,7 @@ def upload():
 @require("view")
 def studies():
     store, _ = archive()
-    demo_only = current_user().sees_only_demo
-    return jsonify([_row(r) for r in store.studies() if r["demo"] or not demo_only])
+    return jsonify(visible_studies(store, current_user()))
 
 
 @blueprint.get("/api/studies/<study_uid>")
@@ -117,19 +134,44 @@ def studies():
 def study(study_uid):
     store, _ = archive()
     _check_study(store, study_uid)
+    user = current_user()
     row = _row(store.study(study_uid))
     row["effective_strategy"] = store.study_strategy(study_uid)
+    if user.role == "admin":
+        row["readers"] = readers(store, study_uid)
     arts = {}
     for a in store.artifacts(study_uid=study_uid):
         arts.setdefault(a.sop_uid, []).append(
             {"variant": a.variant, "ratio": a.ratio, "codec": a.codec, "transfer_syntax": a.transfer_syntax,
              "bytes": a.bytes, "achieved_ratio": a.achieved_ratio})
-    row["instances"] = [dict(_row(i), artifacts=arts.get(i["sop_uid"], [])) for i in store.instances(study_uid)]
+    row["instances"] = [dict(_row(i), artifacts=arts.get(i["sop_uid"], [])) for i in visible_instances(store, user, study_uid)]
+    _logged("view", study_uid)
     return jsonify(row)
 
 
+@blueprint.put("/api/studies/<study_uid>/readers")
+@require("users")
+def put_readers(study_uid):
+    """Restrict a study to named radiologists: ``{"readers": ["name", ...]}``; null or [] opens it to every radiologist."""
+    store, _ = archive()
+    body = request.get_json(silent=True)
+    names = body.get("readers") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or "readers" not in body or not (
+            names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names))):
+        raise InvalidOptionError('Send JSON {"readers": ["user", ...]}, or null to open the study to every radiologist.')
+    return jsonify(readers=set_readers(store, study_uid, names, by=current_user().name))
+
+
+@blueprint.get("/api/access-log")
+@require("access_log")
+def get_access_log():
+    """Who viewed or downloaded which study, newest first (``?study=UID&user=NAME&limit=N``)."""
+    store, _ = archive()
+    return jsonify(access_log(store, request.args.get("study"), request.args.get("user"), _int_arg("limit", 200)))
+
+
 @blueprint.get("/api/studies/<study_uid>/storage")
-@require("view")
+@require("storage")
 def study_storage(study_uid):
     store, _ = archive()
     _check_study(store, study_uid)
@@ -137,22 +179,20 @@ def study_storage(study_uid):
 
 
 @blueprint.get("/api/storage")
-@require("view")
+@require("storage")
 def clinic_storage():
     store, _ = archive()
     return jsonify(storage_report(store))
 
 
 @blueprint.get("/api/studies/<study_uid>/lab")
-@require("view")
+@require("lab")
 def study_lab_route(study_uid):
-    from .archive import study_lab
     from .lab import LabConfig
 
     store, _ = archive()
-    _check_study(store, study_uid)
     config = LabConfig.from_text(request.args.get("codecs"), request.args.get("ratios"))
-    return jsonify(study_lab(store, study_uid, config))
+    return jsonify(study_lab_for(store, current_user(), study_uid, config))
 
 
 def _override(field: str, types: tuple[type, ...], example: str, kind: str):
@@ -170,6 +210,7 @@ def _override(field: str, types: tuple[type, ...], example: str, kind: str):
 @require("policy")
 def set_ratio(study_uid):
     store, jobs = archive()
+    _check_study(store, study_uid, "policy")
     ratio = _override("ratio", (int, float), "R", "a number")
     store.set_study_ratio(study_uid, ratio, user=current_user().name)
     return jsonify(ratio=ratio, job=jobs.submit(study_uid))
@@ -179,6 +220,7 @@ def set_ratio(study_uid):
 @require("policy")
 def set_strategy(study_uid):
     store, jobs = archive()
+    _check_study(store, study_uid, "policy")
     strategy = _override("strategy", (int,), "1-4", "a number 1-4")
     store.set_study_strategy(study_uid, strategy, user=current_user().name)
     todo = plan(store, study_uid)
@@ -220,22 +262,31 @@ def put_policy():
 @blueprint.get("/api/jobs")
 @require("view")
 def list_jobs():
-    _, jobs = archive()
-    return jsonify(jobs.list())
+    store, jobs = archive()
+    return jsonify(visible_jobs(store, current_user(), jobs.list()))
+
+
+def _job(job_id: int, action: str) -> dict:
+    """A job of a study this user may open (ids beyond SQLite's integers do not exist)."""
+    store, jobs = archive()
+    if job_id > MAX_JOB_ID:
+        raise StoreError(f"No job {job_id}.")
+    job = jobs.get(job_id)
+    _check_study(store, job["study_uid"], action)
+    return job
 
 
 @blueprint.get("/api/jobs/<int:job_id>")
 @require("view")
 def get_job(job_id):
-    _, jobs = archive()
-    return jsonify(jobs.get(job_id))
+    return jsonify(_job(job_id, "view"))
 
 
 @blueprint.post("/api/jobs/<int:job_id>/cancel")
 @require("jobs")
 def cancel_job(job_id):
     _, jobs = archive()
-    return jsonify(jobs.cancel(job_id))
+    return jsonify(jobs.cancel(_job(job_id, "jobs")["id"]))
 
 
 # -- downloads ----------------------------------------------------------------
@@ -257,9 +308,10 @@ def _lossy_header(response: Response, vf) -> None:
 @require("download")
 def download_instance(sop_uid):
     store, _ = archive()
-    _check_instance(store, sop_uid)
+    _check_instance(store, sop_uid, "download")
     variant, ratio = _variant_args()
     vf = variant_file(store, sop_uid, variant, ratio)
+    _logged("download", store.instance(sop_uid)["study_uid"], sop_uid)
     response = Response(wrap_file(request.environ, vf.stream), mimetype="application/dicom", direct_passthrough=True)
     response.headers["Content-Length"] = str(vf.size)
     response.headers["Content-Disposition"] = f'attachment; filename="{safe_name(sop_uid, "instance")}.{variant}.dcm"'
@@ -275,7 +327,7 @@ def download_instance(sop_uid):
 def _bundle_members(store: Store, study_uid: str, variant: str, ratio: float | None) -> list[Member]:
     if variant == "lossy" and not store.policy().lossy_enabled:
         raise Forbidden("Lossy images are switched off for this clinic.")
-    rows = store.instances(study_uid)
+    rows = visible_instances(store, current_user(), study_uid)
     if not rows:
         raise InvalidOptionError(f"Study {study_uid} has no instances.")
     members, used = [], set()
@@ -308,8 +360,11 @@ def download_study(study_uid, fmt):
     variant, ratio = _variant_args()
     if variant not in ("original", "lossless", "lossy"):
         raise InvalidOptionError(f"Unknown variant {variant!r}.", hint="Use original, lossless or lossy.")
-    _check_study(store, study_uid)
+    if ratio is not None:
+        check_ratio(ratio, True)  # before the first byte is streamed: an error later would cut the archive short
+    _check_study(store, study_uid, "download")
     members = _bundle_members(store, study_uid, variant, ratio)
+    _logged("download", study_uid)
     if fmt == "tar":
         body = tar_stream(members)
         mimetype = "application/x-tar"

@@ -11,6 +11,7 @@ from core.auth import current_user
 from core.codecs import CODECS, MIN_RATIO
 from core.comparison import compare_frame, difference_map, lossy_banner
 from core.context import open_store
+from core.users import authorize, record_access, visible_instances, visible_studies
 from core.errors import RadPressError
 from core.pixels import read_dataset
 from core.policy import ratio_for
@@ -30,10 +31,8 @@ def _cache() -> diskcache.Cache:
 
 def _instances(store, user):
     options = []
-    for study in store.studies():
-        if user is not None and user.sees_only_demo and not study["demo"]:
-            continue
-        for row in store.instances(study["study_uid"]):
+    for study in visible_studies(store, user):
+        for row in visible_instances(store, user, study["study_uid"]):
             options.append({"label": f"{row['patient_name']} — {row['modality']} {row['series_description'] or row['study_description'] or ''} #{row['number'] or ''}",
                             "value": row["sop_uid"]})
     return options
@@ -49,6 +48,7 @@ def layout(sop: str = "", **_query):
     if not options:
         return dbc.Alert("No studies yet: upload one on the Studies page.", color="secondary")
     sop = sop if any(o["value"] == sop for o in options) else options[0]["value"]
+    record_access(store, user, "view", store.instance(sop)["study_uid"], sop)
     controls = dbc.Row([
         dbc.Col([dbc.Label("Image"), dcc.Dropdown(id="compare-sop", options=options, value=sop, clearable=False)], md=4),
         dbc.Col([dbc.Label("Codec"), dcc.Dropdown(id="compare-codec", clearable=False, value=store.policy().lossy_codec,
@@ -95,6 +95,7 @@ def layout(sop: str = "", **_query):
           Output("compare-preset", "options"), Output("compare-ratio", "value"), Input("compare-sop", "value"))
 def pick_instance(sop):
     store = open_store()
+    authorize(store, current_user(), "view", sop_uid=sop)
     row = store.instance(sop)
     frames = row["frames"]
     presets = [{"label": "Instance's own window", "value": "instance"}, {"label": "Auto (1–99 %)", "value": "auto"}]
@@ -108,6 +109,7 @@ def pick_instance(sop):
           Input("compare-preset", "value"), Input("compare-sop", "value"), State("compare-frame", "value"))
 def pick_window(preset, sop, frame):
     store = open_store()
+    authorize(store, current_user(), "view", sop_uid=sop)
     row = store.instance(sop)
     if preset in WINDOW_PRESETS.get(row["modality"], {}):
         return WINDOW_PRESETS[row["modality"]][preset]
@@ -148,6 +150,7 @@ def pick_window(preset, sop, frame):
 def encode(set_progress, sop, frame, codec, ratio):
     """Re-encode in a background worker; shows a reduced-resolution lossy preview first."""
     store = open_store()
+    authorize(store, current_user(dash.ctx), "view", sop_uid=sop)
     set_progress((10, "encoding…", no_update))
     try:
         ds = read_dataset(store.artifact(sop, "original").path)
@@ -174,10 +177,13 @@ def encode(set_progress, sop, frame, codec, ratio):
           Input("compare-key", "data"), Input("compare-center", "value"), Input("compare-width", "value"),
           Input("compare-diff", "value"), State("compare-sop", "value"), prevent_initial_call=True)
 def render(key, center, width, diff, sop):
+    store = open_store()
+    for uid in {sop, str(key or "").split(":")[0]} - {""}:
+        authorize(store, current_user(), "view", sop_uid=uid)
     entry = _cache().get(key) if key else None
     if entry is None:
         return no_update, no_update
-    ds = read_dataset(open_store().artifact(sop, "original").path)
+    ds = read_dataset(store.artifact(sop, "original").path)
     window = (float(center), float(width)) if center is not None and width else None
     left = make_image_figure(to_display(entry["lossless"], ds, window), "lossless")
     if diff:

@@ -11,14 +11,14 @@ from plotly.subplots import make_subplots
 from core.auth import current_user
 from core.context import open_store
 from core.errors import RadPressError
-from core.users import allowed
+from core.users import allowed, authorize, study_lab_for, visible_studies
 
 dash.register_page(__name__, path="/lab", title="Quality lab — RadPress", name="Quality lab")
 
 
 def layout(uid: str = "", **_query):
     store, user = open_store(), current_user()
-    studies = [s for s in store.studies() if s["demo"] or not user.sees_only_demo]
+    studies = visible_studies(store, user)
     if not studies:
         return dbc.Alert("No studies yet: upload one on the Studies page.", color="secondary")
     uid = uid if any(s["study_uid"] == uid for s in studies) else studies[0]["study_uid"]
@@ -50,22 +50,18 @@ def layout(uid: str = "", **_query):
           cancel=[Input("lab-cancel", "n_clicks")], progress=[Output("lab-progress", "value"), Output("lab-progress", "label")],
           prevent_initial_call=True)
 def run(set_progress, _clicks, uid):
-    from core.archive import study_lab
-
     def progress(done, total):
         set_progress((100 * done / total, f"{done}/{total} encodings"))
 
     try:
-        study_lab(open_store(), uid, progress=progress)
+        study_lab_for(open_store(), current_user(dash.ctx), uid, progress=progress)
     except RadPressError as exc:
         return no_update, dbc.Alert(str(exc), color="danger")
     return uid, None
 
 
 def _result(uid):
-    from core.archive import study_lab
-
-    return study_lab(open_store(), uid)  # cached by the sweep that just ran
+    return study_lab_for(open_store(), current_user(), uid)  # cached by the sweep that just ran
 
 
 @callback(Output("lab-curves", "figure"), Output("lab-latency", "children"), Output("lab-recommendation", "children"),
@@ -129,6 +125,7 @@ def apply(clicks, uid):
     if not trigger or not any(clicks) or not allowed(user, "policy"):
         return no_update
     store, jobs = archive()
+    authorize(store, user, "policy", study_uid=uid)
     ratio = float(trigger["ratio"])
     if trigger["scope"] == "study":
         store.set_study_ratio(uid, ratio, user=user.name)

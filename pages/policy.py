@@ -13,7 +13,7 @@ from core.auth import current_user
 from core.context import open_store
 from core.errors import RadPressError
 from core.policy import RECOMMENDED_RATIOS, STRATEGIES, UPPER_BOUNDS, Policy, ratio_warning
-from core.users import allowed
+from core.users import allowed, authorize
 
 dash.register_page(__name__, path="/policy", title="Policy — RadPress", name="Policy")
 
@@ -97,6 +97,7 @@ def save(_clicks, strategy, lossy, default_ratio, banner, ratios, ids):
     if not allowed(user, "policy"):
         return dbc.Alert("Only an administrator can change the policy.", color="danger")
     store, jobs = archive()
+    authorize(store, user, "policy")
     try:
         policy = Policy.from_dict({**store.policy().to_dict(), "strategy": int(strategy), "lossy_enabled": bool(lossy),
                                    "default_ratio": float(default_ratio), "lossy_banner": banner,

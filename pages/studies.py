@@ -7,7 +7,7 @@ from dash import Input, Output, callback, dash_table, dcc, html
 from components.strategy_card import human_size
 from core.auth import current_user
 from core.context import open_store
-from core.users import allowed
+from core.users import allowed, visible_instances, visible_studies
 
 dash.register_page(__name__, path="/", title="Studies — RadPress", name="Studies")
 
@@ -52,10 +52,9 @@ def layout(**_query):
 
 def _rows(store, user):
     rows = []
-    for s in store.studies():
-        if user.sees_only_demo and not s["demo"]:
-            continue
-        arts = store.artifacts(study_uid=s["study_uid"])
+    for s in visible_studies(store, user):
+        visible = {r["sop_uid"] for r in visible_instances(store, user, s["study_uid"])}
+        arts = [a for a in store.artifacts(study_uid=s["study_uid"]) if a.sop_uid in visible]
         stored = sum(a.bytes for a in arts)
         by_variant = {}
         for a in arts:

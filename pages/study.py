@@ -10,7 +10,7 @@ from core.auth import current_user
 from core.context import open_store
 from core.errors import RadPressError
 from core.policy import STRATEGIES
-from core.users import allowed
+from core.users import allowed, authorize, record_access, visible_instances
 
 dash.register_page(__name__, path="/study", title="Study — RadPress", name="Study")
 
@@ -26,13 +26,13 @@ def _downloads(href: str, label: str, lossy_enabled: bool):
 def layout(uid: str = "", **_query):
     store, user = open_store(), current_user()
     try:
+        authorize(store, user, "view", study_uid=uid)
         study = store.study(uid)
-        if user.sees_only_demo and not study["demo"]:
-            raise RadPressError("The demo account can open the sample studies only.")
     except RadPressError as exc:
         return dbc.Alert(str(exc), color="warning")
+    record_access(store, user, "view", uid)
     policy = store.policy()
-    instances = store.instances(uid)
+    instances = visible_instances(store, user, uid)
     artifacts = {}
     for a in store.artifacts(study_uid=uid):
         artifacts.setdefault(a.sop_uid, []).append(a)
@@ -84,6 +84,7 @@ def change_strategy(value, uid):
     if not allowed(user, "policy"):
         return dbc.Alert("Only an administrator can change the strategy.", color="danger")
     store, jobs = archive()
+    authorize(store, user, "policy", study_uid=uid)
     store.set_study_strategy(uid, value or None, user=user.name)
     todo = plan(store, uid)
     if not todo.make and not todo.remove:

@@ -1,4 +1,6 @@
-"""Users (admin only): add and remove users, choose their role."""
+"""Users (admin only): add and remove users, choose their role; who viewed or downloaded which study."""
+
+import time
 
 import dash
 import dash_bootstrap_components as dbc
@@ -7,7 +9,7 @@ from dash import ALL, Input, Output, State, callback, ctx, html
 from core.auth import current_user
 from core.context import open_store
 from core.errors import RadPressError
-from core.users import ROLES, Users, allowed
+from core.users import ROLES, Users, access_log, allowed, authorize
 
 dash.register_page(__name__, path="/users", title="Users — RadPress", name="Users")
 
@@ -35,7 +37,17 @@ def layout(**_query):
             dbc.Col(dbc.Button("Add", id="new-user-add", color="primary"), md=2),
         ]))], className="mt-3"),
         html.Div(id="users-result", className="mt-2"),
+        html.H4("Access log", className="mt-4"),
+        _access_table(open_store()),
     ])
+
+
+def _access_table(store):
+    rows = [html.Tr([html.Td(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["at"]))), html.Td(a["user"]), html.Td(a["role"]),
+                     html.Td(a["action"]), html.Td(a["study_uid"], className="small"), html.Td(a["sop_uid"] or "", className="small"),
+                     html.Td(a["address"])]) for a in access_log(store, limit=100)]
+    head = html.Thead(html.Tr([html.Th(h) for h in ("When", "Who", "Role", "What", "Study", "Instance", "From")]))
+    return dbc.Table([head, html.Tbody(rows)], size="sm", id="access-log")
 
 
 @callback(Output("users-body", "children"), Output("users-result", "children"),
@@ -46,7 +58,9 @@ def change(_add, removes, name, password, role):
     user = current_user()
     if not allowed(user, "users"):
         return dash.no_update, dbc.Alert("Only an administrator can manage users.", color="danger")
-    users = Users(open_store())
+    store = open_store()
+    authorize(store, user, "users")
+    users = Users(store)
     message = None
     try:
         if ctx.triggered_id == "new-user-add":
