@@ -2,12 +2,18 @@
 
 Lossy outputs follow PS3.3 C.7.6.1.1.5 (Lossy Image Compression), C.7.6.1.1.2
 (Image Type DERIVED) and C.7.6.1.1.3 (Derivation Description, Source Image
-Sequence with purpose "Uncompressed predecessor").
+Sequence with purpose "Uncompressed predecessor", or "Lossy compressed
+predecessor" when the source was itself lossy).  Enhanced multi-frame objects
+carry the same in their functional groups: Frame Type DERIVED and a Derivation
+Image Sequence (C.7.6.16.2.6).  :func:`lossy_history` is the one reading of
+what lossy compression an image has already been through.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import dataclass
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended
@@ -27,7 +33,15 @@ from pydicom.uid import (
 from .codecs import Codec, JPEGXLLossless
 from .pixels import PixelSpec
 
-__all__ = ["LOSSLESS_SYNTAXES", "is_marked_lossy", "compressed_dataset", "derived_header", "format_ratio"]
+__all__ = [
+    "LOSSLESS_SYNTAXES",
+    "LossyHistory",
+    "is_marked_lossy",
+    "lossy_history",
+    "compressed_dataset",
+    "derived_header",
+    "format_ratio",
+]
 
 # Transfer syntaxes that can only hold exact pixels; a file in one of them
 # whose pixels differ from its source is lying.
@@ -52,6 +66,44 @@ _LOSSY_SYNTAXES = frozenset(
 )
 # Syntaxes that may hold either: the Lossy Image Compression flag decides, lossy when absent.
 _EITHER_SYNTAXES = frozenset(UID(u) for u in ("1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.112"))
+# Lossy Image Compression Method (0028,2114) defined terms, as people name them.
+METHOD_NAMES = {
+    "ISO_10918_1": "JPEG",
+    "ISO_14495_1": "JPEG-LS",
+    "ISO_15444_1": "JPEG 2000",
+    "ISO_15444_15": "HTJ2K",
+    "ISO_18181_1": "JPEG XL",
+    "ISO_13818_2": "MPEG-2",
+    "ISO_14496_10": "H.264",
+    "ISO_23008_2": "HEVC",
+}
+# The method a lossy (or lossy-capable) transfer syntax implies when the attribute is missing.
+_SYNTAX_METHODS = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",
+    "1.2.840.10008.1.2.4.91": "ISO_15444_1",
+    "1.2.840.10008.1.2.4.203": "ISO_15444_15",
+    "1.2.840.10008.1.2.4.111": "ISO_18181_1",
+    "1.2.840.10008.1.2.4.112": "ISO_18181_1",
+}
+# Purpose of Reference codes, CID 7202 (Source Image Purposes of Reference), and CID 7203.
+UNCOMPRESSED_PREDECESSOR = ("121320", "Uncompressed predecessor")
+LOSSY_COMPRESSED_PREDECESSOR = ("121330", "Lossy compressed predecessor")
+LOSSY_COMPRESSION = ("113040", "Lossy Compression")
+# Type 1C attributes whose condition is Image Type Value 1 ORIGINAL or MIXED and
+# that may not be present otherwise (as dciodvfy reads PS3.3): a DERIVED copy drops them.
+_ORIGINAL_ONLY = {
+    # Enhanced MR Image and Enhanced MR Color Image: MR Pulse Sequence (C.8.13.4) and Bulk Motion Synchronization.
+    sop: (
+        "PulseSequenceName", "MRAcquisitionType", "EchoPulseSequence", "MultiPlanarExcitation", "PhaseContrast",
+        "TimeOfFlightContrast", "SteadyStatePulseSequence", "EchoPlanarPulseSequence", "SaturationRecovery",
+        "SpectrallySelectedSuppression", "OversamplingPhase", "GeometryOfKSpaceTraversal",
+        "RectilinearPhaseEncodeReordering", "SegmentedKSpaceTraversal", "CoverageOfKSpace",
+        "NumberOfKSpaceTrajectories", "BulkMotionCompensationTechnique",
+    )
+    for sop in ("1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.3")
+}
 # Basic Offset Table offsets are 32-bit: beyond this the Extended Offset Table is needed.
 BOT_LIMIT = 2**32 - 1
 
@@ -67,6 +119,120 @@ def is_marked_lossy(ds: Dataset) -> bool:
     meta = getattr(ds, "file_meta", None)
     uid = meta.get("TransferSyntaxUID") if meta is not None else None
     return flag == "01" or uid in _LOSSY_SYNTAXES or (uid in _EITHER_SYNTAXES and flag != "00")
+
+
+@dataclass(frozen=True)
+class LossyHistory:
+    """The lossy compression an image has been through before (empty when none).
+
+    *cumulative_ratio* is the product of the ratios in Lossy Image Compression
+    Ratio (0028,2112), or, when the file names none but is held in a lossy
+    transfer syntax, its uncompressed size over its pixel data; None when unknown.
+    """
+
+    lossy: bool = False
+    methods: tuple[str, ...] = ()
+    ratios: tuple[float, ...] = ()
+    cumulative_ratio: float | None = None
+
+    @property
+    def method_names(self) -> str:
+        names = [METHOD_NAMES.get(m, m) for m in self.methods]
+        return " then ".join(dict.fromkeys(names)) or "method unknown"
+
+    @property
+    def label(self) -> str:
+        """E.g. "JPEG 2000, 18:1" (empty when not lossy)."""
+        if not self.lossy:
+            return ""
+        ratio = f"{format_ratio(self.cumulative_ratio)}:1" if self.cumulative_ratio else "ratio unknown"
+        return f"{self.method_names}, {ratio}"
+
+    @property
+    def compressed(self) -> str:
+        """What the UI shows: "compressed 18:1" (or that the ratio is unknown)."""
+        return f"compressed {format_ratio(self.cumulative_ratio)}:1" if self.cumulative_ratio else "compressed, ratio unknown"
+
+    def header(self) -> str | None:
+        """The X-Lossy-Compression value for anything made from this image, None when never lossy."""
+        if not self.lossy:
+            return None
+        ratio = format_ratio(self.cumulative_ratio) if self.cumulative_ratio else "unknown"
+        methods = "\\".join(self.methods) or "unknown"
+        return f"ratio={ratio}; method={methods}"
+
+    def then(self, ratio: float | None, method: str) -> "LossyHistory":
+        """This history followed by one more lossy compression at *ratio*."""
+        cumulative = self.cumulative_ratio if self.lossy else 1.0
+        total = cumulative * ratio if cumulative and ratio else None
+        return LossyHistory(True, (*self.methods, method), (*self.ratios, *(() if ratio is None else (ratio,))), total)
+
+    def to_dict(self) -> dict:
+        return {"lossy": self.lossy, "lossy_methods": list(self.methods), "lossy_ratios": list(self.ratios),
+                "lossy_ratio": self.cumulative_ratio, "lossy_label": self.label}
+
+    def to_index(self) -> tuple[int, float | None, str]:
+        """(lossy, cumulative ratio, methods) as the index's instances row keeps them."""
+        return int(self.lossy), self.cumulative_ratio, "\\".join(self.methods)
+
+    @classmethod
+    def from_index(cls, row) -> "LossyHistory":
+        """Read back what :meth:`to_index` stored (rows indexed before the columns existed have only the flag)."""
+        keys = row.keys()
+        if not row["lossy"]:
+            return cls()
+        methods = tuple(m for m in ((row["lossy_methods"] if "lossy_methods" in keys else "") or "").split("\\") if m)
+        ratio = row["lossy_ratio"] if "lossy_ratio" in keys else None
+        return cls(True, methods, (), ratio)
+
+
+def _floats(value) -> tuple[float, ...]:
+    if value in (None, ""):
+        return ()
+    values = [value] if isinstance(value, (str, int, float)) else list(value)
+    out = []
+    for v in values:
+        try:
+            number = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number) and number > 0:
+            out.append(number)
+    return tuple(out)
+
+
+def _strings(value) -> tuple[str, ...]:
+    if value in (None, ""):
+        return ()
+    values = [value] if isinstance(value, str) else list(value)
+    return tuple(str(v).strip() for v in values if str(v).strip())
+
+
+def lossy_history(ds: Dataset) -> LossyHistory:
+    """What lossy compression *ds* says (or its transfer syntax implies) it went through."""
+    if not is_marked_lossy(ds):
+        return LossyHistory()
+    methods = _strings(ds.get("LossyImageCompressionMethod"))
+    ratios = _floats(ds.get("LossyImageCompressionRatio"))
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if not methods and syntax in _SYNTAX_METHODS:
+        methods = (_SYNTAX_METHODS[syntax],)
+    cumulative = math.prod(ratios) if ratios else _stored_ratio(ds, syntax)
+    return LossyHistory(True, methods, ratios, cumulative)
+
+
+def _stored_ratio(ds: Dataset, syntax: str) -> float | None:
+    """Uncompressed size over the encapsulated pixel data of a file in a lossy syntax."""
+    if syntax not in _LOSSY_SYNTAXES | _EITHER_SYNTAXES or "PixelData" not in ds:
+        return None
+    from .pixels import pixel_spec
+
+    try:
+        stored = len(ds.PixelData)
+        return pixel_spec(ds).frame_bytes * pixel_spec(ds).frames / stored if stored else None
+    except Exception:  # an unreadable header leaves the ratio unknown, never the flag
+        return None
 
 
 def compressed_dataset(
@@ -131,24 +297,82 @@ def _code(value: str, meaning: str) -> Dataset:
     return item
 
 
+def _derived(values) -> list[str]:
+    """Image Type / Frame Type with Value 1 DERIVED, the other values kept."""
+    values = list(_strings(values)) or ["DERIVED", "SECONDARY"]
+    return ["DERIVED", *values[1:]] if len(values) > 1 else ["DERIVED", "SECONDARY"]
+
+
+def _extended(sequence, item: Dataset) -> Sequence:
+    """An existing sequence with one more item: earlier references are kept, never replaced."""
+    return Sequence([*(sequence or []), item])
+
+
+def _reference(source: Dataset, purpose: tuple[str, str], frame: int | None = None) -> Dataset:
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if frame is not None:
+        reference.ReferencedFrameNumber = frame
+    reference.PurposeOfReferenceCodeSequence = Sequence([_code(*purpose)])
+    return reference
+
+
+def _evidence(source: Dataset) -> Dataset:
+    """The source as a Hierarchical SOP Instance Reference (Source Image Evidence of an Enhanced image)."""
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = source.SOPClassUID
+    instance.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    series = Dataset()
+    series.SeriesInstanceUID = source.SeriesInstanceUID
+    series.ReferencedSOPSequence = Sequence([instance])
+    study = Dataset()
+    study.StudyInstanceUID = source.StudyInstanceUID
+    study.ReferencedSeriesSequence = Sequence([series])
+    return study
+
+
 def _mark_lossy(out: Dataset, source: Dataset, codec: Codec, ratio: float) -> None:
     text = format_ratio(ratio)
     out.LossyImageCompression = "01"
     _append(out, "LossyImageCompressionRatio", text)
     _append(out, "LossyImageCompressionMethod", codec.method)
+    out.ImageType = _derived(source.get("ImageType"))
 
-    image_type = list(source.get("ImageType", []) or []) or ["DERIVED", "SECONDARY"]
-    image_type[0] = "DERIVED"
-    out.ImageType = image_type
-
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = source.SOPClassUID
-    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    reference.PurposeOfReferenceCodeSequence = Sequence([_code("121320", "Uncompressed predecessor")])
-    out.SourceImageSequence = Sequence([reference])
-    out.DerivationCodeSequence = Sequence([_code("113040", "Lossy Compression")])
-
+    purpose = LOSSY_COMPRESSED_PREDECESSOR if is_marked_lossy(source) else UNCOMPRESSED_PREDECESSOR
     description = f"Lossy compression {codec.label} ({codec.method}), ratio {text}:1"
-    previous = str(source.get("DerivationDescription", "") or "").strip()
-    out.DerivationDescription = f"{previous}; {description}"[-1024:] if previous else description
+    shared = list(out.get("SharedFunctionalGroupsSequence") or [])
+    per_frame = list(out.get("PerFrameFunctionalGroupsSequence") or [])
+    if shared or per_frame:
+        _mark_functional_groups(shared, per_frame, source, purpose, description)
+        out.SourceImageEvidenceSequence = _extended(out.get("SourceImageEvidenceSequence"), _evidence(source))
+    else:
+        out.SourceImageSequence = _extended(out.get("SourceImageSequence"), _reference(source, purpose))
+        out.DerivationCodeSequence = _extended(out.get("DerivationCodeSequence"), _code(*LOSSY_COMPRESSION))
+        previous = str(source.get("DerivationDescription", "") or "").strip()
+        out.DerivationDescription = f"{previous}; {description}"[-1024:] if previous else description
+    for keyword in _ORIGINAL_ONLY.get(str(source.get("SOPClassUID", "")), ()):
+        out.pop(keyword, None)
     out.SOPInstanceUID = generate_uid()
+
+
+def _mark_functional_groups(shared: list, per_frame: list, source: Dataset, purpose, description: str) -> None:
+    """Frame Type DERIVED in every functional group; one more Derivation Image Sequence item.
+
+    The derivation goes where the source keeps it (Shared, referring to all
+    frames), else in each frame's group, referring to the same frame of the source.
+    """
+    for group in shared + per_frame:
+        for element in group:
+            if element.VR == "SQ":
+                for item in element.value:
+                    if "FrameType" in item:
+                        item.FrameType = _derived(item.FrameType)
+    in_shared = not per_frame or (shared and "DerivationImageSequence" in shared[0])
+    targets = [(shared[0], None)] if in_shared else [(group, index + 1) for index, group in enumerate(per_frame)]
+    for group, frame in targets:
+        derivation = Dataset()
+        derivation.DerivationDescription = description
+        derivation.DerivationCodeSequence = Sequence([_code(*LOSSY_COMPRESSION)])
+        derivation.SourceImageSequence = Sequence([_reference(source, purpose, frame)])
+        group.DerivationImageSequence = _extended(group.get("DerivationImageSequence"), derivation)
