@@ -110,7 +110,7 @@ def _admit(store: Store, staged: Path, name: str) -> IngestResult:
         ds = read_checked(staged)
         status = store.add_original(staged, ds, name)
     except RadPressError as exc:
-        return IngestResult(name, "rejected", _reason(exc))
+        return IngestResult(name, "rejected", _reason(exc, staged))
     finally:
         staged.unlink(missing_ok=True)
     return IngestResult(name, status, "", str(ds.SOPInstanceUID), str(ds.StudyInstanceUID))
@@ -131,11 +131,12 @@ def _archive_magic(path: Path) -> bool:
     return head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or head[257:262] == b"ustar"
 
 
-def _reason(exc: RadPressError) -> str:
+def _reason(exc: RadPressError, staged: Path) -> str:
+    """"kind: detail", without the staging file's name (the user knows the file by its own name)."""
     kinds = {NotDicomError: "not DICOM", TruncatedError: "truncated", NoPixelDataError: "no pixel data",
              UnsupportedError: "unsupported", InvalidHeaderError: "invalid"}
     label = next((v for k, v in kinds.items() if isinstance(exc, k)), "unreadable")
-    detail = exc.message.split(": ", 1)[-1] if ": " in exc.message else exc.message
+    detail = exc.message.removeprefix(f"{staged}: ")
     return f"{label}: {detail}"
 
 

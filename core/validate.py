@@ -14,7 +14,9 @@ import re
 import struct
 import warnings
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
@@ -36,7 +38,7 @@ _SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "Y
             "YBR_ICT": 3, "YBR_RCT": 3, "YBR_PARTIAL_420": 3}
 # What pydicom raises while converting a malformed element (bad lengths, unknown VRs, broken sequences).
 _PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError, OverflowError,
-                 LookupError, struct.error, EOFError, OSError)
+                 LookupError, struct.error, EOFError, OSError, BytesLengthException)
 
 
 def check_uid(value, what: str) -> str:
@@ -145,23 +147,34 @@ def _check_fragments(ds: Dataset, frames: int) -> None:
                                  "fragment(s): the declared size cannot be there.")
 
 
-def parse_all(ds: Dataset) -> None:
-    """Convert every element now (pixel data excepted), so a broken one is refused at ingest, not in a job."""
+def parse_all(ds: Dataset, file_size: int | None = None) -> None:
+    """Convert every element now (pixel data excepted), so a broken one is refused at ingest, not in a job.
+
+    An element whose declared length runs past the end of its data (pydicom
+    silently reads fewer bytes) is a cut-short file.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _walk(ds, depth=0)
+        _walk(ds, file_size, depth=0)
 
 
-def _walk(ds: Dataset, depth: int) -> None:
+def _walk(ds: Dataset, file_size: int | None, depth: int) -> None:
     if depth > 32:
         raise InvalidHeaderError("Sequences are nested more than 32 deep.")
     for tag in list(ds.keys()):
+        raw = ds.get_item(tag, keep_deferred=True)
+        if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF:
+            have = len(raw.value) if raw.value is not None else \
+                file_size - raw.value_tell if file_size is not None and raw.value_tell is not None else raw.length
+            if have < raw.length:
+                raise TruncatedError(f"Element {tag} declares {raw.length} bytes but only {have} follow: "
+                                     "the file is cut short or the length is wrong.")
         if tag in _PIXEL_TAGS:
             continue
         value = ds[tag].value
         if isinstance(value, Sequence):
             for item in value:
-                _walk(item, depth + 1)
+                _walk(item, file_size, depth + 1)
 
 
 def read_checked(path: str | os.PathLike) -> Dataset:
@@ -169,9 +182,15 @@ def read_checked(path: str | os.PathLike) -> Dataset:
     from .pixels import pixel_spec, read_dataset
 
     try:
-        ds = read_dataset(path)
+        try:
+            ds = read_dataset(path)
+        except TruncatedError:
+            header = read_dataset(path, pixels=False)
+            if "Rows" in header:  # a header no image can have is the better reason than the size it implies
+                check_image_header(header)
+            raise
         parse_all(ds.file_meta)
-        parse_all(ds)
+        parse_all(ds, os.path.getsize(path))
         pixel_spec(ds)  # no pixel data: refused with that reason first
         check_identifiers(ds)
         check_image_header(ds)

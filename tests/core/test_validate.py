@@ -1,0 +1,147 @@
+import struct
+
+import pytest
+
+from core.errors import InvalidHeaderError, RadPressError, TruncatedError
+from core.ingest import ingest
+from core.store import Store
+from core.validate import check_uid, read_checked
+from tests.synthetic import KINDS, make_dataset, write, write_kind
+
+VALID_UIDS = ["0", "1.2.840.10008.1.2.1", "2.25.329800735698586629295641978511506172918", "1.0.3", "9" * 64]
+INVALID_UIDS = {
+    "traversal": "../57/1.2.3",
+    "absolute": "/etc/passwd",
+    "dot-dot": "1..2",
+    "leading zero": "1.02.3",
+    "leading dot": ".1.2",
+    "trailing dot": "1.2.",
+    "NUL inside": "1.2\x00.3",
+    "letters": "1.2.abc",
+    "65 characters": "1" * 65,
+    "300 characters": "1." * 150,
+    "backslash": "1.2\\3",
+    "space": "1.2 3",
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("uid", VALID_UIDS)
+def test_valid_uids_pass(uid):
+    assert check_uid(uid, "SOP Instance UID") == uid
+
+
+@pytest.mark.parametrize("case", INVALID_UIDS, ids=str)
+def test_invalid_uids_name_the_rule(case):
+    with pytest.raises(InvalidHeaderError) as err:
+        check_uid(INVALID_UIDS[case], "SOP Instance UID (0008,0018)")
+    assert "SOP Instance UID (0008,0018)" in str(err.value) and err.value.http_status == 422
+
+
+def test_several_values_are_not_one_uid():
+    with pytest.raises(InvalidHeaderError, match="not one UID"):
+        check_uid(["1.2", "1.3"], "Study Instance UID")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_synthetic_kind_passes(kind, tmp_path):
+    ds = read_checked(write_kind(kind, tmp_path))
+    assert ds.SOPInstanceUID
+
+
+def _mutated(tmp_path, **changes):
+    ds = make_dataset(rows=16, columns=16)
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return write(ds, tmp_path / "bad.dcm")
+
+
+# keyword changes -> a word the reason must contain
+ABSURD_HEADERS = {
+    "rows 0": (dict(Rows=0), "Rows 0"),
+    "rows 65535": (dict(Rows=65535), "Rows 65535"),
+    "columns 0": (dict(Columns=0), "Columns 0"),
+    "columns 65535": (dict(Columns=65535), "Columns 65535"),
+    "bits allocated 0": (dict(BitsAllocated=0), "Bits Allocated"),
+    "bits allocated 7": (dict(BitsAllocated=7, BitsStored=7, HighBit=6), "Bits Allocated (0028,0100) 7"),
+    "bits allocated 12": (dict(BitsAllocated=12), "Bits Allocated (0028,0100) 12"),
+    "bits allocated 1 with colour": (dict(BitsAllocated=1, BitsStored=1, HighBit=0, SamplesPerPixel=3,
+                                          PhotometricInterpretation="RGB"), "Bits Allocated (0028,0100) 1"),
+    "frames 0": (dict(NumberOfFrames=0), "Number of Frames (0028,0008) 0"),
+    "frames -1": (dict(NumberOfFrames=-1), "Number of Frames (0028,0008) -1"),
+    "frames 10^9": (dict(NumberOfFrames=10 ** 9), "1000000000 frame(s)"),
+    "samples 0": (dict(SamplesPerPixel=0), "Samples per Pixel (0028,0002) 0"),
+    "samples 2": (dict(SamplesPerPixel=2), "Samples per Pixel (0028,0002) 2"),
+    "samples 4": (dict(SamplesPerPixel=4), "Samples per Pixel (0028,0002) 4"),
+    "samples 3 for monochrome": (dict(SamplesPerPixel=3), "does not fit"),
+    "high bit beyond bits stored": (dict(HighBit=14), "High Bit (0028,0102) 14"),
+    "bits stored beyond allocated": (dict(BitsStored=17, HighBit=16), "Bits Stored (0028,0101) 17"),
+    "pixel data too short": (dict(Rows=64), "cut short"),
+    "no study uid": (dict(StudyInstanceUID=None), "StudyInstanceUID (0020,000D) is missing"),
+    "sop uid with traversal": (dict(SOPInstanceUID="../57/1.2.3"), "not a valid UID"),
+    "series uid too long": (dict(SeriesInstanceUID="1." * 40 + "1"), "at most 64"),
+    "sop class with letters": (dict(SOPClassUID="1.2.x"), "SOPClassUID (0008,0016)"),
+}
+
+
+@pytest.mark.parametrize("case", ABSURD_HEADERS, ids=str)
+def test_absurd_headers_are_rejected_at_ingest_with_a_reason(case, tmp_path):
+    changes, words = ABSURD_HEADERS[case]
+    path = _mutated(tmp_path, **changes)
+    with pytest.raises(RadPressError) as err:
+        read_checked(path)
+    assert words in str(err.value)
+    store = Store(tmp_path / "data")
+    [result] = ingest(store, [path])
+    assert result.status == "rejected" and words in result.reason
+    assert not list((store.root / "originals").rglob("*")) and not list((store.root / "tmp").iterdir())
+    assert not store.studies()
+
+
+def test_compressed_frames_beyond_the_fragments_are_refused(tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = make_dataset(rows=16, columns=16)
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\0" * 60])  # one frame's fragment
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.NumberOfFrames = 10 ** 9
+    with pytest.raises(InvalidHeaderError, match="only 1 fragment"):
+        read_checked(write(ds, tmp_path / "c.dcm"))
+
+
+def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    if vr in (b"OB", b"SQ", b"UN"):
+        return struct.pack("<HH2sHL", group, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+# raw bytes appended after a valid file's pixel data (a private group sorts last) -> the error type
+BROKEN_ELEMENTS = {
+    "unknown VR": (_element(0x7FE1, 0x0010, b"ZZ", b"ab"), InvalidHeaderError),
+    "value shorter than its length": (struct.pack("<HH2sH", 0x7FE1, 0x0010, b"LO", 200) + b"ab", TruncatedError),
+    "huge length past the end": (struct.pack("<HH2sHL", 0x7FE1, 0x1000, b"OB", 0, 0x7FFFFFF0) + b"ab", TruncatedError),
+    "sequence without delimiter": (struct.pack("<HH2sHL", 0x7FE1, 0x1001, b"SQ", 0, 0xFFFFFFFF)
+                                   + struct.pack("<HHL", 0xFFFE, 0xE000, 20) + b"\x10\x00\x10\x00PN\x20\x00abc",
+                                   TruncatedError),
+    "sequence of garbage": (_element(0x7FE1, 0x1001, b"SQ", b"garbage garbage!"), TruncatedError),
+    "US of 3 bytes": (_element(0x7FE1, 0x0010, b"LO", b"x ") + _element(0x7FE1, 0x1002, b"US", b"abc"),
+                      InvalidHeaderError),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_ELEMENTS, ids=str)
+def test_parse_errors_are_rejections(case, tmp_path):
+    tail, error = BROKEN_ELEMENTS[case]
+    good = write(make_dataset(rows=8, columns=8), tmp_path / "good.dcm")
+    path = tmp_path / "broken.dcm"
+    path.write_bytes(good.read_bytes() + tail)
+    with pytest.raises(error):
+        read_checked(path)
+    store = Store(tmp_path / "data")
+    [result] = ingest(store, [path, ])
+    assert result.status == "rejected" and result.reason
+    assert not store.studies() and not list((store.root / "tmp").iterdir())
