@@ -21,7 +21,7 @@ from .compress import compress
 from .errors import InvalidOptionError, RadPressError
 from .files import atomic_writer
 from .pixels import read_dataset
-from .policy import Policy, get_strategy, ratio_for
+from .policy import Policy, get_strategy, lossy_setting
 from .render import thumbnail_png
 from .store import Artifact, Store
 
@@ -52,10 +52,8 @@ class Plan:
 
 
 def _ratio(policy: Policy, row) -> float:
-    """The study's own ratio when one was set, else the clinic's for this modality."""
-    if row["study_ratio"]:
-        return float(row["study_ratio"])
-    return ratio_for(policy, row["modality"] or "", row["body_part"] or "", row["study_description"] or "")
+    """The study's own ratio when one was set, else the clinic's for this modality; never above the CAR bound."""
+    return lossy_setting(policy, row).ratio
 
 
 def wanted_for(policy: Policy, strategy: int, row) -> set[Wanted]:
@@ -65,7 +63,8 @@ def wanted_for(policy: Policy, strategy: int, row) -> set[Wanted]:
         if variant == "lossless":
             wanted.add(Wanted(row["sop_uid"], "lossless", 0, policy.lossless_codec))
         elif variant == "lossy" and policy.lossy_enabled:
-            wanted.add(Wanted(row["sop_uid"], "lossy", _ratio(policy, row), policy.lossy_codec))
+            setting = lossy_setting(policy, row)  # codec and ratio chosen together
+            wanted.add(Wanted(row["sop_uid"], "lossy", setting.ratio, setting.codec))
         elif variant == "thumbnail":
             wanted.add(Wanted(row["sop_uid"], "thumbnail", 0, "png"))
     return wanted
@@ -87,7 +86,7 @@ def _encode(original: Path, variant: str, ratio: float, codec: str) -> tuple[byt
     ds = read_dataset(original)
     if variant == "thumbnail":
         return thumbnail_png(ds, THUMBNAIL_SIZE), "", None
-    result = compress(ds, codec, "lossy" if variant == "lossy" else "lossless", ratio or None)
+    result = compress(ds, codec, "lossy" if variant == "lossy" else "lossless", ratio or None, over_bound="cap")
     buffer = io.BytesIO()
     result.dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue(), str(result.codec.transfer_syntax), result.ratio
@@ -196,7 +195,7 @@ def variant_file(store: Store, sop_uid: str, variant: str, ratio: float | None =
     if variant == "original":
         return VariantFile(open(original.path, "rb"), original.checksum[:32], original.bytes, original.transfer_syntax, False)
     lossy = variant == "lossy"
-    codec = policy.lossy_codec if lossy else policy.lossless_codec
+    codec = lossy_setting(policy, row).codec if lossy else policy.lossless_codec
     ratio = check_ratio(float(ratio) if ratio else _ratio(policy, row), True) if lossy else 0.0
     method = get_codec(codec, True).method if lossy else None
     art = store.artifact(sop_uid, variant, ratio)
@@ -309,15 +308,16 @@ def study_lab(store: Store, study_uid: str, config=None, progress=None, *, refre
     if not rows:
         raise InvalidOptionError(f"Study {study_uid} has no instances.")
     policy = store.policy()
-    current = _ratio(policy, rows[0])
+    setting = lossy_setting(policy, rows[0])
+    current = setting.ratio
     key = "lab:" + hashlib.sha256(json.dumps([study_uid, [r["sop_uid"] for r in rows], repr(config), current,
-                                              policy.lossy_codec]).encode()).hexdigest()
+                                              setting.codec]).encode()).hexdigest()
     cache = _cache(store)
     if not refresh and (hit := cache.get(key)) is not None:
         return hit
     datasets = [read_dataset(store.artifact(r["sop_uid"], "original").path) for r in rows]
     study = store.study(study_uid)
-    result = run_lab(datasets, config, current_ratio=current, current_codec=policy.lossy_codec,
+    result = run_lab(datasets, config, current_ratio=current, current_codec=setting.codec,
                      label=f"{study['patient_name']} {study['description'] or ''}".strip(), progress=progress)
     result["study_uid"] = study_uid
     cache.set(key, result)

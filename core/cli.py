@@ -94,7 +94,7 @@ def cmd_compress(args) -> int:
         try:
             start = time.perf_counter()
             ds = read_dataset(source)
-            result = compress(ds, args.codec, args.mode, ratio)
+            result = compress(ds, args.codec, args.mode, ratio, over_bound="refuse")
             target = _output_path(out_dir, source, result.codec.name, args.mode, ratio)
             if target.resolve() in inputs:
                 raise InvalidOptionError(f"Refusing to overwrite the input file {target}.", hint="Choose another --out folder.")
@@ -103,6 +103,9 @@ def cmd_compress(args) -> int:
             _fail(f"{source}: {exc}" if str(source) not in str(exc) else str(exc))
             status = EXIT_BAD_INPUT
             continue
+        outcome = result.outcome
+        if outcome and outcome.warning:  # never silently on the other side of the target
+            print(f"warning: {source}: {outcome.warning}", file=sys.stderr)
         rows.append(
             {
                 "file": str(source),
@@ -112,6 +115,10 @@ def cmd_compress(args) -> int:
                 "transfer_syntax": str(result.codec.transfer_syntax),
                 "transfer_syntax_name": result.codec.label,
                 "target_ratio": ratio,
+                "achieved_ratio": round(result.ratio, 3),
+                "target_reached": outcome.reached if outcome else None,
+                "reason": outcome.reason if outcome else None,
+                "upper_bound": result.upper_bound,
                 "ratio": round(result.ratio, 3),
                 "uncompressed_bytes": result.uncompressed_bytes,
                 "compressed_bytes": result.compressed_bytes,
@@ -127,7 +134,9 @@ def cmd_compress(args) -> int:
         for r in rows:
             print(
                 f"{r['file']} -> {r['output']}: {r['codec']} {r['mode']}, {r['transfer_syntax']} "
-                f"({r['transfer_syntax_name']}), ratio {r['ratio']:.2f}:1, {r['seconds']:.3f} s"
+                f"({r['transfer_syntax_name']}), ratio {r['ratio']:.2f}:1"
+                + ("" if r["target_ratio"] is None else f" (target {r['target_ratio']:g}:1 {'reached' if r['target_reached'] else 'NOT reached'})")
+                + f", {r['seconds']:.3f} s"
             )
     return status
 

@@ -17,24 +17,27 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable
 
 from .archive import Wanted, make_artifact, plan
+from .compress import artifact_warning
 from .errors import RadPressError
 from .store import Store, StoreError
 
 __all__ = ["Jobs"]
 
 
-def _make_for_instance(root: str, wanted: list[Wanted]) -> tuple[int, str | None, float]:
-    """Worker: make one instance's missing artifacts; returns (bytes written, error, worker peak RSS in MB)."""
+def _make_for_instance(root: str, wanted: list[Wanted]) -> tuple[int, str | None, float, str | None]:
+    """Worker: make one instance's missing artifacts; returns (bytes written, error, worker peak RSS in MB, warning)."""
     store = Store(root)
-    written, error = 0, None
+    written, error, warning = 0, None, None
     try:
         for item in wanted:
-            written += make_artifact(store, item).bytes
+            artifact = make_artifact(store, item)
+            written += artifact.bytes
+            warning = artifact_warning(store.instance(item.sop_uid), artifact) or warning
     except RadPressError as exc:
         error = str(exc)
     except Exception as exc:  # noqa: BLE001 - one bad instance must not stop the job
         error = f"internal error: {type(exc).__name__}: {exc}"
-    return written, error, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return written, error, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, warning
 
 
 class Jobs:
@@ -84,6 +87,8 @@ class Jobs:
         job["mb_per_s"] = job["bytes"] / 1e6 / elapsed if elapsed > 0 else 0.0
         job["errors"] = [dict(e) for e in self.store.query(
             "SELECT sop_uid, error FROM job_items WHERE job_id=? AND state='failed'", (job["id"],))]
+        job["warnings"] = [dict(w) for w in self.store.query(
+            "SELECT sop_uid, warning FROM job_items WHERE job_id=? AND warning IS NOT NULL", (job["id"],))]
         return job
 
     # -- running --------------------------------------------------------------
@@ -133,9 +138,10 @@ class Jobs:
                 finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in finished:
                     sop = pending.pop(future)
-                    written, error, rss = future.result()
+                    written, error, rss, warning = future.result()
                     with self.store.connect() as db:
-                        db.execute("INSERT OR REPLACE INTO job_items VALUES (?,?,?,?)", (job_id, sop, "failed" if error else "done", error))
+                        db.execute("INSERT OR REPLACE INTO job_items (job_id, sop_uid, state, error, warning) VALUES (?,?,?,?,?)",
+                                   (job_id, sop, "failed" if error else "done", error, warning))
                         column = "failed" if error else "done"
                         db.execute(f"UPDATE jobs SET {column}={column}+1, bytes=bytes+?, peak_rss_mb=max(peak_rss_mb, ?) WHERE id=?",
                                    (written, rss, job_id))

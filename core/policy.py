@@ -19,7 +19,12 @@ __all__ = [
     "RECOMMENDED_RATIOS",
     "UPPER_BOUNDS",
     "VARIANTS",
+    "LossySetting",
+    "codec_for",
     "ratio_for",
+    "lossy_setting",
+    "upper_bound",
+    "check_bound",
     "ratio_warning",
 ]
 
@@ -100,6 +105,9 @@ class Policy:
     ratios: dict[str, float] = field(default_factory=lambda: {_key(k): v for k, v in RECOMMENDED_RATIOS.items()})
     lossless_codec: str = "j2k"
     lossy_codec: str = "j2k"
+    # A ratio is chosen for one codec (the lab measures codec and ratio together):
+    # keys of ``ratios`` whose ratio was chosen for another codec than lossy_codec.
+    lossy_codecs: dict[str, str] = field(default_factory=dict)
     lossy_banner: str = "LOSSY — compressed {ratio}:1 ({codec}, {method}) — not for primary diagnosis"  # clinic's wording
 
     def validated(self) -> "Policy":
@@ -108,6 +116,8 @@ class Policy:
             raise InvalidOptionError("The lossy banner must show the ratio.", hint="Keep {ratio} in the wording.")
         get_codec(self.lossless_codec, False)
         get_codec(self.lossy_codec, True)
+        for codec in self.lossy_codecs.values():
+            get_codec(codec, True)
         for key, value in {"default": self.default_ratio, **self.ratios}.items():
             if not MIN_RATIO <= float(value) <= MAX_RATIO:
                 raise InvalidOptionError(
@@ -128,20 +138,79 @@ def _key(key: tuple[str, str]) -> str:
     return f"{key[0]} {key[1]}".strip()
 
 
+def _keys(modality: str, body_part: str, description: str) -> tuple[str, str]:
+    return _key((modality, anatomy(body_part, description))), modality
+
+
 def ratio_for(policy: Policy, modality: str, body_part: str = "", description: str = "") -> float:
     """The clinic's ratio for an image: modality + anatomy, then modality, then the clinic default."""
-    region = anatomy(body_part, description)
-    for key in (_key((modality, region)), modality):
+    for key in _keys(modality, body_part, description):
         if key in policy.ratios:
             return float(policy.ratios[key])
     return float(policy.default_ratio)
 
 
+def codec_for(policy: Policy, modality: str, body_part: str = "", description: str = "") -> str:
+    """The codec the clinic's ratio for this image was chosen for (the same key order as :func:`ratio_for`)."""
+    for key in _keys(modality, body_part, description):
+        if key in policy.ratios:
+            return policy.lossy_codecs.get(key, policy.lossy_codec)
+    return policy.lossy_codec
+
+
+def upper_bound(modality: str, body_part: str = "", description: str = "") -> float | None:
+    """The CAR 2008 upper bound for this kind of image, or None where CAR sets none."""
+    region = anatomy(body_part, description)
+    return UPPER_BOUNDS.get((modality, region)) or UPPER_BOUNDS.get((modality, ""))
+
+
+def _label(modality: str, body_part: str, description: str) -> str:
+    return f"{modality} {anatomy(body_part, description).lower()}".strip()
+
+
+def check_bound(ratio: float, modality: str, body_part: str = "", description: str = "", *, cap: bool) -> tuple[float, str | None]:
+    """Keep a lossy target within the CAR upper bound: refuse it (``cap=False``) or lower it to the bound, saying so."""
+    bound = upper_bound(modality, body_part, description)
+    if bound is None or ratio <= bound:
+        return ratio, None
+    label = _label(modality, body_part, description)
+    message = (f"{ratio:g}:1 exceeds the Canadian Association of Radiologists' upper bound of {bound:g}:1 "
+               f"for {label} (Modality (0008,0060) = {modality})")
+    if not cap:
+        raise InvalidOptionError(f"{message}.", hint=f"Choose a ratio of at most {bound:g}:1.")
+    return bound, f"{message}: capped at {bound:g}:1."
+
+
 def ratio_warning(modality: str, ratio: float, body_part: str = "", description: str = "") -> str | None:
     """A warning when *ratio* exceeds the CAR 2008 upper bound for this kind of image."""
-    region = anatomy(body_part, description)
-    bound = UPPER_BOUNDS.get((modality, region)) or UPPER_BOUNDS.get((modality, ""))
+    bound = upper_bound(modality, body_part, description)
     if bound and ratio > bound:
-        label = f"{modality} {region.lower()}".strip()
+        label = _label(modality, body_part, description)
         return f"{ratio:g}:1 exceeds the Canadian Association of Radiologists' upper bound of {bound:g}:1 for {label}."
     return None
+
+
+@dataclass(frozen=True)
+class LossySetting:
+    """What an instance's lossy copy is made with: codec and ratio chosen together, within the CAR bound."""
+
+    codec: str
+    ratio: float
+    requested: float
+    bound: float | None
+    note: str | None  # set when the requested ratio was capped at the bound
+
+
+def lossy_setting(policy: Policy, row) -> LossySetting:
+    """Codec and ratio for one indexed instance: the study's own pair when set, else the clinic's for its kind.
+
+    *row* is an instance row of the index (modality, body_part, study_description,
+    study_ratio, study_codec).
+    """
+    kind = (row["modality"] or "", row["body_part"] or "", row["study_description"] or "")
+    if row["study_ratio"]:
+        requested, codec = float(row["study_ratio"]), row["study_codec"] or policy.lossy_codec
+    else:
+        requested, codec = ratio_for(policy, *kind), codec_for(policy, *kind)
+    ratio, note = check_bound(requested, *kind, cap=True)
+    return LossySetting(codec, ratio, requested, upper_bound(*kind), note)

@@ -1,0 +1,49 @@
+"""The CAR upper bounds, and codec and ratio chosen together."""
+
+import pytest
+
+from core.errors import InvalidOptionError
+from core.policy import Policy, check_bound, codec_for, lossy_setting, ratio_for, upper_bound
+
+
+def test_upper_bounds_by_modality_and_anatomy():
+    assert upper_bound("CT") == 15 and upper_bound("CT", "HEAD") == 12 and upper_bound("CT", "", "MRT Brain") == 12
+    assert upper_bound("MR") == 24 and upper_bound("CR") == 30 and upper_bound("US") == 12
+    assert upper_bound("MG") is None and upper_bound("OT") is None
+
+
+def test_check_bound_refuses_or_caps():
+    assert check_bound(15, "CT", cap=False) == (15, None)
+    with pytest.raises(InvalidOptionError, match=r"16:1 exceeds .* 15:1 for CT") as info:
+        check_bound(16, "CT", cap=False)
+    assert "at most 15:1" in info.value.hint and "(0008,0060)" in str(info.value)
+    ratio, note = check_bound(40, "MR", cap=True)
+    assert ratio == 24 and "capped at 24:1" in note
+    assert check_bound(100, "MG", cap=False) == (100, None)
+
+
+def test_a_ratio_keeps_the_codec_it_was_chosen_for():
+    policy = Policy(lossy_codec="j2k", ratios={**Policy().ratios, "MR": 12}, lossy_codecs={"MR": "htj2k"})
+    assert codec_for(policy, "MR") == "htj2k" and ratio_for(policy, "MR") == 12
+    assert codec_for(policy, "CT") == "j2k"  # the CT ratio was not chosen with the lab: the clinic's codec
+    assert codec_for(policy, "XX") == "j2k"  # the clinic default ratio goes with the clinic codec
+    with pytest.raises(InvalidOptionError, match="Unknown codec"):
+        Policy(lossy_codecs={"MR": "webp"}).validated()
+    assert Policy.from_dict({"lossy_codecs": {"CR": "jxl"}}).lossy_codecs == {"CR": "jxl"}
+
+
+def row(modality="MR", body_part="", description="", study_ratio=None, study_codec=None):
+    return {"modality": modality, "body_part": body_part, "study_description": description,
+            "study_ratio": study_ratio, "study_codec": study_codec}
+
+
+def test_lossy_setting_for_an_instance():
+    policy = Policy(ratios={**Policy().ratios, "MR": 40}, lossy_codecs={"MR": "jxl"})
+    clinic = lossy_setting(policy, row())
+    assert (clinic.codec, clinic.ratio, clinic.requested, clinic.bound) == ("jxl", 24, 40, 24) and "capped" in clinic.note
+    study = lossy_setting(policy, row(study_ratio=8, study_codec="htj2k"))
+    assert (study.codec, study.ratio, study.note) == ("htj2k", 8, None)
+    legacy = lossy_setting(policy, row(study_ratio=8))  # a study ratio set before codecs were stored with it
+    assert legacy.codec == policy.lossy_codec
+    brain = lossy_setting(Policy(default_ratio=20), row("CT", "HEAD", study_ratio=14))
+    assert brain.ratio == 12 and brain.bound == 12
