@@ -48,7 +48,8 @@ class CodestreamTiles:
         self.height, self.width = source.height, source.width
         shape = source.jp2.shape
         self.samples = shape[2] if len(shape) == 3 else 1
-        self.dtype = np.dtype(np.uint16 if source.jp2.codestream.segment[1].bitdepth[0] > 8 else np.uint8)
+        self.bits_stored = source.jp2.codestream.segment[1].bitdepth[0]
+        self.dtype = np.dtype(np.uint16 if self.bits_stored > 8 else np.uint8)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return self.source.region(0, y0, y1, x0, x1)

@@ -22,7 +22,8 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 from .errors import CodecError, NoPixelDataError, NotDicomError, TruncatedError, UnsupportedError
 
-__all__ = ["PixelSpec", "read_dataset", "pixel_spec", "decode_frame", "iter_frames", "decode_all"]
+__all__ = ["PixelSpec", "read_dataset", "pixel_spec", "decode_frame", "iter_frames", "decode_all", "stored_values",
+           "clip_to_stored"]
 
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # Photometric interpretation of the *decoded* array: decoders undo the colour
@@ -63,6 +64,33 @@ class PixelSpec:
     @property
     def peak(self) -> int:
         return (1 << self.bits_stored) - 1
+
+    @property
+    def value_range(self) -> tuple[int, int]:
+        """Smallest and largest value Bits Stored (and Pixel Representation) allow."""
+        if self.signed:
+            return -(1 << (self.bits_stored - 1)), (1 << (self.bits_stored - 1)) - 1
+        return 0, self.peak
+
+
+def stored_values(frame: np.ndarray, spec: PixelSpec) -> np.ndarray:
+    """The Bits Stored low bits of each sample, sign-extended when signed (PS3.5 §8.1.1).
+
+    Bits above Bits Stored (overlays, garbage from the modality) are not
+    pixel values; an encoder told the precision is Bits Stored must not see them.
+    """
+    if spec.bits_stored >= spec.bits_allocated:
+        return frame
+    wide = frame.astype(np.int64) & ((1 << spec.bits_stored) - 1)
+    if spec.signed:
+        wide = np.where(wide >= 1 << (spec.bits_stored - 1), wide - (1 << spec.bits_stored), wide)
+    return wide.astype(spec.dtype)
+
+
+def clip_to_stored(frame: np.ndarray, spec: PixelSpec) -> np.ndarray:
+    """Decoded lossy values clamped to what Bits Stored allows (ringing overshoots the range)."""
+    low, high = spec.value_range
+    return np.clip(frame, low, high).astype(spec.dtype, copy=False)
 
 
 def read_dataset(source: str | os.PathLike | BinaryIO, *, pixels: bool = True) -> Dataset:

@@ -1,7 +1,9 @@
 """Reduced-resolution decoding straight from a JPEG 2000 / HTJ2K codestream.
 
 Level K is 1/2^K of the full size; only the codestream's lower resolution
-levels are decoded, never the full image followed by a downscale.
+levels are decoded, never the full image followed by a downscale.  Both
+syntaxes go through OpenJPEG (glymur), the decoder of :mod:`core.codecs`, so a
+preview shows what the file decodes to.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import tempfile
 import numpy as np
 
 from .errors import InvalidOptionError, UnsupportedError
-from .pixels import PixelSpec
+from .pixels import PixelSpec, clip_to_stored
 
 __all__ = ["decode_level", "supports_levels"]
 
@@ -28,18 +30,13 @@ def decode_level(codec_name: str, codestream: bytes, spec: PixelSpec, level: int
         from .codecs import get_codec
 
         return get_codec(codec_name, False).decode(codestream, spec)
-    if codec_name == "htj2k":
-        import imagecodecs
+    if not supports_levels(codec_name):
+        raise UnsupportedError(f"{codec_name} codestreams have no resolution levels to decode from.")
+    import glymur
 
-        return np.asarray(imagecodecs.htj2k_decode(codestream, skipres=level, planar=False)).astype(spec.dtype, copy=False)
-    if codec_name == "j2k":
-        import glymur
-
-        with tempfile.TemporaryDirectory(prefix="radpress-level-") as tmp:
-            path = os.path.join(tmp, "frame.j2k")
-            with open(path, "wb") as fh:
-                fh.write(codestream)
-            jp2 = glymur.Jp2k(path)
-            step = 1 << level
-            return np.asarray(jp2[::step, ::step]).astype(spec.dtype, copy=False)
-    raise UnsupportedError(f"{codec_name} codestreams have no resolution levels to decode from.")
+    with tempfile.TemporaryDirectory(prefix="radpress-level-") as tmp:
+        path = os.path.join(tmp, "frame.j2k")
+        with open(path, "wb") as fh:
+            fh.write(codestream)
+        step = 1 << level
+        return clip_to_stored(np.asarray(glymur.Jp2k(path)[::step, ::step]), spec)

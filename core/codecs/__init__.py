@@ -25,7 +25,7 @@ from pydicom.uid import (
 from pydicom._uid_dict import UID_dictionary
 
 from ..errors import InvalidOptionError, UnsupportedError
-from ..pixels import PixelSpec
+from ..pixels import PixelSpec, clip_to_stored
 from . import htj2k, j2k, jpegls, jxl
 
 __all__ = [
@@ -108,7 +108,8 @@ class Codec:
         return self.backend.encode(frame, spec, ratio if self.lossy else None)
 
     def decode(self, data: bytes, spec: PixelSpec) -> np.ndarray:
-        return self.backend.decode(data, spec).reshape(spec.shape)
+        """Stored values of one frame, clamped to the Bits Stored range (what pydicom and viewers show)."""
+        return clip_to_stored(self.backend.decode(data, spec).reshape(spec.shape), spec)
 
     def photometric(self, spec: PixelSpec) -> str:
         """Photometric Interpretation the standard requires for the encoded frames."""

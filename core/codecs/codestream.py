@@ -1,12 +1,27 @@
 """Just enough of the JPEG 2000 codestream syntax (ISO 15444-1 Annex A) to read
-encoder settings back and to state the progression order PS3.5 asks for."""
+encoder settings back and to declare the precision DICOM's Bits Stored asks for.
+
+The encoders RadPress uses declare the width of the array they are given (8 or
+16 bits), not Bits Stored.  :func:`container_samples` turns B-bit values into
+P-bit samples from which such an encoder computes exactly the wavelet
+coefficients a B-bit encoder would, and :func:`declare_precision` then writes
+B (and the sign) into SIZ.  Decoders derive two things from that precision:
+the DC level shift 2^(B-1) (lossless: the samples are offset so the encoder's
+shift 2^(P-1) leaves v - 2^(B-1)) and the quantisation step sizes
+2^(R_b - eps_b) (lossy: the samples are scaled by 2^(P-B), so steps that come
+out 2^(P-B) times finer are the same steps in B-bit units).
+"""
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["CodestreamInfo", "parse_main_header", "declare_rpcl", "PROGRESSIONS"]
+import numpy as np
+
+__all__ = ["CodestreamInfo", "parse_main_header", "container_samples", "declare_precision", "declare_precision_file",
+           "PROGRESSIONS"]
 
 SOC, SIZ, COD, TLM, SOT, CAP = 0xFF4F, 0xFF51, 0xFF52, 0xFF55, 0xFF90, 0xFF50
 PROGRESSIONS = ("LRCP", "RLCP", "RPCL", "PCRL", "CPRL")
@@ -80,21 +95,37 @@ def parse_main_header(cs: bytes) -> CodestreamInfo:
     return CodestreamInfo(**info)
 
 
-def declare_rpcl(cs: bytes) -> bytes:
-    """Mark a single-tile, single-layer codestream without precinct partition as RPCL.
+def container_samples(values: np.ndarray, bits: int, signed: bool, lossy: bool) -> np.ndarray:
+    """Unsigned samples as wide as *values* that encode to a *bits*-bit codestream once relabelled.
 
-    With one layer and one precinct per resolution, LRCP, RLCP and RPCL emit
-    the packets in exactly the same order (resolution, then component), so
-    only the COD byte differs.  Anything else is refused rather than mislabelled.
+    *values* must already lie in the range *bits* allows (see
+    :func:`core.pixels.stored_values`).  Encode the result as unsigned
+    P-bit data, then call :func:`declare_precision` with the same *bits*
+    and *signed*.
     """
-    info = parse_main_header(cs)
-    if info.progression == "RPCL":
-        return cs
-    if info.layers != 1 or info.precincts or info.tiles != 1 or info.progression not in ("LRCP", "RLCP"):
-        raise ValueError(f"cannot relabel a {info.progression} codestream with {info.layers} layers as RPCL")
-    for marker, pos, _body in _segments(cs):
-        if marker == COD:
+    width = values.dtype.itemsize * 8
+    shift = width - bits if lossy else 0
+    dc = 0 if signed else 1 << (bits - 1)
+    wide = ((values.astype(np.int64) - dc) << shift) + (1 << (width - 1))
+    return wide.astype(np.uint8 if width == 8 else np.uint16)
+
+
+def declare_precision(cs: bytes, bits: int, signed: bool) -> bytes:
+    """The codestream with every component's Ssiz in SIZ set to *bits* and *signed*."""
+    for marker, pos, body in _segments(cs):
+        if marker == SIZ:
             out = bytearray(cs)
-            out[pos + 5] = PROGRESSIONS.index("RPCL")
+            ssiz = (0x80 if signed else 0) | (bits - 1)
+            for component in range(struct.unpack(">H", body[34:36])[0]):
+                out[pos + 4 + 36 + 3 * component] = ssiz
             return bytes(out)
-    raise ValueError("codestream has no COD marker")
+    raise ValueError("codestream has no SIZ marker")
+
+
+def declare_precision_file(path: Path, bits: int, signed: bool) -> None:
+    """:func:`declare_precision` in place on a raw codestream file (the main header only is rewritten)."""
+    with open(path, "r+b") as fh:
+        head = fh.read(4096)
+        patched = declare_precision(head, bits, signed)
+        fh.seek(0)
+        fh.write(patched)

@@ -1,9 +1,16 @@
-"""High-Throughput JPEG 2000 (Part 15) through OpenJPH.
+"""High-Throughput JPEG 2000 (Part 15): encoded by OpenJPH, decoded by OpenJPEG.
 
 OpenJPH writes RPCL by default; TLM markers are asked for, and the number of
 decompositions follows the same base-resolution rule as JPEG 2000 so that
-PS3.5 §10.18 (HTJ2K Lossless RPCL) holds.  OpenJPH has no rate control: the
-target ratio is reached by searching the quantisation step.
+PS3.5 §10.18 (HTJ2K Lossless RPCL) holds.  OpenJPH declares the array's width
+as precision, so frames go through the same container samples and SIZ
+relabelling as JPEG 2000 (:mod:`.codestream`).  OpenJPH has no rate control:
+the target ratio is reached by searching the quantisation step (a fraction of
+the full range, so the same step means the same at every bit depth).
+
+Decoding goes through OpenJPEG (>= 2.5 reads HTJ2K), which clamps lossy
+overshoot to the declared precision; OpenJPH's decoder, as wrapped by
+imagecodecs, casts to 8 bits without clamping, so 256 came back as 0.
 """
 
 from __future__ import annotations
@@ -11,10 +18,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..pixels import PixelSpec
-from .j2k import decompositions, photometric  # noqa: F401  (same colour rules as Part 1)
+from .codestream import declare_precision
+from .j2k import decode, decompositions, photometric, samples_for  # noqa: F401  (same colour rules, same decoder)
 from .rate import Knob, encode_to_ratio
 
-DEPENDENCIES = "imagecodecs built with OpenJPH"
+DEPENDENCIES = "imagecodecs built with OpenJPH and OpenJPEG >= 2.5"
 
 
 def is_available() -> bool:
@@ -22,33 +30,24 @@ def is_available() -> bool:
         import imagecodecs
     except ImportError:
         return False
-    return bool(imagecodecs.HTJ2K.available)
+    return bool(imagecodecs.HTJ2K.available) and imagecodecs.JPEG2K.available
 
 
 def encode(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
     import imagecodecs
 
     def write(qstep: float | None) -> bytes:
-        return bytes(
-            imagecodecs.htj2k_encode(
-                np.ascontiguousarray(frame),
-                level=qstep,
-                reversible=qstep is None,
-                resolutions=decompositions(spec),  # OpenJPH counts decompositions
-                rgb=spec.samples == 3 and spec.photometric == "RGB",
-                tlm=True,
-            )
+        data = imagecodecs.htj2k_encode(
+            samples_for(frame, spec, qstep is not None),
+            level=qstep,
+            reversible=qstep is None,
+            resolutions=decompositions(spec),  # OpenJPH counts decompositions
+            rgb=spec.samples == 3 and spec.photometric == "RGB",
+            tlm=True,
         )
+        return declare_precision(bytes(data), spec.bits_stored, spec.signed)
 
     if ratio is None:
         return write(None)
-    # Beyond a step of ~0.01 OpenJPH flattens the image: a ratio that needs
-    # more (tiny frames dominated by headers) is reported as not reached.
-    knob = Knob(low=1e-7, high=0.01, guess=lambda r: 1e-4 * r / 10)
+    knob = Knob(low=1e-5, high=1.0, guess=lambda r: 1e-3 * r / 10)
     return encode_to_ratio(write, knob, spec.frame_bytes, ratio)[0]
-
-
-def decode(data: bytes, spec: PixelSpec) -> np.ndarray:
-    import imagecodecs
-
-    return np.asarray(imagecodecs.htj2k_decode(data, planar=False)).astype(spec.dtype, copy=False)

@@ -1,11 +1,11 @@
 """JPEG 2000 Part 1: reversible 5/3 for lossless, irreversible 9/7 at a target ratio.
 
-glymur (OpenJPEG) writes unsigned data with RPCL progression and native rate
-control.  glymur cannot write signed samples, so signed frames go through
-imagecodecs' OpenJPEG binding, which stores them as signed (Ssiz sign bit);
-that binding has no progression option and its lossy knob is a PSNR, so the
-single-layer result is declared RPCL (same packet order) and the ratio is
-reached by searching the PSNR.
+glymur (OpenJPEG) writes RPCL with native rate control, but only as 8- or
+16-bit unsigned samples; signed and 10/12-bit data are written through
+:func:`~.codestream.container_samples` and the codestream then declares Bits
+Stored and the sign (:func:`~.codestream.declare_precision`).  OpenJPEG's rate
+target counts the declared (container) precision, i.e. Bits Allocated, which is
+also what RadPress's ratio counts.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import tempfile
 
 import numpy as np
 
-from ..pixels import PixelSpec
-from .codestream import declare_rpcl
+from ..pixels import PixelSpec, stored_values
+from .codestream import container_samples, declare_precision
 from .rate import Knob, encode_to_ratio
 
-DEPENDENCIES = "glymur with the OpenJPEG library (libopenjp2), imagecodecs"
+DEPENDENCIES = "glymur with the OpenJPEG library (libopenjp2 >= 2.5), imagecodecs"
 
 
 def is_available() -> bool:
@@ -48,52 +48,30 @@ def photometric(spec: PixelSpec, lossy: bool) -> str:
     return spec.photometric
 
 
+def samples_for(frame: np.ndarray, spec: PixelSpec, lossy: bool) -> np.ndarray:
+    """What the 8/16-bit unsigned encoders are given for a frame of *spec* (see :mod:`.codestream`)."""
+    return container_samples(stored_values(frame, spec), spec.bits_stored, spec.signed, lossy)
+
+
 def encode(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
-    if spec.signed:
-        return _encode_signed(frame, spec, ratio)
-    return _encode_glymur(frame, spec, ratio)
-
-
-def _encode_glymur(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
     import glymur
 
-    def write(cratio: float | None) -> bytes:
+    def write(lossy: bool, cratio: float | None) -> bytes:
         with tempfile.TemporaryDirectory(prefix="radpress-j2k-") as tmp:
             path = os.path.join(tmp, "frame.j2k")
             options = {"prog": "RPCL", "numres": decompositions(spec) + 1, "mct": _mct(spec)}
-            if cratio is not None:
+            if lossy:
                 options.update(cratios=[cratio], irreversible=True)
-            glymur.Jp2k(path, data=np.ascontiguousarray(frame), **options)
+            glymur.Jp2k(path, data=samples_for(frame, spec, lossy), **options)
             with open(path, "rb") as fh:
-                return fh.read()
+                return declare_precision(fh.read(), spec.bits_stored, spec.signed)
 
     if ratio is None:
-        return write(None)
-    # glymur declares 8 or 16 bits precision, i.e. Bits Allocated, so its
-    # rate already counts stored bytes; the search only trims header overhead.
+        return write(False, None)
+    # The rate OpenJPEG aims at counts Bits Allocated, as the ratio does; the
+    # search only trims the header overhead it leaves out.
     knob = Knob(low=1.0, high=max(4000.0, ratio * 4), guess=lambda r: r)
-    return encode_to_ratio(write, knob, spec.frame_bytes, ratio)[0]
-
-
-def _encode_signed(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
-    import imagecodecs
-
-    def write(psnr: float | None) -> bytes:
-        data = imagecodecs.jpeg2k_encode(
-            np.ascontiguousarray(frame),
-            level=psnr,
-            codecformat="J2K",
-            reversible=psnr is None,
-            bitspersample=spec.bits_stored,
-            resolutions=decompositions(spec) + 1,
-            mct=_mct(spec),
-        )
-        return declare_rpcl(bytes(data))
-
-    if ratio is None:
-        return write(None)
-    knob = Knob(low=10.0, high=160.0, shrinks=False, log=False)
-    return encode_to_ratio(write, knob, spec.frame_bytes, ratio)[0]
+    return encode_to_ratio(lambda c: write(True, c), knob, spec.frame_bytes, ratio)[0]
 
 
 def decode(data: bytes, spec: PixelSpec) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UnsupportedError
-from ..pixels import PixelSpec
+from ..pixels import PixelSpec, stored_values
 from .rate import Knob, encode_to_ratio
 
 DEPENDENCIES = "imagecodecs built with libjxl"
@@ -43,7 +43,7 @@ def check(spec: PixelSpec, lossy: bool) -> None:
 def encode(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
     import imagecodecs
 
-    pixels = np.ascontiguousarray(frame)
+    pixels = np.ascontiguousarray(stored_values(frame, spec))
 
     def write(distance: float | None) -> bytes:
         return bytes(
