@@ -157,6 +157,8 @@ def _from_zip(store: Store, path: Path, label: str, limits: Limits) -> Iterator[
             yield IngestResult(label, "rejected", f"archive has {len(members)} entries, more than the limit of {limits.max_entries}")
             return
         shared = _overlapping(archive, members)
+        # the whole archive may expand like its members: the first few MB freely, then max_expansion
+        budget = min(limits.max_archive_bytes, limits.max_expansion * path.stat().st_size + limits.bomb_floor)
         total = 0
         for member in members:
             name = f"{label}/{member.filename}"
@@ -175,8 +177,8 @@ def _from_zip(store: Store, path: Path, label: str, limits: Limits) -> Iterator[
                     raise _Rejected("decompression bomb: expands more than "
                                     f"{limits.max_expansion:g}x ({member.compress_size} → {member.file_size} bytes)")
                 total += member.file_size
-                if total > limits.max_archive_bytes:
-                    raise _Rejected(f"archive expands beyond {limits.max_archive_bytes} bytes: rest refused")
+                if total > budget:
+                    raise _Rejected(f"decompression bomb: archive expands beyond {budget:.0f} bytes: rest refused")
                 with archive.open(member) as stream:
                     staged = _stage_stream(store, stream, min(member.file_size, limits.max_file_bytes),
                                            "entry larger than its header says: refused")

@@ -1,14 +1,19 @@
 import io
 import os
 import stat
+import struct
 import tarfile
+import threading
+import time
 import zipfile
+import zlib
 
 import pytest
 
 from core.ingest import Limits, ingest, ingest_stream
 from core.samples import pydicom_test_dir, sample, write_series
 from core.store import Store
+from tests.synthetic import make_dataset, write
 
 MR2, CT = sample("MR2_UNCR"), sample("693_UNCR")
 
@@ -138,3 +143,180 @@ def test_stream_upload_is_spooled_to_disk(store):
         results = ingest_stream(store, fh, "MR2.dcm")
     assert statuses(results) == ["stored"]
     assert not list((store.root / "tmp").iterdir())
+
+
+# -- hostile archives -----------------------------------------------------------------------------------------
+def fresh(tmp_path, count, name="s"):
+    """*count* small valid files with their own UIDs."""
+    return [write(make_dataset(rows=40, columns=40, seed=i), tmp_path / name / f"{i}.dcm") for i in range(count)]
+
+
+def patch_member(path, name, *, flags=None, method=None):
+    """Rewrite a zip member's flag bits or compression method in its local and central headers."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        offset, pos = z.getinfo(name).header_offset, z.start_dir
+    fields = [(offset + 6, flags), (offset + 8, method)]
+    while data[pos:pos + 4] == b"PK\x01\x02":
+        n, m, k = struct.unpack("<HHH", data[pos + 28:pos + 34])
+        if data[pos + 46:pos + 46 + n].decode() == name:
+            fields += [(pos + 8, flags), (pos + 10, method)]
+        pos += 46 + n + m + k
+    for at, value in fields:
+        if value is not None:
+            data[at:at + 2] = struct.pack("<H", value)
+    path.write_bytes(bytes(data))
+
+
+def overlapping_zip(path, count, size=20 << 20):
+    """One deflated member of zeros named by *count* central entries (the overlapping-zip bomb)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("00000.dcm", bytes(size))
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as z:
+        start = z.start_dir
+    eocd = data.rindex(b"PK\x05\x06")
+    entry = data[start:eocd]
+    entries = b"".join(entry.replace(b"00000.dcm", f"{i:05d}.dcm".encode()) for i in range(count))
+    path.write_bytes(data[:start] + entries + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, len(entries), start, 0))
+
+
+def zeros_tar_gz(path, declared):
+    """A tar.gz of one member of *declared* zero bytes, made without inflating it: a full-flushed deflate
+    block of 1 MiB of zeros is the same bytes each time, so the stream is that block repeated."""
+    header = tarfile.TarInfo("zeros.dcm")
+    header.size = declared
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    with open(path, "wb") as out:
+        out.write(b"\x1f\x8b\x08\x00\0\0\0\0\x00\x03")
+        out.write(deflate.compress(header.tobuf(format=tarfile.USTAR_FORMAT)) + deflate.flush(zlib.Z_FULL_FLUSH))
+        block = deflate.compress(bytes(1 << 20)) + deflate.flush(zlib.Z_FULL_FLUSH)
+        for _ in range(declared >> 20):
+            out.write(block)
+        out.write(deflate.flush() + struct.pack("<LL", 0, declared & 0xFFFFFFFF))
+
+
+def nothing_staged(store):
+    return not list((store.root / "tmp").iterdir())
+
+
+def test_encrypted_and_unknown_method_members_are_refused_alone(store, tmp_path):
+    good, locked, odd = fresh(tmp_path, 3)
+    zpath = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for name, f in (("locked.dcm", locked), ("good.dcm", good), ("odd.dcm", odd)):
+            z.write(f, name)
+    patch_member(zpath, "locked.dcm", flags=0x1)
+    patch_member(zpath, "odd.dcm", method=98)  # PPMd
+    results = {r.name.split("/")[-1]: r for r in ingest(store, [zpath])}
+    assert results["good.dcm"].status == "stored"
+    assert results["locked.dcm"].status == "rejected" and results["locked.dcm"].reason.startswith("encrypted")
+    assert results["odd.dcm"].status == "rejected" and "compression method 98" in results["odd.dcm"].reason
+    assert nothing_staged(store)
+
+
+def test_corrupt_deflate_data_rejects_that_member_only(store, tmp_path):
+    first, second = fresh(tmp_path, 2)
+    zpath = tmp_path / "corrupt.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(first, "first.dcm")
+        z.write(second, "second.dcm")
+    data = bytearray(zpath.read_bytes())
+    with zipfile.ZipFile(zpath) as z:
+        info = z.getinfo("first.dcm")
+    middle = info.header_offset + 30 + len("first.dcm") + info.compress_size // 2
+    data[middle:middle + 64] = bytes(range(64))
+    zpath.write_bytes(bytes(data))
+    results = list(ingest(store, [zpath]))
+    assert [r.status for r in results] == ["rejected", "stored"]
+    assert results[0].reason.startswith("truncated: damaged archive entry")
+    assert nothing_staged(store)
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_truncated_archives(store, tmp_path, kind):
+    files = fresh(tmp_path, 4)
+    path = tmp_path / f"cut.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in files:
+                z.write(f, f.name)
+    else:
+        with tarfile.open(path, "w:gz") as t:
+            for f in files:
+                t.add(f, f.name)
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.6)])
+    results = list(ingest(store, [path]))
+    assert results[-1].status == "rejected" and results[-1].reason.startswith("truncated")
+    if kind == "tar.gz":  # a stream: the members before the cut are kept
+        assert [r.status for r in results[:-1]] == ["stored"] * (len(results) - 1) and len(results) >= 2
+    assert nothing_staged(store)
+
+
+def test_overlapping_zip_is_refused_before_inflating(store, tmp_path):
+    zpath = tmp_path / "overlap.zip"
+    overlapping_zip(zpath, 200)  # 200 names x 20 MB from 20 kB
+    started = time.monotonic()
+    results = list(ingest(store, [zpath]))
+    assert time.monotonic() - started < 5
+    assert len(results) == 200 and all(r.status == "rejected" and "overlapping" in r.reason for r in results)
+    assert nothing_staged(store)
+
+
+def test_nested_archives_are_not_opened(store, tmp_path):
+    inner = tmp_path / "inner.zip"
+    with zipfile.ZipFile(inner, "w") as z:
+        z.write(MR2, "mr.dcm")
+    inner_tgz = tmp_path / "inner.tar.gz"
+    with tarfile.open(inner_tgz, "w:gz") as t:
+        t.add(MR2, "mr.dcm")
+    outer = tmp_path / "outer.zip"
+    with zipfile.ZipFile(outer, "w") as z:
+        z.write(inner, "inner.zip")
+        z.write(inner_tgz, "inner.tar.gz")
+        z.write(CT, "ct.dcm")
+    results = {r.name.split("/")[-1]: r for r in ingest(store, [outer])}
+    assert results["ct.dcm"].status == "stored"
+    for name in ("inner.zip", "inner.tar.gz"):
+        assert results[name].status == "rejected" and results[name].reason.startswith("nested archive")
+    assert len(store.studies()) == 1 and nothing_staged(store)
+
+
+def _watch_tmp(store, stop, peak):
+    while not stop.is_set():
+        sizes = [p.stat().st_size for p in (store.root / "tmp").iterdir() if p.exists()] or [0]
+        peak[0] = max(peak[0], max(sizes))
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("declared", [5 << 30, 1 << 30], ids=["5GB-over-file-limit", "1GB-under-file-limit"])
+def test_tar_gz_of_zeros_is_refused_while_streaming(store, tmp_path, declared):
+    path = tmp_path / "zeros.tar.gz"
+    zeros_tar_gz(path, declared)
+    assert path.stat().st_size < 8 << 20
+    stop, peak = threading.Event(), [0]
+    watcher = threading.Thread(target=_watch_tmp, args=(store, stop, peak))
+    watcher.start()
+    started = time.monotonic()
+    try:
+        results = list(ingest(store, [path]))
+    finally:
+        stop.set()
+        watcher.join()
+    assert time.monotonic() - started < 10
+    assert results[-1].status == "rejected" and "decompression bomb" in results[-1].reason
+    assert peak[0] <= Limits().bomb_floor + (1 << 20)  # never more than the budget written
+    assert nothing_staged(store) and not store.studies()
+
+
+def test_many_small_bombs_share_one_budget(store, tmp_path):
+    zpath = tmp_path / "many-bombs.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(40):
+            z.writestr(f"{i}.dcm", bytes(8 << 20))  # each 8 MB from 8 kB: under the floor alone, not together
+    started = time.monotonic()
+    results = list(ingest(store, [zpath]))
+    assert time.monotonic() - started < 10
+    assert any("decompression bomb" in r.reason for r in results) and nothing_staged(store)
+    budget = Limits().max_expansion * zpath.stat().st_size + Limits().bomb_floor
+    assert sum(r.reason.startswith("not DICOM") for r in results) <= budget // (8 << 20) < 20
