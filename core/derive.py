@@ -31,6 +31,7 @@ from pydicom.uid import (
 )
 
 from .codecs import Codec, JPEGXLLossless
+from .errors import RadPressError
 from .pixels import PixelSpec
 
 __all__ = [
@@ -228,11 +229,14 @@ def _stored_ratio(ds: Dataset, syntax: str) -> float | None:
         return None
     from .pixels import pixel_spec
 
-    try:
-        stored = len(ds.PixelData)
-        return pixel_spec(ds).frame_bytes * pixel_spec(ds).frames / stored if stored else None
-    except Exception:  # an unreadable header leaves the ratio unknown, never the flag
+    value = getattr(ds.get_item("PixelData", keep_deferred=True), "value", None)  # never load deferred pixel data
+    if not value:
         return None
+    try:
+        spec = pixel_spec(ds)
+    except RadPressError:  # an unusable image header leaves the ratio unknown, never the flag
+        return None
+    return spec.frame_bytes * spec.frames / len(value)
 
 
 def compressed_dataset(

@@ -18,10 +18,11 @@ from .archive import Forbidden, codestream_path, plan, storage_report, variant_f
 from .auth import client_address, current_user, require
 from .bundle import Member, safe_name, tar_stream, zip_stream
 from .codecs import CODECS, check_ratio, get_codec
+from .compress import artifact_outcome
 from .bigimage import is_large
 from .deepzoom import Codestream, DeepZoom
 from .dims import DimsConfig, DimsError, apply_chain, expand_byoriginal, normalise, parse_chain
-from .derive import format_ratio
+from .derive import LossyHistory
 from .errors import InvalidOptionError, RadPressError
 from .ingest import ingest_stream
 from .jobs import Jobs
@@ -129,6 +130,16 @@ def studies():
     return jsonify(visible_studies(store, current_user()))
 
 
+def _artifact_json(row, a) -> dict:
+    """One stored copy; a lossy one says what ratio it achieved and whether that reached its target."""
+    out = {"variant": a.variant, "ratio": a.ratio, "codec": a.codec, "transfer_syntax": a.transfer_syntax,
+           "bytes": a.bytes, "achieved_ratio": a.achieved_ratio}
+    outcome = artifact_outcome(row, a)
+    if outcome:
+        out.update(target_reached=outcome.reached, warning=outcome.warning)
+    return out
+
+
 @blueprint.get("/api/studies/<study_uid>")
 @require("view")
 def study(study_uid):
@@ -141,10 +152,9 @@ def study(study_uid):
         row["readers"] = readers(store, study_uid)
     arts = {}
     for a in store.artifacts(study_uid=study_uid):
-        arts.setdefault(a.sop_uid, []).append(
-            {"variant": a.variant, "ratio": a.ratio, "codec": a.codec, "transfer_syntax": a.transfer_syntax,
-             "bytes": a.bytes, "achieved_ratio": a.achieved_ratio})
-    row["instances"] = [dict(_row(i), artifacts=arts.get(i["sop_uid"], [])) for i in visible_instances(store, user, study_uid)]
+        arts.setdefault(a.sop_uid, []).append(a)
+    row["instances"] = [dict(_row(i), artifacts=[_artifact_json(i, a) for a in arts.get(i["sop_uid"], [])])
+                        for i in visible_instances(store, user, study_uid)]
     _logged("view", study_uid)
     return jsonify(row)
 
@@ -212,8 +222,11 @@ def set_ratio(study_uid):
     store, jobs = archive()
     _check_study(store, study_uid, "policy")
     ratio = _override("ratio", (int, float), "R", "a number")
-    store.set_study_ratio(study_uid, ratio, user=current_user().name)
-    return jsonify(ratio=ratio, job=jobs.submit(study_uid))
+    codec = (request.get_json(silent=True) or {}).get("codec")  # the codec the ratio was chosen for
+    if codec is not None and not isinstance(codec, str):
+        raise InvalidOptionError(f"Codec {codec!r} is not a codec name.", hint='For example "codec": "htj2k".')
+    store.set_study_ratio(study_uid, ratio, user=current_user().name, codec=codec)
+    return jsonify(ratio=ratio, codec=codec if ratio else None, job=jobs.submit(study_uid))
 
 
 @blueprint.put("/api/studies/<study_uid>/strategy")
@@ -299,9 +312,17 @@ def _variant_args() -> tuple[str, float | None]:
         raise InvalidOptionError(f"ratio={ratio!r} is not a number.", hint="For example ratio=10.") from None
 
 
-def _lossy_header(response: Response, vf) -> None:
-    if vf.method:
-        response.headers["X-Lossy-Compression"] = f"ratio={format_ratio(vf.lossy_ratio or 0)}; method={vf.method}"
+def _history(store: Store, sop_uid: str, ratio: float | None = None, method: str | None = None) -> LossyHistory:
+    """The original's own lossy history, then (with *method*) this copy's lossy compression at *ratio*."""
+    history = LossyHistory.from_index(store.instance(sop_uid))
+    return history.then(ratio, method) if method else history
+
+
+def _lossy_header(response: Response, history: LossyHistory) -> Response:
+    """X-Lossy-Compression on everything made from a lossy image: lossy copies and already-lossy originals."""
+    if value := history.header():
+        response.headers["X-Lossy-Compression"] = value
+    return response
 
 
 @blueprint.get("/download/instance/<sop_uid>")
@@ -320,7 +341,7 @@ def download_instance(sop_uid):
     response.set_etag(vf.etag)
     # Range, If-Range, If-None-Match: 206, 416 and 304 as HTTP asks.
     response.make_conditional(request, accept_ranges=True, complete_length=vf.size)
-    _lossy_header(response, vf)
+    _lossy_header(response, _history(store, sop_uid, vf.lossy_ratio, vf.method))
     return response
 
 
@@ -373,6 +394,9 @@ def download_study(study_uid, fmt):
         mimetype = "application/zip"
     response = Response(stream_with_context(body), mimetype=mimetype)
     response.headers["Content-Disposition"] = f'attachment; filename="{safe_name(study_uid, "study")}.{variant}.{fmt}"'
+    lossy = len(members) if variant == "lossy" else sum(bool(r["lossy"]) for r in visible_instances(store, current_user(), study_uid))
+    if lossy:
+        response.headers["X-Lossy-Compression"] = f"instances={lossy}/{len(members)}"
     return response
 
 
@@ -384,7 +408,8 @@ def thumbnail(sop_uid):
     store, _ = archive()
     _check_instance(store, sop_uid)
     data, etag = thumbnail_bytes(store, sop_uid)
-    return send_file(io.BytesIO(data), mimetype="image/png", etag=etag, conditional=True, max_age=3600)
+    response = send_file(io.BytesIO(data), mimetype="image/png", etag=etag, conditional=True, max_age=3600)
+    return _lossy_header(response, _history(store, sop_uid))
 
 
 # -- images: progressive previews and DeepZoom ---------------------------------
@@ -396,14 +421,12 @@ def _int_arg(name: str, default: int) -> int:
         raise InvalidOptionError(f"{name}={value!r} is not a whole number.") from None
 
 
-def _image_response(pixels, fmt: str, etag: str, lossy_ratio: float | None = None, method: str | None = None) -> Response:
+def _image_response(pixels, fmt: str, etag: str, history: LossyHistory) -> Response:
     data = encode_image(pixels, fmt)
     response = Response(data, mimetype=IMAGE_TYPES[fmt])
     response.set_etag(etag)
     response.cache_control.max_age = 3600
-    if lossy_ratio:
-        response.headers["X-Lossy-Compression"] = f"ratio={format_ratio(lossy_ratio)}; method={method}"
-    return response.make_conditional(request)
+    return _lossy_header(response, history).make_conditional(request)
 
 
 @blueprint.get("/preview/<sop_uid>")
@@ -419,7 +442,7 @@ def preview(sop_uid):
     pixels = source.region(level, 0, source.height, 0, source.width)
     ds = read_dataset(store.artifact(sop_uid, "original").path)
     method = get_codec("j2k", True).method if variant == "lossy" else None
-    return _image_response(to_display(pixels, ds), "png", f"{path.stem}-{level}", achieved, method)
+    return _image_response(to_display(pixels, ds), "png", f"{path.stem}-{level}", _history(store, sop_uid, achieved, method))
 
 
 def _deepzoom(store: Store, sop_uid: str) -> tuple[Codestream, DeepZoom]:
@@ -435,7 +458,7 @@ def deepzoom_descriptor(sop_uid):
     store, _ = archive()
     _check_instance(store, sop_uid)
     _source, zoom = _deepzoom(store, sop_uid)
-    return Response(zoom.dzi(), mimetype="application/xml")
+    return _lossy_header(Response(zoom.dzi(), mimetype="application/xml"), _history(store, sop_uid))
 
 
 @blueprint.get("/deepzoom/<sop_uid>_files/<int:level>/<int:col>_<int:row>.<fmt>")
@@ -461,7 +484,7 @@ def deepzoom_tile(sop_uid, level, col, row, fmt):
     response = Response(data, mimetype=IMAGE_TYPES[fmt])
     response.set_etag(key.split(":", 1)[1].replace(":", "-"))
     response.cache_control.max_age = 3600
-    return response.make_conditional(request)
+    return _lossy_header(response, _history(store, sop_uid)).make_conditional(request)
 
 
 @functools.lru_cache(maxsize=256)
@@ -541,8 +564,7 @@ def _dims(store: Store, config: DimsConfig, sop_uid: str, commands: str) -> Resp
     from_cache = hit is not None
     if hit is None:
         variant = settings.get("variant", "original")
-        label = None
-        lossy_header = None
+        history = _history(store, sop_uid)
         try:
             source = read_dataset(original.path)
             if variant == "lossy":
@@ -551,10 +573,11 @@ def _dims(store: Store, config: DimsConfig, sop_uid: str, commands: str) -> Resp
                     ds = dcmread(vf.stream)
                 finally:
                     vf.close()
-                label = f"LOSSY {format_ratio(vf.lossy_ratio or 0)}:1 {vf.method}"
-                lossy_header = f"ratio={format_ratio(vf.lossy_ratio or 0)}; method={vf.method}"
+                history = history.then(vf.lossy_ratio, vf.method)
             else:
                 ds = source
+            label = f"LOSSY {history.compressed} ({history.method_names})" if history.lossy else None
+            lossy_header = history.header()
             frames = row["frames"]
             if "frame" in settings:
                 if settings["frame"] > frames:

@@ -82,6 +82,8 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE studies ADD COLUMN lossy_codec TEXT",  # the codec a per-study ratio was chosen for
     "ALTER TABLE jobs ADD COLUMN owner TEXT",  # the runner (host:pid:token) holding a running job's lease
     "ALTER TABLE jobs ADD COLUMN lease REAL",  # when that lease ends unless renewed
+    "ALTER TABLE instances ADD COLUMN lossy_ratio REAL",  # an already-lossy original: its cumulative ratio
+    "ALTER TABLE instances ADD COLUMN lossy_methods TEXT",  # and its Lossy Image Compression Methods (\\-joined)
 )
 
 
@@ -230,7 +232,7 @@ class Store:
 
     def _index_original(self, db: sqlite3.Connection, target: Path, ds: Dataset, checksum: str) -> None:
         """The rows of an original placed at *target*, inside the caller's transaction."""
-        from .derive import is_marked_lossy
+        from .derive import lossy_history
         from .pixels import pixel_spec
 
         sop_uid = _text(ds, "SOPInstanceUID")
@@ -248,12 +250,12 @@ class Store:
                    (_text(ds, "SeriesInstanceUID"), _text(ds, "StudyInstanceUID"), _text(ds, "Modality"),
                     _int(ds.get("SeriesNumber")), _text(ds, "SeriesDescription"), _text(ds, "BodyPartExamined")))
         db.execute("INSERT INTO instances (sop_uid, series_uid, sop_class, number, rows, columns, frames, samples, "
-                   "bits_allocated, bits_stored, photometric, transfer_syntax, uncompressed_bytes, lossy, created) "
-                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                   "bits_allocated, bits_stored, photometric, transfer_syntax, uncompressed_bytes, lossy, lossy_ratio, "
+                   "lossy_methods, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                    (sop_uid, _text(ds, "SeriesInstanceUID"), _text(ds, "SOPClassUID"), _int(ds.get("InstanceNumber")),
                     spec.rows, spec.columns, spec.frames, spec.samples, spec.bits_allocated, spec.bits_stored,
                     _text(ds, "PhotometricInterpretation"), str(ds.file_meta.TransferSyntaxUID),
-                    spec.frame_bytes * spec.frames, int(is_marked_lossy(ds)), now))
+                    spec.frame_bytes * spec.frames, *lossy_history(ds).to_index(), now))
         db.execute(_INSERT_ARTIFACT.replace("INSERT OR REPLACE", "INSERT"),
                    (sop_uid, "original", 0, "", str(ds.file_meta.TransferSyntaxUID), target.stat().st_size,
                     checksum, str(target), now, None))
@@ -336,6 +338,8 @@ class Store:
             "SELECT st.*, p.name AS patient_name, p.patient_id, "
             "(SELECT group_concat(DISTINCT modality) FROM series s WHERE s.study_uid = st.study_uid) AS modalities, "
             "(SELECT count(*) FROM instances i JOIN series s USING (series_uid) WHERE s.study_uid = st.study_uid) AS instances, "
+            "(SELECT count(*) FROM instances i JOIN series s USING (series_uid) WHERE s.study_uid = st.study_uid "
+            " AND i.lossy) AS lossy_originals, "  # originals that were already lossy when they came in
             "(SELECT min(a.achieved_ratio) FROM artifacts a JOIN instances i USING (sop_uid) JOIN series s USING (series_uid) "
             " WHERE s.study_uid = st.study_uid AND a.variant = 'lossy') AS lossy_ratio_min, "  # achieved, not requested
             "(SELECT max(a.achieved_ratio) FROM artifacts a JOIN instances i USING (sop_uid) JOIN series s USING (series_uid) "

@@ -1,0 +1,120 @@
+"""Already-lossy originals are never called lossless: one reading of the history, everywhere it travels."""
+
+import io
+import zipfile
+
+import pytest
+import requests
+
+from core.compress import compress
+from core.derive import LossyHistory, lossy_history
+from tests.conftest import ADMIN
+from tests.synthetic import KINDS, make_dataset, write
+
+
+def test_an_uncompressed_original_has_no_history():
+    history = lossy_history(make_dataset(**KINDS["u12_odd"]))
+    assert history == LossyHistory() and history.header() is None and history.label == ""
+
+
+def test_ratio_and_method_of_an_already_lossy_original():
+    history = lossy_history(make_dataset(**KINDS["already_lossy"]))
+    assert history.lossy and history.methods == ("ISO_15444_1",) and history.cumulative_ratio == 18
+    assert history.label == "JPEG 2000, 18:1"
+    assert history.compressed == "compressed 18:1"
+    assert history.header() == "ratio=18; method=ISO_15444_1"
+
+
+def test_cumulative_ratio_is_the_product_of_every_step():
+    ds = make_dataset(**{**KINDS["u12_odd"], "lossy_history": (("ISO_10918_1", 4.0), ("ISO_15444_1", 2.5))})
+    history = lossy_history(ds)
+    assert history.ratios == (4.0, 2.5) and history.cumulative_ratio == pytest.approx(10)
+    assert history.label == "JPEG then JPEG 2000, 10:1"
+
+
+def test_a_lossy_syntax_without_the_attributes_is_measured():
+    """No Lossy Image Compression attributes: the transfer syntax names the method, the file's size the ratio."""
+    out = compress(make_dataset(**KINDS["u12_odd"]), "j2k", "lossy", 12).dataset
+    for keyword in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        del out[keyword]
+    history = lossy_history(out)
+    spec_bytes = 101 * 77 * 2
+    assert history.lossy and history.methods == ("ISO_15444_1",)
+    assert history.cumulative_ratio == pytest.approx(spec_bytes / len(out.PixelData))
+
+
+def test_copies_of_a_lossy_original_carry_its_history():
+    source = make_dataset(**KINDS["already_lossy"])
+    lossless = compress(source, "htj2k", "lossless").dataset
+    assert lossy_history(lossless).label == "JPEG 2000, 18:1"  # a lossless copy of a lossy image
+    lossy = compress(source, "j2k", "lossy", 5)
+    history = lossy_history(lossy.dataset)
+    assert history.methods == ("ISO_15444_1", "ISO_15444_1")
+    assert history.cumulative_ratio == pytest.approx(18 * float(lossy.dataset.LossyImageCompressionRatio[-1]))
+    assert lossy_history(source).then(lossy.ratio, "ISO_15444_1").cumulative_ratio == pytest.approx(18 * lossy.ratio)
+
+
+def test_the_index_keeps_the_history(tmp_path):
+    from core.store import Store
+
+    store = Store(tmp_path / "data")
+    ds = make_dataset(**KINDS["already_lossy"])
+    path = write(ds, tmp_path / "in.dcm")
+    staged = tmp_path / "staged.dcm"
+    staged.write_bytes(path.read_bytes())
+    assert store.add_original(staged, ds, "in.dcm") == "stored"
+    row = store.instance(ds.SOPInstanceUID)
+    assert (row["lossy"], row["lossy_ratio"], row["lossy_methods"]) == (1, 18, "ISO_15444_1")
+    assert LossyHistory.from_index(row).label == "JPEG 2000, 18:1"
+    assert store.studies()[0]["lossy_originals"] == 1
+
+
+@pytest.fixture
+def lossy_study(live_app, tmp_path):
+    """The app with one already-lossy original and one plain original in the same study."""
+    base, _app = live_app()
+    lossy = make_dataset(**KINDS["already_lossy"])
+    plain = make_dataset(**{**KINDS["u12_odd"], "study_uid": lossy.StudyInstanceUID, "modality": "CR"})
+    http = requests.Session()
+    http.auth = ADMIN
+    for name, ds in (("lossy.dcm", lossy), ("plain.dcm", plain)):
+        path = write(ds, tmp_path / name)
+        with open(path, "rb") as fh:
+            assert http.post(f"{base}/api/upload", files={"file": (name, fh)}).status_code == 200
+    return base, http, lossy, plain
+
+
+def test_every_route_says_an_original_was_lossy(lossy_study):
+    base, http, lossy, plain = lossy_study
+    sop = lossy.SOPInstanceUID
+    expected = "ratio=18; method=ISO_15444_1"
+    for url in (f"/download/instance/{sop}", f"/download/instance/{sop}?variant=lossless", f"/thumbnail/{sop}",
+                f"/preview/{sop}", f"/preview/{sop}?variant=lossless", f"/dims/{sop}/format/png",
+                f"/deepzoom/{sop}.dzi", f"/deepzoom/{sop}_files/0/0_0.png"):
+        r = http.get(base + url)
+        assert r.status_code == 200, (url, r.text[:200])
+        assert r.headers.get("X-Lossy-Compression") == expected, url
+    # a lossy copy of it: both steps, the cumulative ratio
+    r = http.get(f"{base}/download/instance/{sop}?variant=lossy&ratio=5")
+    method, = [p for p in r.headers["X-Lossy-Compression"].split("; ") if p.startswith("method=")]
+    assert method == "method=ISO_15444_1\\ISO_15444_1"
+    ratio = float(r.headers["X-Lossy-Compression"].split(";")[0].removeprefix("ratio="))
+    assert 18 * 4 < ratio < 18 * 6
+    # the plain original is not marked, its lossy copy is
+    assert "X-Lossy-Compression" not in http.get(f"{base}/download/instance/{plain.SOPInstanceUID}").headers
+    assert "X-Lossy-Compression" not in http.get(f"{base}/thumbnail/{plain.SOPInstanceUID}").headers
+    assert "X-Lossy-Compression" in http.get(f"{base}/dims/{plain.SOPInstanceUID}/variant/lossy/format/png").headers
+    bundle = http.get(f"{base}/download/study/{lossy.StudyInstanceUID}.zip")
+    assert bundle.headers["X-Lossy-Compression"] == "instances=1/2"
+    assert len(zipfile.ZipFile(io.BytesIO(bundle.content)).namelist()) == 2
+
+
+def test_the_api_has_the_history(lossy_study):
+    base, http, lossy, plain = lossy_study
+    study = http.get(f"{base}/api/studies/{lossy.StudyInstanceUID}").json()
+    rows = {i["sop_uid"]: i for i in study["instances"]}
+    assert (rows[lossy.SOPInstanceUID]["lossy"], rows[lossy.SOPInstanceUID]["lossy_ratio"]) == (1, 18)
+    assert rows[lossy.SOPInstanceUID]["lossy_methods"] == "ISO_15444_1"
+    assert (rows[plain.SOPInstanceUID]["lossy"], rows[plain.SOPInstanceUID]["lossy_ratio"]) == (0, None)
+    listed, = [s for s in http.get(f"{base}/api/studies").json() if s["study_uid"] == lossy.StudyInstanceUID]
+    assert listed["lossy_originals"] == 1
