@@ -19,7 +19,8 @@ from .errors import CodecError, InvalidOptionError
 from .pixels import PixelSpec, decode_frame, pixel_spec
 from .policy import check_bound, upper_bound
 
-__all__ = ["MODES", "OVER_BOUND", "Compressed", "RatioOutcome", "compress", "parse_mode", "ratio_outcome", "artifact_warning"]
+__all__ = ["MODES", "OVER_BOUND", "Compressed", "RatioOutcome", "compress", "parse_mode", "ratio_outcome", "artifact_outcome",
+           "artifact_warning"]
 
 MODES = ("lossless", "lossy")
 # What compress() does with a lossy target above the modality's CAR upper bound.
@@ -76,15 +77,21 @@ def ratio_outcome(target: float, achieved: float, codec: Codec, rows: int, colum
     return RatioOutcome(target, achieved, reached, reason, bound)
 
 
-def artifact_warning(row, artifact) -> str | None:
-    """The warning for a stored lossy copy (an index instance *row* and its artifact), or None."""
+def artifact_outcome(row, artifact) -> RatioOutcome | None:
+    """Target against achieved for a stored lossy copy (an index instance *row* and its artifact); None otherwise."""
     if artifact.variant != "lossy" or not artifact.achieved_ratio or not artifact.ratio:
         return None
     codec = get_codec(artifact.codec, True)
     bound = upper_bound(row["modality"] or "", row["body_part"] or "", row["study_description"] or "")
     frame_bytes = row["uncompressed_bytes"] // max(row["frames"] or 1, 1)
     return ratio_outcome(artifact.ratio, artifact.achieved_ratio, codec, row["rows"], row["columns"],
-                         frame_bytes=frame_bytes, bound=bound).warning
+                         frame_bytes=frame_bytes, bound=bound)
+
+
+def artifact_warning(row, artifact) -> str | None:
+    """The warning for a stored lossy copy, or None when it reached its target within the bound."""
+    outcome = artifact_outcome(row, artifact)
+    return outcome.warning if outcome else None
 
 
 @dataclass(frozen=True)

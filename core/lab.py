@@ -18,13 +18,14 @@ from typing import Callable
 import numpy as np
 from pydicom.dataset import Dataset
 
-from .codecs import check_ratio, choose_codec
+from .codecs import Codec, check_ratio, choose_codec, get_codec
 from .errors import InvalidOptionError, RadPressError
 from .metrics import compare
-from .pixels import decode_frame, pixel_spec
+from .pixels import PixelSpec, decode_frame, pixel_spec
+from .policy import check_bound, upper_bound
 from .segment import dice, iou, segmenter_for
 
-__all__ = ["LabConfig", "run_lab", "recommend", "transmission", "to_csv", "PSNR_THRESHOLDS"]
+__all__ = ["LabConfig", "run_lab", "recommend", "transmission", "to_csv", "encode_decode", "apply_choice", "PSNR_THRESHOLDS"]
 
 PSNR_THRESHOLDS = {"CT": 50.0, "MR": 45.0, "CR": 45.0, "DX": 45.0, "MG": 50.0, "US": 35.0, "": 40.0}
 
@@ -78,22 +79,32 @@ def _finite(value: float) -> float | None:
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def _measure(ds: Dataset, originals, masks, codec_name: str, ratio: float | None) -> dict:
-    spec = pixel_spec(ds)
-    codec = choose_codec(codec_name, ratio is not None, spec)
-    modality = str(ds.get("Modality", ""))
-    segment = segmenter_for(modality, spec.samples)
+def encode_decode(codec: Codec, frames: list[np.ndarray], spec: PixelSpec, ratio: float | None):
+    """Encode and decode *frames* exactly as the lab measures them: (codestreams, decoded, encode s, decode s).
+
+    The benchmark decodes the same codestreams with other projects' decoders
+    to show the lab's PSNR is the file's PSNR.
+    """
     encode_s = decode_s = 0.0
-    size = 0
-    decoded = []
-    for frame in originals:
+    codestreams, decoded = [], []
+    for frame in frames:
         start = time.perf_counter()
         data = codec.encode(frame, spec, ratio)
         encode_s += time.perf_counter() - start
         start = time.perf_counter()
         decoded.append(codec.decode(data, spec))
         decode_s += time.perf_counter() - start
-        size += len(data)
+        codestreams.append(data)
+    return codestreams, decoded, encode_s, decode_s
+
+
+def _measure(ds: Dataset, originals, masks, codec_name: str, ratio: float | None) -> dict:
+    spec = pixel_spec(ds)
+    codec = choose_codec(codec_name, ratio is not None, spec)
+    modality = str(ds.get("Modality", ""))
+    segment = segmenter_for(modality, spec.samples)
+    codestreams, decoded, encode_s, decode_s = encode_decode(codec, originals, spec, ratio)
+    size = sum(len(c) for c in codestreams)
     uncompressed = spec.frame_bytes * len(originals)
     m = compare(np.stack(originals), np.stack(decoded), spec.bits_stored, compressed_bytes=size, uncompressed_bytes=uncompressed)
     dices: dict[str, float] = {}
@@ -134,13 +145,16 @@ def _aggregate(rows: list[dict], config: LabConfig) -> dict:
     }
 
 
-def recommend(sweep: list[dict]) -> dict[str, dict]:
-    """Per codec, the highest ratio that passes with every lower ratio passing too (the first failure ends it)."""
+def recommend(sweep: list[dict], bound: float | None = None) -> dict[str, dict]:
+    """Per codec, the highest ratio that passes with every lower ratio passing too (the first failure ends it).
+
+    Nothing above *bound* (the CAR upper bound of the images' modalities) is recommended.
+    """
     out: dict[str, dict] = {}
     for codec in dict.fromkeys(r["codec"] for r in sweep):
         best = None
         for row in sorted((r for r in sweep if r["codec"] == codec and r["mode"] == "lossy"), key=lambda r: r["target_ratio"]):
-            if not row["passes"]:
+            if not row["passes"] or (bound is not None and row["target_ratio"] > bound):
                 break
             best = row
         first_drop = next((r for r in sorted((r for r in sweep if r["codec"] == codec and r["mode"] == "lossy"),
@@ -180,7 +194,8 @@ def run_lab(datasets: list[Dataset], config: LabConfig = LabConfig(), *, current
         frames = [decode_frame(ds, i) for i in _frames(spec, config.max_frames)]
         segment = segmenter_for(str(ds.get("Modality", "")), spec.samples)
         prepared.append((ds, frames, [segment(f, ds) for f in frames]))
-    steps = [(codec, ratio) for codec in config.codecs for ratio in [None, *ratios]]
+    codecs = tuple(dict.fromkeys((*config.codecs, *([current_codec] if current_ratio else []))))  # the current pair is judged too
+    steps = [(codec, ratio) for codec in codecs for ratio in [None, *ratios]]
     total, done = len(steps) * len(prepared), 0
     per_instance, sweep, skipped = [], [], []
     started = time.perf_counter()
@@ -199,6 +214,8 @@ def run_lab(datasets: list[Dataset], config: LabConfig = LabConfig(), *, current
             sweep.append(_aggregate(rows, config))
     wall = time.perf_counter() - started
     uncompressed = sum(pixel_spec(ds).frame_bytes * len(frames) for ds, frames, _ in prepared)
+    bounds = [b for ds, _, _ in prepared if (b := upper_bound(*_kind(ds))) is not None]
+    bound = min(bounds) if bounds else None
     current = None
     if current_ratio:
         row = next((r for r in sweep if r["codec"] == current_codec and r["target_ratio"] == float(current_ratio)), None)
@@ -213,10 +230,52 @@ def run_lab(datasets: list[Dataset], config: LabConfig = LabConfig(), *, current
         "per_instance": per_instance,
         "skipped": skipped,
         "transmission": transmission(sweep, config.links_mbit_s, uncompressed),
-        "recommendation": recommend(sweep),
+        "upper_bound": bound,
+        "recommendation": recommend(sweep, bound),
         "current": current,
         "wall_s": wall,
     }
+
+
+def _kind(ds: Dataset) -> tuple[str, str, str]:
+    return str(ds.get("Modality", "") or ""), str(ds.get("BodyPartExamined", "") or ""), str(ds.get("StudyDescription", "") or "")
+
+
+def apply_choice(store, result: dict, codec: str, ratio: float, scope: str, user: str) -> str:
+    """Store a codec and the ratio the lab measured *for that codec*, for the study or the clinic's modalities.
+
+    A ratio is refused when the sweep did not pass it with this codec (one
+    codec's ratio is no evidence for another's) or when it exceeds the CAR
+    upper bound.  Returns what was set, in words.
+    """
+    from dataclasses import replace
+
+    get_codec(codec, True)
+    ratio = float(ratio)
+    rows = {r["target_ratio"]: r for r in result["sweep"] if r["codec"] == codec and r["mode"] == "lossy"}
+    row = rows.get(ratio)
+    if row is None:
+        others = sorted({r["codec"] for r in result["sweep"] if r["mode"] == "lossy" and r["target_ratio"] == ratio} - {codec})
+        measured = f" It was measured with {', '.join(others)}: a ratio holds only for the codec it was measured with." if others else ""
+        raise InvalidOptionError(f"The lab did not measure {ratio:g}:1 with {codec}.{measured}",
+                                 hint=f"Run the sweep with {codec}, or apply a ratio recommended for {codec}.")
+    if not row["passes"]:
+        raise InvalidOptionError(f"{codec} at {ratio:g}:1 fails the lab's criteria on this study.", hint="Apply the recommended ratio.")
+    for modality in result["modalities"]:
+        check_bound(ratio, modality, cap=False)
+    if result.get("upper_bound") is not None and ratio > result["upper_bound"]:
+        raise InvalidOptionError(f"{ratio:g}:1 exceeds the CAR upper bound of {result['upper_bound']:g}:1 for these images.",
+                                 hint=f"Choose at most {result['upper_bound']:g}:1.")
+    if scope == "study":
+        store.set_study_ratio(result["study_uid"], ratio, user=user, codec=codec)
+        return f"This study now uses {codec} at {ratio:g}:1."
+    if scope != "clinic":
+        raise InvalidOptionError(f"Unknown scope {scope!r}.", hint="Use 'study' or 'clinic'.")
+    policy = store.policy()
+    modalities = result["modalities"]
+    store.set_policy(replace(policy, ratios={**policy.ratios, **{m: ratio for m in modalities}},
+                             lossy_codecs={**policy.lossy_codecs, **{m: codec for m in modalities}}), user=user)
+    return f"The clinic's {', '.join(modalities)} images now use {codec} at {ratio:g}:1."
 
 
 def to_csv(result: dict) -> str:

@@ -1,7 +1,5 @@
 """Quality lab: PSNR, SSIM and Dice against bits per pixel, latency table, recommended ratio."""
 
-from dataclasses import replace
-
 import dash
 import dash_bootstrap_components as dbc
 import plotly.graph_objects as go
@@ -11,6 +9,7 @@ from plotly.subplots import make_subplots
 from core.auth import current_user
 from core.context import open_store
 from core.errors import RadPressError
+from core.lab import apply_choice
 from core.users import allowed, authorize, study_lab_for, visible_studies
 
 dash.register_page(__name__, path="/lab", title="Quality lab — RadPress", name="Quality lab")
@@ -102,10 +101,12 @@ def show(uid):
     for codec, rec in result["recommendation"].items():
         text = f"{codec}: highest ratio keeping Dice ≥ 0.98 and the PSNR threshold on every instance: "
         text += f"{rec['ratio']:g}:1 ({rec['bpp']:.3f} bpp)" if rec["ratio"] else "none of the ratios tried"
-        buttons = [dbc.Button(f"Apply {rec['ratio']:g}:1 to this study", id={"type": "lab-apply", "ratio": rec["ratio"], "scope": "study"},
-                              size="sm", color="primary", outline=True, className="ms-2"),
-                   dbc.Button(f"Apply to the clinic's {'/'.join(result['modalities'])} ratio", size="sm", color="primary", outline=True,
-                              id={"type": "lab-apply", "ratio": rec["ratio"], "scope": "clinic"}, className="ms-1")] if admin and rec["ratio"] else []
+        # codec and ratio travel together: a ratio is evidence only for the codec it was measured with
+        buttons = [dbc.Button(f"Apply {codec} {rec['ratio']:g}:1 to this study", size="sm", color="primary", outline=True, className="ms-2",
+                              id={"type": "lab-apply", "codec": codec, "ratio": rec["ratio"], "scope": "study"}),
+                   dbc.Button(f"Apply {codec} {rec['ratio']:g}:1 to the clinic's {'/'.join(result['modalities'])} images", size="sm",
+                              color="primary", outline=True, className="ms-1",
+                              id={"type": "lab-apply", "codec": codec, "ratio": rec["ratio"], "scope": "clinic"})] if admin and rec["ratio"] else []
         items.append(html.Li([text, *buttons], className="mb-1"))
     verdict = None
     if current:
@@ -115,7 +116,7 @@ def show(uid):
     return fig, latency, html.Div([verdict, html.Ul(items, id="lab-recommended"), html.Div(id="lab-applied")])
 
 
-@callback(Output("lab-applied", "children"), Input({"type": "lab-apply", "ratio": dash.ALL, "scope": dash.ALL}, "n_clicks"),
+@callback(Output("lab-applied", "children"), Input({"type": "lab-apply", "codec": dash.ALL, "ratio": dash.ALL, "scope": dash.ALL}, "n_clicks"),
           State("lab-key", "data"), prevent_initial_call=True)
 def apply(clicks, uid):
     from core.routes import archive
@@ -126,17 +127,14 @@ def apply(clicks, uid):
         return no_update
     store, jobs = archive()
     authorize(store, user, "policy", study_uid=uid)
-    ratio = float(trigger["ratio"])
-    if trigger["scope"] == "study":
-        store.set_study_ratio(uid, ratio, user=user.name)
-        jobs.submit(uid)
-        return dbc.Alert(f"This study now uses {ratio:g}:1.", color="success", id="lab-applied-study")
-    policy = store.policy()
-    modalities = _result(uid)["modalities"]
-    store.set_policy(replace(policy, ratios={**policy.ratios, **{m: ratio for m in modalities}}), user=user.name)
-    for study in store.studies():
-        jobs.submit(study["study_uid"])
-    return dbc.Alert(f"The clinic's ratio for {', '.join(modalities)} is now {ratio:g}:1.", color="success", id="lab-applied-clinic")
+    scope = trigger["scope"]
+    try:
+        message = apply_choice(store, _result(uid), trigger["codec"], trigger["ratio"], scope, user.name)
+    except RadPressError as exc:
+        return dbc.Alert(str(exc), color="danger", id="lab-applied-refused")
+    for study in [uid] if scope == "study" else [s["study_uid"] for s in store.studies()]:
+        jobs.submit(study)
+    return dbc.Alert(message, color="success", id=f"lab-applied-{scope}")
 
 
 @callback(Output("lab-download", "data"), Input("lab-csv", "n_clicks"), State("lab-key", "data"), prevent_initial_call=True)

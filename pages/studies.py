@@ -5,6 +5,7 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, callback, dash_table, dcc, html
 
 from components.strategy_card import human_size
+from core.codecs.rate import RATIO_TOLERANCE
 from core.auth import current_user
 from core.context import open_store
 from core.users import allowed, visible_instances, visible_studies
@@ -42,12 +43,24 @@ def layout(**_query):
             columns=[{"name": n, "id": i, "presentation": "markdown"} if i == "open" else {"name": n, "id": i}
                      for n, i in (("Patient", "patient"), ("Date", "date"), ("Description", "description"),
                                   ("Modality", "modalities"), ("Instances", "instances"), ("Strategy", "strategy"),
-                                  ("Stored", "stored"), ("Saving vs originals", "saving"), ("", "open"))],
+                                  ("Stored", "stored"), ("Saving vs originals", "saving"), ("Lossy ratio (achieved)", "lossy_ratio"),
+                                  ("", "open"))],
             sort_action="native", page_size=20, markdown_options={"link_target": "_self"},
             style_cell={"fontFamily": "system-ui", "fontSize": "0.9rem", "textAlign": "left"},
         ),
         dcc.Interval(id=REFRESH, interval=3000),
     ])
+
+
+def _achieved(lossy) -> str:
+    """The ratios the stored lossy copies achieved (not the ones asked for), and how many missed their target."""
+    values = [a.achieved_ratio for a in lossy if a.achieved_ratio]
+    if not values:
+        return "—"
+    low, high = min(values), max(values)
+    text = f"{low:.1f}:1" if round(low, 1) == round(high, 1) else f"{low:.1f}–{high:.1f}:1"
+    missed = sum(1 for a in lossy if a.achieved_ratio and abs(a.achieved_ratio / a.ratio - 1) > RATIO_TOLERANCE)
+    return text + (f" ({missed} missed the target)" if missed else "")
 
 
 def _rows(store, user):
@@ -67,6 +80,7 @@ def _rows(store, user):
             "instances": s["instances"], "strategy": store.study_strategy(s["study_uid"]),
             "stored": human_size(stored),
             "saving": saving or "no compressed copy stored",
+            "lossy_ratio": _achieved([a for a in arts if a.variant == "lossy"]),
             "open": f"[Open](/study?uid={s['study_uid']})",
             "uid": s["study_uid"],
         })

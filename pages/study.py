@@ -9,7 +9,8 @@ from core.archive import plan
 from core.auth import current_user
 from core.context import open_store
 from core.errors import RadPressError
-from core.policy import STRATEGIES
+from core.compress import artifact_warning
+from core.policy import STRATEGIES, lossy_setting
 from core.users import allowed, authorize, record_access, visible_instances
 
 dash.register_page(__name__, path="/study", title="Study — RadPress", name="Study")
@@ -21,6 +22,22 @@ def _downloads(href: str, label: str, lossy_enabled: bool):
     variants = ["original", "lossless"] + (["lossy"] if lossy_enabled else [])
     return dbc.ButtonGroup([dbc.Button(f"{label} {v}", href=f"{href}?variant={v}", external_link=True, size="sm",
                                        color="secondary", outline=True) for v in variants], className="me-2 mb-1")
+
+
+def _artifact_text(a) -> str:
+    """A stored copy as listed on its card: a lossy one by the ratio it achieved, not the one asked for."""
+    if a.variant == "lossy" and a.achieved_ratio:
+        return f"lossy {a.achieved_ratio:.1f}:1 achieved ({a.codec}, target {a.ratio:g}:1, {human_size(a.bytes)})"
+    return f"{a.variant} ({human_size(a.bytes)})"
+
+
+def _lossy_line(policy, rows):
+    """Which codec and ratio this study's lossy copies are made with, and whether the CAR bound capped it."""
+    if not rows or not policy.lossy_enabled:
+        return None
+    setting = lossy_setting(policy, rows[0])
+    text = f"Lossy copies: {setting.codec} at {setting.ratio:g}:1" + (f" — {setting.note}" if setting.note else "")
+    return html.P(text, className="small", id="study-lossy-setting")
 
 
 def layout(uid: str = "", **_query):
@@ -43,13 +60,16 @@ def layout(uid: str = "", **_query):
     for rows in series.values():
         cards = []
         for row in rows:
-            arts = ", ".join(f"{a.variant}{f' {a.ratio:g}:1' if a.ratio else ''} ({human_size(a.bytes)})" for a in artifacts.get(row["sop_uid"], []))
+            arts = ", ".join(_artifact_text(a) for a in artifacts.get(row["sop_uid"], []))
+            warnings = [html.Div(w, className="small text-danger lossy-warning")
+                        for a in artifacts.get(row["sop_uid"], []) if (w := artifact_warning(row, a))]
             cards.append(dbc.Col(dbc.Card([
                 html.A(html.Img(src=f"/thumbnail/{row['sop_uid']}", className="card-img-top thumb", alt="thumbnail"),
                        href=f"/compare?sop={row['sop_uid']}"),
                 dbc.CardBody([
                     html.Div(f"#{row['number'] or '?'} · {row['rows']}×{row['columns']} · {row['frames']} frame(s)", className="small"),
                     html.Div(arts, className="small text-muted artifacts"),
+                    *warnings,
                     _downloads(f"/download/instance/{row['sop_uid']}", "⬇", policy.lossy_enabled),
                     dbc.Button("Compare", href=f"/compare?sop={row['sop_uid']}", size="sm", color="primary", className="me-1"),
                     dbc.Button("Zoom", href=f"/viewer?sop={row['sop_uid']}", size="sm", color="secondary", outline=True),
@@ -70,6 +90,7 @@ def layout(uid: str = "", **_query):
         html.H2(f"{study['patient_name']} — {study['description'] or 'study'} ({study['date']})"),
         html.P(f"Study Instance UID {uid}", className="text-muted small"),
         strategy_picker,
+        _lossy_line(policy, instances),
         html.Div([_downloads(f"/download/study/{uid}.zip", "zip", policy.lossy_enabled),
                   _downloads(f"/download/study/{uid}.tar", "tar", policy.lossy_enabled)], className="mb-3"),
         *blocks,

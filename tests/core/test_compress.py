@@ -177,3 +177,56 @@ def test_compress_refuses_a_ratio_above_the_upper_bound(tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "upper bound of 24:1" in proc.stderr and "at most 24:1" in proc.stderr
     assert not any((tmp_path / "o").iterdir())
+
+
+# -- end to end: jobs, the API and the pages show what was achieved ----------
+def test_a_missed_target_travels_from_the_job_to_the_api_and_pages(live_app, tmp_path):
+    import time
+
+    import requests
+
+    from tests.conftest import ADMIN
+
+    base, app = live_app()
+    from components.job_progress import make_job_table  # pages register themselves once the app exists
+    from pages.studies import _achieved
+    from pages.study import _artifact_text
+
+    http = requests.Session()
+    http.auth = ADMIN
+    # 16×16 OT (no CAR bound) at 50:1 needs 10-byte codestreams: no codec's headers fit, so every copy misses
+    assert http.put(f"{base}/api/policy", json={"strategy": 3, "default_ratio": 50}).ok
+    tiny = write(make_dataset(rows=16, columns=16, bits_stored=12, modality="OT"), tmp_path / "tiny.dcm")
+    normal = write(make_dataset(**{**KINDS["u12_odd"], "modality": "OT"}), tmp_path / "normal.dcm")
+    job_ids = set()
+    for path in (tiny, normal):
+        up = http.post(f"{base}/api/upload", params={"name": path.name}, data=path.read_bytes())
+        assert up.ok, up.text
+        job_ids |= set(up.json()["jobs"])
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        jobs = [http.get(f"{base}/api/jobs/{j}").json() for j in job_ids]
+        if all(j["state"] in ("done", "failed") for j in jobs):
+            break
+        time.sleep(0.3)
+    warnings = [w for j in jobs for w in j["warnings"]]
+    study_uid = jobs[0]["study_uid"]
+    detail = http.get(f"{base}/api/studies/{study_uid}").json()
+    by_sop = {i["sop_uid"]: i for i in detail["instances"]}
+    tiny_sop = next(s for s, i in by_sop.items() if i["rows"] == 16)
+    [lossy] = [a for a in by_sop[tiny_sop]["artifacts"] if a["variant"] == "lossy"]
+    assert lossy["ratio"] == 50 and lossy["achieved_ratio"] < 45 and lossy["target_reached"] is False
+    assert "target 50:1 not reached" in lossy["warning"] and "headers" in lossy["warning"]
+    assert [w["sop_uid"] for w in warnings if w["sop_uid"] == tiny_sop] == [tiny_sop]
+    assert next(w for w in warnings if w["sop_uid"] == tiny_sop)["warning"] == lossy["warning"]
+
+    listed = next(s for s in http.get(f"{base}/api/studies").json() if s["study_uid"] == study_uid)
+    achieved = [a["achieved_ratio"] for i in detail["instances"] for a in i["artifacts"] if a["variant"] == "lossy"]
+    assert listed["lossy_ratio_min"] == pytest.approx(min(achieved)) and listed["lossy_ratio_max"] == pytest.approx(max(achieved))
+
+    store = app.server.extensions["radpress"]["store"]
+    art = store.artifact(tiny_sop, "lossy", 50)
+    assert _artifact_text(art).startswith(f"lossy {art.achieved_ratio:.1f}:1 achieved") and "target 50:1" in _artifact_text(art)
+    assert "missed the target" in _achieved([art])
+    table = str(make_job_table(jobs, False))
+    assert "job-warnings" in table and "target 50:1 not reached" in table

@@ -82,3 +82,65 @@ def test_cli_bad_input(capsys, tmp_path):
     assert main(["lab", str(tmp_path / "nothing-here")]) == 2
     assert main(["lab", str(sample("emri_small")), "--codecs", "webp"]) == 2
     assert "Unknown codec" in capsys.readouterr().err
+
+
+def test_recommendation_stays_within_the_upper_bound():
+    sweep = [row("j2k", 10, True), row("j2k", 20, True), row("j2k", 30, True)]
+    assert recommend(sweep)["j2k"]["ratio"] == 30
+    assert recommend(sweep, bound=24)["j2k"]["ratio"] == 20
+
+
+def test_run_lab_reports_the_bound_and_judges_the_current_codec(load):
+    result = run_lab([load("emri_small")], LabConfig(codecs=("j2k",), ratios=(5, 30)), current_ratio=10, current_codec="htj2k")
+    assert result["upper_bound"] == 24  # MR
+    assert {r["codec"] for r in result["sweep"]} == {"j2k", "htj2k"} and result["current"]["codec"] == "htj2k"
+    assert all(rec["ratio"] is None or rec["ratio"] <= 24 for rec in result["recommendation"].values())
+
+
+@pytest.fixture
+def mr_study(tmp_path):
+    from core.ingest import ingest
+    from core.store import Store
+    from tests.synthetic import KINDS, make_dataset, write
+
+    store = Store(tmp_path / "data")
+    [result] = list(ingest(store, [write(make_dataset(**KINDS["u10"]), tmp_path / "mr.dcm")]))
+    sweep = [row("htj2k", 10, True), row("htj2k", 20, False), row("j2k", 12, True), row("j2k", 30, True)]
+    return store, {"study_uid": result.study_uid, "modalities": ["MR"], "sweep": sweep, "upper_bound": 24}
+
+
+def test_apply_stores_codec_and_ratio_together_and_the_archive_uses_them(mr_study):
+    from core.archive import plan
+    from core.lab import apply_choice
+
+    store, result = mr_study
+    assert "htj2k at 10:1" in apply_choice(store, result, "htj2k", 10, "study", "admin")
+    study = store.study(result["study_uid"])
+    assert (study["lossy_codec"], study["ratio"]) == ("htj2k", 10)
+    [lossy] = [w for w in plan(store, result["study_uid"]).make if w.variant == "lossy"]
+    assert (lossy.codec, lossy.ratio) == ("htj2k", 10)
+
+    apply_choice(store, result, "j2k", 12, "clinic", "admin")
+    policy = store.policy()
+    assert policy.ratios["MR"] == 12 and policy.lossy_codecs["MR"] == "j2k" and policy.lossy_codec == "j2k"
+    store.set_study_ratio(result["study_uid"], None)
+    [lossy] = [w for w in plan(store, result["study_uid"]).make if w.variant == "lossy"]
+    assert (lossy.codec, lossy.ratio) == ("j2k", 12)
+
+
+@pytest.mark.parametrize("codec, ratio, message", [
+    ("htj2k", 12, "measured with j2k"),  # j2k's ratio applied to htj2k
+    ("j2k", 10, "measured with htj2k"),
+    ("htj2k", 20, "fails the lab's criteria"),
+    ("j2k", 30, "upper bound of 24:1"),
+    ("jxl", 10, "did not measure 10:1 with jxl"),
+    ("webp", 10, "Unknown codec"),
+])
+def test_apply_refuses_a_ratio_without_evidence_for_that_codec(mr_study, codec, ratio, message):
+    from core.lab import apply_choice
+
+    store, result = mr_study
+    before = (store.policy(), dict(store.study(result["study_uid"])))
+    with pytest.raises(InvalidOptionError, match=message):
+        apply_choice(store, result, codec, ratio, "study", "admin")
+    assert (store.policy(), dict(store.study(result["study_uid"]))) == before
