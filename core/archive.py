@@ -20,6 +20,7 @@ from .codecs import check_ratio, choose_codec, get_codec
 from .compress import compress
 from .errors import InvalidOptionError, RadPressError
 from .files import atomic_writer
+from .locks import item_lock
 from .pixels import read_dataset
 from .policy import Policy, get_strategy, lossy_setting
 from .render import thumbnail_png
@@ -102,27 +103,38 @@ def make_artifact(store: Store, wanted: Wanted) -> Artifact:
 
 
 def _pyramid(store: Store, original: Artifact, ratio: float | None) -> tuple[Path, float | None]:
-    """The tiled multi-resolution codestream of a very large image, made tile by tile once."""
+    """The tiled multi-resolution codestream of a very large image, made tile by tile once (under its lock)."""
+    path, meta = _codestream_cache(store, original.checksum, 0, ratio)
+    if not _cached(path, meta, ratio):
+        with item_lock(store.root, f"codestream:{path.name}"):
+            if not _cached(path, meta, ratio):
+                _build_pyramid(store, original, ratio, path, meta)
+    return path, float(meta.read_text()) if meta.exists() else None
+
+
+def _build_pyramid(store: Store, original: Artifact, ratio: float | None, path: Path, meta: Path) -> None:
     from .bigimage import DicomTiles, encode_pyramid
     from .deepzoom import Codestream, CodestreamTiles
 
-    path, meta = _codestream_cache(store, original.checksum, 0, ratio)
-    if not path.exists():
-        ds = read_dataset(original.path)
-        lossless, _ = _codestream_cache(store, original.checksum, 0, None)
-        if ds.file_meta.TransferSyntaxUID.is_compressed:
-            if not lossless.exists():
-                raise InvalidOptionError("This very large compressed image has no tiled codestream to read from.")
-            source = CodestreamTiles(Codestream(lossless))
-        else:
-            source = DicomTiles(original.path, ds)
-        encode_pyramid(source, path, ratio)
-        if ratio:
-            from .pixels import pixel_spec
+    ds = read_dataset(original.path)
+    lossless, _ = _codestream_cache(store, original.checksum, 0, None)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        if not lossless.exists():
+            raise InvalidOptionError("This very large compressed image has no tiled codestream to read from.")
+        source = CodestreamTiles(Codestream(lossless))
+    else:
+        source = DicomTiles(original.path, ds)
+    encode_pyramid(source, path, ratio)
+    if ratio:
+        from .pixels import pixel_spec
 
-            with atomic_writer(meta) as fh:
-                fh.write(f"{pixel_spec(ds).frame_bytes / path.stat().st_size}".encode())
-    return path, float(meta.read_text()) if meta.exists() else None
+        with atomic_writer(meta) as fh:
+            fh.write(f"{pixel_spec(ds).frame_bytes / path.stat().st_size}".encode())
+
+
+def _cached(path: Path, meta: Path, ratio: float | None) -> bool:
+    """A cached codestream is complete once it and, for a lossy one, its ratio note exist."""
+    return path.exists() and (not ratio or meta.exists())
 
 
 def _make_large(store: Store, wanted: Wanted, original: Artifact) -> Artifact:
@@ -206,9 +218,13 @@ def variant_file(store: Store, sop_uid: str, variant: str, ratio: float | None =
     handle, tag = cache.get(key, read=True, tag=True)
     from_cache = handle is not None
     if not from_cache:
-        data, syntax, achieved = _encode(original.path, variant, ratio, codec)
-        cache.set(key, io.BytesIO(data), read=True, tag=f"{syntax}|{achieved or ''}")
-        handle, tag = cache.get(key, read=True, tag=True)
+        with item_lock(store.root, f"variant:{key}"):  # made once, however many ask at the same time
+            handle, tag = cache.get(key, read=True, tag=True)
+            from_cache = handle is not None  # made meanwhile by whoever held the lock
+            if not from_cache:
+                data, syntax, achieved = _encode(original.path, variant, ratio, codec)
+                cache.set(key, io.BytesIO(data), read=True, tag=f"{syntax}|{achieved or ''}")
+                handle, tag = cache.get(key, read=True, tag=True)
     syntax, achieved = tag.split("|")
     handle.seek(0, io.SEEK_END)
     size = handle.tell()
@@ -289,8 +305,11 @@ def thumbnail_bytes(store: Store, sop_uid: str) -> tuple[bytes, str]:
     cache = _cache(store)
     data = cache.get(key)
     if data is None:
-        data = thumbnail_png(read_dataset(original.path), THUMBNAIL_SIZE)
-        cache.set(key, data)
+        with item_lock(store.root, f"variant:{key}"):
+            data = cache.get(key)
+            if data is None:
+                data = thumbnail_png(read_dataset(original.path), THUMBNAIL_SIZE)
+                cache.set(key, data)
     return data, hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
@@ -332,10 +351,6 @@ def codestream_path(store: Store, sop_uid: str, frame: int = 0, variant: str = "
     lossy variants, the achieved ratio.  ``original`` reads the lossless
     codestream: same pixels.
     """
-    from pydicom.encaps import get_frame
-
-    from .pixels import pixel_spec
-
     row = store.instance(sop_uid)
     if not 0 <= frame < row["frames"]:
         raise InvalidOptionError(f"Frame {frame + 1} requested but the image has {row['frames']} frame(s).")
@@ -350,14 +365,26 @@ def codestream_path(store: Store, sop_uid: str, frame: int = 0, variant: str = "
     if is_large(row["rows"], row["columns"]):
         return _pyramid(store, original, ratio)
     path, meta = _codestream_cache(store, original.checksum, frame, ratio)
-    if path.exists():
-        return path, float(meta.read_text()) if meta.exists() else None
-    stored = store.artifact(sop_uid, "lossy" if lossy else "lossless", ratio or 0)
+    if not _cached(path, meta, ratio):
+        with item_lock(store.root, f"codestream:{path.name}"):
+            if not _cached(path, meta, ratio):
+                _build_codestream(store, original, frame, ratio, path, meta)
+    return path, float(meta.read_text()) if meta.exists() else None
+
+
+def _build_codestream(store: Store, original: Artifact, frame: int, ratio: float | None, path: Path, meta: Path) -> None:
+    """One frame's codestream: cut from a stored J2K/HTJ2K artifact, else encoded from the original."""
+    from pydicom.encaps import get_frame
+
+    from .pixels import pixel_spec
+
+    lossy = ratio is not None
+    stored = store.artifact(original.sop_uid, "lossy" if lossy else "lossless", ratio or 0)
     achieved = None
     if stored is not None and stored.codec in ("j2k", "htj2k"):
         ds = read_dataset(stored.path)
         data = get_frame(ds.PixelData, frame, number_of_frames=pixel_spec(ds).frames)
-        achieved = stored.achieved_ratio
+        achieved = (stored.achieved_ratio or pixel_spec(ds).frame_bytes / len(data)) if lossy else None
     else:
         from .pixels import decode_frame
 
@@ -371,4 +398,3 @@ def codestream_path(store: Store, sop_uid: str, frame: int = 0, variant: str = "
             fh.write(f"{achieved}".encode())
     with atomic_writer(path) as fh:
         fh.write(data)
-    return path, achieved

@@ -1,27 +1,37 @@
 """Background jobs: persistent in the index, resumable, cancellable, parallel across processes.
 
-A job brings one study to what its strategy asks for.  It is re-planned when
-it (re)starts, so a job interrupted by a crash or a restart simply continues:
-artifacts already in place are not made again.
+A job brings one study to what its strategy asks for.  Several processes may
+run jobs over one archive: a runner *claims* a job in one write transaction,
+holding a lease (owner + expiry) that it renews while it works; a job whose
+runner died goes back to the queue once the lease expires (at once when the
+runner was a process on this host that is gone).  The job is re-planned until
+nothing is missing, so an instance stored while it runs is not left without
+its copies, and artifacts already in place are not made again.  Each instance
+is made in a worker process (:mod:`core.workers`); one killed by the OS fails
+that instance alone.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
+import os
 import resource
+import secrets
+import socket
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable
 
 from .archive import Wanted, make_artifact, plan
 from .compress import artifact_warning
 from .errors import RadPressError
 from .store import Store, StoreError
+from .workers import Outcome, WorkerPool
 
-__all__ = ["Jobs"]
+__all__ = ["Jobs", "LEASE_SECONDS"]
+
+LEASE_SECONDS = 30.0
 
 
 def _make_for_instance(root: str, wanted: list[Wanted]) -> tuple[int, str | None, float, str | None]:
@@ -40,16 +50,40 @@ def _make_for_instance(root: str, wanted: list[Wanted]) -> tuple[int, str | None
     return written, error, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, warning
 
 
+def _runner_name() -> str:
+    """host:pid:token, unique per runner: two runners of one process are still told apart."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _runner_gone(owner: str | None) -> bool:
+    """True when *owner* ran on this host and its process has exited (a lease from elsewhere must expire)."""
+    if not owner:
+        return True
+    host, pid, _token = owner.rsplit(":", 2)
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class Jobs:
-    def __init__(self, store: Store, workers: int = 2):
+    def __init__(self, store: Store, workers: int = 2, lease: float = LEASE_SECONDS):
         self.store = store
         self.workers = workers
+        self.lease = lease
+        self.owner = _runner_name()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- queue ----------------------------------------------------------------
     def submit(self, study_uid: str, kind: str = "materialize", params: dict | None = None) -> int:
+        """Queue a job for the study, or return the one already queued (a running one is re-planned by a new job)."""
         self.store.study(study_uid)
         with self.store.connect() as db:
             queued = db.execute("SELECT id FROM jobs WHERE study_uid=? AND state='queued' AND kind=?", (study_uid, kind)).fetchone()
@@ -81,7 +115,8 @@ class Jobs:
 
     def _describe(self, row) -> dict:
         job = dict(row)
-        job.pop("params", None)
+        for private in ("params", "owner", "lease"):
+            job.pop(private, None)
         end = job["finished"] or time.time()
         elapsed = end - job["started"] if job["started"] else 0
         job["mb_per_s"] = job["bytes"] / 1e6 / elapsed if elapsed > 0 else 0.0
@@ -91,38 +126,89 @@ class Jobs:
             "SELECT sop_uid, warning FROM job_items WHERE job_id=? AND warning IS NOT NULL", (job["id"],))]
         return job
 
-    # -- running --------------------------------------------------------------
+    # -- leases -----------------------------------------------------------------
+    def claim(self) -> dict | None:
+        """Take the oldest queued job whose study no other runner is working on, with a fresh lease; None if there is none.
+
+        One write transaction (BEGIN IMMEDIATE): two runners, in any
+        processes, never claim the same job.
+        """
+        now = time.time()
+        with self.store.connect() as db:
+            self._release_abandoned(db, now)
+            row = db.execute(
+                "SELECT id FROM jobs j WHERE state='queued' AND NOT EXISTS "
+                "(SELECT 1 FROM jobs r WHERE r.study_uid=j.study_uid AND r.state='running') ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET state='running', owner=?, lease=?, started=coalesce(started, ?) WHERE id=?",
+                       (self.owner, now + self.lease, now, row["id"]))
+        return self.get(int(row["id"]))
+
+    def renew(self, job_id: int) -> bool:
+        """Extend this runner's lease; False when the job is no longer ours (the lease expired and another runner took it)."""
+        with self.store.connect() as db:
+            return db.execute("UPDATE jobs SET lease=? WHERE id=? AND owner=? AND state='running'",
+                              (time.time() + self.lease, job_id, self.owner)).rowcount == 1
+
     def resume(self) -> int:
-        """After a restart: jobs that were running go back to the queue."""
+        """Jobs whose runner died go back to the queue (a cancel asked for meanwhile is honoured); returns how many."""
         with self.store.connect() as db:
-            return db.execute("UPDATE jobs SET state='queued', cancel=0 WHERE state='running'").rowcount
+            return self._release_abandoned(db, time.time())
 
+    @staticmethod
+    def _release_abandoned(db, now: float) -> int:
+        released = 0
+        for row in db.execute("SELECT id, owner, lease, cancel FROM jobs WHERE state='running'").fetchall():
+            if (row["lease"] or 0) >= now and not _runner_gone(row["owner"]):
+                continue
+            if row["cancel"]:
+                db.execute("UPDATE jobs SET state='cancelled', finished=?, message='cancelled by a user' WHERE id=?", (now, row["id"]))
+            else:
+                db.execute("UPDATE jobs SET state='queued', owner=NULL, lease=NULL WHERE id=?", (row["id"],))
+                released += 1
+        return released
+
+    # -- running --------------------------------------------------------------
     def run_pending(self, progress: Callable[[dict], None] | None = None) -> list[dict]:
-        """Run queued jobs until none is left (the CLI and tests call this directly)."""
+        """Claim and run jobs until none is left for this runner (the CLI and tests call this directly)."""
         finished = []
-        while True:
-            rows = self.store.query("SELECT * FROM jobs WHERE state='queued' ORDER BY id LIMIT 1")
-            if not rows or self._stop.is_set():
-                return finished
-            finished.append(self._run(int(rows[0]["id"]), progress))
+        while not self._stop.is_set():
+            job = self.claim()
+            if job is None:
+                break
+            finished.append(self._run(job, progress))
+        return finished
 
-    def _run(self, job_id: int, progress) -> dict:
-        job = self.get(job_id)
-        try:
-            todo = plan(self.store, job["study_uid"])
-        except StoreError as exc:
-            return self._finish(job_id, "failed", str(exc))
-        by_sop: dict[str, list[Wanted]] = {}
-        for item in todo.make:
-            by_sop.setdefault(item.sop_uid, []).append(item)
-        with self.store.connect() as db:
-            db.execute("UPDATE jobs SET state='running', started=coalesce(started, ?), total=done+failed+? WHERE id=?",
-                       (time.time(), len(by_sop), job_id))
-        cancelled = False
-        if by_sop:
-            cancelled = self._execute(job_id, by_sop, progress)
-        if cancelled:
+    def _run(self, job: dict, progress) -> dict:
+        """Plan, make, and plan again until nothing new is missing; superseded artifacts go last."""
+        job_id = job["id"]
+        if job["cancel"]:
             return self._finish(job_id, "cancelled", "cancelled by a user")
+        tried = {r["sop_uid"] for r in self.store.query("SELECT sop_uid FROM job_items WHERE job_id=?", (job_id,))}
+        while True:
+            try:
+                todo = plan(self.store, job["study_uid"])
+            except StoreError as exc:
+                return self._finish(job_id, "failed", str(exc))
+            by_sop: dict[str, list[Wanted]] = {}
+            for item in todo.make:
+                if item.sop_uid not in tried:  # each instance once per job: a failure is recorded, not retried forever
+                    by_sop.setdefault(item.sop_uid, []).append(item)
+            if not by_sop:
+                break
+            tried |= by_sop.keys()
+            with self.store.connect() as db:
+                db.execute("UPDATE jobs SET total=done+failed+? WHERE id=? AND owner=?", (len(by_sop), job_id, self.owner))
+            ended = self._execute(job_id, by_sop, progress)
+            if ended == "cancelled":
+                return self._finish(job_id, "cancelled", "cancelled by a user")
+            if ended == "stopped":  # shutting down: back to the queue for the next runner
+                with self.store.connect() as db:
+                    db.execute("UPDATE jobs SET state='queued', owner=NULL, lease=NULL WHERE id=? AND owner=?", (job_id, self.owner))
+                return self.get(job_id)
+            if ended == "lost":
+                return self.get(job_id)
         for artifact in todo.remove:  # only once every new artifact is in place
             self.store.remove_artifact(artifact)
         job = self.get(job_id)
@@ -130,35 +216,45 @@ class Jobs:
         message = f"{job['done']} instance(s) done, {job['failed']} failed, {len(todo.remove)} superseded artifact(s) removed"
         return self._finish(job_id, state, message)
 
-    def _execute(self, job_id: int, by_sop: dict[str, list[Wanted]], progress) -> bool:
-        context = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context) as pool:
-            pending = {pool.submit(_make_for_instance, str(self.store.root), items): sop for sop, items in by_sop.items()}
-            while pending:
-                finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    sop = pending.pop(future)
-                    written, error, rss, warning = future.result()
-                    with self.store.connect() as db:
-                        db.execute("INSERT OR REPLACE INTO job_items (job_id, sop_uid, state, error, warning) VALUES (?,?,?,?,?)",
-                                   (job_id, sop, "failed" if error else "done", error, warning))
-                        column = "failed" if error else "done"
-                        db.execute(f"UPDATE jobs SET {column}={column}+1, bytes=bytes+?, peak_rss_mb=max(peak_rss_mb, ?) WHERE id=?",
-                                   (written, rss, job_id))
-                    if progress:
+    def _execute(self, job_id: int, by_sop: dict[str, list[Wanted]], progress) -> str:
+        """Make every instance's artifacts in worker processes; returns done, cancelled, stopped or lost (the lease)."""
+        queue = list(by_sop.items())
+        ended = "done"
+        renewed = time.monotonic()
+        with WorkerPool(self.workers) as pool:
+            while (queue and ended == "done") or pool.busy:
+                while queue and ended == "done" and pool.free:
+                    sop, items = queue.pop(0)
+                    pool.submit(sop, _make_for_instance, str(self.store.root), items)
+                for outcome in pool.wait(timeout=0.5):
+                    if self._record(job_id, outcome) and progress:
                         progress(self.get(job_id))
-                if self.store.query("SELECT cancel FROM jobs WHERE id=?", (job_id,))[0]["cancel"] or self._stop.is_set():
-                    for future in pending:
-                        future.cancel()
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    return not self._stop.is_set()
-        return False
+                if time.monotonic() - renewed > self.lease / 3:
+                    if not self.renew(job_id):
+                        return "lost"
+                    renewed = time.monotonic()
+                if ended == "done" and self._stop.is_set():
+                    ended = "stopped"
+                elif ended == "done" and self.store.query("SELECT cancel FROM jobs WHERE id=?", (job_id,))[0]["cancel"]:
+                    ended = "cancelled"
+        return ended
+
+    def _record(self, job_id: int, outcome: Outcome) -> bool:
+        """Count one instance's result (a dead worker's too); False when the job is no longer this runner's."""
+        written, error, rss, warning = outcome.value if outcome.error is None else (0, outcome.error, 0.0, None)
+        column = "failed" if error else "done"
+        with self.store.connect() as db:
+            mine = db.execute(f"UPDATE jobs SET {column}={column}+1, bytes=bytes+?, peak_rss_mb=max(peak_rss_mb, ?) "
+                              "WHERE id=? AND owner=?", (written, rss, job_id, self.owner)).rowcount
+            if mine:
+                db.execute("INSERT OR REPLACE INTO job_items (job_id, sop_uid, state, error, warning) VALUES (?,?,?,?,?)",
+                           (job_id, outcome.key, column, error, warning))
+        return bool(mine)
 
     def _finish(self, job_id: int, state: str, message: str) -> dict:
-        if self._stop.is_set() and state != "done":
-            return self.get(job_id)  # shutting down: stays 'running' and is resumed at the next start
         with self.store.connect() as db:
-            db.execute("UPDATE jobs SET state=?, message=?, finished=? WHERE id=?", (state, message, time.time(), job_id))
+            db.execute("UPDATE jobs SET state=?, message=?, finished=? WHERE id=? AND owner=?",
+                       (state, message, time.time(), job_id, self.owner))
         return self.get(job_id)
 
     # -- the background thread of the web app ---------------------------------

@@ -1,8 +1,12 @@
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +15,7 @@ from core.jobs import Jobs
 from core.pixels import read_dataset
 from core.samples import write_series
 from core.store import Store
+from tests.core.test_workers import ROOT, alive, descendants
 
 
 def ingest_series(store, tmp_path, name="RG3_UNCR", count=6):
@@ -99,3 +104,149 @@ def test_killed_mid_job_resumes_after_restart(tmp_path):
         lossy = restarted.artifact(row["sop_uid"], "lossy", 10)
         assert lossy is not None and read_dataset(lossy.path).LossyImageCompression == "01"
         assert restarted.artifact(row["sop_uid"], "lossless") is not None
+
+
+CLAIMER = """
+import json, sys, time
+from core.jobs import Jobs
+from core.store import Store
+jobs = Jobs(Store(sys.argv[1]))
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+got = []
+while (job := jobs.claim()) is not None:
+    got.append(job["id"])
+print(json.dumps(got), flush=True)
+sys.stdin.read()  # stay alive (a live runner's jobs are not released) until the test has every answer
+"""
+
+
+def test_claims_are_atomic_across_processes(tmp_path):
+    """Three processes claim 40 queued jobs at the same moment: every job is claimed exactly once."""
+    store = Store(tmp_path / "data")
+    with store.connect() as db:
+        ids = [db.execute("INSERT INTO jobs (kind, study_uid, state, params, created) VALUES ('materialize', ?, 'queued', '{}', 0)",
+                          (f"1.2.3.{n}",)).lastrowid for n in range(40)]
+    start = time.time() + 4
+    runners = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(store.root), str(start)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(3)]
+    try:
+        claimed = [json.loads(r.stdout.readline()) for r in runners]
+    finally:
+        for r in runners:
+            r.stdin.close()
+            r.wait(30)
+    everything = [job for got in claimed for job in got]
+    assert sorted(everything) == sorted(ids)  # none twice, none missed
+    owners = {row["owner"] for row in store.query("SELECT owner FROM jobs")}
+    assert len(owners) == sum(1 for got in claimed if got)
+
+
+def test_an_expired_lease_is_taken_over(tmp_path):
+    """A runner that stops renewing (hung, or on a dead host) loses its job once the lease expires; the job then completes."""
+    store = Store(tmp_path / "data")
+    study = ingest_series(store, tmp_path, "emri_small", 2)
+    stuck, other = Jobs(store, workers=1, lease=0.5), Jobs(store, workers=1, lease=0.5)
+    job_id = stuck.submit(study)
+    assert stuck.claim()["id"] == job_id
+    assert other.claim() is None  # the lease holds and its process is alive
+    time.sleep(0.6)
+    [job] = other.run_pending()
+    assert job["id"] == job_id and job["state"] == "done" and job["done"] == 2
+    assert not stuck.renew(job_id)  # the old runner learns it lost the job
+
+
+def test_a_dead_runner_on_this_host_is_released_at_once(tmp_path):
+    store = Store(tmp_path / "data")
+    study = ingest_series(store, tmp_path, "emri_small", 1)
+    jobs = Jobs(store, workers=1, lease=3600)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = socket.gethostname()
+    first, second = jobs.submit(study), None
+    jobs.claim()
+    with store.connect() as db:  # as if a process of this host had claimed it and died
+        db.execute("UPDATE jobs SET owner=? WHERE id=?", (f"{host}:{gone.pid}:dead", first))
+    assert jobs.resume() == 1 and jobs.get(first)["state"] == "queued"
+    jobs.claim()
+    with store.connect() as db:  # a runner on another host keeps its job until the lease expires
+        db.execute("UPDATE jobs SET owner=? WHERE id=?", ("another-host:1:x", first))
+    assert jobs.resume() == 0 and jobs.get(first)["state"] == "running"
+    with store.connect() as db:  # a cancel asked for while the runner was dying is honoured
+        db.execute("UPDATE jobs SET owner=?, cancel=1 WHERE id=?", (f"{host}:{gone.pid}:dead", first))
+    assert jobs.resume() == 0 and jobs.get(first)["state"] == "cancelled"
+    second = jobs.submit(study)
+    [job] = jobs.run_pending()
+    assert job["id"] == second and job["state"] == "done" and job["done"] == 1
+
+
+def test_one_study_is_worked_on_by_one_runner_at_a_time(tmp_path):
+    """A job submitted while the study's job runs is queued apart, and no other runner starts it meanwhile."""
+    store = Store(tmp_path / "data")
+    study = ingest_series(store, tmp_path, "emri_small", 1)
+    a, b = Jobs(store, workers=1), Jobs(store, workers=1)
+    running = a.submit(study)
+    assert a.claim()["id"] == running
+    queued = b.submit(study)
+    assert queued != running and b.claim() is None
+    with store.connect() as db:
+        db.execute("UPDATE jobs SET state='done' WHERE id=?", (running,))
+    assert b.claim()["id"] == queued
+
+
+def worker_pids() -> list[int]:
+    return [pid for pid in descendants(os.getpid())
+            if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") and alive(pid)]
+
+
+def test_a_worker_killed_by_the_os_fails_only_its_instance(tmp_path):
+    """SIGKILL the worker making the second instance: that instance fails with the signal, the job goes on and ends."""
+    store = Store(tmp_path / "data")
+    study = ingest_series(store, tmp_path, "RG3_UNCR", 3)
+    jobs = Jobs(store, workers=1)
+    jobs.submit(study)
+    killed = []
+
+    def kill_during_second(job):
+        if job["done"] == 1 and not killed:
+            def later():
+                time.sleep(0.3)  # the worker has taken the second instance (each takes over a second)
+                killed.extend(worker_pids())
+                os.kill(killed[0], signal.SIGKILL)
+            threading.Thread(target=later).start()
+
+    [job] = jobs.run_pending(progress=kill_during_second)
+    assert len(killed) == 1
+    assert job["state"] == "done" and job["done"] == 2 and job["failed"] == 1 and job["total"] == 3
+    [error] = job["errors"]
+    assert "killed by SIGKILL" in error["error"]
+    for row in store.instances(study):
+        has_copy = store.artifact(row["sop_uid"], "lossless") is not None
+        assert has_copy == (row["sop_uid"] != error["sop_uid"])
+    assert not alive(killed[0]) and worker_pids() == []  # the pool was ended with the job
+
+
+def test_an_instance_stored_while_the_job_runs_gets_its_copies(tmp_path):
+    """The job re-plans after its last item: an instance that arrives mid-job is not left without copies."""
+    from pydicom.uid import generate_uid
+
+    store = Store(tmp_path / "data")
+    study = ingest_series(store, tmp_path, "emri_small", 3)
+    jobs = Jobs(store, workers=1)
+    jobs.submit(study)
+    late = []
+
+    def store_one_more(job):
+        if job["done"] == 1 and not late:
+            ds = read_dataset(store.artifact(store.instances(study)[0]["sop_uid"], "original").path)
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            path = tmp_path / "late.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            [result] = list(ingest(store, [path]))
+            assert result.status == "stored" and result.study_uid == study
+            late.append(result.sop_uid)
+
+    [job] = jobs.run_pending(progress=store_one_more)
+    assert late and job["state"] == "done" and job["done"] == 4 and job["total"] == 4
+    for row in store.instances(study):
+        assert store.artifact(row["sop_uid"], "lossless") is not None, row["sop_uid"]
+    assert jobs.run_pending() == []

@@ -1,0 +1,164 @@
+"""Worker processes for jobs: one task each at a time, replaced when one dies, gone when the app dies.
+
+:class:`concurrent.futures.ProcessPoolExecutor` breaks as a whole when the OS
+kills one worker (out of memory, kill -9): every pending task fails and the
+job that used it hung in "running".  Here each worker holds exactly one task,
+so a dead worker fails that task alone, with the signal that killed it, and a
+fresh worker takes the next one.  Workers are spawned by the app itself (not
+by a fork server, whose children outlive it) and ask the kernel to kill them
+when the app dies (``PR_SET_PDEATHSIG``); an idle one also leaves when its task
+pipe closes.  No orphan outlives the app.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Hashable
+
+__all__ = ["WorkerPool", "Outcome"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel SIGKILLs this process when the app that started it exits, even mid-task in C code."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the app died before prctl took effect
+        os._exit(0)
+
+
+def _serve(tasks: Connection, parent: int) -> None:
+    """A worker's life: run tasks until told to stop or until the app's end of the pipe closes."""
+    _die_with_parent(parent)
+    while True:
+        try:
+            task = tasks.recv()
+        except (EOFError, OSError):  # the app is gone (also covers a parent that died before prctl)
+            return
+        if task is None:
+            return
+        fn, args = task
+        try:
+            answer = ("ok", fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent as this task's failure
+            answer = ("error", f"internal error: {type(exc).__name__}: {exc}")
+        tasks.send(answer)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one task came to: its value, or why it has none."""
+
+    key: Hashable
+    value: Any = None
+    error: str | None = None
+
+
+class _Worker:
+    def __init__(self, context):
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, os.getpid()), daemon=True, name="radpress-worker")
+        self.process.start()
+        child.close()
+        self.key: Hashable | None = None
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (the system may have run out of memory)" if -exitcode == signal.SIGKILL else ""
+        return f"the worker process making this instance's copies was killed by {name}{hint}; the other instances continue"
+    return f"the worker process making this instance's copies exited unexpectedly (exit code {exitcode})"
+
+
+class WorkerPool:
+    """Up to *size* worker processes; :meth:`submit` a task to a free one, :meth:`wait` for outcomes."""
+
+    def __init__(self, size: int, start_method: str = "spawn"):
+        self.size = max(1, size)
+        self._context = multiprocessing.get_context(start_method)
+        self._idle: list[_Worker] = []
+        self._busy: list[_Worker] = []
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def free(self) -> int:
+        return self.size - len(self._busy)
+
+    @property
+    def busy(self) -> int:
+        return len(self._busy)
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._idle + self._busy]
+
+    def running(self) -> dict[Hashable, int]:
+        """The process id working on each task now."""
+        return {w.key: w.process.pid for w in self._busy}
+
+    def submit(self, key: Hashable, fn: Callable, *args) -> None:
+        """Hand one task to a free worker (started when none is idle); *fn* must be importable by the worker."""
+        if not self.free:
+            raise RuntimeError("every worker is busy; wait() for one first")
+        while self._idle and not self._idle[-1].process.is_alive():  # killed while idle: not this task's fault
+            _end(self._idle.pop())
+        worker = self._idle.pop() if self._idle else _Worker(self._context)
+        worker.key = key
+        worker.conn.send((fn, args))
+        self._busy.append(worker)
+
+    def wait(self, timeout: float | None = None) -> list[Outcome]:
+        """Outcomes of the tasks finished within *timeout* seconds (none when nothing is running)."""
+        if not self._busy:
+            return []
+        ready = set(wait([w.conn for w in self._busy] + [w.process.sentinel for w in self._busy], timeout))
+        outcomes = []
+        for worker in list(self._busy):
+            if worker.conn in ready or worker.process.sentinel in ready:
+                outcomes.append(self._collect(worker))
+        return outcomes
+
+    def _collect(self, worker: _Worker) -> Outcome:
+        self._busy.remove(worker)
+        try:
+            if worker.conn.poll():
+                status, value = worker.conn.recv()
+                self._idle.append(worker)
+                return Outcome(worker.key, value, None) if status == "ok" else Outcome(worker.key, None, value)
+        except (EOFError, OSError):
+            pass
+        _end(worker)  # died before answering: this task alone fails; the next one gets a new worker
+        return Outcome(worker.key, None, _death(worker.process.exitcode))
+
+    def close(self, timeout: float = 60) -> None:
+        """End every worker: a busy one first finishes its task (its outcome is dropped) for up to *timeout* s."""
+        deadline = time.monotonic() + timeout
+        workers, self._idle, self._busy = self._idle + self._busy, [], []
+        for worker in workers:
+            try:
+                worker.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            _end(worker)
+
+
+def _end(worker: _Worker) -> None:
+    if worker.process.is_alive():
+        worker.process.kill()
+    worker.process.join()
+    worker.conn.close()

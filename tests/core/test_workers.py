@@ -1,0 +1,112 @@
+"""Worker processes: a killed worker fails its task alone, and no worker outlives the process that started it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core.workers import WorkerPool
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper has exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def test_tasks_run_and_errors_come_back():
+    with WorkerPool(2) as pool:
+        pool.submit("a", divmod, 7, 2)
+        pool.submit("b", divmod, 1, 0)
+        assert pool.free == 0
+        outcomes = {}
+        while pool.busy:
+            outcomes.update((o.key, o) for o in pool.wait(10))
+    assert outcomes["a"].value == (3, 1) and outcomes["a"].error is None
+    assert outcomes["b"].value is None and "ZeroDivisionError" in outcomes["b"].error
+
+
+def test_a_killed_worker_fails_only_its_task_and_is_replaced():
+    with WorkerPool(2) as pool:
+        pool.submit("slow", time.sleep, 30)
+        pool.submit("quick", divmod, 9, 4)
+        [quick] = pool.wait(10)
+        assert quick.key == "quick" and quick.value == (2, 1)
+        slow_pid = pool.running()["slow"]
+        os.kill(slow_pid, signal.SIGKILL)
+        started = time.monotonic()
+        [slow] = pool.wait(10)
+        assert time.monotonic() - started < 5
+        assert slow.key == "slow" and slow.value is None and "killed by SIGKILL" in slow.error
+        pool.submit("after", divmod, 5, 5)  # the pool carries on with a fresh worker
+        [after] = pool.wait(10)
+        assert after.value == (1, 0) and slow_pid not in pool.pids()
+
+
+STARTER = """
+import sys, time
+from core.workers import WorkerPool
+pool = WorkerPool(2)
+pool.submit("busy", time.sleep, 120)
+pool.submit("idle", divmod, 1, 1)
+while not pool.wait(10):
+    pass
+print(" ".join(map(str, pool.pids())), flush=True)
+time.sleep(120)
+"""
+
+
+def test_workers_exit_when_the_process_that_started_them_is_killed():
+    """SIGKILL the app: its busy and idle workers (and the fork server) are gone within seconds, no orphans."""
+    app = subprocess.Popen([sys.executable, "-c", STARTER], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    family: set[int] = set()
+    try:
+        workers = set(map(int, app.stdout.readline().split()))
+        assert len(workers) == 2 and all(alive(pid) for pid in workers)
+        family = descendants(app.pid)
+        assert workers < family  # the workers and the fork server
+        app.send_signal(signal.SIGKILL)
+        app.wait(5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(alive(pid) for pid in family):
+            time.sleep(0.05)
+        assert [pid for pid in family if alive(pid)] == []
+    finally:
+        app.kill()
+        app.wait()
+        for pid in family:  # never leave a failed run's orphans behind
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("code, fragment", [(-signal.SIGKILL, "SIGKILL (the system may have run out of memory)"),
+                                            (-signal.SIGSEGV, "SIGSEGV"), (3, "exit code 3")])
+def test_death_messages_name_the_cause(code, fragment):
+    from core.workers import _death
+
+    assert fragment in _death(code)
