@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import signal
@@ -71,7 +72,7 @@ def test_cancel_a_running_job(tmp_path):
 
 
 def test_killed_mid_job_resumes_after_restart(tmp_path):
-    """SIGKILL the ingest while its job runs; a restart repairs the store and finishes the job."""
+    """SIGKILL the ingest while its job runs: its workers go with it; a restart repairs the store and finishes the job."""
     data = tmp_path / "data"
     files = write_series("RG3_UNCR", 8, tmp_path / "series")
     proc = subprocess.Popen([sys.executable, "-m", "core", "ingest", *map(str, files), "--data", str(data), "--workers", "1"],
@@ -86,8 +87,17 @@ def test_killed_mid_job_resumes_after_restart(tmp_path):
     else:
         proc.kill()
         pytest.fail("the job never got going")
-    os.killpg(proc.pid, signal.SIGKILL)
+    family = descendants(proc.pid)
+    assert worker_pids() and set(worker_pids()) <= family
+    os.kill(proc.pid, signal.SIGKILL)  # the process alone, as the OS or an operator would
     proc.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(pid) for pid in family):
+        time.sleep(0.05)
+    orphans = [pid for pid in family if alive(pid)]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # a failed run leaves nothing behind
+    assert orphans == []  # no worker outlives the process that started it
     assert store.query("SELECT state FROM jobs")[0]["state"] == "running"  # interrupted, not finished
 
     restarted = Store(data)
