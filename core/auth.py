@@ -148,7 +148,7 @@ def _guard():
     if current_user() is None:
         if request.path.startswith(API_PREFIXES):
             return _denied(401, "Please log in (session cookie or HTTP Basic credentials).")
-        return redirect("/login?next=" + quote(request.full_path if request.query_string else request.path, safe="/?=&"))
+        return redirect("/login?next=" + quote(request.full_path if request.query_string else request.path, safe="/"))
     if request.path == CALLBACK_PATH:
         return _guard_callback()
     return None

@@ -71,7 +71,7 @@ def _http_error(exc: HTTPException):
 @blueprint.route("/api/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
 def _unknown_api(_rest):
     """Unknown API paths answer JSON, not the app's HTML page."""
-    return jsonify(error=f"No API route {request.path}.", hint="See README.md, section HTTP."), 404
+    return jsonify(error=f"No API route {request.method} {request.path}.", hint="See README.md, section HTTP."), 404
 
 
 def _check_study(store: Store, study_uid: str, action: str = "view") -> None:

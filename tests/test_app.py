@@ -35,3 +35,21 @@ def test_first_start_creates_an_administrator(tmp_path, capsys):
     assert users.authenticate("admin", password).role == "admin"
     create_app(tmp_path / "data", run_jobs=False, demo=False)
     assert [u.name for u in users.list()] == ["admin"]
+
+
+def test_data_directory_is_for_the_service_user_only(tmp_path):
+    import stat
+
+    root = tmp_path / "data"
+    create_app(root, run_jobs=False, demo=False)
+    root.chmod(0o755)  # as an older RadPress or a careless copy left it
+    (root / "index.sqlite").chmod(0o644)
+    create_app(root, run_jobs=False, demo=False)
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(root) == 0o700
+    for name in ("index.sqlite", "secret.key", "initial-admin-password.txt"):
+        assert mode(root / name) == 0o600, name
+    for name in ("originals", "artifacts", "tmp", "cache"):
+        assert mode(root / name) == 0o700, name

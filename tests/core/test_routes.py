@@ -484,3 +484,33 @@ def test_dzi_and_tile_sizes_at_every_level(http, dims_instances):
             assert Image.open(io.BytesIO(r.content)).size == (x1 - x0, y1 - y0), (level, col, row)
         assert http.get(f"{base}/deepzoom/{sop}_files/{level}/{cols}_{rows - 1}.png").status_code == 400
     assert http.get(f"{base}/deepzoom/{sop}_files/{top + 1}/0_0.png").status_code == 400
+
+
+def test_requests_that_once_gave_500_get_a_4xx_with_a_reason(http, server, tmp_path):
+    base, _ = server
+    study = upload(http, base, MR2).json()["studies"][0]
+    sop = http.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
+    cases = [
+        ("get", f"/dims/{sop}/thumbnail/0x0!", {}, 400, "at least 1"),
+        ("get", f"/dims/{sop}/resize/0x10", {}, 400, "at least 1"),
+        ("get", f"/download/study/{study}.zip?variant=lossy&ratio=0.5", {}, 400, "0.5:1"),
+        ("get", f"/download/study/{study}.tar?variant=lossy&ratio=abc", {}, 400, "not a number"),
+        ("get", "/api/jobs/12345678901234567890", {}, 404, "No job"),
+        ("post", "/api/jobs/99999999999999999999/cancel", {}, 404, "No job"),
+        ("post", "/_dash-update-component", {"json": {}}, 400, "output"),
+        ("post", "/_dash-update-component", {"data": b"not json", "headers": {"Content-Type": "application/json"}}, 400, "output"),
+        ("post", "/_dash-update-component", {"json": {"output": "nothing.children", "inputs": []}}, 400, "No callback"),
+        ("post", "/_dash-update-component", {"json": {"output": "whoami.children", "inputs": {}}}, 400, "list"),
+        ("post", "/_dash-update-component", {"json": {"output": "whoami.children", "inputs": [7]}}, 400, "property"),
+        ("get", "/_dash-component-suites/..%2f..%2f/etc/passwd", {}, 404, "No such file"),
+        ("get", "/_dash-component-suites/dash/..%2f..%2fapp.py", {}, 404, "No such file"),
+        ("get", "/_dash-component-suites/nosuchpackage/x.js", {}, 404, "No such file"),
+        ("get", "/api/no/such/route", {}, 404, "No API route"),
+        ("delete", "/api/studies", {}, 404, "No API route"),
+    ]
+    for method, url, kwargs, status, reason in cases:
+        r = getattr(http, method)(base + url, allow_redirects=False, **kwargs)
+        assert r.status_code == status and reason in r.json()["error"], (url, r.status_code, r.text[:200])
+    login = requests.post(f"{base}/login?next=/%0d%0aSet-Cookie:%20x=1", data=dict(zip(("username", "password"), ADMIN)),
+                          allow_redirects=False)
+    assert login.status_code == 302 and "\r" not in login.headers["Location"] and "x=1" not in login.headers.get("Set-Cookie", "")
