@@ -28,7 +28,7 @@ from .files import atomic_writer
 from .pixels import PixelSpec, decode_frame, pixel_spec, read_dataset
 from .samples import BENCH_SAMPLES, sample
 
-__all__ = ["run_bench", "measure"]
+__all__ = ["run_bench", "measure", "measure_accuracy", "measure_psnr_truth"]
 
 CODECS = ("j2k", "htj2k", "jpegls", "jxl")
 LOSSY_TARGETS = (10, 20, 50)
@@ -183,6 +183,8 @@ def _table(results: dict) -> str:
     lines.append("")
     lines.append("lossy j2k: " + ", ".join(f"{r['image']} {r['target']}:1->{r['ratio']:.2f}" for r in results["lossy"]))
     lines.append("")
+    if "accuracy" in results:
+        lines += [_accuracy_table(results["accuracy"]), "", _psnr_table(results["psnr_truth"]), ""]
     if "archive" in results:
         lines += [_archive_table(results["archive"]), ""]
     if "lab" in results:
@@ -196,8 +198,12 @@ def _table(results: dict) -> str:
 
 
 def run_bench(json_path: str | None = "bench-results.json", as_json: bool = False, repeat: int = 3,
-              archive_instances: int = 300, lab: bool = True, big: int = 30000) -> int:
+              archive_instances: int = 300, lab: bool = True, big: int = 30000, accuracy: bool = True) -> int:
     results = measure(repeat=repeat)
+    if accuracy:
+        results["accuracy"] = measure_accuracy()
+        results["psnr_truth"] = measure_psnr_truth()
+        results["checks"] += _accuracy_checks(results["accuracy"], results["psnr_truth"])
     if big:
         results["delivery"] = measure_delivery(big)
         peak = max(results["delivery"]["peak_rss_mb"], results["delivery"]["peak_worker_rss_mb"])
@@ -458,3 +464,245 @@ def _delivery_table(d: dict) -> str:
         f"progressive preview of RG1: level 0 {d['preview_level0_bytes'] / 1e3:.0f} kB in {d['preview_level0_ms']:.0f} ms, "
         f"level 3 {d['preview_level3_bytes'] / 1e3:.1f} kB in {d['preview_level3_ms']:.0f} ms",
     ])
+
+
+# -- lossy ratio accuracy and the lab's PSNR against other decoders -----------
+ACCURACY_TARGETS = (5, 10, 20, 50)
+ACCURACY_FRAMES = 3  # frames per image in the accuracy run (color3d has 120; each frame is coded on its own)
+# A fragment is padded to even length in the file: the independent measurement
+# may read up to one byte per frame more than the encoder wrote.
+_PADDING_MARGIN = 0.005
+PSNR_SAMPLES = ("693_UNCR", "MR2_UNCR", "RG3_UNCR", "US1_UNCR", "emri_small", "JPGLosslessP14SV1_1s_1f_8b")
+PSNR_RATIO = 10
+PSNR_TOLERANCE_DB = 0.1
+
+
+def accuracy_images() -> list[str]:
+    """Every pydicom-data file that is an image RadPress can read, by stem."""
+    from .errors import RadPressError
+    from .samples import pydicom_data_dir
+
+    names = []
+    for path in sorted(pydicom_data_dir().glob("*.dcm")):
+        try:
+            pixel_spec(read_dataset(path))
+        except RadPressError:
+            continue
+        names.append(path.stem)
+    return names
+
+
+def _first_frames(ds, count: int):
+    """*ds* with its first *count* frames only, uncompressed (the others cost time and say nothing new)."""
+    import copy
+
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    spec = pixel_spec(ds)
+    if spec.frames <= count:
+        return ds
+    frames = np.stack([decode_frame(ds, i) for i in range(count)])
+    out = copy.deepcopy(ds)
+    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out.NumberOfFrames = count
+    out.PhotometricInterpretation = spec.photometric
+    if spec.samples == 3:
+        out.PlanarConfiguration = 0
+    out.PixelData = frames.astype(frames.dtype.newbyteorder("<")).tobytes()
+    out["PixelData"].VR = "OB" if spec.bits_allocated == 8 else "OW"
+    return out
+
+
+def _file_ratio(ds) -> float:
+    """The achieved ratio read from the compressed dataset alone: uncompressed bytes over its encapsulated frames."""
+    from pydicom.encaps import generate_frames
+
+    spec = pixel_spec(ds)
+    return spec.frame_bytes * spec.frames / sum(len(f) for f in generate_frames(ds.PixelData, number_of_frames=spec.frames))
+
+
+def measure_accuracy(names: list[str] | None = None, targets=ACCURACY_TARGETS, codecs=CODECS, frames: int = ACCURACY_FRAMES) -> dict:
+    """Every codec at every target on every image: within ±10 %, flagged as not reached, or silently missed (must be 0)."""
+    from .codecs.rate import RATIO_TOLERANCE
+    from .errors import RadPressError
+
+    names = accuracy_images() if names is None else list(names)
+    rows = []
+    start = time.perf_counter()
+    for name in names:
+        ds = _first_frames(read_dataset(sample(name)), frames)
+        for codec in codecs:
+            for target in targets:
+                try:
+                    result = compress(ds, codec, "lossy", target)
+                except RadPressError as exc:
+                    rows.append({"image": name, "codec": codec, "target": target, "skipped": exc.message})
+                    continue
+                outcome = result.outcome
+                measured = _file_ratio(result.dataset)
+                off = abs(measured / target - 1)
+                rows.append({
+                    "image": name, "codec": codec, "target": target, "achieved": result.ratio, "measured": measured,
+                    "reached": outcome.reached, "reason": outcome.reason,
+                    "silent": outcome.reached and off > RATIO_TOLERANCE + _PADDING_MARGIN,
+                    "false_alarm": not outcome.reached and off <= RATIO_TOLERANCE,
+                    "seconds": result.encode_seconds,
+                })
+    summary = []
+    for codec in codecs:
+        mine = [r for r in rows if r["codec"] == codec]
+        done = [r for r in mine if "skipped" not in r]
+        summary.append({
+            "codec": codec, "runs": len(done), "skipped": len(mine) - len(done),
+            "within": sum(r["reached"] and not r["silent"] for r in done),
+            "flagged_unreachable": sum(not r["reached"] for r in done),
+            "silently_missed": sum(r["silent"] for r in done),
+            "false_alarms": sum(r["false_alarm"] for r in done),
+            "by_target": {str(t): {"within": sum(r["reached"] and not r["silent"] for r in done if r["target"] == t),
+                                   "flagged": sum(not r["reached"] for r in done if r["target"] == t),
+                                   "runs": sum(1 for r in done if r["target"] == t)} for t in targets},
+        })
+    return {"images": len(names), "frames_per_image": frames, "targets": list(targets), "tolerance": RATIO_TOLERANCE,
+            "summary": summary, "rows": rows, "wall_s": time.perf_counter() - start}
+
+
+def _accuracy_table(acc: dict) -> str:
+    targets = acc["targets"]
+    lines = [f"lossy ratio accuracy: {acc['images']} pydicom-data images (first {acc['frames_per_image']} frames) x "
+             f"{'/'.join(f'{t}:1' for t in targets)}, ±{acc['tolerance']:.0%} ({acc['wall_s']:.0f} s)",
+             f"{'codec':<7} {'runs':>5} {'within':>7} {'flagged':>8} {'silent':>7} {'skipped':>8}  " +
+             " ".join(f"{f'{t}:1 in/flag':>13}" for t in targets)]
+    for s in acc["summary"]:
+        cells = [s["by_target"][str(t)] for t in targets]
+        per = " ".join(f"{str(c['within']) + '/' + str(c['flagged']):>13}" for c in cells)
+        lines.append(f"{s['codec']:<7} {s['runs']:>5} {s['within']:>7} {s['flagged_unreachable']:>8} {s['silently_missed']:>7} "
+                     f"{s['skipped']:>8}  {per}")
+    return "\n".join(lines)
+
+
+def _pnm(path: Path) -> np.ndarray:
+    """A binary PGM/PPM as written by opj_decompress, ojph_expand and djxl."""
+    data = path.read_bytes()
+    fields, pos = [], 0
+    while len(fields) < 4:
+        while data[pos:pos + 1].isspace():
+            pos += 1
+        if data[pos:pos + 1] == b"#":
+            pos = data.index(b"\n", pos)
+            continue
+        end = pos
+        while not data[end:end + 1].isspace():
+            end += 1
+        fields.append(data[pos:end])
+        pos = end
+    width, height, maxval = int(fields[1]), int(fields[2]), int(fields[3])
+    channels = 3 if fields[0] == b"P6" else 1
+    dtype = np.dtype(">u2") if maxval > 255 else np.dtype(np.uint8)
+    values = np.frombuffer(data, dtype=dtype, count=width * height * channels, offset=pos + 1)
+    return values.reshape((height, width, channels) if channels == 3 else (height, width)).astype(np.int64)
+
+
+def _tool_frame(tool: str, codestream: bytes, spec: PixelSpec, tmp: Path) -> np.ndarray:
+    """One frame decoded by another project's command-line decoder."""
+    from .codecs.codestream import parse_main_header
+
+    pnm = tmp / ("frame.ppm" if spec.samples == 3 else "frame.pgm")
+    source = tmp / ("frame.jxl" if tool == "djxl" else "frame.j2c")
+    source.write_bytes(codestream)
+    if tool == "opj_decompress" and spec.signed:
+        raw = tmp / "frame.raw"
+        subprocess.run([tool, "-i", str(source), "-o", str(raw), "-quiet"], check=True, capture_output=True, timeout=300)
+        precision = parse_main_header(codestream).precision
+        wide = np.fromfile(raw, dtype="<u2").astype(np.int64)
+        return np.where(wide >= 1 << (precision - 1), wide - (1 << precision), wide).reshape(spec.shape)
+    command = {"opj_decompress": [tool, "-i", str(source), "-o", str(pnm), "-quiet"],
+               "ojph_expand": [tool, "-i", str(source), "-o", str(pnm)], "djxl": [tool, str(source), str(pnm)]}[tool]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    values = _pnm(pnm)
+    if tool == "djxl" and spec.bits_allocated == 16 and spec.bits_stored < 16:
+        values = np.round(values * ((1 << spec.bits_stored) - 1) / 65535).astype(np.int64)  # djxl widens to 16 bits
+    return values
+
+
+def _pydicom_frames(ds, codec, codestreams: list[bytes], spec: PixelSpec) -> np.ndarray:
+    """The codestreams in a DICOM file, decoded by pydicom's own decoders (pylibjpeg / pyjpegls), not RadPress's."""
+    from pydicom.pixels import pixel_array
+
+    from .derive import compressed_dataset
+
+    out = compressed_dataset(ds, codestreams, codec, spec, spec.frame_bytes * len(codestreams) / sum(map(len, codestreams)))
+    out.NumberOfFrames = len(codestreams)
+    buffer = __import__("io").BytesIO()
+    out.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    values = pixel_array(buffer, raw=True)
+    return values.reshape((len(codestreams), *spec.shape))
+
+
+INDEPENDENT_DECODERS = {"j2k": ("pydicom", "opj_decompress"), "htj2k": ("pydicom", "ojph_expand"),
+                        "jpegls": ("pydicom",), "jxl": ("djxl",)}
+
+
+def measure_psnr_truth(names=PSNR_SAMPLES, ratio: float = PSNR_RATIO, codecs=CODECS, frames: int = ACCURACY_FRAMES) -> dict:
+    """The lab's PSNR (its own encode and decode path) against the PSNR of the same codestreams decoded by other projects."""
+    from .errors import RadPressError
+    from .lab import encode_decode
+    from .metrics import compare
+
+    rows = []
+    for name in names:
+        ds = _first_frames(read_dataset(sample(name)), frames)
+        spec = pixel_spec(ds)
+        originals = [decode_frame(ds, i) for i in range(spec.frames)]
+        for codec_name in codecs:
+            codec = get_codec(codec_name, True)
+            try:
+                codec.check(spec)
+            except RadPressError as exc:
+                rows.append({"image": name, "codec": codec_name, "skipped": exc.message})
+                continue
+            codestreams, decoded, _, _ = encode_decode(codec, originals, spec, ratio)
+            size = sum(map(len, codestreams))
+
+            def psnr(values) -> float:
+                return compare(np.stack(originals), np.stack(values).reshape((spec.frames, *spec.shape)), spec.bits_stored,
+                               compressed_bytes=size, uncompressed_bytes=spec.frame_bytes * spec.frames).psnr
+
+            lab = psnr(decoded)
+            for decoder in INDEPENDENT_DECODERS[codec_name]:
+                if decoder == "ojph_expand" and spec.signed:
+                    decoder = "opj_decompress"  # ojph_expand writes no signed output; OpenJPEG 2.5 reads HTJ2K
+                if decoder == "pydicom":
+                    values = _pydicom_frames(ds, codec, codestreams, spec)
+                else:
+                    with tempfile.TemporaryDirectory(prefix="radpress-bench-psnr-") as tmp:
+                        values = np.stack([_tool_frame(decoder, c, spec, Path(tmp)) for c in codestreams])
+                other = psnr(values)
+                diff = 0.0 if lab == other else abs(lab - other)
+                rows.append({"image": name, "codec": codec_name, "decoder": decoder, "ratio": ratio, "lab_psnr": lab,
+                             "independent_psnr": other, "diff_db": diff, "ok": diff <= PSNR_TOLERANCE_DB})
+    return {"ratio": ratio, "tolerance_db": PSNR_TOLERANCE_DB, "rows": rows}
+
+
+def _psnr_table(truth: dict) -> str:
+    lines = [f"lab PSNR vs independent decoder at {truth['ratio']:g}:1 (must agree within {truth['tolerance_db']:g} dB):",
+             f"{'image':<28} {'codec':<7} {'decoder':<15} {'lab dB':>8} {'other dB':>9} {'diff':>7}"]
+    for r in truth["rows"]:
+        if "skipped" in r:
+            continue
+        lines.append(f"{r['image']:<28} {r['codec']:<7} {r['decoder']:<15} {r['lab_psnr']:>8.2f} {r['independent_psnr']:>9.2f} "
+                     f"{r['diff_db']:>7.3f}{'' if r['ok'] else '  FAIL'}")
+    return "\n".join(lines)
+
+
+def _accuracy_checks(acc: dict, truth: dict) -> list[dict]:
+    checks = [{"target": f"lossy {s['codec']}: no target silently missed ({s['runs']} runs)",
+               "measured": f"{s['within']} within ±10 %, {s['flagged_unreachable']} flagged unreachable, {s['silently_missed']} silent",
+               "ok": s["silently_missed"] == 0 and s["false_alarms"] == 0} for s in acc["summary"]]
+    for codec in dict.fromkeys(r["codec"] for r in truth["rows"]):
+        mine = [r for r in truth["rows"] if r["codec"] == codec and "skipped" not in r]
+        worst = max((r["diff_db"] for r in mine), default=0.0)
+        checks.append({"target": f"lab PSNR = independent decoders' PSNR within {PSNR_TOLERANCE_DB:g} dB ({codec})",
+                       "measured": f"worst difference {worst:.3f} dB over {len(mine)} decodes ({', '.join(sorted({r['decoder'] for r in mine}))})",
+                       "ok": bool(mine) and all(r["ok"] for r in mine)})
+    return checks

@@ -287,7 +287,7 @@ def cmd_bench(args) -> int:
     from .bench import run_bench
 
     return run_bench(json_path=args.json_out, as_json=args.json, repeat=args.repeat, archive_instances=args.instances,
-                     lab=not args.no_lab, big=args.big)
+                     lab=not args.no_lab, big=args.big, accuracy=not args.no_accuracy)
 
 
 def _ratio(text: str) -> float:
@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--instances", type=int, default=300, help="size of the CT series for the archive benchmark (0: skip)")
     p.add_argument("--no-lab", action="store_true", help="skip the quality-lab sweep")
+    p.add_argument("--no-accuracy", action="store_true",
+                   help="skip lossy ratio accuracy over every pydicom-data image and the lab-PSNR check against other decoders")
     p.add_argument("--big", type=int, default=30000, help="side of the very large image benchmark (0: skip)")
     p.set_defaults(run=cmd_bench)
     return parser

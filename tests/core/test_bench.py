@@ -20,8 +20,12 @@ def test_bench_writes_json(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(bench, "measure", lambda repeat: measure(names=("emri_small",), repeat=1))
     monkeypatch.setattr(bench, "LAB_SAMPLES", {"MR": "emri_small"})
+    small_accuracy, small_truth = bench.measure_accuracy, bench.measure_psnr_truth
+    monkeypatch.setattr(bench, "measure_accuracy", lambda: small_accuracy(["emri_small"], targets=(10,), codecs=("j2k",)))
+    monkeypatch.setattr(bench, "measure_psnr_truth", lambda: small_truth(["emri_small"], codecs=("jpegls",)))
     assert run_bench(json_path=str(tmp_path / "bench.json"), archive_instances=4, big=0) == 0
     written = json.loads((tmp_path / "bench.json").read_text())
+    assert written["accuracy"]["summary"][0]["codec"] == "j2k" and written["psnr_truth"]["rows"][0]["decoder"] == "pydicom"
     assert written["codecs"] and written["archive"]["instances"] == 4 and written["archive"]["job_state"] == "done"
     assert written["archive"]["zip_mb_s"] > 0
     assert {r["codec"] for r in written["lab"]["rows"]} == {"j2k", "htj2k", "jxl"}
@@ -37,3 +41,41 @@ def test_delivery_benchmark_on_a_small_large_image(monkeypatch):
     assert d["preview_level3_bytes"] < d["preview_level0_bytes"] / 10
     assert d["tile_cold_median_ms"] > 0 and d["dims_cached_ms"] > 0
     assert "DeepZoom tile" in _delivery_table(d)
+
+
+def test_accuracy_section_counts_every_outcome_and_never_a_silent_miss():
+    from core.bench import _accuracy_table, measure_accuracy
+
+    acc = measure_accuracy(["emri_small", "SC_rgb"], frames=2)
+    assert acc["images"] == 2 and acc["targets"] == [5, 10, 20, 50]
+    for s in acc["summary"]:
+        assert s["runs"] + s["skipped"] == 8
+        assert s["within"] + s["flagged_unreachable"] == s["runs"] and s["silently_missed"] == 0 and s["false_alarms"] == 0
+    flagged = [r for r in acc["rows"] if "skipped" not in r and not r["reached"]]
+    assert flagged and all(r["reason"] for r in flagged)  # SC_rgb is a flat colour chart: some targets are out of reach
+    assert all(abs(r["measured"] / r["achieved"] - 1) < 0.01 for r in acc["rows"] if "measured" in r)
+    table = _accuracy_table(acc)
+    assert "silent" in table and "jpegls" in table
+
+
+def test_accuracy_catches_a_silent_miss(monkeypatch):
+    """A result that claims its target while the file says otherwise is counted, not hidden."""
+    import core.bench as bench
+    from core.compress import Compressed, RatioOutcome
+
+    monkeypatch.setattr(Compressed, "outcome", property(lambda self: RatioOutcome(self.target_ratio, self.target_ratio, True, None)))
+    monkeypatch.setattr(bench, "_file_ratio", lambda ds: 1000.0)  # what the file really holds
+    acc = bench.measure_accuracy(["emri_small"], targets=(10,), codecs=("j2k",))
+    assert acc["summary"][0]["silently_missed"] == 1 and acc["summary"][0]["within"] == 0
+    assert not next(c for c in bench._accuracy_checks(acc, {"rows": []}))["ok"]
+
+
+def test_lab_psnr_equals_independent_decoders():
+    from core.bench import INDEPENDENT_DECODERS, _psnr_table, measure_psnr_truth
+
+    truth = measure_psnr_truth(["emri_small", "US1_UNCR"], frames=2)
+    decoded = {(r["codec"], r["decoder"]) for r in truth["rows"] if "skipped" not in r}
+    assert decoded == {(c, d) for c, ds in INDEPENDENT_DECODERS.items() for d in ds}
+    for r in truth["rows"]:
+        assert r["ok"] and r["diff_db"] <= 0.1 and 20 < r["lab_psnr"] < 100, r
+    assert "opj_decompress" in _psnr_table(truth)
