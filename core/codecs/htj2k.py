@@ -33,21 +33,27 @@ def is_available() -> bool:
     return bool(imagecodecs.HTJ2K.available) and imagecodecs.JPEG2K.available
 
 
-def encode(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
+def knob(spec: PixelSpec) -> Knob:
+    """OpenJPH's quantisation step, a fraction of the full range (1.0 flattens any image)."""
+    return Knob(low=1e-5, high=1.0, guess=lambda r: 1e-3 * r / 10)
+
+
+def encode_at(frame: np.ndarray, spec: PixelSpec, qstep: float | None) -> bytes:
+    """One encoding: reversible when *qstep* is None, else irreversible with that quantisation step."""
     import imagecodecs
 
-    def write(qstep: float | None) -> bytes:
-        data = imagecodecs.htj2k_encode(
-            samples_for(frame, spec, qstep is not None),
-            level=qstep,
-            reversible=qstep is None,
-            resolutions=decompositions(spec),  # OpenJPH counts decompositions
-            rgb=spec.samples == 3 and spec.photometric == "RGB",
-            tlm=True,
-        )
-        return declare_precision(bytes(data), spec.bits_stored, spec.signed)
+    data = imagecodecs.htj2k_encode(
+        samples_for(frame, spec, qstep is not None),
+        level=qstep,
+        reversible=qstep is None,
+        resolutions=decompositions(spec),  # OpenJPH counts decompositions
+        rgb=spec.samples == 3 and spec.photometric == "RGB",
+        tlm=True,
+    )
+    return declare_precision(bytes(data), spec.bits_stored, spec.signed)
 
+
+def encode(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
     if ratio is None:
-        return write(None)
-    knob = Knob(low=1e-5, high=1.0, guess=lambda r: 1e-3 * r / 10)
-    return encode_to_ratio(write, knob, spec.frame_bytes, ratio)[0]
+        return encode_at(frame, spec, None)
+    return encode_to_ratio(lambda q: encode_at(frame, spec, q), knob(spec), spec.frame_bytes, ratio)[0]

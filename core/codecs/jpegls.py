@@ -48,22 +48,26 @@ def _unsigned(frame: np.ndarray, spec: PixelSpec) -> np.ndarray:
     return np.ascontiguousarray(values.astype("<u1" if spec.bits_allocated == 8 else "<u2"))
 
 
-def encode(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
+def knob(spec: PixelSpec) -> Knob:
+    """NEAR, the largest error allowed: an integer of at most min(255, MAXVAL / 2) (ISO 14495-1 C.2.4.1.1)."""
+    return Knob(low=1, high=max(1, min(255, spec.peak // 2)), integer=True)
+
+
+def encode_at(frame: np.ndarray, spec: PixelSpec, near: float | None) -> bytes:
+    """One encoding: lossless when *near* is None (or 0), else near-lossless with error bound *near*."""
     import jpeg_ls
 
-    pixels = _unsigned(frame, spec).tobytes()
+    return bytes(jpeg_ls.encode_buffer(
+        _unsigned(frame, spec).tobytes(), spec.rows, spec.columns, spec.samples, spec.bits_stored,
+        lossy_error=int(near or 0),
+        interleave_mode=2 if spec.samples == 3 else None,
+    ))
 
-    def write(near: float | None) -> bytes:
-        return bytes(jpeg_ls.encode_buffer(
-            pixels, spec.rows, spec.columns, spec.samples, spec.bits_stored,
-            lossy_error=0 if near is None else int(near),
-            interleave_mode=2 if spec.samples == 3 else None,
-        ))
 
+def encode(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
     if ratio is None:
-        return write(None)
-    knob = Knob(low=1, high=max(2, min(255, spec.peak // 2)), integer=True)
-    return encode_to_ratio(write, knob, spec.frame_bytes, ratio)[0]
+        return encode_at(frame, spec, None)
+    return encode_to_ratio(lambda n: encode_at(frame, spec, n), knob(spec), spec.frame_bytes, ratio)[0]
 
 
 def decode(data: bytes, spec: PixelSpec) -> np.ndarray:

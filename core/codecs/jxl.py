@@ -40,26 +40,30 @@ def check(spec: PixelSpec, lossy: bool) -> None:
         )
 
 
-def encode(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
+def knob(spec: PixelSpec) -> Knob:
+    """The Butteraugli distance; libjxl accepts at most 25."""
+    return Knob(low=0.01, high=25.0, guess=lambda r: 1.0)
+
+
+def encode_at(frame: np.ndarray, spec: PixelSpec, distance: float | None) -> bytes:
+    """One encoding: modular lossless when *distance* is None, else VarDCT at that distance."""
     import imagecodecs
 
-    pixels = np.ascontiguousarray(stored_values(frame, spec))
-
-    def write(distance: float | None) -> bytes:
-        return bytes(
-            imagecodecs.jpegxl_encode(
-                pixels,
-                lossless=distance is None,
-                distance=distance,
-                effort=LOSSLESS_EFFORT if distance is None else LOSSY_EFFORT,
-                bitspersample=spec.bits_stored,
-            )
+    return bytes(
+        imagecodecs.jpegxl_encode(
+            np.ascontiguousarray(stored_values(frame, spec)),
+            lossless=distance is None,
+            distance=distance,
+            effort=LOSSLESS_EFFORT if distance is None else LOSSY_EFFORT,
+            bitspersample=spec.bits_stored,
         )
+    )
 
+
+def encode(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
     if ratio is None:
-        return write(None)
-    knob = Knob(low=0.01, high=25.0, guess=lambda r: 1.0)
-    return encode_to_ratio(write, knob, spec.frame_bytes, ratio)[0]
+        return encode_at(frame, spec, None)
+    return encode_to_ratio(lambda d: encode_at(frame, spec, d), knob(spec), spec.frame_bytes, ratio)[0]
 
 
 def decode(data: bytes, spec: PixelSpec) -> np.ndarray:
