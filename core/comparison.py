@@ -8,13 +8,13 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from .codecs import Codec, check_ratio, choose_codec
-from .derive import format_ratio
+from .derive import LossyHistory, format_ratio, lossy_history
 from .errors import CodecError
 from .metrics import Metrics, compare
 from .pixels import PixelSpec, decode_frame, pixel_spec
 from .policy import Policy
 
-__all__ = ["Comparison", "compare_frame", "lossy_banner", "difference_map"]
+__all__ = ["Comparison", "compare_frame", "lossless_header", "lossy_banner", "difference_map"]
 
 DEFAULT_BANNER = Policy.lossy_banner
 
@@ -33,6 +33,7 @@ class Comparison:
     lossless_metrics: Metrics
     lossy_metrics: Metrics
     target_ratio: float
+    history: LossyHistory  # what the original had been through already
 
 
 def compare_frame(ds: Dataset, frame: int, codec: str, ratio: float, lossless_codec: str = "j2k") -> Comparison:
@@ -53,12 +54,30 @@ def compare_frame(ds: Dataset, frame: int, codec: str, ratio: float, lossless_co
         return compare(original[None], decoded[None], spec.bits_stored, compressed_bytes=size, uncompressed_bytes=spec.frame_bytes)
 
     return Comparison(spec, frame, original, exact_frame, lossy_frame, exact, lossy, exact_data, lossy_data,
-                      metrics(exact_frame, len(exact_data)), metrics(lossy_frame, len(lossy_data)), ratio)
+                      metrics(exact_frame, len(exact_data)), metrics(lossy_frame, len(lossy_data)), ratio,
+                      lossy_history(ds))
 
 
-def lossy_banner(ratio: float, codec: Codec, template: str = DEFAULT_BANNER) -> str:
-    """The disclosure every lossy image carries, in the clinic's wording."""
-    return template.format(ratio=format_ratio(ratio), codec=codec.label, method=codec.method)
+def lossless_header(history: LossyHistory, codec: Codec | None = None, ratio: float | None = None) -> str:
+    """The left pane's title: lossless, unless the original itself is lossy (then never called lossless alone)."""
+    step = f" ({codec.label}, {ratio:.2f}:1)" if codec is not None and ratio else ""
+    if history.lossy:
+        return f"Original is itself lossy ({history.label}) — lossless copy of a lossy image{step}"
+    return f"LOSSLESS — identical to the original{step}"
+
+
+def lossy_banner(ratio: float, codec: Codec, template: str = DEFAULT_BANNER, history: LossyHistory = LossyHistory()) -> str:
+    """The disclosure every lossy image carries, in the clinic's wording, with the cumulative ratio.
+
+    A lossy copy of an already-lossy original is compressed by both steps: the
+    banner's ratio is their product, and it says the original was lossy already.
+    """
+    total = history.then(ratio, codec.method).cumulative_ratio if history.lossy else ratio
+    text = template.format(ratio=format_ratio(total or ratio), codec=codec.label, method=codec.method)
+    if history.lossy:
+        earlier = f"{format_ratio(ratio)}:1 on top of {history.label}" if total else f"{format_ratio(ratio)}:1 on top of an earlier lossy compression of unknown ratio"
+        text += f" — original already lossy: {earlier}"
+    return text
 
 
 def difference_map(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:

@@ -11,19 +11,25 @@ import io
 import numpy as np
 from pydicom.dataset import Dataset
 
+from .errors import InvalidOptionError
 from .pixels import decode_frame, pixel_spec
 
-__all__ = ["display_frame", "to_display", "window_of", "thumbnail_png", "shrink_png", "encode_image", "IMAGE_TYPES", "WINDOW_PRESETS"]
+__all__ = [
+    "display_frame", "to_display", "modality_values", "own_window", "window_of", "window_presets", "preset_window",
+    "thumbnail_png", "shrink_png", "encode_image", "IMAGE_TYPES", "WINDOW_PRESETS", "IMAGE_DEFAULT", "FULL_RANGE",
+]
 
 IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif", "jp2": "image/jp2"}
 
-# Window (center, width) presets a radiologist expects, in Hounsfield units for CT.
+# Named window (center, width) presets per modality, in Hounsfield units for CT; every
+# modality also has IMAGE_DEFAULT (the image's own window or VOI LUT, else percentiles) and FULL_RANGE.
 WINDOW_PRESETS: dict[str, dict[str, tuple[float, float]]] = {
-    "CT": {"brain": (40, 80), "lung": (-600, 1500), "bone": (400, 1800), "soft tissue": (50, 400), "abdomen": (40, 350)},
-    "MR": {},
-    "CR": {},
-    "DX": {},
+    "CT": {"brain": (40, 80), "soft tissue": (50, 400), "lung": (-600, 1500), "bone": (400, 1800)},
 }
+IMAGE_DEFAULT = "Image default"
+FULL_RANGE = "Full range"
+# Without a window of its own an image opens on this central range of its values (robust to a few outliers).
+PERCENTILES = (0.5, 99.5)
 
 
 def _first(value) -> float | None:
@@ -35,23 +41,86 @@ def _first(value) -> float | None:
         return None
 
 
-def window_of(ds: Dataset, values: np.ndarray) -> tuple[float, float]:
-    """The instance's own window (center, width), or a robust 1–99 percentile window."""
-    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
-    if center is not None and width and width > 0:
-        return center, width
-    lo, hi = np.percentile(values, [1, 99])
-    return (lo + hi) / 2, max(hi - lo, 1.0)
+def _frame_item(ds: Dataset, index: int, sequence: str) -> Dataset | None:
+    """The item of a functional group macro for frame *index*: its per-frame one, else the shared one."""
+    for groups, position in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups) or []
+        if position < len(items) and items[position].get(sequence):
+            return items[position].get(sequence)[0]
+    return None
+
+
+def modality_values(frame: np.ndarray, ds: Dataset, index: int = 0) -> np.ndarray:
+    """Stored values to modality values (e.g. HU): the Modality LUT or rescale, also from Enhanced functional groups."""
+    from pydicom.pixels import apply_modality_lut
+
+    transform = _frame_item(ds, index, "PixelValueTransformationSequence")
+    if "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds and transform is not None:
+        slope, intercept = _first(transform.get("RescaleSlope")), _first(transform.get("RescaleIntercept"))
+        return frame * (1.0 if slope is None else slope) + (intercept or 0.0)
+    return apply_modality_lut(frame, ds)
+
+
+def own_window(ds: Dataset, index: int = 0) -> tuple[float, float] | None:
+    """The image's own first Window Center/Width pair (top level, else the frame's Frame VOI LUT), or None."""
+    sources = [ds, _frame_item(ds, index, "FrameVOILUTSequence")]
+    for source in sources:
+        if source is None:
+            continue
+        center, width = _first(source.get("WindowCenter")), _first(source.get("WindowWidth"))
+        if center is not None and width and width > 0:
+            return center, width
+    return None
+
+
+def _voi_lut(ds: Dataset):
+    items = ds.get("VOILUTSequence") or []
+    return items[0] if items and "LUTDescriptor" in items[0] and "LUTData" in items[0] else None
+
+
+def window_of(ds: Dataset, values: np.ndarray, index: int = 0) -> tuple[float, float]:
+    """Where a display starts: the image's own window, else its VOI LUT's input range, else percentiles."""
+    own = own_window(ds, index)
+    if own is not None:
+        return own
+    lut = _voi_lut(ds)
+    if lut is not None:
+        entries, first = int(lut.LUTDescriptor[0]) or 65536, float(lut.LUTDescriptor[1])
+        return first + entries / 2, float(entries)
+    lo, hi = np.percentile(values, PERCENTILES)
+    return float(lo + hi) / 2, max(float(hi - lo), 1.0)
+
+
+def window_presets(modality: str) -> list[str]:
+    """The preset names a viewer offers for *modality*, the image's default first."""
+    return [IMAGE_DEFAULT, *WINDOW_PRESETS.get(modality, {}), FULL_RANGE]
+
+
+def preset_window(name: str, ds: Dataset, values: np.ndarray, index: int = 0) -> tuple[float, float] | None:
+    """(center, width) of a named preset; None for IMAGE_DEFAULT when the image's VOI LUT itself applies."""
+    if name == IMAGE_DEFAULT:
+        return None if own_window(ds, index) is None and _voi_lut(ds) is not None else window_of(ds, values, index)
+    if name == FULL_RANGE:
+        lo, hi = float(np.min(values)), float(np.max(values))
+        return (lo + hi) / 2, max(hi - lo, 1.0)
+    modality = str(ds.get("Modality", "") or "")
+    if name in WINDOW_PRESETS.get(modality, {}):
+        return WINDOW_PRESETS[modality][name]
+    raise InvalidOptionError(f"No window preset {name!r} for modality {modality or '(none)'}.",
+                             hint=f"Use one of: {', '.join(window_presets(modality))}.")
 
 
 def display_frame(ds: Dataset, index: int = 0, window: tuple[float, float] | None = None) -> np.ndarray:
     """An 8-bit frame as a viewer shows it: (rows, cols) grey or (rows, cols, 3) RGB."""
-    return to_display(decode_frame(ds, index), ds, window)
+    return to_display(decode_frame(ds, index), ds, window, index)
 
 
-def to_display(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | None = None) -> np.ndarray:
-    """Stored values of one frame of *ds* (original or decoded variant) to 8-bit display values."""
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space
+def to_display(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | None = None, index: int = 0) -> np.ndarray:
+    """Stored values of frame *index* of *ds* (original or decoded variant) to 8-bit display values.
+
+    Without a *window*: the image's own window, else its VOI LUT, else the central percentiles.
+    """
+    from pydicom.pixels import apply_color_lut, apply_voi, convert_color_space
 
     spec = pixel_spec(ds)
     if spec.photometric == "PALETTE COLOR":
@@ -61,10 +130,15 @@ def to_display(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | Non
         if spec.photometric.startswith("YBR"):
             frame = convert_color_space(frame, "YBR_FULL", "RGB")
         return (frame >> (spec.bits_stored - 8)).astype(np.uint8) if spec.bits_stored > 8 else frame.astype(np.uint8)
-    values = apply_modality_lut(frame, ds).astype(np.float64)
-    center, width = window or window_of(ds, values)
-    low = center - width / 2
-    out = np.clip((values - low) / width, 0, 1) * 255
+    values = modality_values(frame, ds, index).astype(np.float64)
+    lut = _voi_lut(ds) if window is None and own_window(ds, index) is None else None
+    if lut is not None:
+        mapped = apply_voi(values, ds).astype(np.float64)
+        out = np.clip(mapped / ((1 << int(lut.LUTDescriptor[2])) - 1), 0, 1) * 255
+    else:
+        center, width = window or window_of(ds, values, index)
+        low = center - width / 2
+        out = np.clip((values - low) / width, 0, 1) * 255
     if spec.photometric == "MONOCHROME1":
         out = 255 - out
     return out.astype(np.uint8)

@@ -9,14 +9,15 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 from components import make_difference_figure, make_image_figure, make_lossy_banner, make_metrics_card
 from core.auth import current_user
 from core.codecs import CODECS, MIN_RATIO
-from core.comparison import compare_frame, difference_map, lossy_banner
+from core.comparison import compare_frame, difference_map, lossless_header, lossy_banner
 from core.context import open_store
+from core.derive import LossyHistory
 from core.users import authorize, record_access, visible_instances, visible_studies
 from core.errors import RadPressError
 from core.pixels import read_dataset
 from core.policy import ratio_for
 from core.preview import decode_level, supports_levels
-from core.render import WINDOW_PRESETS, to_display, window_of
+from core.render import IMAGE_DEFAULT, modality_values, preset_window, to_display, window_presets
 
 dash.register_page(__name__, path="/compare", title="Compare — RadPress", name="Compare")
 
@@ -49,6 +50,7 @@ def layout(sop: str = "", **_query):
         return dbc.Alert("No studies yet: upload one on the Studies page.", color="secondary")
     sop = sop if any(o["value"] == sop for o in options) else options[0]["value"]
     record_access(store, user, "view", store.instance(sop)["study_uid"], sop)
+    history = LossyHistory.from_index(store.instance(sop))
     controls = dbc.Row([
         dbc.Col([dbc.Label("Image"), dcc.Dropdown(id="compare-sop", options=options, value=sop, clearable=False)], md=4),
         dbc.Col([dbc.Label("Codec"), dcc.Dropdown(id="compare-codec", clearable=False, value=store.policy().lossy_codec,
@@ -60,7 +62,7 @@ def layout(sop: str = "", **_query):
     ], className="mb-2")
     viewing = dbc.Row([
         dbc.Col([dbc.Label("Frame"), dcc.Slider(id="compare-frame", min=0, max=0, step=1, value=0)], md=4, id="compare-frame-col"),
-        dbc.Col([dbc.Label("Window preset"), dcc.Dropdown(id="compare-preset", clearable=False, value="instance")], md=3),
+        dbc.Col([dbc.Label("Window preset"), dcc.Dropdown(id="compare-preset", clearable=False, value=IMAGE_DEFAULT)], md=3),
         dbc.Col([dbc.Label("Center"), dbc.Input(id="compare-center", type="number", debounce=True)], md=2),
         dbc.Col([dbc.Label("Width"), dbc.Input(id="compare-width", type="number", min=1, debounce=True)], md=2),
     ], className="mb-2")
@@ -76,7 +78,8 @@ def layout(sop: str = "", **_query):
         dcc.Store(id="compare-key"),
         dbc.Row([
             dbc.Col([
-                html.Div("LOSSLESS — identical to the original", id="lossless-header", className="lossless-header"),
+                html.Div(lossless_header(history), id="lossless-header",
+                         className="lossless-header lossy-original" if history.lossy else "lossless-header"),
                 dcc.Graph(id="pane-lossless", figure=_empty("lossless"), config={"scrollZoom": True, "displaylogo": False},
                           className="pane"),
                 html.Div(id="metrics-lossless"),
@@ -98,8 +101,7 @@ def pick_instance(sop):
     authorize(store, current_user(), "view", sop_uid=sop)
     row = store.instance(sop)
     frames = row["frames"]
-    presets = [{"label": "Instance's own window", "value": "instance"}, {"label": "Auto (1–99 %)", "value": "auto"}]
-    presets += [{"label": name, "value": name} for name in WINDOW_PRESETS.get(row["modality"], {})]
+    presets = [{"label": name, "value": name} for name in window_presets(row["modality"] or "")]
     ratio = ratio_for(store.policy(), row["modality"] or "", row["body_part"] or "", row["study_description"] or "")
     marks = {0: "1", frames - 1: str(frames)} if frames > 1 else {}
     return frames - 1, marks, ({} if frames > 1 else {"display": "none"}), presets, ratio
@@ -108,25 +110,21 @@ def pick_instance(sop):
 @callback(Output("compare-center", "value"), Output("compare-width", "value"),
           Input("compare-preset", "value"), Input("compare-sop", "value"), State("compare-frame", "value"))
 def pick_window(preset, sop, frame):
-    store = open_store()
-    authorize(store, current_user(), "view", sop_uid=sop)
-    row = store.instance(sop)
-    if preset in WINDOW_PRESETS.get(row["modality"], {}):
-        return WINDOW_PRESETS[row["modality"]][preset]
-    if row["samples"] == 3:
-        return None, None
-    from pydicom.pixels import apply_modality_lut
-
-    ds = read_dataset(store.artifact(sop, "original").path)
+    """The image's own window (or VOI LUT: empty fields), else its central percentiles, or a named preset."""
     from core.pixels import decode_frame
 
-    values = apply_modality_lut(decode_frame(ds, frame or 0), ds)
-    if preset == "auto":
-        ds = ds.copy()
-        for keyword in ("WindowCenter", "WindowWidth"):
-            ds.pop(keyword, None)
-    center, width = window_of(ds, values)
-    return round(float(center), 2), round(float(width), 2)
+    store = open_store()
+    authorize(store, current_user(), "view", sop_uid=sop)
+    if store.instance(sop)["samples"] == 3:
+        return None, None
+    ds = read_dataset(store.artifact(sop, "original").path)
+    index = frame or 0
+    values = modality_values(decode_frame(ds, index), ds, index)
+    try:
+        window = preset_window(preset or IMAGE_DEFAULT, ds, values, index)
+    except RadPressError:  # a preset of the previous image's modality: start from this image's default
+        window = preset_window(IMAGE_DEFAULT, ds, values, index)
+    return (None, None) if window is None else (round(float(window[0]), 2), round(float(window[1]), 2))
 
 
 @callback(
@@ -135,6 +133,7 @@ def pick_window(preset, sop, frame):
     Output("metrics-lossy", "children"),
     Output("lossy-banner", "children"),
     Output("lossless-header", "children"),
+    Output("lossless-header", "className"),
     Output("compare-error", "children"),
     Input("compare-sop", "value"),
     Input("compare-frame", "value"),
@@ -156,21 +155,24 @@ def encode(set_progress, sop, frame, codec, ratio):
         ds = read_dataset(store.artifact(sop, "original").path)
         result = compare_frame(ds, frame or 0, codec, float(ratio), store.policy().lossless_codec)
     except RadPressError as exc:
-        return no_update, no_update, no_update, no_update, no_update, dbc.Alert(str(exc), color="danger")
-    banner = lossy_banner(result.lossy_metrics.ratio, result.lossy_codec, store.policy().lossy_banner)
+        return no_update, no_update, no_update, no_update, no_update, no_update, dbc.Alert(str(exc), color="danger")
+    banner = lossy_banner(result.lossy_metrics.ratio, result.lossy_codec, store.policy().lossy_banner, result.history)
     if supports_levels(codec) and min(result.spec.rows, result.spec.columns) >= 256:
         coarse = decode_level(codec, result.lossy_codestream, result.spec, PREVIEW_LEVEL)
-        preview = make_image_figure(to_display(coarse, ds), f"{banner} (preview, 1/{1 << PREVIEW_LEVEL} resolution)",
+        preview = make_image_figure(to_display(coarse, ds, index=frame or 0), f"{banner} (preview, 1/{1 << PREVIEW_LEVEL} resolution)",
                                     (result.spec.rows, result.spec.columns))
         set_progress((60, "preview shown, decoding full resolution…", preview))
     key = f"{sop}:{frame or 0}:{codec}:{float(ratio):g}"
-    _cache().set(key, {"original": result.original, "lossless": result.lossless, "lossy": result.lossy, "banner": banner})
+    _cache().set(key, {"original": result.original, "lossless": result.lossless, "lossy": result.lossy, "banner": banner,
+                       "frame": frame or 0})
     set_progress((100, "done", no_update))
-    header = f"LOSSLESS — identical to the original ({result.lossless_codec.label}, {result.lossless_metrics.ratio:.2f}:1)"
+    header = lossless_header(result.history, result.lossless_codec, result.lossless_metrics.ratio)
+    left_title = "Lossless copy of a lossy original" if result.history.lossy else "Lossless"
     return (key,
-            make_metrics_card("Lossless", result.lossless_metrics, len(result.lossless_codestream), "card-lossless"),
+            make_metrics_card(left_title, result.lossless_metrics, len(result.lossless_codestream), "card-lossless"),
             make_metrics_card("Lossy", result.lossy_metrics, len(result.lossy_codestream), "card-lossy"),
-            [html.Strong("⚠ "), html.Span(banner, id="lossy-banner-text")], header, None)
+            [html.Strong("⚠ "), html.Span(banner, id="lossy-banner-text")], header,
+            "lossless-header lossy-original" if result.history.lossy else "lossless-header", None)
 
 
 @callback(Output("pane-lossless", "figure"), Output("pane-lossy", "figure", allow_duplicate=True),
@@ -185,9 +187,10 @@ def render(key, center, width, diff, sop):
         return no_update, no_update
     ds = read_dataset(store.artifact(sop, "original").path)
     window = (float(center), float(width)) if center is not None and width else None
-    left = make_image_figure(to_display(entry["lossless"], ds, window), "lossless")
+    index = entry.get("frame", 0)
+    left = make_image_figure(to_display(entry["lossless"], ds, window, index), "lossless")
     if diff:
         right = make_difference_figure(difference_map(entry["original"], entry["lossy"]), DIFF_GAIN, f"difference — {entry['banner']}")
     else:
-        right = make_image_figure(to_display(entry["lossy"], ds, window), entry["banner"])
+        right = make_image_figure(to_display(entry["lossy"], ds, window, index), entry["banner"])
     return left, right

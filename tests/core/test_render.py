@@ -1,0 +1,89 @@
+"""Display defaults: the image's own window or VOI LUT, else central percentiles; named presets per modality."""
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_voi
+
+from core.errors import InvalidOptionError
+from core.pixels import decode_frame, read_dataset
+from core.render import (
+    FULL_RANGE,
+    IMAGE_DEFAULT,
+    modality_values,
+    own_window,
+    preset_window,
+    to_display,
+    window_of,
+    window_presets,
+)
+from core.samples import sample_files
+from tests.synthetic import KINDS, make_dataset
+
+
+def _windowed(values, center, width, invert=False):
+    scaled = np.clip((values - (center - width / 2)) / width, 0, 1) * 255
+    return ((255 - scaled) if invert else scaled).astype(np.uint8)
+
+
+def test_an_mr_without_a_window_opens_on_its_central_percentiles():
+    ds = make_dataset(**KINDS["u10"])
+    assert "WindowCenter" not in ds and own_window(ds) is None
+    values = decode_frame(ds, 0).astype(np.float64)
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    assert window_of(ds, values) == pytest.approx(((lo + hi) / 2, hi - lo))
+    shown = to_display(decode_frame(ds, 0), ds)
+    assert np.array_equal(shown, _windowed(values, (lo + hi) / 2, hi - lo))
+    # not black, not white: about 0.5 % clipped at each end, the body in between
+    assert (shown == 0).mean() < 0.02 and (shown == 255).mean() < 0.02 and 60 < shown.mean() < 200
+
+
+def test_an_mr_with_a_window_opens_on_its_first_pair():
+    ds = make_dataset(**KINDS["u10"])
+    ds.WindowCenter, ds.WindowWidth = [300, 500], [600, 900]
+    assert own_window(ds) == (300, 600)
+    values = decode_frame(ds, 0).astype(np.float64)
+    assert np.array_equal(to_display(decode_frame(ds, 0), ds), _windowed(values, 300, 600))
+    assert preset_window(IMAGE_DEFAULT, ds, values) == (300, 600)
+
+
+def test_enhanced_ct_window_and_rescale_come_from_its_functional_groups():
+    ds = make_dataset(**KINDS["enhanced_ct"])
+    ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0].RescaleIntercept = -1024
+    own = Dataset()
+    own.WindowCenter, own.WindowWidth = 700, 400
+    ds.PerFrameFunctionalGroupsSequence[2].FrameVOILUTSequence = [own]
+    stored = decode_frame(ds, 0)
+    assert np.array_equal(modality_values(stored, ds), stored.astype(np.float64) - 1024)
+    assert own_window(ds, 0) == (40, 400) and own_window(ds, 2) == (700, 400)
+    assert np.array_equal(to_display(stored, ds), _windowed(stored.astype(np.float64) - 1024, 40, 400))
+
+
+def test_a_voi_lut_is_applied_as_it_is():
+    path = next(p for p in sample_files() if p.name == "vlut_04.dcm")
+    ds = read_dataset(path)
+    assert "VOILUTSequence" in ds and own_window(ds) is None
+    frame = decode_frame(ds, 0)
+    lut = ds.VOILUTSequence[0]
+    expected = np.clip(apply_voi(modality_values(frame, ds), ds) / ((1 << lut.LUTDescriptor[2]) - 1), 0, 1) * 255
+    assert np.array_equal(to_display(frame, ds), expected.astype(np.uint8))
+    assert preset_window(IMAGE_DEFAULT, ds, frame) is None  # the LUT itself, not a window standing in for it
+
+
+def test_monochrome1_is_inverted():
+    ds = make_dataset(**KINDS["mono1"])
+    values = decode_frame(ds, 0).astype(np.float64)
+    center, width = window_of(ds, values)
+    assert np.array_equal(to_display(decode_frame(ds, 0), ds), _windowed(values, center, width, invert=True))
+
+
+def test_presets_per_modality():
+    assert window_presets("CT") == [IMAGE_DEFAULT, "brain", "soft tissue", "lung", "bone", FULL_RANGE]
+    assert window_presets("MR") == window_presets("CR") == [IMAGE_DEFAULT, FULL_RANGE]
+    ct = make_dataset(**KINDS["s12"])
+    values = modality_values(decode_frame(ct, 0), ct)
+    assert preset_window("lung", ct, values) == (-600, 1500)
+    lo, hi = float(values.min()), float(values.max())
+    assert preset_window(FULL_RANGE, ct, values) == ((lo + hi) / 2, hi - lo)
+    with pytest.raises(InvalidOptionError, match="lung"):
+        preset_window("lung", make_dataset(**KINDS["u10"]), values)
