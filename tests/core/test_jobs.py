@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,66 @@ def test_an_instance_stored_while_the_job_runs_gets_its_copies(tmp_path):
     for row in store.instances(study):
         assert store.artifact(row["sop_uid"], "lossless") is not None, row["sop_uid"]
     assert jobs.run_pending() == []
+
+
+APP = """
+import sys
+from werkzeug.serving import make_server
+from app import create_app
+app = create_app(sys.argv[1], demo=False)
+httpd = make_server("127.0.0.1", 0, app.server, threaded=True)
+print(httpd.server_port, flush=True)
+httpd.serve_forever()
+"""
+
+
+def test_a_second_app_process_takes_over_the_job_of_one_killed_mid_job(live_app, tmp_path, monkeypatch):
+    """Two app processes on one archive: kill -9 the one running a job; its workers go, the other finishes the job once."""
+    import requests
+
+    from tests.conftest import ADMIN
+
+    data = tmp_path / "shared"
+    monkeypatch.setenv("RADPRESS_ADMIN_USER", ADMIN[0])
+    monkeypatch.setenv("RADPRESS_ADMIN_PASSWORD", ADMIN[1])
+    monkeypatch.setenv("RADPRESS_WORKERS", "1")
+    first = subprocess.Popen([sys.executable, "-c", APP, str(data)], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                             start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{first.stdout.readline().strip()}"
+        http = requests.Session()
+        http.auth = ADMIN
+        bundle = tmp_path / "series.zip"
+        with zipfile.ZipFile(bundle, "w") as zf:  # one upload, one job
+            for path in write_series("RG3_UNCR", 4, tmp_path / "series"):
+                zf.write(path, path.name)
+        with open(bundle, "rb") as fh:
+            assert http.post(f"{base}/api/upload", files={"file": (bundle.name, fh)}).status_code == 200
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(j["done"] >= 1 for j in http.get(f"{base}/api/jobs").json()):
+            time.sleep(0.1)
+        [job] = http.get(f"{base}/api/jobs").json()
+        assert job["state"] == "running" and job["done"] < 4, job
+        second, app = live_app(data_dir=data)  # started while the first holds the job: it must not run it too
+        time.sleep(0.5)
+        assert Store(data).query("SELECT owner FROM jobs")[0]["owner"].split(":")[1] == str(first.pid)
+        family = descendants(first.pid)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(alive(pid) for pid in family):
+            time.sleep(0.05)
+        assert [pid for pid in family if alive(pid)] == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and http.get(f"{second}/api/jobs").json()[0]["state"] == "running":
+        time.sleep(0.2)
+    [job] = http.get(f"{second}/api/jobs").json()
+    assert job["state"] == "done" and job["done"] == 4 and job["failed"] == 0 and job["total"] == 4, job
+    store = app.server.extensions["radpress"]["store"]
+    assert store.query("SELECT owner FROM jobs")[0]["owner"] == app.server.extensions["radpress"]["jobs"].owner
+    for row in store.instances(job["study_uid"]):
+        assert {a.variant for a in store.artifacts(row["sop_uid"])} == {"original", "lossless", "lossy", "thumbnail"}
