@@ -26,6 +26,7 @@ from .compress import compress
 from .errors import UnsupportedError
 from .files import atomic_writer
 from .pixels import PixelSpec, decode_frame, pixel_spec, read_dataset
+from .probe import measure_probes
 from .samples import BENCH_SAMPLES, sample
 
 __all__ = ["run_bench", "measure", "measure_accuracy", "measure_psnr_truth"]
@@ -215,6 +216,8 @@ def run_bench(json_path: str | None = "bench-results.json", as_json: bool = Fals
         results["archive"] = archive
         results["checks"].append({"target": "archive peak RSS < 1 GB", "measured": f"{max(archive['peak_rss_mb'], archive['peak_worker_rss_mb']):.0f} MB",
                                   "ok": max(archive["peak_rss_mb"], archive["peak_worker_rss_mb"]) < 1024})
+    results["probe"] = measure_probes()  # hostile inputs, upload races, callbacks x roles against a live app
+    results["checks"] += results["probe"]["checks"]
     text = json.dumps(results, indent=2)
     if json_path:
         with atomic_writer(json_path) as fh:

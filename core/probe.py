@@ -16,11 +16,15 @@ import io
 import json
 import os
 import secrets
+import socket
 import struct
+import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
 import time
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -34,7 +38,7 @@ from pydicom.uid import generate_uid
 from .samples import sample
 
 __all__ = ["HostileCase", "ProbeResult", "hostile_cases", "try_hostile", "race_trial", "try_races", "measure_probes",
-           "patch_zip_member", "overlapping_zip", "zeros_tar_gz", "OUTSIDE",
+           "patch_zip_member", "overlapping_zip", "zeros_zip", "zeros_tar_gz", "OUTSIDE",
            "probe_callbacks", "run_callback_probe", "callback_bodies", "index_snapshot"]
 
 # Where a path-traversal UID would land if DICOM text ever became a path.
@@ -65,7 +69,8 @@ class ProbeResult:
 
 # -- building hostile files ------------------------------------------------------------------------------------
 def _mr() -> Dataset:
-    return dcmread(sample("MR2_UNCR"))
+    """A real multi-frame MR (64 x 64 x 10, 12 bits in 16): small, so a probe is quick."""
+    return dcmread(sample("emri_small"))
 
 
 def _dicom(ds: Dataset) -> bytes:
@@ -127,30 +132,52 @@ def _tar_gz(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def _deflated_zeros(size: int) -> bytes:
+    """Raw deflate of *size* zero bytes (a multiple of 1 MiB) without compressing them all: a full-flushed
+    block of 1 MiB of zeros is the same bytes every time, so the stream is that block repeated."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = deflate.compress(bytes(1 << 20)) + deflate.flush(zlib.Z_FULL_FLUSH)
+    return block * (size >> 20) + deflate.flush()
+
+
+def zeros_zip(names: list[str], size: int, *, shared: bool = False) -> bytes:
+    """A zip whose members are *size* deflated zero bytes each; *shared*: every name points at one member's data
+    (the overlapping-zip bomb)."""
+    data, crc = _deflated_zeros(size), zlib.crc32(bytes(size))
+    body, central = bytearray(), bytearray()
+    for index, name in enumerate(names):
+        raw = name.encode()
+        fields = (20, 0, zipfile.ZIP_DEFLATED, 0, 0x21, crc, len(data), size, len(raw))
+        if not shared or index == 0:
+            offset = len(body)
+            body += struct.pack("<4s5H3L2H", b"PK\x03\x04", *fields, 0) + raw + data
+        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, *fields, 0, 0, 0, 0, 0, offset) + raw
+    return bytes(body + central + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(names), len(names), len(central),
+                                                len(body), 0))
+
+
 def overlapping_zip(count: int, size: int = 20 << 20) -> bytes:
-    """One deflated member of *size* zero bytes named by *count* central entries (the overlapping-zip bomb)."""
-    data = _zip({"00000.dcm": bytes(size)}, zipfile.ZIP_DEFLATED)
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        start = z.start_dir
-    entry = data[start:data.rindex(b"PK\x05\x06")]
-    entries = b"".join(entry.replace(b"00000.dcm", f"{i:05d}.dcm".encode()) for i in range(count))
-    return data[:start] + entries + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, len(entries), start, 0)
+    """*count* names sharing the compressed data of one member of *size* zero bytes."""
+    return zeros_zip([f"{i}.dcm" for i in range(count)], size, shared=True)
 
 
 def zeros_tar_gz(declared: int) -> bytes:
-    """A tar.gz of one member of *declared* zero bytes, made without inflating it: a full-flushed deflate
-    block of 1 MiB of zeros is the same bytes every time, so the stream is that block repeated."""
+    """A tar.gz of one member of *declared* zero bytes (a multiple of 1 MiB), made without inflating it."""
     header = tarfile.TarInfo("zeros.dcm")
     header.size = declared
     deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
     head = deflate.compress(header.tobuf(format=tarfile.USTAR_FORMAT)) + deflate.flush(zlib.Z_FULL_FLUSH)
-    block = deflate.compress(bytes(1 << 20)) + deflate.flush(zlib.Z_FULL_FLUSH)
-    end = deflate.flush() + struct.pack("<LL", 0, declared & 0xFFFFFFFF)
-    return b"\x1f\x8b\x08\x00\0\0\0\0\x00\x03" + head + block * (declared >> 20) + end
+    return b"\x1f\x8b\x08\x00\0\0\0\0\x00\x03" + head + _deflated_zeros(declared) + struct.pack("<LL", 0, declared & 0xFFFFFFFF)
 
 
 def hostile_cases(victim_uid: str) -> list[HostileCase]:
     """Every hostile upload, *victim_uid* being an instance already stored that traversal would overwrite."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about every invalid value these cases are made of
+        return _hostile_cases(victim_uid)
+
+
+def _hostile_cases(victim_uid: str) -> list[HostileCase]:
     outside = str(OUTSIDE)
     uids = {
         "sop uid traversal onto another instance": dict(SOPInstanceUID=f"../{victim_uid[-2:]}/{victim_uid}"),
@@ -171,7 +198,7 @@ def hostile_cases(victim_uid: str) -> list[HostileCase]:
         "bits allocated 12": dict(BitsAllocated=12), "frames 0": dict(NumberOfFrames=0),
         "frames -1": dict(NumberOfFrames=-1), "frames 10^9": dict(NumberOfFrames=10 ** 9),
         "samples 0": dict(SamplesPerPixel=0), "samples 2": dict(SamplesPerPixel=2), "samples 4": dict(SamplesPerPixel=4),
-        "high bit beyond bits stored": dict(HighBit=15), "pixel data too short": dict(Rows=1024),
+        "high bit beyond bits stored": dict(HighBit=15), "pixel data too short": dict(Rows=1024, Columns=1024),
     }
     elements = {
         "unknown VR": struct.pack("<HH2sH", 0x7FE1, 0x0010, b"ZZ", 2) + b"ab",
@@ -198,8 +225,7 @@ def hostile_cases(victim_uid: str) -> list[HostileCase]:
         "overlapping zip (200 x 20 MB)": ("overlap.zip", overlapping_zip(200)),
         "tar.gz of 5 GB of zeros": ("zeros.tar.gz", zeros_tar_gz(5 << 30)),
         "tar.gz of 1 GB of zeros": ("zeros1.tar.gz", zeros_tar_gz(1 << 30)),
-        "zip of 40 members of 8 MB zeros": ("bombs.zip", _zip({f"{i}.dcm": bytes(8 << 20) for i in range(40)},
-                                                              zipfile.ZIP_DEFLATED)),
+        "zip of 40 members of 8 MB zeros": ("bombs.zip", zeros_zip([f"{i}.dcm" for i in range(40)], 8 << 20)),
     }
     cases = [HostileCase(f"UID: {k}", "x.dcm", _changed(**v)) for k, v in uids.items()]
     cases += [HostileCase(f"header: {k}", "x.dcm", _changed(**v)) for k, v in headers.items()]
@@ -304,10 +330,32 @@ def try_races(http_factory: Callable, base: str, trials: int = 3, concurrency: i
     return result
 
 
-def measure_probes(trials: int = 3) -> dict:
-    """Start the real app on a free port with its own data directory and run every probe against it."""
+def serve(data: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    """Start ``app.py`` in its own process on a free port over *data*; returns the process and its base URL."""
     import requests
-    from werkzeug.serving import make_server
+
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        port = probe_socket.getsockname()[1]
+    environment = {**os.environ, "RADPRESS_DATA": str(data), "HOST": "127.0.0.1", "PORT": str(port),
+                   "RADPRESS_DEMO": "0", **env}
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=Path(__file__).resolve().parents[1], env=environment,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if requests.get(f"{base}/api/health", timeout=2).status_code == 200:
+                return process, base
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"the app did not start on {base} (exit code {process.poll()})")
+
+
+def measure_probes(trials: int = 3) -> dict:
+    """Start the real app (its own process, port and data directory) and run every probe against it."""
+    import requests
 
     from .store import Store
     from .users import Users
@@ -319,16 +367,10 @@ def measure_probes(trials: int = 3) -> dict:
         http.auth = ("probe", password)
         return http
 
-    saved = os.environ.get("RADPRESS_DATA")
     with tempfile.TemporaryDirectory(prefix="radpress-probe-") as tmp:
         data = Path(tmp) / "data"
         Users(Store(data)).add("probe", password, "admin")
-        from app import create_app
-
-        app = create_app(data, run_jobs=False, demo=False)
-        httpd = make_server("127.0.0.1", 0, app.server, threaded=True)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        base = f"http://127.0.0.1:{httpd.server_port}"
+        process, base = serve(data)
         try:
             http = session()
             victim = _upload(http, base, "victim.dcm", _changed()).json()["results"][0]["sop_uid"]
@@ -337,11 +379,8 @@ def measure_probes(trials: int = 3) -> dict:
             hostile_s = time.monotonic() - started
             races = try_races(session, base, trials)
         finally:
-            httpd.shutdown()
-            if saved is None:
-                os.environ.pop("RADPRESS_DATA", None)
-            else:
-                os.environ["RADPRESS_DATA"] = saved
+            process.terminate()
+            process.wait(30)
     return {
         "hostile": {"tried": hostile.tried, "refused_cleanly": hostile.clean, "failures": hostile.failures,
                     "seconds": hostile_s},

@@ -1,16 +1,15 @@
 import io
 import os
 import stat
-import struct
 import tarfile
 import threading
 import time
 import zipfile
-import zlib
 
 import pytest
 
 from core.ingest import Limits, ingest, ingest_stream
+from core.probe import overlapping_zip, patch_zip_member, zeros_tar_gz, zeros_zip
 from core.samples import pydicom_test_dir, sample, write_series
 from core.store import Store
 from tests.synthetic import make_dataset, write
@@ -151,51 +150,6 @@ def fresh(tmp_path, count, name="s"):
     return [write(make_dataset(rows=40, columns=40, seed=i), tmp_path / name / f"{i}.dcm") for i in range(count)]
 
 
-def patch_member(path, name, *, flags=None, method=None):
-    """Rewrite a zip member's flag bits or compression method in its local and central headers."""
-    data = bytearray(path.read_bytes())
-    with zipfile.ZipFile(path) as z:
-        offset, pos = z.getinfo(name).header_offset, z.start_dir
-    fields = [(offset + 6, flags), (offset + 8, method)]
-    while data[pos:pos + 4] == b"PK\x01\x02":
-        n, m, k = struct.unpack("<HHH", data[pos + 28:pos + 34])
-        if data[pos + 46:pos + 46 + n].decode() == name:
-            fields += [(pos + 8, flags), (pos + 10, method)]
-        pos += 46 + n + m + k
-    for at, value in fields:
-        if value is not None:
-            data[at:at + 2] = struct.pack("<H", value)
-    path.write_bytes(bytes(data))
-
-
-def overlapping_zip(path, count, size=20 << 20):
-    """One deflated member of zeros named by *count* central entries (the overlapping-zip bomb)."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("00000.dcm", bytes(size))
-    data = path.read_bytes()
-    with zipfile.ZipFile(path) as z:
-        start = z.start_dir
-    eocd = data.rindex(b"PK\x05\x06")
-    entry = data[start:eocd]
-    entries = b"".join(entry.replace(b"00000.dcm", f"{i:05d}.dcm".encode()) for i in range(count))
-    path.write_bytes(data[:start] + entries + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, len(entries), start, 0))
-
-
-def zeros_tar_gz(path, declared):
-    """A tar.gz of one member of *declared* zero bytes, made without inflating it: a full-flushed deflate
-    block of 1 MiB of zeros is the same bytes each time, so the stream is that block repeated."""
-    header = tarfile.TarInfo("zeros.dcm")
-    header.size = declared
-    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
-    with open(path, "wb") as out:
-        out.write(b"\x1f\x8b\x08\x00\0\0\0\0\x00\x03")
-        out.write(deflate.compress(header.tobuf(format=tarfile.USTAR_FORMAT)) + deflate.flush(zlib.Z_FULL_FLUSH))
-        block = deflate.compress(bytes(1 << 20)) + deflate.flush(zlib.Z_FULL_FLUSH)
-        for _ in range(declared >> 20):
-            out.write(block)
-        out.write(deflate.flush() + struct.pack("<LL", 0, declared & 0xFFFFFFFF))
-
-
 def nothing_staged(store):
     return not list((store.root / "tmp").iterdir())
 
@@ -206,8 +160,8 @@ def test_encrypted_and_unknown_method_members_are_refused_alone(store, tmp_path)
     with zipfile.ZipFile(zpath, "w") as z:
         for name, f in (("locked.dcm", locked), ("good.dcm", good), ("odd.dcm", odd)):
             z.write(f, name)
-    patch_member(zpath, "locked.dcm", flags=0x1)
-    patch_member(zpath, "odd.dcm", method=98)  # PPMd
+    zpath.write_bytes(patch_zip_member(zpath.read_bytes(), "locked.dcm", flags=0x1))
+    zpath.write_bytes(patch_zip_member(zpath.read_bytes(), "odd.dcm", method=98))  # PPMd
     results = {r.name.split("/")[-1]: r for r in ingest(store, [zpath])}
     assert results["good.dcm"].status == "stored"
     assert results["locked.dcm"].status == "rejected" and results["locked.dcm"].reason.startswith("encrypted")
@@ -255,7 +209,7 @@ def test_truncated_archives(store, tmp_path, kind):
 
 def test_overlapping_zip_is_refused_before_inflating(store, tmp_path):
     zpath = tmp_path / "overlap.zip"
-    overlapping_zip(zpath, 200)  # 200 names x 20 MB from 20 kB
+    zpath.write_bytes(overlapping_zip(200))  # 200 names x 20 MB from 20 kB
     started = time.monotonic()
     results = list(ingest(store, [zpath]))
     assert time.monotonic() - started < 5
@@ -292,7 +246,7 @@ def _watch_tmp(store, stop, peak):
 @pytest.mark.parametrize("declared", [5 << 30, 1 << 30], ids=["5GB-over-file-limit", "1GB-under-file-limit"])
 def test_tar_gz_of_zeros_is_refused_while_streaming(store, tmp_path, declared):
     path = tmp_path / "zeros.tar.gz"
-    zeros_tar_gz(path, declared)
+    path.write_bytes(zeros_tar_gz(declared))
     assert path.stat().st_size < 8 << 20
     stop, peak = threading.Event(), [0]
     watcher = threading.Thread(target=_watch_tmp, args=(store, stop, peak))
@@ -311,9 +265,7 @@ def test_tar_gz_of_zeros_is_refused_while_streaming(store, tmp_path, declared):
 
 def test_many_small_bombs_share_one_budget(store, tmp_path):
     zpath = tmp_path / "many-bombs.zip"
-    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
-        for i in range(40):
-            z.writestr(f"{i}.dcm", bytes(8 << 20))  # each 8 MB from 8 kB: under the floor alone, not together
+    zpath.write_bytes(zeros_zip([f"{i}.dcm" for i in range(40)], 8 << 20))  # each 8 MB from 8 kB: under the floor alone
     started = time.monotonic()
     results = list(ingest(store, [zpath]))
     assert time.monotonic() - started < 10
