@@ -142,16 +142,19 @@ def encode_pyramid(source: TileSource, out: Path, ratio: float | None = None, ti
     options = {"shape": shape, "tilesize": (tile, tile), "numres": levels + 1, "prog": "RPCL", "mct": False}
     if ratio:
         options.update(irreversible=True, cratios=[ratio])
-    tmp = out.with_name(out.name + ".part")
-    writer = glymur.Jp2k(str(tmp), **options)
-    across = -(-source.width // tile)
-    for tw in writer.get_tilewriters():
-        row, col = divmod(tw.tile_index, across)
-        block = source.read(row * tile, min(source.height, (row + 1) * tile), col * tile, min(source.width, (col + 1) * tile))
-        tw[:] = block.astype(np.uint16 if source.dtype.itemsize == 2 else np.uint8, copy=False)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}-{os.urandom(6).hex()}.part")  # one per writer: never shared
+    try:
+        writer = glymur.Jp2k(str(tmp), **options)
+        across = -(-source.width // tile)
+        for tw in writer.get_tilewriters():
+            row, col = divmod(tw.tile_index, across)
+            block = source.read(row * tile, min(source.height, (row + 1) * tile), col * tile, min(source.width, (col + 1) * tile))
+            tw[:] = block.astype(np.uint16 if source.dtype.itemsize == 2 else np.uint8, copy=False)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
