@@ -8,6 +8,7 @@ from components.strategy_card import human_size
 from core.codecs.rate import RATIO_TOLERANCE
 from core.auth import current_user
 from core.context import open_store
+from core.derive import LossyHistory
 from core.users import allowed, visible_instances, visible_studies
 
 dash.register_page(__name__, path="/", title="Studies — RadPress", name="Studies")
@@ -44,6 +45,7 @@ def layout(**_query):
                      for n, i in (("Patient", "patient"), ("Date", "date"), ("Description", "description"),
                                   ("Modality", "modalities"), ("Instances", "instances"), ("Strategy", "strategy"),
                                   ("Stored", "stored"), ("Saving vs originals", "saving"), ("Lossy ratio (achieved)", "lossy_ratio"),
+                                  ("Already lossy originals", "lossy_originals"),
                                   ("", "open"))],
             sort_action="native", page_size=20, markdown_options={"link_target": "_self"},
             style_cell={"fontFamily": "system-ui", "fontSize": "0.9rem", "textAlign": "left"},
@@ -63,10 +65,19 @@ def _achieved(lossy) -> str:
     return text + (f" ({missed} missed the target)" if missed else "")
 
 
+def _lossy_originals(rows) -> str:
+    """Instances that were already lossy when they came in, with their cumulative ratios."""
+    if not rows:
+        return ""
+    ratios = sorted({LossyHistory.from_index(r).compressed for r in rows})
+    return f"⚠ {len(rows)} ({'; '.join(ratios)})"
+
+
 def _rows(store, user):
     rows = []
     for s in visible_studies(store, user):
-        visible = {r["sop_uid"] for r in visible_instances(store, user, s["study_uid"])}
+        instances = visible_instances(store, user, s["study_uid"])
+        visible = {r["sop_uid"] for r in instances}
         arts = [a for a in store.artifacts(study_uid=s["study_uid"]) if a.sop_uid in visible]
         stored = sum(a.bytes for a in arts)
         by_variant = {}
@@ -81,6 +92,7 @@ def _rows(store, user):
             "stored": human_size(stored),
             "saving": saving or "no compressed copy stored",
             "lossy_ratio": _achieved([a for a in arts if a.variant == "lossy"]),
+            "lossy_originals": _lossy_originals([r for r in instances if r["lossy"]]),
             "open": f"[Open](/study?uid={s['study_uid']})",
             "uid": s["study_uid"],
         })

@@ -10,6 +10,7 @@ from core.auth import current_user
 from core.context import open_store
 from core.errors import RadPressError
 from core.compress import artifact_warning
+from core.derive import LossyHistory
 from core.policy import STRATEGIES, lossy_setting
 from core.users import allowed, authorize, record_access, visible_instances
 
@@ -29,6 +30,14 @@ def _artifact_text(a) -> str:
     if a.variant == "lossy" and a.achieved_ratio:
         return f"lossy {a.achieved_ratio:.1f}:1 achieved ({a.codec}, target {a.ratio:g}:1, {human_size(a.bytes)})"
     return f"{a.variant} ({human_size(a.bytes)})"
+
+
+def _lossy_original(row) -> list:
+    """The flag on an instance that was already lossy when it came in: its copies are never lossless images."""
+    if not row["lossy"]:
+        return []
+    history = LossyHistory.from_index(row)
+    return [html.Div(f"⚠ Lossy original — {history.method_names}, {history.compressed}", className="small lossy-original-badge")]
 
 
 def _lossy_line(policy, rows):
@@ -69,6 +78,7 @@ def layout(uid: str = "", **_query):
                 dbc.CardBody([
                     html.Div(f"#{row['number'] or '?'} · {row['rows']}×{row['columns']} · {row['frames']} frame(s)", className="small"),
                     html.Div(arts, className="small text-muted artifacts"),
+                    *_lossy_original(row),
                     *warnings,
                     _downloads(f"/download/instance/{row['sop_uid']}", "⬇", policy.lossy_enabled),
                     dbc.Button("Compare", href=f"/compare?sop={row['sop_uid']}", size="sm", color="primary", className="me-1"),

@@ -5,7 +5,10 @@ import dash_bootstrap_components as dbc
 from dash import html
 
 from core.auth import current_user
+from components import make_lossy_banner
+from core.comparison import lossless_header
 from core.context import open_store
+from core.derive import LossyHistory
 from core.errors import RadPressError
 from core.users import authorize, record_access
 
@@ -20,10 +23,13 @@ def layout(sop: str = "", **_query):
     except RadPressError as exc:
         return dbc.Alert(str(exc), color="warning")
     record_access(store, user, "view", row["study_uid"], sop)
+    history = LossyHistory.from_index(row)
     return html.Div([
         html.H2(f"{row['modality']} {row['series_description'] or ''} — {row['columns']} × {row['rows']} px"),
-        html.P("Lossless pixels, decoded tile by tile from the JPEG 2000 resolution levels. Scroll to zoom, drag to pan.",
-               className="text-muted"),
+        # an already-lossy original is said so before any tile is seen
+        *([make_lossy_banner(lossless_header(history), "viewer-lossy-original")] if history.lossy else []),
+        html.P("The original's pixels, decoded tile by tile from lossless JPEG 2000 resolution levels, at the image's own "
+               "window (else its central 0.5–99.5 % of values). Scroll to zoom, drag to pan.", className="text-muted"),
         # assets/viewer.js starts OpenSeadragon on this element.
         html.Div(id="osd-viewer", className="osd-viewer", **{"data-dzi": f"/deepzoom/{sop}.dzi"}),
     ])

@@ -118,3 +118,49 @@ def test_the_api_has_the_history(lossy_study):
     assert (rows[plain.SOPInstanceUID]["lossy"], rows[plain.SOPInstanceUID]["lossy_ratio"]) == (0, None)
     listed, = [s for s in http.get(f"{base}/api/studies").json() if s["study_uid"] == lossy.StudyInstanceUID]
     assert listed["lossy_originals"] == 1
+
+
+def test_pages_flag_an_already_lossy_original_and_open_on_the_image_window(tmp_path, monkeypatch):
+    """Study cards, the studies list, Compare and the viewer, rendered as the admin sees them."""
+    import base64
+
+    import numpy as np
+
+    from app import create_app
+    from core.auth import current_user
+    from core.render import IMAGE_DEFAULT
+
+    monkeypatch.setenv("RADPRESS_ADMIN_USER", ADMIN[0])
+    monkeypatch.setenv("RADPRESS_ADMIN_PASSWORD", ADMIN[1])
+    app = create_app(tmp_path / "data", run_jobs=False, demo=False)
+    store = app.server.extensions["radpress"]["store"]
+    lossy = make_dataset(**KINDS["already_lossy"])
+    mr = make_dataset(**{**KINDS["u10"], "study_uid": lossy.StudyInstanceUID})
+    windowed = make_dataset(**{**KINDS["u10"], "study_uid": lossy.StudyInstanceUID, "seed": 3})
+    windowed.WindowCenter, windowed.WindowWidth = [400, 100], [700, 50]
+    for ds in (lossy, mr, windowed):
+        staged = write(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm")
+        assert store.add_original(staged, ds, staged.name) == "stored"
+    basic = "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode()
+    with app.server.test_request_context("/", headers={"Authorization": basic}):
+        from pages import compare as compare_page
+        from pages import studies as studies_page
+        from pages import study as study_page
+        from pages import viewer as viewer_page
+
+        study = str(study_page.layout(uid=lossy.StudyInstanceUID))
+        assert study.count("Lossy original — JPEG 2000, compressed 18:1") == 1
+        assert studies_page._rows(store, current_user())[0]["lossy_originals"] == "⚠ 1 (compressed 18:1)"
+        compare = str(compare_page.layout(sop=lossy.SOPInstanceUID))
+        assert "Original is itself lossy (JPEG 2000, 18:1) — lossless copy of a lossy image" in compare
+        assert "identical to the original" not in compare
+        assert "LOSSLESS — identical to the original" in str(compare_page.layout(sop=mr.SOPInstanceUID))
+        assert "Original is itself lossy (JPEG 2000, 18:1)" in str(viewer_page.layout(sop=lossy.SOPInstanceUID))
+        assert "Original is itself lossy" not in str(viewer_page.layout(sop=mr.SOPInstanceUID))
+        # Compare opens an MR without a window on its central percentiles, one with a window on its first pair
+        values = mr.pixel_array.astype(np.float64)
+        lo, hi = np.percentile(values, [0.5, 99.5])
+        assert compare_page.pick_window(IMAGE_DEFAULT, mr.SOPInstanceUID, 0) == (round((lo + hi) / 2, 2), round(hi - lo, 2))
+        assert compare_page.pick_window(IMAGE_DEFAULT, windowed.SOPInstanceUID, 0) == (400, 700)
+        assert compare_page.pick_window("Full range", mr.SOPInstanceUID, 0) == (
+            round((values.min() + values.max()) / 2, 2), round(values.max() - values.min(), 2))
