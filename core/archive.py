@@ -22,7 +22,7 @@ from .errors import InvalidOptionError, RadPressError
 from .files import atomic_writer
 from .locks import item_lock
 from .pixels import read_dataset
-from .policy import Policy, get_strategy, lossy_setting
+from .policy import Policy, check_bound, get_strategy, lossy_setting
 from .render import thumbnail_png
 from .store import Artifact, Store
 
@@ -361,6 +361,8 @@ def codestream_path(store: Store, sop_uid: str, frame: int = 0, variant: str = "
     if lossy and not policy.lossy_enabled:
         raise Forbidden("Lossy images are switched off for this clinic.")
     ratio = check_ratio(float(ratio) if ratio else _ratio(policy, row), True) if lossy else None
+    if lossy:  # an asked-for ratio never goes beyond the CAR bound, as for every other lossy copy
+        ratio, _ = check_bound(ratio, row["modality"] or "", row["body_part"] or "", row["study_description"] or "", cap=True)
     original = store.artifact(sop_uid, "original")
     if is_large(row["rows"], row["columns"]):
         return _pyramid(store, original, ratio)

@@ -45,9 +45,9 @@ def test_compress_then_verify(codec, capsys, tmp_path):
 
 
 def test_compress_lossy_text_output(capsys, tmp_path):
-    code, out, _ = run_cli(capsys, "compress", MR2, "--codec", "j2k", "--mode", "lossy", "--ratio", "20", "--out", tmp_path)
-    assert code == 0
-    assert "1.2.840.10008.1.2.4.91" in out and "ratio 2" in out
+    code, out, err = run_cli(capsys, "compress", MR2, "--codec", "j2k", "--mode", "lossy", "--ratio", "20", "--out", tmp_path)
+    assert code == 0 and err == ""
+    assert "1.2.840.10008.1.2.4.91" in out and "ratio 2" in out and "(target 20:1 reached)" in out
     written = read_dataset(next(tmp_path.glob("*.dcm")))
     assert written.LossyImageCompression == "01"
     code, out, _ = run_cli(capsys, "verify", MR2, next(tmp_path.glob("*.dcm")))
@@ -82,6 +82,10 @@ def _bad_inputs(tmp_path):
         "ratio out of range": (["compress", MR2, "--codec", "j2k", "--mode", "lossy", "--ratio", "1000", "--out", tmp_path / "o"], "out of range"),
         "ratio not a number": (["compress", MR2, "--codec", "j2k", "--mode", "lossy", "--ratio", "ten", "--out", tmp_path / "o"], "must be a number"),
         "missing ratio": (["compress", MR2, "--codec", "j2k", "--mode", "lossy", "--out", tmp_path / "o"], "needs --ratio"),
+        "ratio with lossless": (["compress", MR2, "--codec", "j2k", "--ratio", "10", "--out", tmp_path / "o"], "--mode lossless"),
+        "ratio above the CAR bound": (["compress", MR2, "--codec", "htj2k", "--mode", "lossy", "--ratio", "25", "--out", tmp_path / "o"],
+                                      "upper bound of 24:1"),
+        "unknown mode": (["compress", MR2, "--codec", "j2k", "--mode", "lossier", "--out", tmp_path / "o"], "invalid choice"),
         "unknown codec": (["compress", MR2, "--codec", "webp", "--out", tmp_path / "o"], "invalid choice"),
         "missing file": (["info", tmp_path / "nope.dcm"], "no such file"),
         "verify not DICOM": (["verify", text, MR2], "not a DICOM file"),
@@ -92,7 +96,8 @@ def _bad_inputs(tmp_path):
 @pytest.mark.parametrize(
     "case",
     ["not DICOM", "truncated", "no pixel data", "unsupported", "ratio out of range", "ratio not a number",
-     "missing ratio", "unknown codec", "missing file", "verify not DICOM", "verify mismatch"],
+     "missing ratio", "ratio with lossless", "ratio above the CAR bound", "unknown mode", "unknown codec", "missing file",
+     "verify not DICOM", "verify mismatch"],
 )
 def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path):
     args, message = _bad_inputs(tmp_path)[case]

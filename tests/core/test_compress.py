@@ -230,3 +230,31 @@ def test_a_missed_target_travels_from_the_job_to_the_api_and_pages(live_app, tmp
     assert "missed the target" in _achieved([art])
     table = str(make_job_table(jobs, False))
     assert "job-warnings" in table and "target 50:1 not reached" in table
+
+    # a per-study ratio set over the API keeps the codec it was chosen for, and the next job uses both
+    put = http.put(f"{base}/api/studies/{study_uid}/ratio", json={"ratio": 8, "codec": "htj2k"})
+    assert put.ok and put.json()["codec"] == "htj2k"
+    assert http.put(f"{base}/api/studies/{study_uid}/ratio", json={"ratio": 8, "codec": 5}).status_code == 400
+    assert http.put(f"{base}/api/studies/{study_uid}/ratio", json={"ratio": 8, "codec": "webp"}).status_code == 400
+    from core.archive import wanted_for
+
+    wanted = {(w.codec, w.ratio) for row in store.instances(study_uid) for w in wanted_for(store.policy(), 3, row)
+              if w.variant == "lossy"}
+    assert wanted == {("htj2k", 8)}
+    assert (store.study(study_uid)["lossy_codec"], store.study(study_uid)["ratio"]) == ("htj2k", 8)
+
+
+def test_on_demand_lossy_copies_never_exceed_the_upper_bound(tmp_path):
+    """Downloads, DIMS and previews asked for 50:1 of an MR get at most the CAR bound of 24:1."""
+    from core.archive import codestream_path, variant_file
+    from core.ingest import ingest
+    from core.store import Store
+
+    store = Store(tmp_path / "data")
+    mr = make_dataset(**{**KINDS["u10"], "rows": 256, "columns": 256})
+    [result] = list(ingest(store, [write(mr, tmp_path / "mr.dcm")]))
+    vf = variant_file(store, result.sop_uid, "lossy", 50)
+    vf.close()
+    assert vf.lossy_ratio <= 24 * (1 + RATIO_TOLERANCE)
+    _, achieved = codestream_path(store, result.sop_uid, 0, "lossy", 50)
+    assert achieved <= 24 * (1 + RATIO_TOLERANCE)
