@@ -36,6 +36,7 @@ class TileSource(Protocol):
     width: int
     samples: int
     dtype: np.dtype
+    bits_stored: int  # the precision the codestream declares; bits above it are masked off
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray: ...
 
@@ -60,6 +61,7 @@ class DicomTiles:
             raise UnsupportedError("Very large signed images are not supported: the tiled JPEG 2000 writer takes unsigned samples.")
         self.path, self.offset = Path(path), pixel_data_offset(Path(path), not syntax.is_implicit_VR)
         self.height, self.width, self.samples, self.dtype = spec.rows, spec.columns, spec.samples, spec.dtype
+        self.bits_stored = spec.bits_stored
         self.row_bytes = spec.columns * spec.samples * spec.dtype.itemsize
         self._band: tuple[int, int, np.ndarray] | None = None
 
@@ -103,6 +105,7 @@ class TiffTiles:
             raise UnsupportedError(f"TIFF with {page.dtype} samples x{page.samplesperpixel} is not supported (8/16-bit grey or RGB).")
         self.height, self.width = page.imagelength, page.imagewidth
         self.samples, self.dtype = page.samplesperpixel, np.dtype(page.dtype)
+        self.bits_stored = self.dtype.itemsize * 8
         self.tile_h = page.tilelength or page.rowsperstrip or self.height
         self.tile_w = page.tilewidth or self.width
         self.decode = page.decode
@@ -133,8 +136,15 @@ class TiffTiles:
 
 
 def encode_pyramid(source: TileSource, out: Path, ratio: float | None = None, tile: int = TILE) -> Path:
-    """Tile-by-tile JPEG 2000 (reversible, or irreversible at *ratio*) with levels down to <= 64 px."""
+    """Tile-by-tile JPEG 2000 (reversible, or irreversible at *ratio*) with levels down to <= 64 px.
+
+    The codestream declares the source's Bits Stored (unsigned); samples go
+    through the same container transform as :mod:`core.codecs.j2k`, after the
+    bits above Bits Stored are masked off.
+    """
     import glymur
+
+    from .codecs.codestream import container_samples, declare_precision_file
 
     levels = max(1, min(math.ceil(math.log2(max(source.height, source.width) / 64)), int(math.log2(tile))))
     shape = (source.height, source.width) if source.samples == 1 else (source.height, source.width, source.samples)
@@ -149,7 +159,9 @@ def encode_pyramid(source: TileSource, out: Path, ratio: float | None = None, ti
         for tw in writer.get_tilewriters():
             row, col = divmod(tw.tile_index, across)
             block = source.read(row * tile, min(source.height, (row + 1) * tile), col * tile, min(source.width, (col + 1) * tile))
-            tw[:] = block.astype(np.uint16 if source.dtype.itemsize == 2 else np.uint8, copy=False)
+            block = block.astype(np.uint16 if source.dtype.itemsize == 2 else np.uint8, copy=False)
+            tw[:] = container_samples(block & ((1 << source.bits_stored) - 1), source.bits_stored, False, bool(ratio))
+        declare_precision_file(tmp, source.bits_stored, False)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, out)

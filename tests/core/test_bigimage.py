@@ -109,3 +109,28 @@ def test_image_over_pillows_real_limit(tmp_path, monkeypatch):
     assert zoom.read(source, zoom.max_level - 6, 0, 0).shape == (211, 211)
     thumb = make_artifact(store, Wanted(result.sop_uid, "thumbnail", 0, "png"))
     assert Image.open(thumb.path).size == (256, 256)
+
+
+@pytest.mark.parametrize("ratio", [None, 10], ids=["lossless", "lossy"])
+def test_pyramid_declares_bits_stored_and_drops_garbage_high_bits(tmp_path, ratio):
+    """12-bit data in 16-bit words with overlay bits above bit 11: the pyramid holds the 12-bit values only."""
+    from core.bigimage import encode_pyramid
+    from core.codecs.codestream import parse_main_header
+    from tests.synthetic import make_dataset, write
+
+    path = write(make_dataset(rows=1100, columns=1000, bits_stored=12, dirty_high_bits=True, modality="CR"),
+                 tmp_path / "dirty.dcm")
+    ds = read_dataset(path)
+    raw = np.frombuffer(ds.PixelData, "<u2").reshape(1100, 1000)
+    assert raw.max() > 4095  # the garbage is really there
+    truth = raw & 0x0FFF
+    out = encode_pyramid(DicomTiles(path, ds), tmp_path / "pyramid.j2k", ratio, tile=512)
+    info = parse_main_header(out.read_bytes()[:4096])
+    assert (info.precision, info.signed, info.tiles) == (12, False, 6)
+    decoded = Codestream(out).region(0, 0, 1100, 0, 1000)
+    if ratio is None:
+        assert np.array_equal(decoded, truth)
+    else:
+        assert decoded.max() <= 4095
+        assert np.abs(decoded.astype(np.int64) - truth).mean() < 40  # close to the 12-bit values, not the garbage
+        assert 9 <= 1100 * 1000 * 2 / out.stat().st_size <= 11  # the ratio counts Bits Allocated

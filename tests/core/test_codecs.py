@@ -5,11 +5,12 @@ from pydicom.encaps import generate_frames
 
 from core.codecs import CODECS, OHIF_RULE, AutoRule, check_ratio, choose_codec, codec_for_uid, get_codec
 from core.codecs.codestream import parse_main_header
-from core.codecs.rate import Knob, encode_to_ratio
+from core.codecs.rate import RATIO_TOLERANCE, Knob, encode_to_ratio, pick
 from core.compress import compress
 from core.errors import InvalidOptionError, UnsupportedError
-from core.pixels import decode_all, pixel_spec
+from core.pixels import decode_all, decode_frame, pixel_spec
 from tests.reference import CODEC_SAMPLES
+from tests.synthetic import KINDS, make_dataset
 
 WRITERS = ("j2k", "htj2k", "jpegls", "jxl")
 
@@ -189,3 +190,62 @@ def test_rate_search_converges_on_a_monotonic_encoder():
 def test_rate_search_integer_knob_returns_closest():
     data, near = encode_to_ratio(lambda n: b"x" * (1000 // (int(n) + 1)), Knob(low=1, high=50, integer=True), 10000, 40)
     assert near == int(near) and abs(10000 / len(data) - 40) <= 5
+
+
+RATIO_KINDS = ("rgb", "u8_odd", "u10", "u12_odd", "u16", "s12", "s16", "multiframe")  # multiframe: 64 x 64 frames
+
+
+@pytest.mark.parametrize("ratio", [5, 10, 20, 50])
+@pytest.mark.parametrize("codec", WRITERS)
+@pytest.mark.parametrize("kind", RATIO_KINDS)
+def test_lossy_target_is_reached_or_shown_out_of_reach(kind, codec, ratio):
+    """Within ±10 % of the target, or provably out of the codec's reach and kept on the lower-ratio side.
+
+    Out of reach means the codec's coarsest setting still stays below the
+    target window.  On these kinds that happens for: the 61 x 47 8-bit frame
+    at 50:1 (2867 bytes: a 57-byte target under ~140 bytes of J2K/HTJ2K
+    headers; JPEG-LS and JPEG XL at their coarsest reach ~20:1); JPEG-LS,
+    whose NEAR is at most 255 (ISO 14495-1): 16-bit data stops near 4:1,
+    12-bit near 17–21:1, 8-bit RGB near 44:1.
+    """
+    ds = make_dataset(**KINDS[kind])
+    spec = pixel_spec(ds)
+    reason = expected_refusal(codec, spec, lossy=True)
+    if reason:
+        with pytest.raises(UnsupportedError, match=reason):
+            get_codec(codec, True).check(spec)
+        return
+    lossy = get_codec(codec, True)
+    frame = decode_frame(ds, 0)
+    achieved = spec.frame_bytes / len(lossy.encode(frame, spec, ratio))
+    if abs(achieved / ratio - 1) <= RATIO_TOLERANCE:
+        return
+    knob = lossy.backend.knob(spec)
+    coarsest = spec.frame_bytes / len(lossy.backend.encode_at(frame, spec, knob.high if knob.shrinks else knob.low))
+    assert coarsest < ratio * (1 - RATIO_TOLERANCE), (
+        f"{codec} reaches {coarsest:.1f}:1 at its coarsest yet returned {achieved:.2f}:1 for {ratio}:1")
+    assert achieved < ratio and achieved >= 0.9 * coarsest, f"{achieved:.2f}:1 is not the lower ratio nearest {ratio}:1"
+
+
+def test_pick_prefers_the_lower_ratio_when_the_target_is_missed():
+    # target 100 bytes (e.g. 1000 bytes at 10:1)
+    assert pick([130, 104, 60], 100) == 1  # within 10 %: the closest
+    assert pick([130, 112, 60], 100) == 1  # 8.9:1 and 16.7:1 both miss: the lower ratio loses less
+    assert pick([80, 60], 100) == 0  # every file too small: the finest of them
+
+
+@pytest.mark.parametrize("lossy", [False, True], ids=["lossless", "lossy"])
+@pytest.mark.parametrize("kind", ["u8_odd", "u10", "u12_dirty", "u16", "s12", "rgb"])
+def test_jpegls_header_precision_is_bits_stored(kind, lossy):
+    """P in SOF55 (ISO 14495-1 C.2.2) is Bits Stored, so near-lossless decoders clamp at 2^BitsStored - 1."""
+    ds = make_dataset(**KINDS[kind])
+    spec = pixel_spec(ds)
+    if lossy and spec.signed:
+        return  # refused: see test_lossy_target_is_reached_or_shown_out_of_reach
+    codec = get_codec("jpegls", lossy)
+    data = codec.encode(decode_frame(ds, 0), spec, 10 if lossy else None)
+    sof = data.index(b"\xff\xf7")
+    assert data[sof + 4] == spec.bits_stored
+    low, high = spec.value_range
+    decoded = codec.decode(data, spec)
+    assert low <= decoded.min() and decoded.max() <= high
