@@ -77,6 +77,7 @@ class Jobs:
         self.workers = workers
         self.lease = lease
         self.owner = _runner_name()
+        self._renewed = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -143,13 +144,20 @@ class Jobs:
                 return None
             db.execute("UPDATE jobs SET state='running', owner=?, lease=?, started=coalesce(started, ?) WHERE id=?",
                        (self.owner, now + self.lease, now, row["id"]))
+        self._renewed = time.monotonic()
         return self.get(int(row["id"]))
 
     def renew(self, job_id: int) -> bool:
         """Extend this runner's lease; False when the job is no longer ours (the lease expired and another runner took it)."""
         with self.store.connect() as db:
-            return db.execute("UPDATE jobs SET lease=? WHERE id=? AND owner=? AND state='running'",
+            mine = db.execute("UPDATE jobs SET lease=? WHERE id=? AND owner=? AND state='running'",
                               (time.time() + self.lease, job_id, self.owner)).rowcount == 1
+        self._renewed = time.monotonic()
+        return mine
+
+    def _still_mine(self, job_id: int) -> bool:
+        """Renew the lease once a third of it has passed; False when the job was lost."""
+        return time.monotonic() - self._renewed < self.lease / 3 or self.renew(job_id)
 
     def resume(self) -> int:
         """Jobs whose runner died go back to the queue (a cancel asked for meanwhile is honoured); returns how many."""
@@ -210,6 +218,8 @@ class Jobs:
             if ended == "lost":
                 return self.get(job_id)
         for artifact in todo.remove:  # only once every new artifact is in place
+            if not self._still_mine(job_id):
+                return self.get(job_id)
             self.store.remove_artifact(artifact)
         job = self.get(job_id)
         state = "failed" if job["failed"] and not job["done"] else "done"
@@ -220,7 +230,6 @@ class Jobs:
         """Make every instance's artifacts in worker processes; returns done, cancelled, stopped or lost (the lease)."""
         queue = list(by_sop.items())
         ended = "done"
-        renewed = time.monotonic()
         with WorkerPool(self.workers) as pool:
             while (queue and ended == "done") or pool.busy:
                 while queue and ended == "done" and pool.free:
@@ -229,10 +238,8 @@ class Jobs:
                 for outcome in pool.wait(timeout=0.5):
                     if self._record(job_id, outcome) and progress:
                         progress(self.get(job_id))
-                if time.monotonic() - renewed > self.lease / 3:
-                    if not self.renew(job_id):
-                        return "lost"
-                    renewed = time.monotonic()
+                if not self._still_mine(job_id):
+                    return "lost"
                 if ended == "done" and self._stop.is_set():
                     ended = "stopped"
                 elif ended == "done" and self.store.query("SELECT cancel FROM jobs WHERE id=?", (job_id,))[0]["cancel"]:
