@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .codecs import CODEC_NAMES, MAX_RATIO, MIN_RATIO, check_ratio
 from .compress import MODES, compress, parse_mode
-from .derive import format_ratio
+from .derive import format_ratio, lossy_history
 from .errors import InvalidOptionError, RadPressError
 from .files import write_dataset
 from .pixels import pixel_spec, read_dataset
@@ -60,6 +60,7 @@ def cmd_info(args) -> int:
                 "transfer_syntax": str(uid),
                 "transfer_syntax_name": uid.name,
                 "uncompressed_bytes": spec.frame_bytes * spec.frames,
+                **lossy_history(ds).to_dict(),
             }
         )
     if args.json:
@@ -71,6 +72,7 @@ def cmd_info(args) -> int:
                 f"{r['bits_stored']}/{r['bits_allocated']} bits {'signed' if r['signed'] else 'unsigned'}, "
                 f"{r['photometric']}, {r['transfer_syntax_name']} ({r['transfer_syntax']}), "
                 f"{r['uncompressed_bytes']} bytes uncompressed"
+                + (f"; LOSSY original ({r['lossy_label']})" if r["lossy"] else "")
             )
     return status
 
@@ -151,6 +153,7 @@ def cmd_verify(args) -> int:
         print(
             f"claims lossless: {'yes' if result.claims_lossless else 'no'}; ratio {m.ratio:.2f}:1, "
             f"{m.bpp:.3f} bpp; PSNR {psnr}; SSIM {m.ssim:.5f}; max error {m.max_error}; RMSE {m.rmse:.3f}"
+            + (f"; LOSSY image ({result.history.label})" if result.history.lossy else "")
         )
     if not result.ok:
         _fail(f"{args.compressed} claims to be lossless but its pixels differ from {args.original} (max error {result.metrics.max_error}).")

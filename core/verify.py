@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from .derive import LOSSLESS_SYNTAXES
+from .derive import LOSSLESS_SYNTAXES, LossyHistory, lossy_history
 from .errors import UnsupportedError
 from .metrics import Metrics, compare
 from .pixels import decode_all, pixel_spec
@@ -29,6 +29,7 @@ def encapsulated_bytes(ds: Dataset) -> int:
 class Verification:
     claims_lossless: bool
     metrics: Metrics
+    history: LossyHistory = LossyHistory()  # the compressed file's: a lossless copy of a lossy image says so
 
     @property
     def ok(self) -> bool:
@@ -36,7 +37,7 @@ class Verification:
         return self.metrics.identical or not self.claims_lossless
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "claims_lossless": self.claims_lossless, **self.metrics.to_dict()}
+        return {"ok": self.ok, "claims_lossless": self.claims_lossless, **self.metrics.to_dict(), **self.history.to_dict()}
 
 
 def verify(original: Dataset, compressed: Dataset) -> Verification:
@@ -54,4 +55,4 @@ def verify(original: Dataset, compressed: Dataset) -> Verification:
         compressed_bytes=encapsulated_bytes(compressed),
         uncompressed_bytes=a.frame_bytes * a.frames,
     )
-    return Verification(claims_lossless(compressed), metrics)
+    return Verification(claims_lossless(compressed), metrics, lossy_history(compressed))

@@ -164,3 +164,19 @@ def test_pages_flag_an_already_lossy_original_and_open_on_the_image_window(tmp_p
         assert compare_page.pick_window(IMAGE_DEFAULT, windowed.SOPInstanceUID, 0) == (400, 700)
         assert compare_page.pick_window("Full range", mr.SOPInstanceUID, 0) == (
             round((values.min() + values.max()) / 2, 2), round(values.max() - values.min(), 2))
+
+
+def test_cli_info_and_verify_name_the_lossy_history(tmp_path, capsys):
+    import json
+
+    from core.cli import main
+
+    path = write(make_dataset(**KINDS["already_lossy"]), tmp_path / "in.dcm")
+    assert main(["info", str(path), "--json"]) == 0
+    row, = json.loads(capsys.readouterr().out)
+    assert (row["lossy"], row["lossy_ratio"], row["lossy_methods"]) == (True, 18, ["ISO_15444_1"])
+    assert main(["compress", str(path), "--codec", "htj2k", "--mode", "lossless", "--out", str(tmp_path / "out")]) == 0
+    out, = (tmp_path / "out").iterdir()
+    capsys.readouterr()
+    assert main(["verify", str(path), str(out)]) == 0
+    assert "LOSSY image (JPEG 2000, 18:1)" in capsys.readouterr().out

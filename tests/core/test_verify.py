@@ -32,3 +32,15 @@ def test_lossless_flag_counts_as_a_claim(load):
     lossy = compress(load("MR2_UNCR"), "j2k", "lossy", 10).dataset
     lossy.LossyImageCompression = "00"
     assert claims_lossless(lossy)
+
+
+def test_a_lossless_copy_of_a_lossy_image_is_exact_and_still_lossy():
+    from tests.synthetic import KINDS, make_dataset
+
+    source = make_dataset(**KINDS["already_lossy"])
+    result = verify(source, compress(source, "j2k", "lossless").dataset)
+    assert result.ok and result.metrics.identical and result.claims_lossless  # the encoding step was lossless
+    report = result.to_dict()
+    assert report["lossy"] and report["lossy_ratio"] == 18 and report["lossy_label"] == "JPEG 2000, 18:1"
+    plain = make_dataset(**KINDS["u12_odd"])
+    assert verify(plain, compress(plain, "j2k", "lossless").dataset).to_dict()["lossy"] is False
