@@ -19,6 +19,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from .codecs import Codec, check_ratio, choose_codec, get_codec
+from .codecs.rate import RATIO_TOLERANCE
 from .errors import InvalidOptionError, RadPressError
 from .metrics import compare
 from .pixels import PixelSpec, decode_frame, pixel_spec
@@ -142,13 +143,16 @@ def _aggregate(rows: list[dict], config: LabConfig) -> dict:
         "encode_s": sum(r["encode_s"] for r in rows), "decode_s": sum(r["decode_s"] for r in rows),
         "compressed_bytes": compressed, "uncompressed_bytes": uncompressed,
         "passes": psnr_ok and all(v >= config.dice_threshold for v in dice_min.values()),
+        # measured at another ratio than the one named: never recommended under that name
+        "target_reached": first["target_ratio"] is None or abs(uncompressed / compressed / first["target_ratio"] - 1) <= RATIO_TOLERANCE,
     }
 
 
 def recommend(sweep: list[dict], bound: float | None = None) -> dict[str, dict]:
     """Per codec, the highest ratio that passes with every lower ratio passing too (the first failure ends it).
 
-    Nothing above *bound* (the CAR upper bound of the images' modalities) is recommended.
+    Nothing above *bound* (the CAR upper bound of the images' modalities) is recommended, nor a
+    ratio the codec did not reach within ±10 % (its numbers belong to another ratio).
     """
     out: dict[str, dict] = {}
     for codec in dict.fromkeys(r["codec"] for r in sweep):
@@ -156,6 +160,8 @@ def recommend(sweep: list[dict], bound: float | None = None) -> dict[str, dict]:
         for row in sorted((r for r in sweep if r["codec"] == codec and r["mode"] == "lossy"), key=lambda r: r["target_ratio"]):
             if not row["passes"] or (bound is not None and row["target_ratio"] > bound):
                 break
+            if not row.get("target_reached", True):
+                continue
             best = row
         first_drop = next((r for r in sorted((r for r in sweep if r["codec"] == codec and r["mode"] == "lossy"),
                                              key=lambda r: r["target_ratio"]) if min(r["dice_min"].values(), default=1) < 0.98), None)
@@ -261,6 +267,9 @@ def apply_choice(store, result: dict, codec: str, ratio: float, scope: str, user
                                  hint=f"Run the sweep with {codec}, or apply a ratio recommended for {codec}.")
     if not row["passes"]:
         raise InvalidOptionError(f"{codec} at {ratio:g}:1 fails the lab's criteria on this study.", hint="Apply the recommended ratio.")
+    if not row.get("target_reached", True):
+        raise InvalidOptionError(f"{codec} did not reach {ratio:g}:1 on this study (it achieved {row['achieved_ratio']:.1f}:1).",
+                                 hint="Apply the recommended ratio.")
     for modality in result["modalities"]:
         check_bound(ratio, modality, cap=False)
     if result.get("upper_bound") is not None and ratio > result["upper_bound"]:

@@ -100,7 +100,8 @@ def show(uid):
     admin = allowed(current_user(), "policy")
     for codec, rec in result["recommendation"].items():
         text = f"{codec}: highest ratio keeping Dice ≥ 0.98 and the PSNR threshold on every instance: "
-        text += f"{rec['ratio']:g}:1 ({rec['bpp']:.3f} bpp)" if rec["ratio"] else "none of the ratios tried"
+        text += (f"{rec['ratio']:g}:1 (achieved {rec['achieved_ratio']:.1f}:1, {rec['bpp']:.3f} bpp)" if rec["ratio"]
+                 else "none of the ratios tried")
         # codec and ratio travel together: a ratio is evidence only for the codec it was measured with
         buttons = [dbc.Button(f"Apply {codec} {rec['ratio']:g}:1 to this study", size="sm", color="primary", outline=True, className="ms-2",
                               id={"type": "lab-apply", "codec": codec, "ratio": rec["ratio"], "scope": "study"}),

@@ -84,6 +84,26 @@ def test_cli_bad_input(capsys, tmp_path):
     assert "Unknown codec" in capsys.readouterr().err
 
 
+def test_a_ratio_the_codec_did_not_reach_is_not_recommended_or_applied(mr_study):
+    from core.lab import apply_choice
+
+    sweep = [row("jpegls", 10, True), dict(row("jpegls", 20, True), target_reached=False, achieved_ratio=13.0)]
+    assert recommend(sweep)["jpegls"]["ratio"] == 10
+    store, result = mr_study
+    result["sweep"] = sweep
+    with pytest.raises(InvalidOptionError, match="achieved 13.0:1"):
+        apply_choice(store, result, "jpegls", 20, "study", "admin")
+
+
+def test_sweep_rows_say_whether_the_target_was_reached(load):
+    result = run_lab([load("emri_small")], LabConfig(codecs=("jpegls",), ratios=(5, 100)))
+    rows = {r["target_ratio"]: r for r in result["sweep"]}
+    for ratio in (5, 100):
+        assert rows[ratio]["target_reached"] is (abs(rows[ratio]["achieved_ratio"] / ratio - 1) <= 0.10)
+    assert rows[None]["target_reached"] is True
+    assert result["recommendation"]["jpegls"]["ratio"] != 100 or rows[100]["target_reached"]
+
+
 def test_recommendation_stays_within_the_upper_bound():
     sweep = [row("j2k", 10, True), row("j2k", 20, True), row("j2k", 30, True)]
     assert recommend(sweep)["j2k"]["ratio"] == 30
