@@ -40,8 +40,8 @@ def _lock_path(root: Path, key: str) -> Path:
 
 
 @contextlib.contextmanager
-def item_lock(root: str | os.PathLike, key: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-    """Hold the exclusive lock named *key* in the archive at *root*; wait at most *timeout* seconds for it.
+def item_lock(root: str | os.PathLike, key: str, timeout: float | None = None) -> Iterator[None]:
+    """Hold the exclusive lock named *key* in the archive at *root*; wait at most *timeout* (default :data:`LOCK_TIMEOUT`) s.
 
     Raises :class:`BusyError` when the holder has not finished in time.
     Callers check for the item again once they hold the lock: whoever held
@@ -51,6 +51,7 @@ def item_lock(root: str | os.PathLike, key: str, timeout: float = LOCK_TIMEOUT) 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
+        timeout = LOCK_TIMEOUT if timeout is None else timeout
         deadline, pause = time.monotonic() + timeout, 0.005
         while True:
             try:

@@ -58,6 +58,8 @@ def _radpress_error(exc: RadPressError):
     response.status_code = exc.http_status
     if exc.http_status == 401 and not request.path.startswith("/_dash-"):
         response.headers["WWW-Authenticate"] = 'Basic realm="RadPress"'
+    if exc.http_status == 503:  # busy making the item (core.locks): worth asking again shortly
+        response.headers["Retry-After"] = "30"
     return response
 
 

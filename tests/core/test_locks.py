@@ -101,3 +101,27 @@ def test_eight_concurrent_first_requests_build_once(live_app, tmp_path, monkeypa
     assert [r.status_code for r in answers] == [200] * 8
     assert len({r.content for r in answers}) == 1
     assert sorted(r.headers["X-Cache"] for r in answers).count("miss") == 1  # encoded once, seven served from the cache
+
+
+def test_a_request_that_waits_too_long_gets_503_with_retry_after(live_app, tmp_path, monkeypatch):
+    """While another process builds an image's codestream, a request that outwaits the lock gets a clear 503, not a 500."""
+    from core import locks
+    from core.archive import _codestream_cache
+    from tests.conftest import ADMIN
+
+    base, app = live_app(run_jobs=False)
+    store = app.server.extensions["radpress"]["store"]
+    http = requests.Session()
+    http.auth = ADMIN
+    [path] = write_series("693_UNCR", 1, tmp_path / "in")
+    with open(path, "rb") as fh:
+        assert http.post(f"{base}/api/upload", files={"file": (path.name, fh)}).status_code == 200
+    [row] = store.query("SELECT sop_uid FROM instances")
+    original = store.artifact(row["sop_uid"], "original")
+    codestream, _ = _codestream_cache(store, original.checksum, 0, None)
+    monkeypatch.setattr(locks, "LOCK_TIMEOUT", 0.5)
+    with item_lock(store.root, f"codestream:{codestream.name}"):  # as if another process were building it
+        busy = http.get(f"{base}/deepzoom/{row['sop_uid']}.dzi")
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "30"
+    assert "still being prepared" in busy.json()["error"]
+    assert http.get(f"{base}/deepzoom/{row['sop_uid']}.dzi").status_code == 200  # once free, it is made
