@@ -80,7 +80,12 @@ def _death(exitcode: int | None) -> str:
 
 
 class WorkerPool:
-    """Up to *size* worker processes; :meth:`submit` a task to a free one, :meth:`wait` for outcomes."""
+    """Up to *size* worker processes; :meth:`submit` a task to a free one, :meth:`wait` for outcomes.
+
+    Linux sends the death signal when the *thread* that started a worker
+    ends, so a pool is used and closed within one call on one thread (a job's
+    run), never kept across threads.
+    """
 
     def __init__(self, size: int, start_method: str = "spawn"):
         self.size = max(1, size)
