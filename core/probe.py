@@ -184,7 +184,7 @@ def _hostile_cases(victim_uid: str) -> list[HostileCase]:
         "sop uid absolute path": dict(SOPInstanceUID=outside),
         "sop uid deep traversal": dict(SOPInstanceUID="../" * 12 + outside.lstrip("/")),
         "sop uid with NUL": dict(SOPInstanceUID="1.2\x00.3"),
-        "sop uid of 300 characters": dict(SOPInstanceUID="1." * 150),
+        "sop uid of 299 characters": dict(SOPInstanceUID="1" + ".1" * 149),
         "sop uid with leading zeros": dict(SOPInstanceUID="1.02.003"),
         "sop uid empty": dict(SOPInstanceUID=""),
         "study uid traversal": dict(StudyInstanceUID="../../" + victim_uid),
@@ -517,11 +517,11 @@ def probe_callbacks(base: str, sessions: dict, target: dict, db_path, include_ba
     return report
 
 
-def run_callback_probe(base: str, store, admin: tuple[str, str], target_file: Path) -> dict:
-    """Set up and run :func:`probe_callbacks`: *target_file* is uploaded as a study restricted to one other
-    radiologist; a demo login and a radiologist then try every callback with its identifiers.
+def run_callback_probe(base: str, store, admin: tuple[str, str], target: bytes | Path) -> dict:
+    """Set up and run :func:`probe_callbacks`: the DICOM file *target* is uploaded as a study restricted to
+    one other radiologist; a demo login and a radiologist then try every callback with its identifiers.
 
-    Run it on an app without the background job thread (jobs change the index while the probe compares it).
+    The probe compares the index before and after: it starts once the app's jobs for the upload are over.
     """
     import requests
 
@@ -529,29 +529,28 @@ def run_callback_probe(base: str, store, admin: tuple[str, str], target_file: Pa
 
     http = requests.Session()
     http.auth = admin
-    with open(target_file, "rb") as fh:
-        stored = http.post(f"{base}/api/upload", files={"file": (Path(target_file).name, fh)}, timeout=120).json()
+    body = target if isinstance(target, bytes) else Path(target).read_bytes()
+    stored = http.post(f"{base}/api/upload", files={"file": ("target.dcm", body)}, timeout=120).json()
     study_uid = stored["results"][0]["study_uid"]
     study = http.get(f"{base}/api/studies/{study_uid}", timeout=30).json()
     instance = study["instances"][0]
-    target = {"study_uid": study_uid, "sop_uid": instance["sop_uid"], "series_uid": instance["series_uid"],
-              "patient_name": study["patient_name"]}
+    found = {"study_uid": study_uid, "sop_uid": instance["sop_uid"], "series_uid": instance["series_uid"],
+             "patient_name": study["patient_name"]}
     users = Users(store)
-    logins = {"demo": ("probe-demo", "demo"), "radiologist": ("probe-radiologist", "radiologist")}
     sessions = {}
-    for role, (name, kind) in logins.items():
+    for role, name in (("demo", "probe-demo"), ("radiologist", "probe-radiologist")):
         password = secrets.token_urlsafe(12)
-        if users.get(name) is None:
-            users.add(name, password, kind)
-        else:
+        if users.get(name) is not None:
             users.remove(name)
-            users.add(name, password, kind)
-        session = requests.Session()
-        session.post(f"{base}/login", data={"username": name, "password": password}, timeout=30, allow_redirects=False)
-        sessions[role] = session
+        users.add(name, password, role)
+        sessions[role] = requests.Session()
+        sessions[role].post(f"{base}/login", data={"username": name, "password": password}, timeout=30, allow_redirects=False)
     if users.get("probe-reader") is None:
         users.add("probe-reader", secrets.token_urlsafe(12), "radiologist")
     set_readers(store, study_uid, ["probe-reader"], by="probe")
-    report = probe_callbacks(base, sessions, target, store.db_path)
-    report["target"] = target
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and any(j["state"] in ("queued", "running") for j in http.get(f"{base}/api/jobs", timeout=30).json()):
+        time.sleep(0.2)
+    report = probe_callbacks(base, sessions, found, store.db_path)
+    report["target"] = found
     return report

@@ -26,10 +26,10 @@ __all__ = ["UID_KEYWORDS", "check_uid", "check_identifiers", "check_image_header
 
 # The UIDs the archive keys rows on or reads back, with their tags for messages.
 UID_KEYWORDS = {
-    "SOPInstanceUID": "(0008,0018)",
-    "StudyInstanceUID": "(0020,000D)",
-    "SeriesInstanceUID": "(0020,000E)",
-    "SOPClassUID": "(0008,0016)",
+    "SOPInstanceUID": "SOP Instance UID (0008,0018)",
+    "StudyInstanceUID": "Study Instance UID (0020,000D)",
+    "SeriesInstanceUID": "Series Instance UID (0020,000E)",
+    "SOPClassUID": "SOP Class UID (0008,0016)",
 }
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _UID_MAX = 64
@@ -53,22 +53,22 @@ def check_uid(value, what: str) -> str:
     shown = value[:80].encode("unicode_escape").decode("ascii")
     if not value:
         raise InvalidHeaderError(f"{what} is empty.")
-    if len(value) > _UID_MAX:
-        raise InvalidHeaderError(f"{what} '{shown}…' has {len(value)} characters; a UID has at most {_UID_MAX} (PS3.5 §9.1).")
     if not _UID.fullmatch(value):
         raise InvalidHeaderError(
             f"{what} '{shown}' is not a valid UID: only digits and dots, no empty component and no leading "
             "zero in a component (PS3.5 §9.1).",
             hint="Ask the sender to fix the export; the archive never uses such text.")
+    if len(value) > _UID_MAX:
+        raise InvalidHeaderError(f"{what} '{shown}…' has {len(value)} characters; a UID has at most {_UID_MAX} (PS3.5 §9.1).")
     return value
 
 
 def check_identifiers(ds: Dataset) -> None:
     """The SOP, Study, Series and SOP Class UIDs and the Transfer Syntax UID: present and valid."""
-    for keyword, tag in UID_KEYWORDS.items():
+    for keyword, what in UID_KEYWORDS.items():
         if keyword not in ds or ds[keyword].value in (None, ""):
-            raise InvalidHeaderError(f"{keyword} {tag} is missing: the archive cannot file the instance.")
-        check_uid(ds[keyword].value, f"{keyword} {tag}")
+            raise InvalidHeaderError(f"{what} is missing: the archive cannot file the instance.")
+        check_uid(ds[keyword].value, what)
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is None:

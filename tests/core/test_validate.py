@@ -19,7 +19,7 @@ INVALID_UIDS = {
     "NUL inside": "1.2\x00.3",
     "letters": "1.2.abc",
     "65 characters": "1" * 65,
-    "300 characters": "1." * 150,
+    "300 characters": "1" + ".1" * 149,
     "backslash": "1.2\\3",
     "space": "1.2 3",
     "empty": "",
@@ -80,10 +80,10 @@ ABSURD_HEADERS = {
     "high bit beyond bits stored": (dict(HighBit=14), "High Bit (0028,0102) 14"),
     "bits stored beyond allocated": (dict(BitsStored=17, HighBit=16), "Bits Stored (0028,0101) 17"),
     "pixel data too short": (dict(Rows=64), "cut short"),
-    "no study uid": (dict(StudyInstanceUID=None), "StudyInstanceUID (0020,000D) is missing"),
+    "no study uid": (dict(StudyInstanceUID=None), "Study Instance UID (0020,000D) is missing"),
     "sop uid with traversal": (dict(SOPInstanceUID="../57/1.2.3"), "not a valid UID"),
     "series uid too long": (dict(SeriesInstanceUID="1." * 40 + "1"), "at most 64"),
-    "sop class with letters": (dict(SOPClassUID="1.2.x"), "SOPClassUID (0008,0016)"),
+    "sop class with letters": (dict(SOPClassUID="1.2.x"), "SOP Class UID (0008,0016)"),
 }
 
 
