@@ -1,4 +1,4 @@
-"""``python -m core``: info, compress, verify, ingest, users, lab, bench.
+"""``python -m core``: info, compress, verify, ingest, check, users, lab, bench.
 
 Every failure the user can cause ends as one line on stderr and exit code 2;
 ``verify`` exits 1 when a file claims to be lossless and is not.
@@ -187,6 +187,21 @@ def cmd_ingest(args) -> int:
     return EXIT_BAD_INPUT if any(r.status == "rejected" for r in results) else EXIT_OK
 
 
+def cmd_check(args) -> int:
+    """Repair after a crash and compare the originals with the index; exit 1 when one is missing or replaced."""
+    import os
+
+    from .store import Store
+
+    report = Store(args.data or os.environ.get("RADPRESS_DATA", "var")).check(verify=args.verify)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    for key, items in report.items():
+        for item in items if not args.json else ():
+            print(f"{key.replace('_', ' '):<20} {item}")
+    return EXIT_LOSSLESS_VIOLATION if report["missing_originals"] or report["replaced_originals"] else EXIT_OK
+
+
 def cmd_users(args) -> int:
     import getpass
     import os
@@ -331,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-jobs", action="store_true", help="index only; make the strategy's artifacts later")
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(run=cmd_ingest)
+
+    p = sub.add_parser("check", help="repair the archive after a crash; report missing or replaced originals")
+    p.add_argument("--data", help="data directory (default: $RADPRESS_DATA or ./var)")
+    p.add_argument("--verify", action="store_true", help="also compare every original's SHA-256 with the index (slow)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_check)
 
     p = sub.add_parser("users", help="add, remove or list users")
     p.add_argument("action", choices=("add", "remove", "list"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -86,6 +87,8 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE instances ADD COLUMN lossy_methods TEXT",  # and its Lossy Image Compression Methods (\\-joined)
 )
 
+
+log = logging.getLogger(__name__)
 
 # A file without a live owner that nobody wrote for this long is abandoned (writers rename, then commit a row).
 QUIET_SECONDS = 600
@@ -426,6 +429,9 @@ class Store:
                 else:
                     report["orphan_files"].append(str(path))
                     path.unlink(missing_ok=True)
+        for key in ("missing_originals", "replaced_originals", "unindexed_originals"):
+            for item in report[key]:
+                log.error("archive check: %s: %s", key.replace("_", " "), item)
         return report
 
     def _check_original(self, row: sqlite3.Row, path: Path, verify: bool, report: dict) -> None:

@@ -166,3 +166,19 @@ def test_check_in_one_process_while_another_ingests(store, tmp_path):
     rows = store.artifacts()
     assert len(rows) == 40 and all(sha256_file(a.path) == a.checksum for a in rows)
     assert {dcmread(a.path).SOPInstanceUID for a in rows} == {dcmread(p).SOPInstanceUID for p in paths}
+
+
+def test_check_command_exits_1_for_a_replaced_original_and_logs_it(store, capsys, caplog):
+    from core.cli import main
+
+    [mr] = ingest(store, [MR2])
+    assert main(["check", "--data", str(store.root), "--verify"]) == 0
+    path = store.artifact(mr.sop_uid, "original").path
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["check", "--data", str(store.root)]) == 0  # same size: only --verify reads the content
+    assert main(["check", "--data", str(store.root), "--verify"]) == 1
+    assert f"replaced originals   {mr.sop_uid}" in capsys.readouterr().out
+    assert any(mr.sop_uid in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
