@@ -230,10 +230,15 @@ def test_a_worker_killed_by_the_os_fails_only_its_instance(tmp_path):
     assert job["state"] == "done" and job["done"] == 2 and job["failed"] == 1 and job["total"] == 3
     [error] = job["errors"]
     assert "killed by SIGKILL" in error["error"]
+    every = {"original", "lossless", "lossy", "thumbnail"}
     for row in store.instances(study):
-        has_copy = store.artifact(row["sop_uid"], "lossless") is not None
-        assert has_copy == (row["sop_uid"] != error["sop_uid"])
+        if row["sop_uid"] != error["sop_uid"]:
+            assert {a.variant for a in store.artifacts(row["sop_uid"])} == every
     assert not alive(killed[0]) and worker_pids() == []  # the pool was ended with the job
+    jobs.submit(study)  # asked again, the failed instance is made
+    [again] = jobs.run_pending()
+    assert again["state"] == "done" and again["failed"] == 0
+    assert {a.variant for a in store.artifacts(error["sop_uid"])} == every
 
 
 def test_an_instance_stored_while_the_job_runs_gets_its_copies(tmp_path):
