@@ -28,7 +28,7 @@ from .ingest import ingest_stream
 from .jobs import Jobs
 from .pixels import read_dataset
 from .policy import STRATEGIES, Policy, ratio_warning
-from .render import IMAGE_TYPES, encode_image, to_display, window_of
+from .render import IMAGE_TYPES, encode_image, modality_values, to_display, window_of
 from .store import Store, StoreError
 from .users import (access_log, authorize, readers, record_access, set_readers, study_lab_for, visible_instances,
                     visible_jobs, visible_studies)
@@ -444,7 +444,7 @@ def preview(sop_uid):
     pixels = source.region(level, 0, source.height, 0, source.width)
     ds = read_dataset(store.artifact(sop_uid, "original").path)
     method = get_codec("j2k", True).method if variant == "lossy" else None
-    return _image_response(to_display(pixels, ds), "png", f"{path.stem}-{level}", _history(store, sop_uid, achieved, method))
+    return _image_response(to_display(pixels, ds, index=frame), "png", f"{path.stem}-{level}", _history(store, sop_uid, achieved, method))
 
 
 def _deepzoom(store: Store, sop_uid: str) -> tuple[Codestream, DeepZoom]:
@@ -492,14 +492,12 @@ def deepzoom_tile(sop_uid, level, col, row, fmt):
 @functools.lru_cache(maxsize=256)
 def _tile_window(checksum: str, codestream: str, original: str) -> tuple[float, float] | None:
     """One window for every tile of an image: its own, or percentiles of the codestream's lowest level."""
-    from pydicom.pixels import apply_modality_lut
-
     ds = read_dataset(original, pixels=False)
     if int(ds.get("SamplesPerPixel", 1) or 1) == 3:
         return None
     source = Codestream(codestream)
     coarse = source.region(source.levels, 0, source.height, 0, source.width)
-    center, width = window_of(ds, apply_modality_lut(coarse, ds))
+    center, width = window_of(ds, modality_values(coarse, ds))
     return float(center), float(width)
 
 
@@ -593,7 +591,7 @@ def _dims(store: Store, config: DimsConfig, sop_uid: str, commands: str) -> Resp
             if is_large(row["rows"], row["columns"]):
                 rendered = [to_display(_large_level(store, sop_uid, chain, config, variant, settings.get("ratio")), source, window)]
             else:
-                rendered = [to_display(decode_frame(ds, i), source, window) for i in indices]
+                rendered = [to_display(decode_frame(ds, i), source, window, i) for i in indices]
         except DimsError:
             raise
         except RadPressError as exc:
