@@ -220,7 +220,11 @@ class Store:
                     row = db.execute("SELECT checksum FROM artifacts WHERE sop_uid=? AND variant='original'", (sop_uid,)).fetchone()
                 if row is None:
                     _place_new(staged, target)
-                    self._index_original(db, target, ds, checksum)
+                    try:
+                        self._index_original(db, target, ds, checksum)
+                    except BaseException:
+                        target.unlink()  # never acknowledged: the transaction rolls back with it
+                        raise
                     return "stored"
                 if row["checksum"] == checksum or db.execute(
                         "SELECT 1 FROM conflicts WHERE sop_uid=? AND checksum=?", (sop_uid, checksum)).fetchone():

@@ -84,6 +84,22 @@ def test_eight_threads_one_uid_different_content(store, tmp_path):
     assert not list((store.root / "tmp").iterdir())
 
 
+def test_eight_threads_one_file(store, tmp_path):
+    data = write(make_dataset(rows=32, columns=32), tmp_path / "one.dcm").read_bytes()
+    results, barrier = [], threading.Barrier(8)
+
+    def send():
+        barrier.wait()
+        results.append(ingest_stream(store, io.BytesIO(data), "one.dcm")[0].status)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["duplicate"] * 7 + ["stored"] and not store.query("SELECT * FROM conflicts")
+
+
 def test_four_processes_one_uid_different_content(store, tmp_path):
     uid, paths = versions(tmp_path, 4)
     code = "import sys; from core.ingest import ingest; from core.store import Store; " \
@@ -182,3 +198,17 @@ def test_check_command_exits_1_for_a_replaced_original_and_logs_it(store, capsys
     assert main(["check", "--data", str(store.root), "--verify"]) == 1
     assert f"replaced originals   {mr.sop_uid}" in capsys.readouterr().out
     assert any(mr.sop_uid in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+
+
+def test_a_failed_index_write_leaves_no_unacknowledged_original(store, tmp_path, monkeypatch):
+    path = write(make_dataset(rows=32, columns=32), tmp_path / "one.dcm")
+
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Store, "_index_original", broken)
+    with pytest.raises(OSError):
+        list(ingest(store, [path]))
+    assert not list((store.root / "originals").rglob("*.dcm")) and not list((store.root / "tmp").iterdir())
+    monkeypatch.undo()
+    assert [r.status for r in ingest(store, [path])] == ["stored"]
