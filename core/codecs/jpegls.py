@@ -49,8 +49,12 @@ def _unsigned(frame: np.ndarray, spec: PixelSpec) -> np.ndarray:
 
 
 def knob(spec: PixelSpec) -> Knob:
-    """NEAR, the largest error allowed: an integer of at most min(255, MAXVAL / 2) (ISO 14495-1 C.2.4.1.1)."""
-    return Knob(low=1, high=max(1, min(255, spec.peak // 2)), integer=True)
+    """NEAR, the largest error allowed: an integer of at most min(255, MAXVAL / 2) (ISO 14495-1 C.2.4.1.1).
+
+    NEAR = 0 is a candidate too: when NEAR = 1 already overshoots the target
+    (10-bit CR: 4:1 lossless, 12:1 at NEAR = 1), the lower ratio loses less.
+    """
+    return Knob(low=0, high=max(1, min(255, spec.peak // 2)), integer=True, log=False)
 
 
 def encode_at(frame: np.ndarray, spec: PixelSpec, near: float | None) -> bytes:
