@@ -32,12 +32,17 @@ def _artifact_text(a) -> str:
     return f"{a.variant} ({human_size(a.bytes)})"
 
 
-def _lossy_original(row) -> list:
-    """The flag on an instance that was already lossy when it came in: its copies are never lossless images."""
+def _lossy_original(row, arts) -> list:
+    """The flag on an instance that was already lossy when it came in: its copies are never lossless images.
+
+    A lossy copy of it is compressed by both steps: its cumulative ratio is shown too.
+    """
     if not row["lossy"]:
         return []
     history = LossyHistory.from_index(row)
-    return [html.Div(f"⚠ Lossy original — {history.method_names}, {history.compressed}", className="small lossy-original-badge")]
+    totals = [history.then(a.achieved_ratio, a.codec).compressed for a in arts if a.variant == "lossy" and a.achieved_ratio]
+    text = f"⚠ Lossy original — {history.method_names}, {history.compressed}"
+    return [html.Div(text + "".join(f"; its lossy copy: {t} in total" for t in totals), className="small lossy-original-badge")]
 
 
 def _lossy_line(policy, rows):
@@ -78,7 +83,7 @@ def layout(uid: str = "", **_query):
                 dbc.CardBody([
                     html.Div(f"#{row['number'] or '?'} · {row['rows']}×{row['columns']} · {row['frames']} frame(s)", className="small"),
                     html.Div(arts, className="small text-muted artifacts"),
-                    *_lossy_original(row),
+                    *_lossy_original(row, artifacts.get(row["sop_uid"], [])),
                     *warnings,
                     _downloads(f"/download/instance/{row['sop_uid']}", "⬇", policy.lossy_enabled),
                     dbc.Button("Compare", href=f"/compare?sop={row['sop_uid']}", size="sm", color="primary", className="me-1"),

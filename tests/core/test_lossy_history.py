@@ -141,6 +141,7 @@ def test_pages_flag_an_already_lossy_original_and_open_on_the_image_window(tmp_p
     for ds in (lossy, mr, windowed):
         staged = write(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm")
         assert store.add_original(staged, ds, staged.name) == "stored"
+    store.put_artifact(lossy.SOPInstanceUID, "lossy", 5, "j2k", "1.2.840.10008.1.2.4.91", b"stand-in", achieved_ratio=5.0)
     basic = "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode()
     with app.server.test_request_context("/", headers={"Authorization": basic}):
         from pages import compare as compare_page
@@ -149,7 +150,7 @@ def test_pages_flag_an_already_lossy_original_and_open_on_the_image_window(tmp_p
         from pages import viewer as viewer_page
 
         study = str(study_page.layout(uid=lossy.StudyInstanceUID))
-        assert study.count("Lossy original — JPEG 2000, compressed 18:1") == 1
+        assert study.count("Lossy original — JPEG 2000, compressed 18:1; its lossy copy: compressed 90:1 in total") == 1
         assert studies_page._rows(store, current_user())[0]["lossy_originals"] == "⚠ 1 (compressed 18:1)"
         compare = str(compare_page.layout(sop=lossy.SOPInstanceUID))
         assert "Original is itself lossy (JPEG 2000, 18:1) — lossless copy of a lossy image" in compare
