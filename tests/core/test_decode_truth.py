@@ -20,11 +20,9 @@ from pydicom.pixels import pixel_array
 from core.codecs import codec_for_uid
 from core.codecs.codestream import parse_main_header
 from core.compress import compress
-from core.deepzoom import Codestream
 from core.errors import UnsupportedError
 from core.metrics import compare
 from core.pixels import decode_frame, pixel_spec, read_dataset
-from core.preview import decode_level
 from tests.checkers import read_pnm, require, run, tool_pixels
 from tests.synthetic import KINDS, make_dataset, write
 
@@ -107,29 +105,6 @@ def test_app_decodes_what_other_decoders_decode(kind, codec, lossy, tmp_path):
                 assert abs(ours - theirs_psnr) <= 0.1, f"PSNR {ours:.2f} dB here, {theirs_psnr:.2f} dB in the tool"
             else:
                 assert np.array_equal(tool, app), f"{codec} reference tool disagrees"
-
-
-@pytest.mark.parametrize("codec", ["j2k", "htj2k"])
-@pytest.mark.parametrize("kind", ["u12_odd", "s12", "u16", "rgb", "multiframe"])
-def test_previews_show_what_the_codestream_decodes_to(kind, codec, tmp_path):
-    """Level 0 of the preview/DeepZoom reader is the registry's frame; level 1 is OpenJPEG's reduced decode."""
-    _source, path = written(tmp_path, kind, codec, True)
-    ds = read_dataset(path)
-    spec = pixel_spec(ds)
-    cs = codestreams(ds)[0]
-    app = codec_for_uid(ds.file_meta.TransferSyntaxUID).decode(cs, spec)
-    file = tmp_path / "frame.j2k"
-    file.write_bytes(cs)
-    reader = Codestream(file)
-    assert np.array_equal(reader.region(0, 0, spec.rows, 0, spec.columns).reshape(spec.shape), app)
-    assert np.array_equal(decode_level(codec, cs, spec, 0), app)
-    half = decode_level(codec, cs, spec, 1)
-    assert half.shape[:2] == (-(-spec.rows // 2), -(-spec.columns // 2))
-    assert np.array_equal(reader.region(1, 0, spec.rows, 0, spec.columns).reshape(half.shape), half)
-    if not spec.signed:
-        out = tmp_path / ("half.ppm" if spec.samples == 3 else "half.pgm")
-        run(require("opj_decompress"), "-i", file, "-o", out, "-r", "1", "-quiet")
-        assert np.abs(read_pnm(out).astype(np.int64) - half).max() <= 1
 
 
 def test_htj2k_lossy_overshoot_is_not_wrapped():

@@ -4,7 +4,7 @@ import pytest
 from core.codecs import get_codec
 from core.compress import compress
 from core.errors import CodecError, NoPixelDataError, NotDicomError, RadPressError, TruncatedError, UnsupportedError
-from core.pixels import decode_all, decode_frame, pixel_spec, read_dataset
+from core.pixels import PixelSpec, clip_to_stored, decode_all, decode_frame, pixel_spec, read_dataset, stored_values
 from core.samples import pydicom_test_dir, sample, sample_files
 from tests.reference import params
 
@@ -88,3 +88,24 @@ def test_no_pixel_data():
 def test_missing_transfer_syntax_is_inferred():
     ds = read_dataset(pydicom_test_dir() / "no_meta_group_length.dcm", pixels=False)
     assert "TransferSyntaxUID" in ds.file_meta
+
+
+def test_stored_values_drop_bits_above_bits_stored():
+    """12 of 16 bits: overlay garbage above bit 11 goes; signed values are sign-extended from bit 11."""
+    unsigned = PixelSpec(1, 3, 1, 16, 12, False, "MONOCHROME2")
+    raw = np.array([[0xF123, 0x0FFF, 0x1000]], np.uint16)
+    assert stored_values(raw, unsigned).tolist() == [[0x123, 0xFFF, 0]]
+    signed = PixelSpec(1, 3, 1, 16, 12, True, "MONOCHROME2")
+    patterns = np.array([[0x0800, 0x07FF, 0xFFFF]], np.uint16).view(np.int16)
+    assert stored_values(patterns, signed).tolist() == [[-2048, 2047, -1]]
+    full = PixelSpec(1, 3, 1, 16, 16, True, "MONOCHROME2")
+    assert stored_values(patterns, full) is patterns  # nothing above Bits Stored: untouched
+
+
+def test_decoded_values_are_clamped_to_bits_stored():
+    spec = PixelSpec(1, 4, 1, 16, 10, True, "MONOCHROME2")
+    assert spec.value_range == (-512, 511)
+    overshoot = np.array([[-600, -512, 511, 700]], np.int32)
+    clipped = clip_to_stored(overshoot, spec)
+    assert clipped.tolist() == [[-512, -512, 511, 511]] and clipped.dtype == np.int16
+
