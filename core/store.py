@@ -199,7 +199,7 @@ class Store:
         return self.root / "artifacts" / key[:2] / key / name
 
     def conflict_path(self, sop_uid: str, checksum: str) -> Path:
-        return self.root / "conflicts" / f"{uid_key(sop_uid)}.{checksum[:12]}.dcm"
+        return self.root / "conflicts" / f"{uid_key(sop_uid)}.{checksum}.dcm"
 
     # -- originals --------------------------------------------------------------
     def add_original(self, staged: Path, ds: Dataset, source: str) -> str:
@@ -230,7 +230,8 @@ class Store:
                         "SELECT 1 FROM conflicts WHERE sop_uid=? AND checksum=?", (sop_uid, checksum)).fetchone():
                     return "duplicate"
                 target = self.conflict_path(sop_uid, checksum)
-                _place_new(staged, target)
+                if not target.exists():  # else these very bytes were placed just before a crash
+                    _place_new(staged, target)
                 db.execute("INSERT INTO conflicts (sop_uid, checksum, path, source, created) VALUES (?,?,?,?,?)",
                            (sop_uid, checksum, str(target), source, time.time()))
                 return "conflict"

@@ -41,7 +41,7 @@ def test_paths_come_from_a_hash_of_the_uid(store):
     key = hashlib.sha256(uid.encode()).hexdigest()
     assert store.original_path(uid) == store.root / "originals" / key[:2] / f"{key}.dcm"
     assert store.artifact_path(uid, "lossy", 7, "j2k").parent == store.root / "artifacts" / key[:2] / key
-    assert store.conflict_path(uid, "ab" * 32).name == f"{key}.{'ab' * 6}.dcm"
+    assert store.conflict_path(uid, "ab" * 32).name == f"{key}.{'ab' * 32}.dcm"
     for hostile in ("../57/1.2.3", "/etc/passwd", "1.2\x00.3", "1." * 150):
         with pytest.raises(InvalidHeaderError):
             store.original_path(hostile)
@@ -120,6 +120,16 @@ def test_an_unindexed_original_is_never_overwritten(store, tmp_path):
     [result] = ingest(store, [second])
     assert result.status == "conflict"
     assert target.read_bytes() == first.read_bytes() and store.artifact(uid, "original").path == target
+
+
+def test_a_conflict_placed_just_before_a_crash_is_indexed_not_refused(store, tmp_path):
+    uid, (first, second) = versions(tmp_path, 2)
+    list(ingest(store, [first]))
+    target = store.conflict_path(uid, sha256_file(second))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(second, target)  # placed, row never committed
+    assert [r.status for r in ingest(store, [second])] == ["conflict"]
+    assert [r["path"] for r in store.query("SELECT path FROM conflicts")] == [str(target)]
 
 
 def _dead_pid() -> int:
