@@ -181,14 +181,15 @@ class Jobs:
     def run_pending(self, progress: Callable[[dict], None] | None = None) -> list[dict]:
         """Claim and run jobs until none is left for this runner (the CLI and tests call this directly)."""
         finished = []
-        while not self._stop.is_set():
-            job = self.claim()
-            if job is None:
-                break
-            finished.append(self._run(job, progress))
+        with WorkerPool(self.workers) as pool:  # workers start with the first task and serve every job of this run
+            while not self._stop.is_set():
+                job = self.claim()
+                if job is None:
+                    break
+                finished.append(self._run(job, pool, progress))
         return finished
 
-    def _run(self, job: dict, progress) -> dict:
+    def _run(self, job: dict, pool: WorkerPool, progress) -> dict:
         """Plan, make, and plan again until nothing new is missing; superseded artifacts go last."""
         job_id = job["id"]
         if job["cancel"]:
@@ -208,7 +209,7 @@ class Jobs:
             tried |= by_sop.keys()
             with self.store.connect() as db:
                 db.execute("UPDATE jobs SET total=done+failed+? WHERE id=? AND owner=?", (len(by_sop), job_id, self.owner))
-            ended = self._execute(job_id, by_sop, progress)
+            ended = self._execute(job_id, by_sop, pool, progress)
             if ended == "cancelled":
                 return self._finish(job_id, "cancelled", "cancelled by a user")
             if ended == "stopped":  # shutting down: back to the queue for the next runner
@@ -226,24 +227,27 @@ class Jobs:
         message = f"{job['done']} instance(s) done, {job['failed']} failed, {len(todo.remove)} superseded artifact(s) removed"
         return self._finish(job_id, state, message)
 
-    def _execute(self, job_id: int, by_sop: dict[str, list[Wanted]], progress) -> str:
-        """Make every instance's artifacts in worker processes; returns done, cancelled, stopped or lost (the lease)."""
+    def _execute(self, job_id: int, by_sop: dict[str, list[Wanted]], pool: WorkerPool, progress) -> str:
+        """Make every instance's artifacts in worker processes; returns done, cancelled, stopped or lost (the lease).
+
+        Whatever ends it, the tasks already handed out are waited for, so the
+        pool is idle for the next job.
+        """
         queue = list(by_sop.items())
         ended = "done"
-        with WorkerPool(self.workers) as pool:
-            while (queue and ended == "done") or pool.busy:
-                while queue and ended == "done" and pool.free:
-                    sop, items = queue.pop(0)
-                    pool.submit(sop, _make_for_instance, str(self.store.root), items)
-                for outcome in pool.wait(timeout=0.5):
-                    if self._record(job_id, outcome) and progress:
-                        progress(self.get(job_id))
-                if not self._still_mine(job_id):
-                    return "lost"
-                if ended == "done" and self._stop.is_set():
-                    ended = "stopped"
-                elif ended == "done" and self.store.query("SELECT cancel FROM jobs WHERE id=?", (job_id,))[0]["cancel"]:
-                    ended = "cancelled"
+        while (queue and ended == "done") or pool.busy:
+            while queue and ended == "done" and pool.free:
+                sop, items = queue.pop(0)
+                pool.submit(sop, _make_for_instance, str(self.store.root), items)
+            for outcome in pool.wait(timeout=0.5):
+                if self._record(job_id, outcome) and progress:  # not recorded once the job is lost
+                    progress(self.get(job_id))
+            if ended == "done" and not self._still_mine(job_id):
+                ended = "lost"
+            elif ended == "done" and self._stop.is_set():
+                ended = "stopped"
+            elif ended == "done" and self.store.query("SELECT cancel FROM jobs WHERE id=?", (job_id,))[0]["cancel"]:
+                ended = "cancelled"
         return ended
 
     def _record(self, job_id: int, outcome: Outcome) -> bool:

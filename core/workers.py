@@ -69,6 +69,7 @@ class _Worker:
         self.process.start()
         child.close()
         self.key: Hashable | None = None
+        self.tasks = 0
 
 
 def _death(exitcode: int | None) -> str:
@@ -87,8 +88,9 @@ class WorkerPool:
     run), never kept across threads.
     """
 
-    def __init__(self, size: int, start_method: str = "spawn"):
+    def __init__(self, size: int, start_method: str = "spawn", max_tasks: int = 100):
         self.size = max(1, size)
+        self.max_tasks = max_tasks  # then a worker is replaced: whatever a codec leaks goes with it
         self._context = multiprocessing.get_context(start_method)
         self._idle: list[_Worker] = []
         self._busy: list[_Worker] = []
@@ -141,7 +143,13 @@ class WorkerPool:
         try:
             if worker.conn.poll():
                 status, value = worker.conn.recv()
-                self._idle.append(worker)
+                worker.tasks += 1
+                if worker.tasks < self.max_tasks:
+                    self._idle.append(worker)
+                else:  # idle now: it leaves at once
+                    _ask_to_leave(worker)
+                    worker.process.join(5)
+                    _end(worker)
                 return Outcome(worker.key, value, None) if status == "ok" else Outcome(worker.key, None, value)
         except (EOFError, OSError):
             pass
@@ -153,13 +161,17 @@ class WorkerPool:
         deadline = time.monotonic() + timeout
         workers, self._idle, self._busy = self._idle + self._busy, [], []
         for worker in workers:
-            try:
-                worker.conn.send(None)
-            except (OSError, ValueError):
-                pass
+            _ask_to_leave(worker)
         for worker in workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
             _end(worker)
+
+
+def _ask_to_leave(worker: _Worker) -> None:
+    try:
+        worker.conn.send(None)
+    except (OSError, ValueError):  # already gone
+        pass
 
 
 def _end(worker: _Worker) -> None:

@@ -110,3 +110,14 @@ def test_death_messages_name_the_cause(code, fragment):
     from core.workers import _death
 
     assert fragment in _death(code)
+
+
+def test_a_worker_is_replaced_after_its_task_quota():
+    """Whatever a codec leaks leaves with the worker: after max_tasks tasks a fresh process takes over."""
+    with WorkerPool(1, max_tasks=2) as pool:
+        seen = []
+        for n in range(3):
+            pool.submit(n, os.getpid)
+            [outcome] = pool.wait(10)
+            seen.append(outcome.value)
+    assert seen[0] == seen[1] != seen[2]
