@@ -28,7 +28,7 @@ from .ingest import ingest_stream
 from .jobs import Jobs
 from .pixels import read_dataset
 from .policy import STRATEGIES, Policy, ratio_warning
-from .render import IMAGE_TYPES, encode_image, modality_values, to_display, window_of
+from .render import IMAGE_DEFAULT, IMAGE_TYPES, encode_image, modality_values, preset_window, to_display, window_presets
 from .store import Store, StoreError
 from .users import (access_log, authorize, readers, record_access, set_readers, study_lab_for, visible_instances,
                     visible_jobs, visible_studies)
@@ -471,8 +471,13 @@ def deepzoom_tile(sop_uid, level, col, row, fmt):
         raise InvalidOptionError(f"Tile format {fmt!r} is not offered.", hint="Use .jpeg or .png.")
     _check_instance(store, sop_uid)
     fmt = "jpeg" if fmt == "jpg" else fmt
+    preset = request.args.get("preset") or IMAGE_DEFAULT  # OpenSeadragon repeats the .dzi URL's query on every tile
+    modality = store.instance(sop_uid)["modality"] or ""
+    if preset not in window_presets(modality):
+        raise InvalidOptionError(f"No window preset {preset!r} for modality {modality or '(none)'}.",
+                                 hint=f"Use one of: {', '.join(window_presets(modality))}.")
     original = store.artifact(sop_uid, "original")
-    key = f"tile:{original.checksum}:{level}:{col}:{row}:{fmt}"
+    key = f"tile:{original.checksum}:{level}:{col}:{row}:{fmt}:{preset}"
     from .archive import _cache
 
     cache = _cache(store)
@@ -480,25 +485,26 @@ def deepzoom_tile(sop_uid, level, col, row, fmt):
     if data is None:
         source, zoom = _deepzoom(store, sop_uid)
         ds = read_dataset(original.path)
-        window = _tile_window(original.checksum, str(source.path), str(original.path))
+        window = _tile_window(original.checksum, str(source.path), str(original.path), preset)
         data = encode_image(to_display(zoom.read(source, level, col, row), ds, window), fmt)
         cache.set(key, data)
     response = Response(data, mimetype=IMAGE_TYPES[fmt])
-    response.set_etag(key.split(":", 1)[1].replace(":", "-"))
+    response.set_etag(key.split(":", 1)[1].replace(":", "-").replace(" ", "_"))
     response.cache_control.max_age = 3600
     return _lossy_header(response, _history(store, sop_uid)).make_conditional(request)
 
 
 @functools.lru_cache(maxsize=256)
-def _tile_window(checksum: str, codestream: str, original: str) -> tuple[float, float] | None:
-    """One window for every tile of an image: its own, or percentiles of the codestream's lowest level."""
+def _tile_window(checksum: str, codestream: str, original: str, preset: str = IMAGE_DEFAULT) -> tuple[float, float] | None:
+    """One window for every tile of an image: its own (or its VOI LUT: None), percentiles of the codestream's
+    lowest level, or a named preset."""
     ds = read_dataset(original, pixels=False)
     if int(ds.get("SamplesPerPixel", 1) or 1) == 3:
         return None
     source = Codestream(codestream)
     coarse = source.region(source.levels, 0, source.height, 0, source.width)
-    center, width = window_of(ds, modality_values(coarse, ds))
-    return float(center), float(width)
+    window = preset_window(preset, ds, modality_values(coarse, ds))
+    return None if window is None else (float(window[0]), float(window[1]))
 
 
 # -- DIMS: URL image transforms -------------------------------------------------

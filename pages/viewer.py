@@ -1,5 +1,7 @@
 """Viewer for very large images: OpenSeadragon over the DeepZoom tiles."""
 
+from urllib.parse import urlencode
+
 import dash
 import dash_bootstrap_components as dbc
 from dash import html
@@ -10,12 +12,13 @@ from core.comparison import lossless_header
 from core.context import open_store
 from core.derive import LossyHistory
 from core.errors import RadPressError
+from core.render import IMAGE_DEFAULT, window_presets
 from core.users import authorize, record_access
 
 dash.register_page(__name__, path="/viewer", title="Viewer — RadPress", name="Viewer")
 
 
-def layout(sop: str = "", **_query):
+def layout(sop: str = "", preset: str = IMAGE_DEFAULT, **_query):
     store, user = open_store(), current_user()
     try:
         authorize(store, user, "view", sop_uid=sop)
@@ -24,12 +27,17 @@ def layout(sop: str = "", **_query):
         return dbc.Alert(str(exc), color="warning")
     record_access(store, user, "view", row["study_uid"], sop)
     history = LossyHistory.from_index(row)
+    presets = window_presets(row["modality"] or "")
+    preset = preset if preset in presets else IMAGE_DEFAULT
     return html.Div([
         html.H2(f"{row['modality']} {row['series_description'] or ''} — {row['columns']} × {row['rows']} px"),
         # an already-lossy original is said so before any tile is seen
         *([make_lossy_banner(lossless_header(history), "viewer-lossy-original")] if history.lossy else []),
         html.P("The original's pixels, decoded tile by tile from lossless JPEG 2000 resolution levels, at the image's own "
                "window (else its central 0.5–99.5 % of values). Scroll to zoom, drag to pan.", className="text-muted"),
-        # assets/viewer.js starts OpenSeadragon on this element.
-        html.Div(id="osd-viewer", className="osd-viewer", **{"data-dzi": f"/deepzoom/{sop}.dzi"}),
+        dbc.ButtonGroup([dbc.Button(name, href=f"/viewer?{urlencode({'sop': sop, 'preset': name})}", size="sm",
+                                    color="secondary", outline=name != preset, active=name == preset) for name in presets],
+                        id="viewer-presets", className="mb-2"),
+        # assets/viewer.js starts OpenSeadragon on this element; it repeats the .dzi query on every tile.
+        html.Div(id="osd-viewer", className="osd-viewer", **{"data-dzi": f"/deepzoom/{sop}.dzi?{urlencode({'preset': preset})}"}),
     ])

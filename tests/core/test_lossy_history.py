@@ -157,7 +157,9 @@ def test_pages_flag_an_already_lossy_original_and_open_on_the_image_window(tmp_p
         assert "identical to the original" not in compare
         assert "LOSSLESS — identical to the original" in str(compare_page.layout(sop=mr.SOPInstanceUID))
         assert "Original is itself lossy (JPEG 2000, 18:1)" in str(viewer_page.layout(sop=lossy.SOPInstanceUID))
-        assert "Original is itself lossy" not in str(viewer_page.layout(sop=mr.SOPInstanceUID))
+        viewer = str(viewer_page.layout(sop=mr.SOPInstanceUID, preset="Full range"))
+        assert "Original is itself lossy" not in viewer
+        assert f"/deepzoom/{mr.SOPInstanceUID}.dzi?preset=Full+range" in viewer and "lung" not in viewer
         # Compare opens an MR without a window on its central percentiles, one with a window on its first pair
         values = mr.pixel_array.astype(np.float64)
         lo, hi = np.percentile(values, [0.5, 99.5])

@@ -87,3 +87,39 @@ def test_presets_per_modality():
     assert preset_window(FULL_RANGE, ct, values) == ((lo + hi) / 2, hi - lo)
     with pytest.raises(InvalidOptionError, match="lung"):
         preset_window("lung", make_dataset(**KINDS["u10"]), values)
+
+
+def test_deepzoom_tiles_follow_the_viewers_preset(live_app, tmp_path):
+    """The viewer's presets reach the tiles through the .dzi query; an unknown preset is a 400."""
+    import io
+
+    import requests
+    from PIL import Image
+
+    from tests.conftest import ADMIN
+    from tests.synthetic import write
+
+    base, _app = live_app()
+    http = requests.Session()
+    http.auth = ADMIN
+    ct = make_dataset(**{**KINDS["s12"], "rows": 300, "columns": 260})
+    with open(write(ct, tmp_path / "ct.dcm"), "rb") as fh:
+        assert http.post(f"{base}/api/upload", files={"file": ("ct.dcm", fh)}).status_code == 200
+    sop = ct.SOPInstanceUID
+    # tile 0_0 of the full-size level: 254 px and 1 px of overlap
+    values = modality_values(decode_frame(ct, 0), ct).astype(np.float64)
+    corner = values[:255, :255]
+    tiles = {}
+    for preset in (None, IMAGE_DEFAULT, "lung", "soft tissue", FULL_RANGE):
+        query = "" if preset is None else "?" + requests.compat.urlencode({"preset": preset})
+        r = http.get(f"{base}/deepzoom/{sop}_files/9/0_0.png{query}")
+        assert r.status_code == 200, r.text
+        tiles[preset] = np.asarray(Image.open(io.BytesIO(r.content)))
+    assert np.array_equal(tiles[None], tiles[IMAGE_DEFAULT])
+    assert np.array_equal(tiles["lung"], _windowed(corner, -600, 1500))  # level 9 of a 300-px image is full size
+    # full range over the image's coarsest level (a very large image is never read whole): hardly anything clips
+    full = tiles[FULL_RANGE]
+    assert (full == 0).mean() < 0.01 and (full == 255).mean() < 0.01 and not np.array_equal(full, tiles["lung"])
+    assert not np.array_equal(tiles["lung"], tiles["soft tissue"])
+    bad = http.get(f"{base}/deepzoom/{sop}_files/9/0_0.png?preset=lung%20of%20an%20MR")
+    assert bad.status_code == 400 and "lung of an MR" in bad.json()["error"]
