@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -15,6 +16,7 @@ from components.shell import make_shell
 from core.auth import current_user, init_auth, secret_key
 from core.demo import load_demo
 from core.dims import DimsConfig
+from core.errors import InvalidOptionError
 from core.jobs import Jobs
 from core.routes import init_archive
 from core.store import Store
@@ -47,6 +49,7 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
     init_auth(app.server, users, secret_key(store.root), demo, callbacks=lambda: app.callback_map)
     init_archive(app.server, store, jobs, dims_config())
     _not_found_on_error(app.server, "/_dash-component-suites/<string:package_name>/<path:fingerprinted_path>")
+    _bad_callback_input(app.server)
     app.layout = make_shell()
 
     @app.callback(Output("whoami", "children"), Input("url", "pathname"))
@@ -66,21 +69,47 @@ def private(root: Path) -> None:
         path.chmod(0o700 if path.is_dir() else 0o600)
 
 
+def _wrap_view(server, rule: str, guarded) -> None:
+    endpoint = next(r.endpoint for r in server.url_map.iter_rules() if r.rule == rule)
+    server.view_functions[endpoint] = functools.wraps(server.view_functions[endpoint])(guarded(server.view_functions[endpoint]))
+
+
 def _not_found_on_error(server, rule: str) -> None:
     """Dash answers a request for a file outside its packages (``..%2f``) with an exception: make it a 404."""
     from dash.exceptions import DependencyException
     from werkzeug.exceptions import NotFound
 
-    endpoint = next(r.endpoint for r in server.url_map.iter_rules() if r.rule == rule)
-    view = server.view_functions[endpoint]
+    def guarded(view):
+        def serve(*args, **kwargs):
+            try:
+                return view(*args, **kwargs)
+            except (DependencyException, KeyError, OSError) as exc:
+                raise NotFound(f"No such file in the app's packages: {request.path}") from exc
 
-    def guarded(*args, **kwargs):
-        try:
-            return view(*args, **kwargs)
-        except (DependencyException, KeyError, OSError) as exc:
-            raise NotFound(f"No such file in the app's packages: {request.path}") from exc
+        return serve
 
-    server.view_functions[endpoint] = guarded
+    _wrap_view(server, rule, guarded)
+
+
+def _bad_callback_input(server) -> None:
+    """A callback sent values of the wrong type (a hand-made request; the browser never does) gets a 400, not a 500.
+
+    The body's shape and every identifier in it are checked before (core.auth); this covers values a
+    callback cannot use.  The traceback is logged in case it was a bug after all.
+    """
+    def guarded(view):
+        def dispatch(*args, **kwargs):
+            try:
+                return view(*args, **kwargs)
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+                server.logger.warning("callback %s refused its input", (request.get_json(silent=True) or {}).get("output"),
+                                      exc_info=True)
+                raise InvalidOptionError(f"The callback could not use its input ({type(exc).__name__}: {exc}).",
+                                         hint="Reload the page.") from exc
+
+        return dispatch
+
+    _wrap_view(server, "/_dash-update-component", guarded)
 
 
 def dims_config() -> DimsConfig:

@@ -440,12 +440,12 @@ def _input_value(prop: str, choice, target: dict, page: str):
     return choice
 
 
-def callback_bodies(dependency: dict, target: dict) -> list[dict]:
+def callback_bodies(dependency: dict, target: dict, pages=CALLBACK_PAGES) -> list[dict]:
     """Well-formed callback requests carrying *target*'s identifiers in every input and state slot."""
     sop, study = target["sop_uid"], target["study_uid"]
     choices = (sop, study, f"{sop}:0:j2k:10", target.get("series_uid") or sop)
     props = [i["property"] for i in dependency["inputs"]]
-    pages = CALLBACK_PAGES if "pathname" in props else ("/",)
+    pages = pages if "pathname" in props else ("/",)
     output = dependency["output"]
     specs = output[2:-2].split("...") if output.startswith("..") else [output]
     bodies = []
@@ -481,7 +481,8 @@ def _leaks(text: str, target: dict) -> list[str]:
     return found + [m for m in _IMAGE_MARKS if m in text]
 
 
-def probe_callbacks(base: str, sessions: dict, target: dict, db_path, include_background: bool = True) -> dict:
+def probe_callbacks(base: str, sessions: dict, target: dict, db_path, include_background: bool = True,
+                    pages=CALLBACK_PAGES) -> dict:
     """Send every server callback listed by /_dash-dependencies another study's identifiers, as each role.
 
     *sessions* maps a role to a logged-in ``requests.Session``; *target* names a study none of them may
@@ -499,7 +500,7 @@ def probe_callbacks(base: str, sessions: dict, target: dict, db_path, include_ba
         for dependency in dependencies:
             before = index_snapshot(db_path)
             clean = True
-            for body in callback_bodies(dependency, target):
+            for body in callback_bodies(dependency, target, pages):
                 response = http.post(f"{base}/_dash-update-component", json=body, timeout=60)
                 report["requests"] += 1
                 if response.status_code >= 500:
@@ -548,9 +549,21 @@ def run_callback_probe(base: str, store, admin: tuple[str, str], target: bytes |
     if users.get("probe-reader") is None:
         users.add("probe-reader", secrets.token_urlsafe(12), "radiologist")
     set_readers(store, study_uid, ["probe-reader"], by="probe")
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and any(j["state"] in ("queued", "running") for j in http.get(f"{base}/api/jobs", timeout=30).json()):
-        time.sleep(0.2)
+    _settle(http, base, store.db_path)
     report = probe_callbacks(base, sessions, found, store.db_path)
     report["target"] = found
     return report
+
+
+def _settle(http, base: str, db_path, timeout: float = 300) -> None:
+    """Wait until the app's jobs are over, or (an app that runs none) the index stays still for a second."""
+    deadline = time.monotonic() + timeout
+    last, still_since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        states = {j["state"] for j in http.get(f"{base}/api/jobs", timeout=30).json()}
+        now = index_snapshot(db_path)
+        if now != last:
+            last, still_since = now, time.monotonic()
+        if not states & {"queued", "running"} or ("running" not in states and time.monotonic() - still_since > 1):
+            return
+        time.sleep(0.2)

@@ -502,6 +502,13 @@ def test_requests_that_once_gave_500_get_a_4xx_with_a_reason(http, server, tmp_p
         ("post", "/_dash-update-component", {"json": {"output": "nothing.children", "inputs": []}}, 400, "No callback"),
         ("post", "/_dash-update-component", {"json": {"output": "whoami.children", "inputs": {}}}, 400, "list"),
         ("post", "/_dash-update-component", {"json": {"output": "whoami.children", "inputs": [7]}}, 400, "property"),
+        ("post", "/_dash-update-component", {"json": {
+            "output": "..compare-center.value...compare-width.value..",
+            "outputs": [{"id": "compare-center", "property": "value"}, {"id": "compare-width", "property": "value"}],
+            "inputs": [{"id": "compare-preset", "property": "value", "value": "auto"},
+                       {"id": "compare-sop", "property": "value", "value": sop}],
+            "state": [{"id": "compare-frame", "property": "value", "value": "first"}],
+            "changedPropIds": ["compare-sop.value"]}}, 400, "could not use its input"),
         ("get", "/_dash-component-suites/..%2f..%2f/etc/passwd", {}, 404, "No such file"),
         ("get", "/_dash-component-suites/dash/..%2f..%2fapp.py", {}, 404, "No such file"),
         ("get", "/_dash-component-suites/nosuchpackage/x.js", {}, 404, "No such file"),
