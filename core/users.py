@@ -157,6 +157,7 @@ def visible_studies(store: Store, user: User) -> list[dict]:
             rows = visible_instances(store, user, row["study_uid"])
             study["instances"] = len(rows)
             study["modalities"] = ",".join(dict.fromkeys(r["modality"] for r in rows if r["modality"]))
+            study["lossy_originals"] = sum(1 for r in rows if r["lossy"])
         out.append(study)
     return out
 

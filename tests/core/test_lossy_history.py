@@ -183,3 +183,19 @@ def test_cli_info_and_verify_name_the_lossy_history(tmp_path, capsys):
     capsys.readouterr()
     assert main(["verify", str(path), str(out)]) == 0
     assert "LOSSY image (JPEG 2000, 18:1)" in capsys.readouterr().out
+
+
+def test_demo_counts_only_the_lossy_originals_it_may_see(live_app, tmp_path):
+    """A clinic's lossy upload into a demo study is not even counted for the demo login."""
+    base, _app = live_app(demo=True, run_jobs=False)
+    admin = requests.Session()
+    admin.auth = ADMIN
+    study_uid = "1.2.826.0.1.3680043.2.1143.3365540476747857567072393009509418480"  # emri_small, a demo sample
+    path = write(make_dataset(**{**KINDS["already_lossy"], "study_uid": study_uid}), tmp_path / "lossy.dcm")
+    assert admin.post(f"{base}/api/upload", files={"file": ("lossy.dcm", path.read_bytes())}).json()["results"][0]["status"] == "stored"
+    listed = next(s for s in admin.get(f"{base}/api/studies").json() if s["study_uid"] == study_uid)
+    assert listed["lossy_originals"] == 1
+    demo = requests.Session()
+    assert demo.post(f"{base}/login", data={"demo": "1"}, allow_redirects=False).status_code == 302
+    listed = next(s for s in demo.get(f"{base}/api/studies").json() if s["study_uid"] == study_uid)
+    assert listed["lossy_originals"] == 0
