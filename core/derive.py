@@ -32,7 +32,7 @@ from pydicom.uid import (
 
 from .codecs import Codec, JPEGXLLossless
 from .errors import RadPressError
-from .pixels import PixelSpec
+from .pixels import PixelSpec, pixel_spec
 
 __all__ = [
     "LOSSLESS_SYNTAXES",
@@ -227,8 +227,6 @@ def _stored_ratio(ds: Dataset, syntax: str) -> float | None:
     """Uncompressed size over the encapsulated pixel data of a file in a lossy syntax."""
     if syntax not in _LOSSY_SYNTAXES | _EITHER_SYNTAXES or "PixelData" not in ds:
         return None
-    from .pixels import pixel_spec
-
     value = getattr(ds.get_item("PixelData", keep_deferred=True), "value", None)  # never load deferred pixel data
     if not value:
         return None
