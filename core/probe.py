@@ -378,6 +378,7 @@ def measure_probes(trials: int = 3) -> dict:
             hostile = try_hostile(http, base, data, victim)
             hostile_s = time.monotonic() - started
             races = try_races(session, base, trials)
+            callbacks = run_callback_probe(base, Store(data), ("probe", password), _changed(PatientName="Probe^Target"))
         finally:
             process.terminate()
             process.wait(30)
@@ -385,11 +386,16 @@ def measure_probes(trials: int = 3) -> dict:
         "hostile": {"tried": hostile.tried, "refused_cleanly": hostile.clean, "failures": hostile.failures,
                     "seconds": hostile_s},
         "races": {"tried": races.tried, "clean": races.clean, "failures": races.failures},
+        "callbacks": {k: callbacks[k] for k in ("callbacks", "roles", "tried", "refused", "requests", "leaks", "errors", "changed")},
         "checks": [
             {"target": "hostile inputs refused cleanly", "measured": f"{hostile.clean}/{hostile.tried}",
              "ok": hostile.clean == hostile.tried},
             {"target": "race trials clean (8 uploads of one UID)", "measured": f"{races.clean}/{races.tried}",
              "ok": races.clean == races.tried},
+            {"target": "callbacks x roles refused (another study's identifiers)",
+             "measured": f"{callbacks['refused']}/{callbacks['tried']} ({callbacks['callbacks']} callbacks x "
+                         f"{len(callbacks['roles'])} roles, {callbacks['requests']} requests)",
+             "ok": callbacks["refused"] == callbacks["tried"]},
         ],
     }
 
