@@ -156,14 +156,41 @@ def test_an_expired_lease_is_taken_over(tmp_path):
     """A runner that stops renewing (hung, or on a dead host) loses its job once the lease expires; the job then completes."""
     store = Store(tmp_path / "data")
     study = ingest_series(store, tmp_path, "emri_small", 2)
-    stuck, other = Jobs(store, workers=1, lease=0.5), Jobs(store, workers=1, lease=0.5)
+    stuck, other = Jobs(store, workers=1), Jobs(store, workers=1)
     job_id = stuck.submit(study)
     assert stuck.claim()["id"] == job_id
     assert other.claim() is None  # the lease holds and its process is alive
-    time.sleep(0.6)
+    with store.connect() as db:  # the lease runs out: the stuck runner did not renew it in time
+        db.execute("UPDATE jobs SET lease=? WHERE id=?", (time.time() - 1, job_id))
     [job] = other.run_pending()
     assert job["id"] == job_id and job["state"] == "done" and job["done"] == 2
     assert not stuck.renew(job_id)  # the old runner learns it lost the job
+
+
+def test_a_runner_renews_its_lease_while_it_works(tmp_path):
+    """A job that outlasts its lease stays with its runner: another runner polling all along never gets it."""
+    store = Store(tmp_path / "data")
+    study = ingest_series(store, tmp_path, "RG3_UNCR", 2)
+    runner, thief = Jobs(store, workers=1, lease=2), Jobs(Store(store.root), workers=1, lease=2)
+    runner.submit(study)
+    stolen, done = [], threading.Event()
+
+    def poll():
+        while not done.is_set():
+            if (job := thief.claim()) is not None:
+                stolen.append(job["id"])
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=poll)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        [job] = runner.run_pending()
+    finally:
+        done.set()
+        watcher.join()
+    assert time.monotonic() - started > 2  # longer than one lease
+    assert stolen == [] and job["state"] == "done" and job["done"] == 2
 
 
 def test_a_dead_runner_on_this_host_is_released_at_once(tmp_path):

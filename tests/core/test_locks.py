@@ -58,7 +58,7 @@ def test_another_process_holds_it_until_it_dies(tmp_path):
         with pytest.raises(BusyError, match="still being prepared") as err:
             with item_lock(tmp_path, "variant:x", timeout=0.3):
                 pass
-        assert err.value.http_status == 503 and 0.3 <= time.monotonic() - started < 2
+        assert err.value.http_status == 503 and 0.3 <= time.monotonic() - started < 5
         holder.send_signal(signal.SIGKILL)  # the kernel releases a dead holder's lock
         holder.wait(5)
         with item_lock(tmp_path, "variant:x", timeout=2):
