@@ -237,9 +237,10 @@ def _inflated(raw: BinaryIO, limits: Limits) -> BinaryIO:
     head = raw.read(6)
     raw.seek(0)
     counted = _Counted(raw)
-    opener = gzip.GzipFile if head.startswith(b"\x1f\x8b") else bz2.BZ2File if head.startswith(b"BZh") else \
-        lzma.LZMAFile if head.startswith(b"\xfd7zXZ\x00") else None
-    return _Budget(opener(fileobj=counted) if opener else counted, counted, limits)
+    openers = {b"\x1f\x8b": lambda f: gzip.GzipFile(fileobj=f, mode="rb"), b"BZh": bz2.BZ2File,
+               b"\xfd7zXZ\x00": lzma.LZMAFile}
+    opener = next((o for magic, o in openers.items() if head.startswith(magic)), None)
+    return _Budget(opener(counted) if opener else counted, counted, limits)
 
 
 def _from_tar(store: Store, path: Path, label: str, limits: Limits) -> Iterator[IngestResult]:

@@ -272,3 +272,13 @@ def test_many_small_bombs_share_one_budget(store, tmp_path):
     assert any("decompression bomb" in r.reason for r in results) and nothing_staged(store)
     budget = Limits().max_expansion * zpath.stat().st_size + Limits().bomb_floor
     assert sum(r.reason.startswith("not DICOM") for r in results) <= budget // (8 << 20) < 20
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz", "w:bz2", "w:xz"])
+def test_tar_in_every_compression_is_streamed(store, tmp_path, mode):
+    files = fresh(tmp_path, 2)
+    path = tmp_path / "study.tar"
+    with tarfile.open(path, mode) as t:
+        for f in files:
+            t.add(f, f"d/{f.name}")
+    assert [r.status for r in ingest(store, [path])] == ["stored", "stored"] and nothing_staged(store)
