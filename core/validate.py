@@ -50,7 +50,7 @@ def check_uid(value, what: str) -> str:
     if not isinstance(value, str):
         kind = "several values" if isinstance(value, (list, tuple)) or hasattr(value, "__len__") else type(value).__name__
         raise InvalidHeaderError(f"{what} is not one UID ({kind}).", hint="A UID is one value of digits and dots.")
-    shown = value[:80].encode("unicode_escape").decode("ascii")
+    shown = value[:80].encode("unicode_escape").decode("ascii") + ("…" if len(value) > 80 else "")
     if not value:
         raise InvalidHeaderError(f"{what} is empty.")
     if not _UID.fullmatch(value):
@@ -59,7 +59,7 @@ def check_uid(value, what: str) -> str:
             "zero in a component (PS3.5 §9.1).",
             hint="Ask the sender to fix the export; the archive never uses such text.")
     if len(value) > _UID_MAX:
-        raise InvalidHeaderError(f"{what} '{shown}…' has {len(value)} characters; a UID has at most {_UID_MAX} (PS3.5 §9.1).")
+        raise InvalidHeaderError(f"{what} '{shown}' has {len(value)} characters; a UID has at most {_UID_MAX} (PS3.5 §9.1).")
     return value
 
 
