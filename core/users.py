@@ -38,6 +38,9 @@ PERMISSIONS = {
     "jobs": {"admin"},  # cancel jobs
     "access_log": {"admin"},
 }
+_DOING = {"view": "open studies", "download": "download images", "lab": "run the quality lab",
+          "storage": "see the clinic's storage", "upload": "upload studies", "policy": "change the storage policy",
+          "users": "manage users", "jobs": "cancel jobs", "access_log": "read the access log"}
 DEMO_USER = "demo"
 # The demo login is open to anyone: its lab sweeps stay small and short.
 DEMO_LAB_LIMITS = {"codecs": 2, "ratios": 4, "seconds": 60.0}
@@ -111,7 +114,7 @@ def authorize(store: Store, user: User | None, action: str, study_uid: str | Non
     if user is None:
         raise LoginRequired("Please log in (session cookie or HTTP Basic credentials).")
     if not allowed(user, action):
-        raise AccessDenied(f"The {user.role} role may not {action.replace('_', ' ')}.")
+        raise AccessDenied(f"The {user.role} role may not {_DOING[action]}.")
     if sop_uid is not None:
         row = store.instance(sop_uid)
         if study_uid is not None and row["study_uid"] != study_uid:

@@ -1,0 +1,123 @@
+"""The one authorization rule and the session / throttling records behind login (no HTTP: the rule itself)."""
+
+import time
+
+import pytest
+
+from core import users as users_module
+from core.ingest import ingest
+from core.store import Store, StoreError
+from core.users import (LOGIN_LIMIT, AccessDenied, LoginRequired, User, Users, authorize, mark_demo, set_readers,
+                        visible_instances, visible_jobs, visible_studies)
+from tests.synthetic import KINDS, make_dataset, write
+
+ADMIN, RAD, OTHER, DEMO = User("root", "admin"), User("rad", "radiologist"), User("other", "radiologist"), User("demo", "demo")
+
+
+@pytest.fixture
+def archive(tmp_path):
+    """A sample study (one demo instance plus a clinic upload sharing its Study UID) and a clinic study."""
+    store = Store(tmp_path / "data")
+    sample = make_dataset(**KINDS["u8_odd"])
+    clinic_in_sample = make_dataset(**KINDS["s12"], study_uid=sample.StudyInstanceUID)
+    clinic = make_dataset(**KINDS["u10"])
+    paths = [write(ds, tmp_path / f"{n}.dcm") for n, ds in enumerate((sample, clinic_in_sample, clinic))]
+    assert [r.status for r in ingest(store, paths)] == ["stored"] * 3
+    mark_demo(store, [sample.SOPInstanceUID])
+    accounts = Users(store)
+    for user in (RAD, OTHER):
+        accounts.add(user.name, "password-" + user.name, user.role)
+    return store, sample, clinic_in_sample, clinic
+
+
+def test_roles_and_studies(archive):
+    store, sample, clinic_in_sample, clinic = archive
+    with pytest.raises(LoginRequired):
+        authorize(store, None, "view")
+    with pytest.raises(AccessDenied, match="radiologist role may not change the storage policy"):
+        authorize(store, RAD, "policy", study_uid=clinic.StudyInstanceUID)
+    with pytest.raises(AccessDenied):
+        authorize(store, DEMO, "storage")
+    with pytest.raises(StoreError):
+        authorize(store, ADMIN, "view", study_uid="1.2.3.4")
+    for user in (ADMIN, RAD, DEMO):
+        authorize(store, user, "view", sop_uid=sample.SOPInstanceUID)
+    authorize(store, RAD, "download", sop_uid=clinic_in_sample.SOPInstanceUID)
+    with pytest.raises(AccessDenied, match="demo login"):
+        authorize(store, DEMO, "view", sop_uid=clinic_in_sample.SOPInstanceUID)
+    with pytest.raises(AccessDenied):
+        authorize(store, DEMO, "view", study_uid=clinic.StudyInstanceUID)
+    with pytest.raises(AccessDenied, match="does not belong"):
+        authorize(store, ADMIN, "view", study_uid=clinic.StudyInstanceUID, sop_uid=sample.SOPInstanceUID)
+
+
+def test_demo_sees_the_sample_instances_only(archive):
+    store, sample, clinic_in_sample, clinic = archive
+    [study] = visible_studies(store, DEMO)
+    assert study["study_uid"] == sample.StudyInstanceUID and study["instances"] == 1 and study["modalities"] == "OT"
+    assert [r["sop_uid"] for r in visible_instances(store, DEMO, sample.StudyInstanceUID)] == [sample.SOPInstanceUID]
+    assert len(visible_instances(store, RAD, sample.StudyInstanceUID)) == 2
+    assert len(visible_studies(store, RAD)) == 2
+    jobs = [{"id": 1, "study_uid": sample.StudyInstanceUID}, {"id": 2, "study_uid": clinic.StudyInstanceUID}]
+    assert [j["id"] for j in visible_jobs(store, DEMO, jobs)] == [1]
+    assert visible_jobs(store, ADMIN, jobs) == jobs
+
+
+def test_named_readers(archive):
+    store, _sample, _clinic_in_sample, clinic = archive
+    uid = clinic.StudyInstanceUID
+    assert set_readers(store, uid, ["other"], by="root") == ["other"]
+    with pytest.raises(AccessDenied):
+        authorize(store, RAD, "view", study_uid=uid)
+    authorize(store, OTHER, "view", study_uid=uid)
+    authorize(store, ADMIN, "view", study_uid=uid)
+    assert uid not in {s["study_uid"] for s in visible_studies(store, RAD)}
+    audit = store.query("SELECT user, what, new FROM audit ORDER BY id DESC LIMIT 1")[0]
+    assert (audit["user"], audit["new"]) == ("root", '["other"]') and uid in audit["what"]
+    set_readers(store, uid, None, by="root")
+    authorize(store, RAD, "view", study_uid=uid)
+
+
+def test_sessions_end_at_logout_and_removal(archive):
+    store = archive[0]
+    users = Users(store)
+    sid = users.open_session("rad")
+    assert users.session_user(sid) == RAD and users.session_user("forged") is None
+    assert sid not in str([tuple(r) for r in store.query("SELECT * FROM sessions")])  # only a digest is kept
+    users.close_session(sid)
+    assert users.session_user(sid) is None
+    sid = users.open_session("other")
+    users.remove("other")
+    assert users.session_user(sid) is None
+
+
+def test_sessions_expire(archive, monkeypatch):
+    users = Users(archive[0])
+    sid = users.open_session("rad")
+    monkeypatch.setattr(users_module, "SESSION_MAX_AGE_S", -1)
+    assert users.session_user(sid) is None
+
+
+def test_failed_logins_are_counted_per_name_and_address(archive):
+    users = Users(archive[0])
+    for _ in range(LOGIN_LIMIT - 1):
+        users.login_failed("rad", "10.0.0.1")
+    assert users.retry_after("rad", "10.0.0.2") == 0
+    users.login_failed("rad", "10.0.0.1")
+    assert 0 < users.retry_after("rad", "10.0.0.2") <= users_module.LOGIN_WINDOW_S
+    assert users.retry_after("other", "10.0.0.1") > 0 and users.retry_after("other", "10.0.0.2") == 0
+    users.login_succeeded("rad")
+    assert users.retry_after("rad", "10.0.0.2") == 0
+
+
+def test_unknown_user_is_checked_against_a_dummy_hash(archive):
+    users = Users(archive[0])
+    users.authenticate("nobody", "x")  # the dummy hash is made once
+
+    def cost(name):
+        start = time.perf_counter()
+        assert users.authenticate(name, "wrong password") is None
+        return time.perf_counter() - start
+
+    unknown, wrong = min(cost("nobody") for _ in range(3)), min(cost("rad") for _ in range(3))
+    assert unknown > 0.5 * wrong and wrong > 0.005
