@@ -288,7 +288,7 @@ def _job(job_id: int, action: str) -> dict:
         raise StoreError(f"No job {job_id}.")
     job = jobs.get(job_id)
     _check_study(store, job["study_uid"], action)
-    return job
+    return visible_jobs(store, current_user(), [job])[0]
 
 
 @blueprint.get("/api/jobs/<int:job_id>")

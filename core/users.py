@@ -166,11 +166,15 @@ def visible_studies(store: Store, user: User) -> list[dict]:
 
 
 def visible_jobs(store: Store, user: User, jobs: list[dict]) -> list[dict]:
-    """Jobs of the studies this user may open."""
+    """Jobs of the studies this user may open (for demo logins, errors of sample instances only)."""
     if user.role == "admin":
         return jobs
     may = {s["study_uid"] for s in visible_studies(store, user)}
-    return [j for j in jobs if j["study_uid"] in may]
+    jobs = [j for j in jobs if j["study_uid"] in may]
+    if user.sees_only_demo:
+        demo = {r["sop_uid"] for r in store.query("SELECT sop_uid FROM demo_instances")}
+        jobs = [{**j, "errors": [e for e in j.get("errors", []) if e["sop_uid"] in demo]} for j in jobs]
+    return jobs
 
 
 def study_lab_for(store: Store, user: User, study_uid: str, config=None, progress=None) -> dict:

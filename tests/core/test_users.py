@@ -58,8 +58,10 @@ def test_demo_sees_the_sample_instances_only(archive):
     assert [r["sop_uid"] for r in visible_instances(store, DEMO, sample.StudyInstanceUID)] == [sample.SOPInstanceUID]
     assert len(visible_instances(store, RAD, sample.StudyInstanceUID)) == 2
     assert len(visible_studies(store, RAD)) == 2
-    jobs = [{"id": 1, "study_uid": sample.StudyInstanceUID}, {"id": 2, "study_uid": clinic.StudyInstanceUID}]
-    assert [j["id"] for j in visible_jobs(store, DEMO, jobs)] == [1]
+    errors = [{"sop_uid": sample.SOPInstanceUID, "error": "a"}, {"sop_uid": clinic_in_sample.SOPInstanceUID, "error": "b"}]
+    jobs = [{"id": 1, "study_uid": sample.StudyInstanceUID, "errors": errors}, {"id": 2, "study_uid": clinic.StudyInstanceUID}]
+    assert [(j["id"], j["errors"]) for j in visible_jobs(store, DEMO, jobs)] == [(1, errors[:1])]
+    assert [j["id"] for j in visible_jobs(store, RAD, jobs)] == [1, 2]
     assert visible_jobs(store, ADMIN, jobs) == jobs
 
 
