@@ -34,6 +34,11 @@ def photometric(spec: PixelSpec, lossy: bool) -> str:
 
 
 def check(spec: PixelSpec, lossy: bool) -> None:
+    if spec.bits_stored < 2:
+        raise UnsupportedError(
+            f"Bits Stored (0028,0101) = {spec.bits_stored}: JPEG-LS samples have at least 2 bits (ISO 14495-1 C.2.2).",
+            hint="Use --codec j2k or htj2k for this image.",
+        )
     if lossy and spec.signed:
         raise UnsupportedError(
             "JPEG-LS near-lossless cannot encode signed pixel data (Pixel Representation (0028,0103) = 1) "

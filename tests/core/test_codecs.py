@@ -269,3 +269,15 @@ def test_jpegls_header_precision_is_bits_stored(kind, lossy):
     low, high = spec.value_range
     decoded = codec.decode(data, spec)
     assert low <= decoded.min() and decoded.max() <= high
+
+
+def test_jpegls_refuses_one_bit_samples():
+    ds = make_dataset(rows=16, columns=16, bits_allocated=8, bits_stored=1)
+    with pytest.raises(UnsupportedError, match="at least 2 bits"):
+        get_codec("jpegls", False).check(pixel_spec(ds))
+    j2k = get_codec("j2k", False)
+    spec = pixel_spec(ds)
+    data = j2k.encode(decode_frame(ds, 0), spec)
+    assert parse_main_header(data).precision == 1
+    assert np.array_equal(j2k.decode(data, spec), decode_frame(ds, 0))
+
