@@ -474,10 +474,12 @@ def _refuse_original(variant: str) -> None:
 
 
 def _int(value) -> int | None:
+    """An IS value for an INTEGER column; None when it is not a number SQLite can hold."""
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if -(1 << 63) <= number < 1 << 63 else None
 
 
 def _artifact(row: sqlite3.Row) -> Artifact:

@@ -9,6 +9,7 @@ receiver) reaches :func:`read_checked` through :func:`core.ingest.ingest_file`.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -36,6 +37,9 @@ _UID_MAX = 64
 _PIXEL_TAGS = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")}
 _SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3, "YBR_FULL_422": 3,
             "YBR_ICT": 3, "YBR_RCT": 3, "YBR_PARTIAL_420": 3}
+_RETIRED_PHOTOMETRIC = {"HSV", "ARGB", "CMYK", "YBR_PARTIAL_422"}
+_NUMBERS = {"RescaleSlope": "(0028,1053)", "RescaleIntercept": "(0028,1052)", "WindowCenter": "(0028,1050)",
+            "WindowWidth": "(0028,1051)", "LossyImageCompressionRatio": "(0028,2112)"}
 # What pydicom raises while converting a malformed element (bad lengths, unknown VRs, broken sequences).
 _PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError, OverflowError,
                  LookupError, struct.error, EOFError, OSError, BytesLengthException)
@@ -123,8 +127,32 @@ def check_image_header(ds: Dataset) -> None:
     frames = _int(ds, "NumberOfFrames", 1)
     if frames < 1:
         raise InvalidHeaderError(f"Number of Frames (0028,0008) {frames} is not allowed: an image has at least 1.")
+    if photometric not in _SAMPLES and photometric not in _RETIRED_PHOTOMETRIC:
+        raise InvalidHeaderError(f"Photometric Interpretation (0028,0004) {photometric!r} is not a defined term "
+                                 f"({', '.join(_SAMPLES)}).")
+    if samples == 3 and _int(ds, "PlanarConfiguration", 0) not in (0, 1):
+        raise InvalidHeaderError(f"Planar Configuration (0028,0006) {ds.PlanarConfiguration} is not 0 or 1.")
+    _check_used_values(ds)
     if syntax.is_compressed and "PixelData" in ds:
         _check_fragments(ds, frames)
+
+
+def _check_used_values(ds: Dataset) -> None:
+    """Values the archive computes with (rescale, windows, the lossy marking) must be what their VR says."""
+    for keyword, tag in _NUMBERS.items():
+        value = ds.get(keyword)
+        values = [] if value is None or value == "" else list(value) if hasattr(value, "__iter__") and not isinstance(value, str) else [value]
+        for item in values:
+            try:
+                number = float(item)
+            except (TypeError, ValueError):
+                number = math.nan
+            if not math.isfinite(number):
+                raise InvalidHeaderError(f"{keyword} {tag} {str(item)[:40]!r} is not a number.")
+    flag = ds.get("LossyImageCompression")
+    if flag not in (None, "", "00", "01"):
+        raise InvalidHeaderError(f"Lossy Image Compression (0028,2110) {str(flag)[:20]!r} must be 00 or 01: "
+                                 "the archive cannot tell whether the image was compressed lossily.")
 
 
 def _check_fragments(ds: Dataset, frames: int) -> None:

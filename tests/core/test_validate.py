@@ -84,6 +84,10 @@ ABSURD_HEADERS = {
     "sop uid with traversal": (dict(SOPInstanceUID="../57/1.2.3"), "not a valid UID"),
     "series uid too long": (dict(SeriesInstanceUID="1." * 40 + "1"), "at most 64"),
     "sop class with letters": (dict(SOPClassUID="1.2.x"), "SOP Class UID (0008,0016)"),
+    "unknown photometric": (dict(PhotometricInterpretation="FOO"), "Photometric Interpretation (0028,0004) 'FOO'"),
+    "planar configuration 5": (dict(SamplesPerPixel=3, PhotometricInterpretation="RGB", BitsAllocated=8, BitsStored=8,
+                                    HighBit=7, PlanarConfiguration=5, Rows=8), "Planar Configuration (0028,0006) 5"),
+    "lossy flag 99": (dict(LossyImageCompression="99"), "must be 00 or 01"),
 }
 
 
@@ -145,3 +149,29 @@ def test_parse_errors_are_rejections(case, tmp_path):
     [result] = ingest(store, [path, ])
     assert result.status == "rejected" and result.reason
     assert not store.studies() and not list((store.root / "tmp").iterdir())
+
+
+def _raw(ds, keyword, text: bytes):
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    tag = Tag(keyword)
+    ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(text), text, 0, False, True)
+
+
+@pytest.mark.parametrize("keyword", ["RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth",
+                                     "LossyImageCompressionRatio"])
+def test_values_the_archive_computes_with_must_be_numbers(keyword, tmp_path):
+    ds = make_dataset(rows=16, columns=16, modality="CT")
+    _raw(ds, keyword, b"abc ")
+    [result] = ingest(Store(tmp_path / "data"), [write(ds, tmp_path / "x.dcm")])
+    assert result.status == "rejected" and f"{keyword} (0028," in result.reason and "'abc' is not a number" in result.reason
+
+
+def test_an_instance_number_beyond_sqlite_is_stored_without_it(tmp_path):
+    ds = make_dataset(rows=16, columns=16)
+    _raw(ds, "InstanceNumber", b"99999999999999999999")
+    store = Store(tmp_path / "data")
+    [result] = ingest(store, [write(ds, tmp_path / "x.dcm")])
+    assert result.status == "stored" and store.instance(result.sop_uid)["number"] is None
