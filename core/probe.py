@@ -92,6 +92,18 @@ def _changed(**changes) -> bytes:
     return _dicom(ds)
 
 
+def _raw_value(keyword: str, text: bytes) -> bytes:
+    """A valid file whose *keyword* holds *text* as written (pydicom refuses to set a malformed value)."""
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    ds = dcmread(io.BytesIO(_changed()))
+    tag = Tag(keyword)
+    ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(text), text, 0, False, True)
+    return _dicom(ds)
+
+
 def _with_tail(tail: bytes) -> bytes:
     """A valid file with raw bytes appended after its pixel data (a private group sorts last)."""
     return _changed() + tail
@@ -199,6 +211,7 @@ def _hostile_cases(victim_uid: str) -> list[HostileCase]:
         "frames -1": dict(NumberOfFrames=-1), "frames 10^9": dict(NumberOfFrames=10 ** 9),
         "samples 0": dict(SamplesPerPixel=0), "samples 2": dict(SamplesPerPixel=2), "samples 4": dict(SamplesPerPixel=4),
         "high bit beyond bits stored": dict(HighBit=15), "pixel data too short": dict(Rows=1024, Columns=1024),
+        "photometric FOO": dict(PhotometricInterpretation="FOO"), "lossy flag 99": dict(LossyImageCompression="99"),
     }
     elements = {
         "unknown VR": struct.pack("<HH2sH", 0x7FE1, 0x0010, b"ZZ", 2) + b"ab",
@@ -230,6 +243,7 @@ def _hostile_cases(victim_uid: str) -> list[HostileCase]:
     cases = [HostileCase(f"UID: {k}", "x.dcm", _changed(**v)) for k, v in uids.items()]
     cases += [HostileCase(f"header: {k}", "x.dcm", _changed(**v)) for k, v in headers.items()]
     cases += [HostileCase(f"element: {k}", "x.dcm", _with_tail(v)) for k, v in elements.items()]
+    cases += [HostileCase(f"value: {k} 'abc'", "x.dcm", _raw_value(k, b"abc ")) for k in ("RescaleSlope", "WindowWidth")]
     cases += [HostileCase(f"archive: {k}", name, body) for k, (name, body) in archives.items()]
     cases.append(HostileCase("not DICOM", "notes.txt", b"not an image\n" * 100))
     return cases
