@@ -15,6 +15,7 @@ import copy
 import math
 from dataclasses import dataclass
 
+import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.sequence import Sequence
@@ -268,6 +269,8 @@ def derived_header(source: Dataset, codec: Codec, spec: PixelSpec, achieved_rati
         if tag not in skip:
             out.add(copy.deepcopy(source[tag]))  # never share elements: the source must stay untouched
     out.file_meta = copy.deepcopy(source.file_meta) if hasattr(source, "file_meta") else FileMetaDataset()
+    if out.file_meta.get("TransferSyntaxUID") == ExplicitVRBigEndian:
+        _swap_words(out)  # pydicom writes binary words as read: the copy is little endian
     out.file_meta.TransferSyntaxUID = codec.transfer_syntax
     out.PhotometricInterpretation = codec.photometric(spec)
     if spec.samples > 1:
@@ -280,6 +283,21 @@ def derived_header(source: Dataset, codec: Codec, spec: PixelSpec, achieved_rati
     out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
     out.file_meta.MediaStorageSOPClassUID = out.SOPClassUID
     return out
+
+
+# Binary VRs pydicom keeps as raw bytes in the byte order they were read in, by word size.
+_WORD_SIZES = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+
+
+def _swap_words(ds: Dataset) -> None:
+    """Big-endian binary words (palette LUT data, overlays, ...) in little-endian order, in every item too."""
+    for element in ds:
+        if element.VR == "SQ":
+            for item in element.value:
+                _swap_words(item)
+        elif element.VR in _WORD_SIZES and isinstance(element.value, bytes) and len(element.value) % _WORD_SIZES[element.VR] == 0:
+            size = _WORD_SIZES[element.VR]
+            element.value = np.frombuffer(element.value, f">u{size}").astype(f"<u{size}").tobytes()
 
 
 def _append(ds: Dataset, keyword: str, value: str) -> None:
