@@ -11,6 +11,7 @@ keep each file's path, so archives written with an older layout still read.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -488,11 +489,28 @@ def _artifact(row: sqlite3.Row) -> Artifact:
 
 
 def _place_new(staged: Path, target: Path) -> None:
-    """fsync a staged file and link it at *target*, which must not exist (FileExistsError): nothing is overwritten."""
+    """fsync a staged file and link it at *target*, which must not exist (FileExistsError): nothing is overwritten.
+
+    A *target* on another file system (originals on their own volume) gets a
+    complete copy beside it first, linked the same way.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(staged, "rb+") as fh:
         os.fsync(fh.fileno())
-    os.link(staged, target)
+    try:
+        os.link(staged, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        copy = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.part")
+        try:
+            with open(staged, "rb") as src, open(copy, "xb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            os.link(copy, target)
+        finally:
+            copy.unlink(missing_ok=True)
     _fsync_dir(target.parent)
 
 

@@ -222,3 +222,22 @@ def test_a_failed_index_write_leaves_no_unacknowledged_original(store, tmp_path,
     assert not list((store.root / "originals").rglob("*.dcm")) and not list((store.root / "tmp").iterdir())
     monkeypatch.undo()
     assert [r.status for r in ingest(store, [path])] == ["stored"]
+
+
+def test_originals_on_another_file_system_are_copied_then_linked(store, tmp_path, monkeypatch):
+    import errno
+
+    real_link, calls = os.link, []
+
+    def link(src, dst):
+        calls.append(Path(src).parent.name)
+        if Path(src).parent.name == "tmp":
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", link)
+    uid, (first, second) = versions(tmp_path, 2)
+    assert [r.status for r in ingest(store, [first, second])] == ["stored", "conflict"]
+    assert calls == ["tmp", store.original_path(uid).parent.name, "tmp", "conflicts"]
+    assert store.artifact(uid, "original").path.read_bytes() == first.read_bytes()
+    assert not [p for p in store.root.rglob("*.part")] and not list((store.root / "tmp").iterdir())
