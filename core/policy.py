@@ -186,7 +186,8 @@ def ratio_warning(modality: str, ratio: float, body_part: str = "", description:
     bound = upper_bound(modality, body_part, description)
     if bound and ratio > bound:
         label = _label(modality, body_part, description)
-        return f"{ratio:g}:1 exceeds the Canadian Association of Radiologists' upper bound of {bound:g}:1 for {label}."
+        return (f"{ratio:g}:1 exceeds the Canadian Association of Radiologists' upper bound of {bound:g}:1 for {label}: "
+                f"lossy copies are capped at {bound:g}:1.")
     return None
 
 

@@ -47,3 +47,10 @@ def test_lossy_setting_for_an_instance():
     assert legacy.codec == policy.lossy_codec
     brain = lossy_setting(Policy(default_ratio=20), row("CT", "HEAD", study_ratio=14))
     assert brain.ratio == 12 and brain.bound == 12
+
+
+def test_the_policy_warning_says_copies_are_capped():
+    from core.policy import ratio_warning
+
+    assert ratio_warning("CT", 20).endswith("lossy copies are capped at 15:1.")
+    assert ratio_warning("CT", 13, "BRAIN") and ratio_warning("CT", 13) is None
