@@ -228,6 +228,20 @@ def test_a_missed_target_travels_from_the_job_to_the_api_and_pages(live_app, tmp
     art = store.artifact(tiny_sop, "lossy", 50)
     assert _artifact_text(art).startswith(f"lossy {art.achieved_ratio:.1f}:1 achieved") and "target 50:1" in _artifact_text(art)
     assert "missed the target" in _achieved([art])
+    from flask import g
+
+    from core.users import Users
+    from pages.studies import _rows
+    from pages.study import layout as study_layout
+
+    admin = Users(store).authenticate(*ADMIN)
+    with app.server.test_request_context("/study"):
+        g.user = admin
+        page = str(study_layout(uid=study_uid))
+        listed_row = next(r for r in _rows(store, admin) if r["uid"] == study_uid)
+    assert f"lossy {art.achieved_ratio:.1f}:1 achieved" in page and "lossy-warning" in page and lossy["warning"] in page
+    assert "study-lossy-setting" in page and "at 50:1" in page
+    assert listed_row["lossy_ratio"].startswith(f"{min(achieved):.1f}") and "missed the target" in listed_row["lossy_ratio"]
     table = str(make_job_table(jobs, False))
     assert "job-warnings" in table and "target 50:1 not reached" in table
 
