@@ -173,7 +173,8 @@ def visible_jobs(store: Store, user: User, jobs: list[dict]) -> list[dict]:
     jobs = [j for j in jobs if j["study_uid"] in may]
     if user.sees_only_demo:
         demo = {r["sop_uid"] for r in store.query("SELECT sop_uid FROM demo_instances")}
-        jobs = [{**j, "errors": [e for e in j.get("errors", []) if e["sop_uid"] in demo]} for j in jobs]
+        jobs = [{**j, "errors": [e for e in j.get("errors", []) if e["sop_uid"] in demo],
+                 "warnings": [w for w in j.get("warnings", []) if w["sop_uid"] in demo]} for j in jobs]
     return jobs
 
 

@@ -123,3 +123,11 @@ def test_unknown_user_is_checked_against_a_dummy_hash(archive):
 
     unknown, wrong = min(cost("nobody") for _ in range(3)), min(cost("rad") for _ in range(3))
     assert unknown > 0.5 * wrong and wrong > 0.005
+
+
+def test_demo_sees_missed_ratio_warnings_of_sample_instances_only(archive):
+    store, sample, clinic_in_sample, _ = archive
+    warnings = [{"sop_uid": sample.SOPInstanceUID, "warning": "a"}, {"sop_uid": clinic_in_sample.SOPInstanceUID, "warning": "b"}]
+    jobs = [{"id": 1, "study_uid": sample.StudyInstanceUID, "errors": [], "warnings": warnings}]
+    assert visible_jobs(store, DEMO, jobs)[0]["warnings"] == warnings[:1]
+    assert visible_jobs(store, RAD, jobs)[0]["warnings"] == warnings
