@@ -121,6 +121,7 @@ def cmd_compress(args) -> int:
                 "target_reached": outcome.reached if outcome else None,
                 "reason": outcome.reason if outcome else None,
                 "upper_bound": result.upper_bound,
+                "above_upper_bound": outcome.above_bound if outcome else None,
                 "ratio": round(result.ratio, 3),
                 "uncompressed_bytes": result.uncompressed_bytes,
                 "compressed_bytes": result.compressed_bytes,

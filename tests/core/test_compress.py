@@ -272,3 +272,14 @@ def test_on_demand_lossy_copies_never_exceed_the_upper_bound(tmp_path):
     assert vf.lossy_ratio <= 24 * (1 + RATIO_TOLERANCE)
     _, achieved = codestream_path(store, result.sop_uid, 0, "lossy", 50)
     assert achieved <= 24 * (1 + RATIO_TOLERANCE)
+
+
+def test_an_achieved_ratio_above_the_upper_bound_is_reported(monkeypatch, capsys, tmp_path):
+    from core.codecs import j2k
+
+    source = write(make_dataset(**KINDS["u10"]), tmp_path / "mr.dcm")  # MR, 96×80×2 = 15360 bytes, bound 24:1
+    monkeypatch.setattr(j2k, "encode", lambda frame, spec, ratio: bytes(600))  # 25.6:1: within 10 % of 24, above the bound
+    code, out, err = run_cli(capsys, "compress", source, "--codec", "j2k", "--mode", "lossy", "--ratio", 24, "--out", tmp_path / "o", "--json")
+    [row] = json.loads(out)
+    assert code == 0 and row["target_reached"] is True and row["above_upper_bound"] is True and row["upper_bound"] == 24
+    assert len(err.strip().splitlines()) == 1 and "above the CAR upper bound of 24:1" in err
