@@ -566,7 +566,8 @@ def _dims(store: Store, config: DimsConfig, sop_uid: str, commands: str) -> Resp
     from .archive import _cache
 
     cache = _cache(store)
-    hit = cache.get("dims:" + key)
+    # "dims2": results cached before already-lossy originals got their label and header are not served again
+    hit = cache.get("dims2:" + key)
     from_cache = hit is not None
     if hit is None:
         variant = settings.get("variant", "original")
@@ -607,7 +608,7 @@ def _dims(store: Store, config: DimsConfig, sop_uid: str, commands: str) -> Resp
         except (ValueError, OSError) as exc:
             raise DimsError("unsupported image", str(exc), 415) from None
         hit = {"data": data, "format": fmt, "lossy": lossy_header}
-        cache.set("dims:" + key, hit)
+        cache.set("dims2:" + key, hit)
     response = Response(hit["data"], mimetype=_DIMS_TYPES[hit["format"]])
     response.set_etag(etag)
     response.cache_control.max_age = 86400
