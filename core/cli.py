@@ -183,6 +183,9 @@ def cmd_ingest(args) -> int:
         for uid in studies:
             runner.submit(uid)
         jobs = runner.run_pending(progress=None if args.json else _print_progress)
+    for job in jobs:  # a lossy copy that missed its target is said, as by compress
+        for item in job.get("warnings", []):
+            print(f"warning: {item['sop_uid']}: {item['warning']}", file=sys.stderr)
     if args.json:
         print(json.dumps({"results": [r.to_dict() for r in results], "studies": studies, "jobs": jobs}, indent=2))
     return EXIT_BAD_INPUT if any(r.status == "rejected" for r in results) else EXIT_OK

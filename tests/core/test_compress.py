@@ -283,3 +283,16 @@ def test_an_achieved_ratio_above_the_upper_bound_is_reported(monkeypatch, capsys
     [row] = json.loads(out)
     assert code == 0 and row["target_reached"] is True and row["above_upper_bound"] is True and row["upper_bound"] == 24
     assert len(err.strip().splitlines()) == 1 and "above the CAR upper bound of 24:1" in err
+
+
+def test_ingest_cli_says_which_lossy_copies_missed_their_target(capsys, tmp_path):
+    from core.policy import Policy
+    from core.store import Store
+
+    Store(tmp_path / "data").set_policy(Policy(strategy=3, default_ratio=50))
+    tiny = write(make_dataset(rows=16, columns=16, bits_stored=12, modality="OT"), tmp_path / "tiny.dcm")
+    code, out, err = run_cli(capsys, "ingest", tiny, "--data", tmp_path / "data", "--json", "--workers", 1)
+    assert code == 0
+    [job] = json.loads(out)["jobs"]
+    [item] = job["warnings"]
+    assert f"warning: {item['sop_uid']}: target 50:1 not reached" in err
