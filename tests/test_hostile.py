@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from core.cli import main
-from core.probe import OUTSIDE, hostile_cases, measure_probes, race_trial, try_hostile, zeros_tar_gz
+from core.probe import OUTSIDE, hostile_cases, race_trial, try_hostile, zeros_tar_gz
 from core.store import QUIET_SECONDS
 from tests.conftest import ADMIN
 from tests.synthetic import make_dataset, write
@@ -135,8 +135,3 @@ def test_cli_ingest_refuses_a_hostile_uid_with_exit_2(tmp_path, capsys):
     originals = list((tmp_path / "data" / "originals").rglob("*.dcm"))
     assert len(originals) == 1 and originals[0].read_bytes() == good.read_bytes()
 
-
-def test_the_bench_probe_section_against_the_app_in_its_own_process():
-    result = measure_probes(trials=1)
-    assert result["hostile"]["failures"] == [] and result["races"]["failures"] == []
-    assert all(check["ok"] for check in result["checks"]) and result["hostile"]["tried"] >= 40

@@ -30,6 +30,8 @@ def test_bench_writes_json(tmp_path, monkeypatch, capsys):
     assert written["archive"]["zip_mb_s"] > 0
     assert {r["codec"] for r in written["lab"]["rows"]} == {"j2k", "htj2k", "jxl"}
     assert "PASS" in capsys.readouterr().out
+    probe = written["probe"]  # against the app in its own process: every hostile input and race clean
+    assert probe["hostile"]["failures"] == [] and probe["races"]["failures"] == [] and probe["hostile"]["tried"] >= 40
 
 
 def test_delivery_benchmark_on_a_small_large_image(monkeypatch):
