@@ -95,13 +95,19 @@ def _bad_callback_input(server) -> None:
     """A callback sent values of the wrong type (a hand-made request; the browser never does) gets a 400, not a 500.
 
     The body's shape and every identifier in it are checked before (core.auth); this covers values a
-    callback cannot use.  The traceback is logged in case it was a bug after all.
+    callback cannot use, and an ``outputs`` spec that does not match the callback (Dash's CallbackException,
+    also as InvalidCallbackReturnValue; PreventUpdate keeps its 204).  The traceback is logged in case it
+    was a bug after all.
     """
+    from dash.exceptions import CallbackException, PreventUpdate
+
     def guarded(view):
         def dispatch(*args, **kwargs):
             try:
                 return view(*args, **kwargs)
-            except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            except PreventUpdate:
+                raise
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError, CallbackException) as exc:
                 server.logger.warning("callback %s refused its input", (request.get_json(silent=True) or {}).get("output"),
                                       exc_info=True)
                 raise InvalidOptionError(f"The callback could not use its input ({type(exc).__name__}: {exc}).",

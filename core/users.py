@@ -113,6 +113,9 @@ def authorize(store: Store, user: User | None, action: str, study_uid: str | Non
         raise ValueError(action)
     if user is None:
         raise LoginRequired("Please log in (session cookie or HTTP Basic credentials).")
+    for name, uid in (("Study Instance UID", study_uid), ("SOP Instance UID", sop_uid)):
+        if uid is not None and not isinstance(uid, str):  # a hand-made callback request (a list, a number, an object)
+            raise InvalidOptionError(f"The {name} must be text, not {type(uid).__name__}.", hint="Reload the page.")
     if not allowed(user, action):
         raise AccessDenied(f"The {user.role} role may not {_DOING[action]}.")
     if sop_uid is not None:

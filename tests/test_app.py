@@ -53,3 +53,30 @@ def test_data_directory_is_for_the_service_user_only(tmp_path):
         assert mode(root / name) == 0o600, name
     for name in ("originals", "artifacts", "tmp", "cache"):
         assert mode(root / name) == 0o700, name
+
+
+def _callback_client(tmp_path, monkeypatch):
+    monkeypatch.setenv("RADPRESS_ADMIN_USER", "admin")
+    monkeypatch.setenv("RADPRESS_ADMIN_PASSWORD", "correct-horse")
+    app = create_app(tmp_path / "data", run_jobs=False, demo=True)
+    client = app.server.test_client()
+    assert client.post("/login", data={"username": "admin", "password": "correct-horse"}).status_code == 302
+    return client
+
+
+def test_a_malformed_callback_request_is_a_400(tmp_path, monkeypatch):
+    """Outputs that do not match the callback, or a list where a UID goes: 400 with a message, never a 500."""
+    client = _callback_client(tmp_path, monkeypatch)
+    wrong_outputs = {"output": "whoami.children", "outputs": [], "changedPropIds": ["url.pathname"],
+                     "inputs": [{"id": "url", "property": "pathname", "value": "/"}]}
+    r = client.post("/_dash-update-component", json=wrong_outputs)
+    assert r.status_code == 400 and "could not use its input" in r.get_json()["error"]
+    right = client.post("/_dash-update-component", json={**wrong_outputs, "outputs": {"id": "whoami", "property": "children"}})
+    assert right.status_code == 200 and "admin (admin)" in right.get_data(as_text=True)
+    output = "..lab-curves.figure...lab-latency.children...lab-recommendation.children.."
+    for value in (["1.2.3"], {"a": 1}, 7):
+        r = client.post("/_dash-update-component", json={
+            "output": output, "changedPropIds": ["lab-key.data"], "inputs": [{"id": "lab-key", "property": "data", "value": value}],
+            "outputs": [{"id": i, "property": p} for i, p in (("lab-curves", "figure"), ("lab-latency", "children"),
+                                                              ("lab-recommendation", "children"))]})
+        assert r.status_code == 400 and "must be text" in r.get_json()["error"], (value, r.data[:200])

@@ -131,3 +131,17 @@ def test_demo_sees_missed_ratio_warnings_of_sample_instances_only(archive):
     jobs = [{"id": 1, "study_uid": sample.StudyInstanceUID, "errors": [], "warnings": warnings}]
     assert visible_jobs(store, DEMO, jobs)[0]["warnings"] == warnings[:1]
     assert visible_jobs(store, RAD, jobs)[0]["warnings"] == warnings
+
+
+def test_identifiers_must_be_text(archive):
+    """A hand-made callback request may carry a list or a number where a UID goes: a 400, not a database error."""
+    from core.errors import InvalidOptionError
+
+    store, sample, _, clinic = archive
+    for bad in (["1.2.3"], {"a": 1}, 12345, True):
+        with pytest.raises(InvalidOptionError, match="must be text") as info:
+            authorize(store, ADMIN, "view", study_uid=bad)
+        assert info.value.http_status == 400
+        with pytest.raises(InvalidOptionError, match="SOP Instance UID must be text"):
+            authorize(store, RAD, "view", sop_uid=bad)
+    authorize(store, ADMIN, "view", study_uid=clinic.StudyInstanceUID)
