@@ -58,6 +58,10 @@ class _Rejected(Exception):
     pass
 
 
+class _Bomb(_Rejected):
+    """The stream expands beyond its budget: the rest of the archive is refused."""
+
+
 class _LimitedReader:
     """Counts bytes as they are extracted: archive headers can lie about sizes."""
 
@@ -225,9 +229,9 @@ class _Budget:
         data = self.inflated.read(n)
         self.count += len(data)
         if self.count > self.limits.max_archive_bytes:
-            raise _Rejected(f"decompression bomb: archive expands beyond {self.limits.max_archive_bytes} bytes: rest refused")
+            raise _Bomb(f"decompression bomb: archive expands beyond {self.limits.max_archive_bytes} bytes: rest refused")
         if self.count > self.limits.bomb_floor and self.count > self.limits.max_expansion * self.compressed.count:
-            raise _Rejected(f"decompression bomb: {self.compressed.count} compressed bytes expanded to more than "
+            raise _Bomb(f"decompression bomb: {self.compressed.count} compressed bytes expanded to more than "
                             f"{self.count} (over {self.limits.max_expansion:g}x): rest refused")
         return data
 
@@ -245,11 +249,12 @@ def _inflated(raw: BinaryIO, limits: Limits) -> BinaryIO:
 
 def _from_tar(store: Store, path: Path, label: str, limits: Limits) -> Iterator[IngestResult]:
     """Read as a stream: nothing is inflated that is not counted against the budget, even skipped members."""
-    entries, name = 0, label
+    entries, reading = 0, label  # reading: whose bytes come out of the stream now (a member, or the archive)
     with open(path, "rb") as raw:
         try:
             archive = tarfile.open(fileobj=_inflated(raw, limits), mode="r|")
             for member in archive:
+                reading = label
                 if member.isdir():
                     continue
                 entries += 1
@@ -263,18 +268,18 @@ def _from_tar(store: Store, path: Path, label: str, limits: Limits) -> Iterator[
                         continue
                     if not member.isfile():
                         raise _Rejected("not a regular file (device, fifo)")
+                    reading = name
                     staged = _stage_stream(store, archive.extractfile(member), member.size, "entry larger than declared")
+                except _Bomb:
+                    raise
                 except _Rejected as exc:
-                    if str(exc).startswith("decompression bomb"):
-                        raise
                     yield IngestResult(name, "rejected", str(exc))
                     continue
                 yield _admit_member(store, staged, name)
-                name = label
         except _Rejected as exc:
-            yield IngestResult(name, "rejected", str(exc))
+            yield IngestResult(reading, "rejected", str(exc))
         except _STREAM_ERRORS as exc:
-            yield IngestResult(name, "rejected", f"truncated: damaged tar archive ({exc or type(exc).__name__})")
+            yield IngestResult(reading, "rejected", f"truncated: damaged tar archive ({exc or type(exc).__name__})")
 
 
 def _from_file(store: Store, path: Path, label: str, limits: Limits, owned: bool = False) -> Iterator[IngestResult]:

@@ -282,3 +282,14 @@ def test_tar_in_every_compression_is_streamed(store, tmp_path, mode):
         for f in files:
             t.add(f, f"d/{f.name}")
     assert [r.status for r in ingest(store, [path])] == ["stored", "stored"] and nothing_staged(store)
+
+
+def test_a_bomb_is_charged_to_what_was_being_read(store, tmp_path):
+    path = tmp_path / "zeros.tar.gz"
+    path.write_bytes(zeros_tar_gz(1 << 30))  # under the file limit: its own bytes blow the budget
+    [result] = ingest(store, [path])
+    assert result.name == f"{path}/zeros.dcm" and "decompression bomb" in result.reason
+    path.write_bytes(zeros_tar_gz(5 << 30))  # over the file limit: refused, then skipping it blows the budget
+    first, second = ingest(store, [path])
+    assert first.name == f"{path}/zeros.dcm" and first.reason.startswith("too large")
+    assert second.name == str(path) and "decompression bomb" in second.reason and "rest refused" in second.reason
