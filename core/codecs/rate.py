@@ -67,26 +67,59 @@ def encode_to_ratio(
     caller, which computes the achieved ratio, reports it.
     """
     target = uncompressed / ratio
-    lo, hi = knob.low, knob.high
+    # Bracket ends: (knob value, ratio achieved there, or None before it is tried).
+    lo: tuple[float, float | None] = (knob.low, None)
+    hi: tuple[float, float | None] = (knob.high, None)
     results: list[tuple[bytes, float]] = []
-
-    def midpoint(a: float, b: float) -> float:
-        m = math.sqrt(a * b) if knob.log else (a + b) / 2
-        return round(m) if knob.integer else m
-
-    value = knob.guess(ratio) if knob.guess else midpoint(lo, hi)
+    points: list[tuple[float, float]] = []
+    value = knob.guess(ratio) if knob.guess else _next(lo, hi, ratio, knob, points)
     tried: set[float] = set()
     for _ in range(max_steps):
         tried.add(value)
         data = encode(value)
         results.append((data, value))
-        if abs(target / len(data) - 1) <= tolerance:
+        achieved = uncompressed / len(data)
+        points.append((value, achieved))
+        if abs(achieved / ratio - 1) <= tolerance:
             break
-        if (len(data) > target) == knob.shrinks:
-            lo = value
+        if (achieved < ratio) == knob.shrinks:
+            lo = (value, achieved)
         else:
-            hi = value
-        value = midpoint(lo, hi)
+            hi = (value, achieved)
+        value = _next(lo, hi, ratio, knob, points)
         if value in tried:
             break
     return results[pick([len(d) for d, _ in results], target)]
+
+
+def _next(lo: tuple[float, float | None], hi: tuple[float, float | None], ratio: float, knob: Knob,
+          points: list[tuple[float, float]]) -> float:
+    """Next knob value inside the bracket [lo, hi].
+
+    Both ends measured: interpolated on log(ratio), kept 10 % away from
+    either end so that the bracket always shrinks.  One end measured: the
+    secant through the last two points (log-log), or from a single point a
+    ratio proportional to the knob.  Nothing measured, or a step that would
+    leave the bracket: the midpoint.
+    """
+    warp, unwarp = (math.log, math.exp) if knob.log and min(lo[0], hi[0]) > 0 else (float, float)
+    (a, ra), (b, rb) = lo, hi
+    value = unwarp((warp(a) + warp(b)) / 2)
+    if ra is not None and rb is not None and ra != rb:
+        t = min(max((math.log(ratio) - math.log(ra)) / (math.log(rb) - math.log(ra)), 0.1), 0.9)
+        value = unwarp(warp(a) + t * (warp(b) - warp(a)))
+    elif points and points[-1][0] > 0:
+        (v1, r1) = points[-1]
+        slope = 1.0 if knob.shrinks else -1.0  # d log(ratio) / d log(knob)
+        if len(points) > 1 and points[-2][0] > 0 and points[-2][1] != r1 and points[-2][0] != v1:
+            (v0, r0) = points[-2]
+            slope = (math.log(r1) - math.log(r0)) / (math.log(v1) - math.log(v0)) or slope
+        guess = v1 * (ratio / r1) ** (1 / slope)
+        if min(a, b) < guess < max(a, b):
+            value = guess
+    if not knob.integer:
+        return value
+    value = round(value)
+    if not min(a, b) < value < max(a, b):  # neighbouring integers: an end never tried is the last candidate
+        value = next((end for end, measured in ((a, ra), (b, rb)) if measured is None), value)
+    return value

@@ -281,3 +281,25 @@ def test_jpegls_refuses_one_bit_samples():
     assert parse_main_header(data).precision == 1
     assert np.array_equal(j2k.decode(data, spec), decode_frame(ds, 0))
 
+
+
+@pytest.mark.parametrize("exponent", [0.5, 1.0, 2.0])
+def test_rate_search_interpolates_on_power_laws(exponent):
+    """Ratio growing as knob**exponent (jxl distance ~0.5-1.3, OpenJPH step ~1.2): a few encodes, not a bisection."""
+    calls = []
+
+    def encode(q):
+        calls.append(q)
+        return b"x" * int(1_000_000 / (3 * q**exponent))
+
+    data, _ = encode_to_ratio(encode, Knob(low=1e-3, high=1e3, guess=lambda r: 1.0), 1_000_000, 20)
+    assert abs(1_000_000 / len(data) / 20 - 1) <= 0.04
+    assert len(calls) <= 6
+
+
+def test_rate_search_tries_the_integer_below_an_overshoot():
+    """NEAR 0 gives 7:1, NEAR 1 already 12:1: for 10:1 both miss and the lower ratio (NEAR 0) is kept."""
+    sizes = {0: 1000 // 7, 1: 1000 // 12, 2: 1000 // 20}
+    data, near = encode_to_ratio(lambda n: b"x" * sizes.get(int(n), 10), Knob(low=0, high=255, integer=True, log=False),
+                                 1000, 10)
+    assert near == 0 and len(data) == sizes[0]
