@@ -147,7 +147,32 @@ def background_manager(root: Path):
         return dash.CeleryManager(celery)
     import diskcache
 
-    return dash.DiskcacheManager(diskcache.Cache(str(root / "cache" / "callbacks")))
+    return _AppBoundDiskcacheManager(diskcache.Cache(str(root / "cache" / "callbacks")))
+
+
+class _AppBoundDiskcacheManager(dash.DiskcacheManager):
+    """Dash forks one process per background callback; this one's processes exit when the app dies (kill -9 too).
+
+    PR_SET_PDEATHSIG cannot be used here: it fires when the forking *thread* ends, and each
+    request runs on its own short-lived thread; a watchdog on the parent's pid is used instead.
+    """
+
+    def call_job_fn(self, key, job_fn, args, context):
+        return super().call_job_fn(key, functools.partial(_exit_with_app, os.getpid(), job_fn), args, context)
+
+
+def _exit_with_app(app_pid: int, job_fn, *args):
+    """In the forked process: run the callback while a daemon thread ends the process once *app_pid* is gone."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == app_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-app", daemon=True).start()
+    return job_fn(*args)
 
 
 def __getattr__(name: str):

@@ -80,3 +80,48 @@ def test_a_malformed_callback_request_is_a_400(tmp_path, monkeypatch):
             "outputs": [{"id": i, "property": p} for i, p in (("lab-curves", "figure"), ("lab-latency", "children"),
                                                               ("lab-recommendation", "children"))]})
         assert r.status_code == 400 and "must be text" in r.get_json()["error"], (value, r.data[:200])
+
+
+def test_background_callback_processes_die_with_the_app(tmp_path):
+    """kill -9 of the app: the process Dash forked for a running background callback exits too (within seconds)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    pid_file = tmp_path / "job.pid"
+    script = f"""
+import os, sys, time
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from app import background_manager
+
+def job(key, progress_key, args, context):
+    Path({str(pid_file)!r}).write_text(str(os.getpid()))
+    time.sleep(600)
+
+background_manager(Path({str(tmp_path)!r})).call_job_fn("key", job, (), {{}})
+time.sleep(600)
+"""
+    app = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and app.poll() is None, "the background callback never started"
+            time.sleep(0.1)
+        job = psutil.Process(int(pid_file.read_text()))
+        assert job.ppid() == app.pid and job.is_running()
+        os.kill(app.pid, signal.SIGKILL)
+        app.wait()
+        deadline = time.monotonic() + 10
+        while job.is_running() and job.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the background callback process outlived the app"
+            time.sleep(0.1)
+    finally:
+        app.kill()
+        if pid_file.exists() and pid_file.read_text() and psutil.pid_exists(int(pid_file.read_text())):
+            psutil.Process(int(pid_file.read_text())).kill()
