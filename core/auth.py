@@ -205,6 +205,15 @@ def _authorize_identifier(store, user: User, token: str) -> None:
         authorize(store, user, "view", study_uid=rows[0]["study_uid"])
 
 
+def _private(response: Response) -> Response:
+    """What a login opened is for that user only: shared caches (proxies) must not keep it."""
+    if not request.path.startswith(PUBLIC) and request.path != "/login":
+        response.cache_control.public = False
+        response.cache_control.private = True
+        response.vary.update(("Cookie", "Authorization"))
+    return response
+
+
 def _login_page(error: str = "", demo: bool = False) -> str:
     demo_form = (
         '<form method="post" class="mt-3"><input type="hidden" name="demo" value="1">'
@@ -243,6 +252,7 @@ def init_auth(server, users: Users, secret: bytes, demo: bool, callbacks=None) -
     if callbacks is not None:
         server.extensions["radpress_callbacks"] = callbacks
     server.before_request(_guard)
+    server.after_request(_private)
 
     @server.route("/login", methods=["GET", "POST"])
     def login():

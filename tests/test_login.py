@@ -123,3 +123,19 @@ def test_a_page_without_login_sends_to_login_with_next(live_app):
     assert r.status_code == 302 and r.headers["Location"] == "/login?next=/study%3Fuid%3D1.2.3"
     browser = requests.Session()
     assert _post_login(base, *ADMIN, next_="/study%3Fuid%3D1.2.3", session=browser).headers["Location"] == "/study?uid=1.2.3"
+
+
+def test_what_a_login_opens_is_never_kept_by_shared_caches(live_app, tmp_path):
+    from tests.synthetic import write_kind
+
+    base, _app = live_app()
+    admin = requests.Session()
+    admin.auth = ADMIN
+    path = write_kind("u8_odd", tmp_path)
+    study = admin.post(f"{base}/api/upload", files={"file": ("a.dcm", path.read_bytes())}).json()["studies"][0]
+    sop = admin.get(f"{base}/api/studies/{study}").json()["instances"][0]["sop_uid"]
+    for url in (f"/thumbnail/{sop}", f"/preview/{sop}", f"/dims/{sop}/format/png", f"/download/instance/{sop}", "/api/studies"):
+        r = admin.get(base + url)
+        assert r.status_code == 200 and "private" in r.headers["Cache-Control"] and "public" not in r.headers["Cache-Control"], url
+        assert "Cookie" in r.headers["Vary"] and "Authorization" in r.headers["Vary"], url
+    assert "private" not in requests.get(f"{base}/api/health").headers.get("Cache-Control", "")
