@@ -111,9 +111,11 @@ def _next(lo: tuple[float, float | None], hi: tuple[float, float | None], ratio:
     elif points and points[-1][0] > 0:
         (v1, r1) = points[-1]
         slope = 1.0 if knob.shrinks else -1.0  # d log(ratio) / d log(knob)
-        if len(points) > 1 and points[-2][0] > 0 and points[-2][1] != r1 and points[-2][0] != v1:
+        if len(points) > 1 and points[-2][0] > 0 and points[-2][0] != v1:
             (v0, r0) = points[-2]
-            slope = (math.log(r1) - math.log(r0)) / (math.log(v1) - math.log(v0)) or slope
+            secant = (math.log(r1) - math.log(r0)) / (math.log(v1) - math.log(v0))
+            if abs(secant) >= 0.1:  # a flat stretch would send the guess out of range
+                slope = secant
         guess = v1 * (ratio / r1) ** (1 / slope)
         if min(a, b) < guess < max(a, b):
             value = guess

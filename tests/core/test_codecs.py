@@ -303,3 +303,11 @@ def test_rate_search_tries_the_integer_below_an_overshoot():
     data, near = encode_to_ratio(lambda n: b"x" * sizes.get(int(n), 10), Knob(low=0, high=255, integer=True, log=False),
                                  1000, 10)
     assert near == 0 and len(data) == sizes[0]
+
+
+def test_rate_search_survives_a_flat_stretch():
+    """Sizes that stop changing (a blank image, headers only) must not throw the next guess out of range."""
+    sizes = iter([400_000, 399_999] + [399_998] * 20)
+    data, _ = encode_to_ratio(lambda q: b"x" * next(sizes), Knob(low=1e-5, high=1.0, guess=lambda r: 1e-3),
+                              10_000_000, 50)
+    assert len(data) == 399_998  # every file too big: the smallest of them
