@@ -175,3 +175,46 @@ def test_background_callbacks_know_the_user_from_the_cookie(live_app):
     captured = demo.cookies.get_dict()
     demo.get(f"{base}/logout")
     assert current_user(SimpleNamespace(cookies=captured)) is None  # the session ended on the server
+
+
+def _fill(rule, target):
+    """A URL for a route rule, with *target*'s identifiers in its variables."""
+    values = {"study_uid": target["study_uid"], "sop_uid": target["sop_uid"], "job_id": target["job"], "fmt": "zip",
+              "level": 0, "col": 0, "row": 0, "commands": "format/png", "package_name": "dash",
+              "fingerprinted_path": "x.js", "filename": "x.css", "path": f"study?uid={target['study_uid']}"}
+    url = rule.rule
+    for name in rule.arguments:
+        url = url.replace(next(p for p in (f"<{c}{name}>" for c in ("", "int:", "path:", "string:")) if p in url),
+                          str(values.get(name, "x")))
+    return url
+
+
+def test_every_route_refuses_another_studys_identifiers(live_app, tmp_path, admin):
+    """Every URL rule of the app (a new route is covered automatically): without login 401 or a redirect to /login;
+    as demo and as a radiologist who is not a reader, nothing of the target study comes back."""
+    base, app = live_app(demo=True, run_jobs=False)
+    store = app.server.extensions["radpress"]["store"]
+    path, ds = _target(tmp_path)
+    stored = admin.post(f"{base}/api/upload", files={"file": ("x.dcm", path.read_bytes())}).json()
+    users = Users(store)
+    users.add("reader", "reader-password", "radiologist")
+    users.add("outsider", "outsider-password", "radiologist")
+    admin.put(f"{base}/api/studies/{stored['studies'][0]}/readers", json={"readers": ["reader"]})
+    target = {"study_uid": ds.StudyInstanceUID, "sop_uid": ds.SOPInstanceUID, "job": stored["jobs"][0]}
+    public = ("/login", "/logout", "/api/health", "/assets/", "/_dash-component-suites/", "/_favicon.ico", "/static/")
+    roles = {"demo": _demo(base), "radiologist": _login(base, "outsider", "outsider-password")}
+    rules = [r for r in app.server.url_map.iter_rules() if not r.rule.startswith(public)]
+    assert len(rules) >= 30
+    for rule in rules:
+        url = base + _fill(rule, target)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            anonymous = requests.request(method, url, allow_redirects=False)
+            assert anonymous.status_code in (401, 302), (rule.rule, method, anonymous.status_code)
+            if anonymous.status_code == 302:
+                assert anonymous.headers["Location"].startswith("/login?next=")
+            for role, http in roles.items():
+                r = http.request(method, url, allow_redirects=False)
+                assert r.status_code < 500, (rule.rule, method, role, r.status_code)
+                assert "Probe" not in r.text and "iVBORw0KGgo" not in r.text and b"DICM" not in r.content[:200], (rule.rule, role)
+                if rule.arguments & {"study_uid", "sop_uid", "job_id"}:
+                    assert r.status_code in (400, 403, 404, 405), (rule.rule, method, role, r.status_code)
