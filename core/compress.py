@@ -53,10 +53,6 @@ class RatioOutcome:
             parts.append(f"achieved {self.achieved:.2f}:1 is above the CAR upper bound of {self.bound:g}:1 for this modality")
         return "; ".join(parts) or None
 
-    def to_dict(self) -> dict:
-        return {"target_ratio": self.target, "achieved_ratio": round(self.achieved, 3), "target_reached": self.reached,
-                "reason": self.reason, "upper_bound": self.bound, "above_upper_bound": self.above_bound}
-
 
 def ratio_outcome(target: float, achieved: float, codec: Codec, rows: int, columns: int, *,
                   frame_bytes: int | None = None, bound: float | None = None) -> RatioOutcome:
@@ -65,7 +61,7 @@ def ratio_outcome(target: float, achieved: float, codec: Codec, rows: int, colum
     reason = None
     if not reached and achieved < target:
         if codec.name == "jpegls":
-            cause = "JPEG-LS near-lossless moves in whole NEAR steps and its largest allowed NEAR stops there"
+            cause = "JPEG-LS near-lossless moves in whole NEAR steps: the next one overshoots the target or is beyond the largest NEAR allowed"
         elif frame_bytes is not None and frame_bytes < SMALL_FRAME_BYTES:
             cause = f"codestream headers are a large share of a {rows}×{columns} frame"
         else:
