@@ -164,3 +164,14 @@ def test_apply_refuses_a_ratio_without_evidence_for_that_codec(mr_study, codec, 
     with pytest.raises(InvalidOptionError, match=message):
         apply_choice(store, result, codec, ratio, "study", "admin")
     assert (store.policy(), dict(store.study(result["study_uid"]))) == before
+
+
+def test_cli_table_marks_rows_that_missed_their_target(capsys):
+    args = ["lab", str(sample("emri_small")), "--codecs", "jpegls", "--ratios", "5,100"]
+    assert main([*args, "--json"]) == 0
+    missed = [r for r in json.loads(capsys.readouterr().out)["sweep"] if not r["target_reached"]]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert ("target ratio not reached" in text) is bool(missed)
+    for r in missed:
+        assert f"{r['achieved_ratio']:>7.2f}!" in text
