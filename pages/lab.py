@@ -77,7 +77,9 @@ def show(uid):
         for col, ys in enumerate(([r["psnr_min"] for r in rows], [r["ssim_mean"] for r in rows],
                                   [min(r["dice_min"].values(), default=1) for r in rows]), start=1):
             fig.add_trace(go.Scatter(x=x, y=ys, mode="lines+markers", name=codec, legendgroup=codec, showlegend=col == 1, line_color=color,
-                                     text=[f"{r['target_ratio']:g}:1" for r in rows]), row=1, col=col)
+                                     text=[f"{r['target_ratio']:g}:1, achieved {r['achieved_ratio']:.1f}:1"
+                                           + ("" if r.get("target_reached", True) else " (target not reached)") for r in rows]),
+                          row=1, col=col)
     mark = next((r for r in result["sweep"] if r["codec"] == current.get("codec") and r["target_ratio"] == current.get("ratio")), None)
     if mark:
         for col in (1, 2, 3):
