@@ -28,7 +28,6 @@ __all__ = ["create_app", "main"]
 def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = True, demo: bool | None = None) -> dash.Dash:
     """Build the app on a data directory; *run_jobs* starts the background job thread."""
     store = Store(Path(data_dir or os.environ.get("RADPRESS_DATA", "var")))
-    private(store.root)
     store.check()
     os.environ["RADPRESS_DATA"] = str(store.root)  # background-callback workers open the same archive
     jobs = Jobs(store, workers=int(os.environ.get("RADPRESS_WORKERS", "2")))
@@ -60,13 +59,6 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
     if run_jobs:
         jobs.start()
     return app
-
-
-def private(root: Path) -> None:
-    """The index (password hashes, patient names) and the images are for the service user only: 0700 / 0600."""
-    root.chmod(0o700)
-    for path in root.iterdir():
-        path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def _wrap_view(server, rule: str, guarded) -> None:

@@ -143,6 +143,13 @@ class Store:
         conn = self._connection()
         conn.executescript(SCHEMA)
         self._migrate(conn)
+        self._private()
+
+    def _private(self) -> None:
+        """The index (password hashes, patient names) and the images are for the service user only: 0700 / 0600."""
+        self.root.chmod(0o700)
+        for path in self.root.iterdir():
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring an index made by an earlier RadPress up to :data:`MIGRATIONS`."""
