@@ -7,7 +7,6 @@ import pytest
 import requests
 
 from core.probe import probe_callbacks, run_callback_probe
-from core.samples import sample
 from core.users import Users
 from tests.conftest import ADMIN
 from tests.synthetic import KINDS, make_dataset, write
