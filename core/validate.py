@@ -132,9 +132,23 @@ def check_image_header(ds: Dataset) -> None:
                                  f"({', '.join(_SAMPLES)}).")
     if samples == 3 and _int(ds, "PlanarConfiguration", 0) not in (0, 1):
         raise InvalidHeaderError(f"Planar Configuration (0028,0006) {ds.PlanarConfiguration} is not 0 or 1.")
+    if photometric == "PALETTE COLOR":
+        _check_palette(ds)
     _check_used_values(ds)
     if syntax.is_compressed and "PixelData" in ds:
         _check_fragments(ds, frames)
+
+
+def _check_palette(ds: Dataset) -> None:
+    """PALETTE COLOR pixels are indices: without the three colour tables no one can show the image (PS3.3 C.7.6.3.1.5)."""
+    for colour, tag in (("Red", "1101"), ("Green", "1102"), ("Blue", "1103")):
+        descriptor = ds.get(f"{colour}PaletteColorLookupTableDescriptor")
+        if descriptor is None or len(descriptor) != 3:
+            raise InvalidHeaderError(f"PALETTE COLOR needs {colour} Palette Color Lookup Table Descriptor (0028,{tag}) "
+                                     "with 3 values; without the colour tables the image cannot be shown.")
+        if f"{colour}PaletteColorLookupTableData" not in ds and f"Segmented{colour}PaletteColorLookupTableData" not in ds:
+            raise InvalidHeaderError(f"PALETTE COLOR needs {colour} Palette Color Lookup Table Data (0028,{int(tag) + 100}) "
+                                     "or its segmented form; without the colour tables the image cannot be shown.")
 
 
 def _check_used_values(ds: Dataset) -> None:

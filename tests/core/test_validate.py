@@ -88,6 +88,8 @@ ABSURD_HEADERS = {
     "planar configuration 5": (dict(SamplesPerPixel=3, PhotometricInterpretation="RGB", BitsAllocated=8, BitsStored=8,
                                     HighBit=7, PlanarConfiguration=5, Rows=8), "Planar Configuration (0028,0006) 5"),
     "lossy flag 99": (dict(LossyImageCompression="99"), "must be 00 or 01"),
+    "palette colour without its tables": (dict(PhotometricInterpretation="PALETTE COLOR"),
+                                          "Red Palette Color Lookup Table Descriptor (0028,1101)"),
 }
 
 
@@ -175,3 +177,21 @@ def test_an_instance_number_beyond_sqlite_is_stored_without_it(tmp_path):
     store = Store(tmp_path / "data")
     [result] = ingest(store, [write(ds, tmp_path / "x.dcm")])
     assert result.status == "stored" and store.instance(result.sop_uid)["number"] is None
+
+
+def test_a_palette_colour_image_with_its_tables_is_stored_and_shown(tmp_path):
+    """The tables make it showable: it passes, and the display path turns its indices into colours."""
+    import numpy as np
+
+    from core.render import to_display
+
+    ds = make_dataset(rows=16, columns=16, bits_allocated=8, bits_stored=8, modality="OT")
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    for colour, scale in (("Red", 1), ("Green", 0), ("Blue", 0)):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", (np.arange(256, dtype="<u2") * 257 * scale).tobytes())
+    path = write(ds, tmp_path / "palette.dcm")
+    checked = read_checked(path)
+    shown = to_display(checked.pixel_array, checked)
+    assert shown.shape == (16, 16, 3) and shown[..., 1].max() == 0 and shown[..., 0].max() > 0
+    assert [r.status for r in ingest(Store(tmp_path / "data"), [path])] == ["stored"]
