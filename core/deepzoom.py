@@ -61,7 +61,8 @@ class DeepZoom:
     height: int
     tile_size: int = 254
     overlap: int = 1
-    format: str = "jpeg"
+    # PNG, not JPEG: the viewer must show the decoded pixels, not a lossy re-encoding of them (.jpeg stays on request).
+    format: str = "png"
 
     @property
     def max_level(self) -> int:

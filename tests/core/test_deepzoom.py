@@ -59,3 +59,19 @@ def test_patches_cover_the_image_and_stitch_back(cr):
     assert np.allclose(stitched, source.region(1, 0, source.height, 0, source.width) * 2)
     with pytest.raises(InvalidOptionError):
         list(iter_patches(source, 10, overlap=10))
+
+
+def test_viewer_tiles_show_the_decoded_pixels(cr):
+    """The .dzi names PNG tiles, so what the viewer shows is exactly the rendered tile (JPEG would add its own loss)."""
+    import io
+
+    from PIL import Image
+
+    from core.render import encode_image
+
+    path, pixels = cr
+    zoom = DeepZoom(1841, 1955)
+    assert 'Format="png"' in zoom.dzi()
+    tile = (zoom.read(Codestream(path), 11, 1, 2) >> 4).astype(np.uint8)  # 12-bit to 8-bit display values
+    shown = np.asarray(Image.open(io.BytesIO(encode_image(tile, zoom.format))))
+    assert np.array_equal(shown, tile)
