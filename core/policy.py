@@ -111,6 +111,14 @@ class Policy:
     lossy_banner: str = "LOSSY — compressed {ratio}:1 ({codec}, {method}) — not for primary diagnosis"  # clinic's wording
 
     def validated(self) -> "Policy":
+        # JSON from the API: "false" or 1 where a boolean goes would silently leave lossy copies switched on.
+        if isinstance(self.strategy, bool) or not isinstance(self.strategy, int):
+            raise InvalidOptionError(f"Storage strategy {self.strategy!r} is not a number.", hint="Choose 1, 2, 3 or 4.")
+        if not isinstance(self.lossy_enabled, bool):
+            raise InvalidOptionError(f"lossy_enabled {self.lossy_enabled!r} is not true or false.",
+                                     hint="Send a JSON boolean, not a string or a number.")
+        if not isinstance(self.lossy_banner, str):
+            raise InvalidOptionError(f"The lossy banner {self.lossy_banner!r} is not text.")
         get_strategy(self.strategy)
         if "{ratio}" not in self.lossy_banner:
             raise InvalidOptionError("The lossy banner must show the ratio.", hint="Keep {ratio} in the wording.")
@@ -118,7 +126,11 @@ class Policy:
         get_codec(self.lossy_codec, True)
         for codec in self.lossy_codecs.values():
             get_codec(codec, True)
+        if not isinstance(self.ratios, dict) or not isinstance(self.lossy_codecs, dict):
+            raise InvalidOptionError("ratios and lossy_codecs are objects keyed by modality.", hint='For example {"CT": 8}.')
         for key, value in {"default": self.default_ratio, **self.ratios}.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidOptionError(f"Lossy ratio {value!r} for {key} is not a number.", hint="For example 10.")
             if not MIN_RATIO <= float(value) <= MAX_RATIO:
                 raise InvalidOptionError(
                     f"Lossy ratio {value}:1 for {key} is out of range.", hint=f"Choose between {MIN_RATIO:g} and {MAX_RATIO:g}."

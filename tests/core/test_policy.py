@@ -54,3 +54,20 @@ def test_the_policy_warning_says_copies_are_capped():
 
     assert ratio_warning("CT", 20).endswith("lossy copies are capped at 15:1.")
     assert ratio_warning("CT", 13, "BRAIN") and ratio_warning("CT", 13) is None
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"lossy_enabled": "false"}, "lossy_enabled 'false' is not true or false"),
+    ({"lossy_enabled": 0}, "is not true or false"),
+    ({"strategy": True}, "Storage strategy True is not a number"),
+    ({"strategy": "2"}, "is not a number"),
+    ({"default_ratio": "10"}, "Lossy ratio '10' for default is not a number"),
+    ({"ratios": {"CT": None}}, "for CT is not a number"),
+    ({"ratios": ["CT", 8]}, "objects keyed by modality"),
+    ({"lossy_banner": 5}, "is not text"),
+])
+def test_policy_values_have_their_types(change, words):
+    """A string "false" where a boolean goes would leave lossy copies on while the API answered 200."""
+    with pytest.raises(InvalidOptionError, match=words):
+        Policy.from_dict({**Policy().to_dict(), **change})
+    assert Policy.from_dict({**Policy().to_dict(), "lossy_enabled": False, "strategy": 2, "default_ratio": 12}).lossy_enabled is False
