@@ -208,7 +208,7 @@ def variant_file(store: Store, sop_uid: str, variant: str, ratio: float | None =
         return VariantFile(open(original.path, "rb"), original.checksum[:32], original.bytes, original.transfer_syntax, False)
     lossy = variant == "lossy"
     codec = lossy_setting(policy, row).codec if lossy else policy.lossless_codec
-    ratio = check_ratio(float(ratio) if ratio else _ratio(policy, row), True) if lossy else 0.0
+    ratio = check_ratio(float(ratio) if ratio is not None else _ratio(policy, row), True) if lossy else 0.0
     method = get_codec(codec, True).method if lossy else None
     art = store.artifact(sop_uid, variant, ratio)
     if art is not None and art.codec == codec:
@@ -360,7 +360,7 @@ def codestream_path(store: Store, sop_uid: str, frame: int = 0, variant: str = "
         raise InvalidOptionError(f"Unknown variant {variant!r}.", hint="Use original, lossless or lossy.")
     if lossy and not policy.lossy_enabled:
         raise Forbidden("Lossy images are switched off for this clinic.")
-    ratio = check_ratio(float(ratio) if ratio else _ratio(policy, row), True) if lossy else None
+    ratio = check_ratio(float(ratio) if ratio is not None else _ratio(policy, row), True) if lossy else None
     if lossy:  # an asked-for ratio never goes beyond the CAR bound, as for every other lossy copy
         ratio, _ = check_bound(ratio, row["modality"] or "", row["body_part"] or "", row["study_description"] or "", cap=True)
     original = store.artifact(sop_uid, "original")

@@ -154,3 +154,16 @@ def test_check_indexes_an_original_placed_just_before_a_crash(tmp_path):
     report = store.check()
     assert report["reindexed_originals"] == [str(target)] and target.exists()
     assert store.instance(ds.SOPInstanceUID)["modality"] == "MR"
+
+
+def test_an_asked_for_ratio_of_zero_is_refused_not_the_default(store):
+    """ratio=0 is out of range like 0.5: it used to be read as "not given" and served the clinic's default ratio."""
+    from core.archive import codestream_path
+    from core.errors import InvalidOptionError
+
+    sop = store.instances(study_of(store, "CT"))[0]["sop_uid"]
+    for ratio in (0, 0.0, 1):
+        with pytest.raises(InvalidOptionError, match="out of range"):
+            variant_file(store, sop, "lossy", ratio)
+        with pytest.raises(InvalidOptionError, match="out of range"):
+            codestream_path(store, sop, 0, "lossy", ratio)
