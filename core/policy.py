@@ -145,6 +145,23 @@ class Policy:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return replace(cls(), **known).validated()
 
+    @classmethod
+    def stored(cls, data: dict) -> "Policy":
+        """The policy kept in the index; one saved before types were checked ("false", true, "10") is read as meant."""
+        data = dict(data)
+        if isinstance(data.get("lossy_enabled"), str):
+            data["lossy_enabled"] = data["lossy_enabled"].strip().lower() in ("1", "true", "yes", "on")
+        elif "lossy_enabled" in data:
+            data["lossy_enabled"] = bool(data["lossy_enabled"])
+        if isinstance(data.get("strategy"), (bool, str, float)):
+            data["strategy"] = int(data["strategy"])
+        for key in ("default_ratio",):
+            if isinstance(data.get(key), str):
+                data[key] = float(data[key])
+        if isinstance(data.get("ratios"), dict):
+            data["ratios"] = {k: float(v) if isinstance(v, str) else v for k, v in data["ratios"].items()}
+        return cls.from_dict(data)
+
 
 def _key(key: tuple[str, str]) -> str:
     return f"{key[0]} {key[1]}".strip()

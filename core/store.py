@@ -365,7 +365,7 @@ class Store:
     # -- policy -----------------------------------------------------------------
     def policy(self) -> Policy:
         rows = self.query("SELECT value FROM settings WHERE key='policy'")
-        return Policy.from_dict(json.loads(rows[0]["value"])) if rows else Policy()
+        return Policy.stored(json.loads(rows[0]["value"])) if rows else Policy()
 
     def set_policy(self, policy: Policy, user: str = "system") -> None:
         old = self.policy()

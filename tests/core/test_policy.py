@@ -71,3 +71,19 @@ def test_policy_values_have_their_types(change, words):
     with pytest.raises(InvalidOptionError, match=words):
         Policy.from_dict({**Policy().to_dict(), **change})
     assert Policy.from_dict({**Policy().to_dict(), "lossy_enabled": False, "strategy": 2, "default_ratio": 12}).lossy_enabled is False
+
+
+def test_a_policy_saved_before_types_were_checked_still_opens(tmp_path):
+    """An archive whose stored policy holds "false" or true (accepted once by PUT /api/policy) opens as meant and can be fixed."""
+    import json
+
+    from core.store import Store
+
+    store = Store(tmp_path / "data")
+    with store.connect() as db:
+        db.execute("INSERT OR REPLACE INTO settings VALUES ('policy', ?)",
+                   (json.dumps({**Policy().to_dict(), "lossy_enabled": "false", "strategy": True, "default_ratio": "12"}),))
+    policy = store.policy()
+    assert policy.lossy_enabled is False and policy.strategy == 1 and policy.default_ratio == 12.0
+    store.set_policy(policy)
+    assert json.loads(store.query("SELECT value FROM settings WHERE key='policy'")[0]["value"])["lossy_enabled"] is False
