@@ -43,6 +43,7 @@ class CodestreamInfo:
     tlm: bool
     htj2k: bool
     tiles: int
+    codeblock: tuple[int, int]  # width, height
 
     @property
     def base_resolution(self) -> tuple[int, int]:
@@ -78,7 +79,7 @@ def parse_main_header(cs: bytes) -> CodestreamInfo:
                 tiles=-(-(xs - xto) // xt) * -(-(ys - yto) // yt),
             )
         elif marker == COD:
-            scod, prog, layers, mct, ndecomp, _cbw, _cbh, cbstyle, transform = struct.unpack(">BBHBBBBBB", body[:10])
+            scod, prog, layers, mct, ndecomp, cbw, cbh, cbstyle, transform = struct.unpack(">BBHBBBBBB", body[:10])
             info.update(
                 progression=PROGRESSIONS[prog],
                 layers=layers,
@@ -86,6 +87,7 @@ def parse_main_header(cs: bytes) -> CodestreamInfo:
                 decompositions=ndecomp,
                 reversible=transform == 1,
                 precincts=bool(scod & 1),
+                codeblock=(1 << (cbw + 2), 1 << (cbh + 2)),
                 htj2k=info["htj2k"] or bool(cbstyle & 0x40),
             )
         elif marker == TLM:

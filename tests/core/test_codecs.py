@@ -311,3 +311,16 @@ def test_rate_search_survives_a_flat_stretch():
     data, _ = encode_to_ratio(lambda q: b"x" * next(sizes), Knob(low=1e-5, high=1.0, guess=lambda r: 1e-3),
                               10_000_000, 50)
     assert len(data) == 399_998  # every file too big: the smallest of them
+
+
+@pytest.mark.parametrize("kind, lossy, side", [("multiframe", False, 64), ("multiframe", True, 16),
+                                               ("u12_odd", True, 16), ("rgb", True, 16)])
+def test_j2k_code_blocks_read_back(kind, lossy, side, load):
+    """Small lossy frames get small code-blocks (finer rate-control cut points); lossless and large frames keep 64."""
+    ds = make_dataset(**KINDS[kind])
+    spec = pixel_spec(ds)
+    codec = get_codec("j2k", lossy)
+    assert parse_main_header(codec.encode(decode_frame(ds, 0), spec, 10 if lossy else None)).codeblock == (side, side)
+    mr = load("MR2_UNCR")
+    assert parse_main_header(codec.encode(decode_frame(mr, 0), pixel_spec(mr), 10 if lossy else None)).codeblock == (64, 64)
+
