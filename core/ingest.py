@@ -140,7 +140,7 @@ def _reason(exc: RadPressError, staged: Path) -> str:
     kinds = {NotDicomError: "not DICOM", TruncatedError: "truncated", NoPixelDataError: "no pixel data",
              UnsupportedError: "unsupported", InvalidHeaderError: "invalid"}
     label = next((v for k, v in kinds.items() if isinstance(exc, k)), "unreadable")
-    detail = exc.message.removeprefix(f"{staged}: ")
+    detail = exc.message.removeprefix(f"{staged}: ").removeprefix(f"{staged.name}: ")  # read_dataset names a path by its .name
     return f"{label}: {detail}"
 
 

@@ -1,5 +1,6 @@
 import io
 import os
+import re
 import stat
 import tarfile
 import threading
@@ -69,6 +70,7 @@ def test_nested_folders_and_dicomdir_skipped(store, tmp_path):
 def test_rejections_carry_a_reason(store, path, reason):
     result = list(ingest(store, [path]))[0]
     assert result.status == "rejected" and result.reason.startswith(reason)
+    assert not re.search(r"\d{12,}-\d+-\d+", result.reason), result.reason  # never the staging file's name
     assert not list((store.root / "originals").rglob("*.dcm"))
     assert not list((store.root / "tmp").iterdir())
 
