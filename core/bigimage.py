@@ -105,7 +105,7 @@ class TiffTiles:
             raise UnsupportedError(f"TIFF with {page.dtype} samples x{page.samplesperpixel} is not supported (8/16-bit grey or RGB).")
         self.height, self.width = page.imagelength, page.imagewidth
         self.samples, self.dtype = page.samplesperpixel, np.dtype(page.dtype)
-        self.bits_stored = self.dtype.itemsize * 8
+        self.bits_stored = min(int(page.bitspersample or 0) or self.dtype.itemsize * 8, self.dtype.itemsize * 8)
         self.tile_h = page.tilelength or page.rowsperstrip or self.height
         self.tile_w = page.tilewidth or self.width
         self.decode = page.decode
@@ -219,7 +219,8 @@ def tiff_header(source: TileSource, name: str) -> Dataset:
     ds.PhotometricInterpretation = "RGB" if source.samples == 3 else "MONOCHROME2"
     if source.samples == 3:
         ds.PlanarConfiguration = 0
-    ds.BitsAllocated = ds.BitsStored = 8 * source.dtype.itemsize
+    ds.BitsAllocated = 8 * source.dtype.itemsize
+    ds.BitsStored = source.bits_stored  # as the codestream declares
     ds.HighBit = ds.BitsStored - 1
     ds.PixelRepresentation = 0
     ds.LossyImageCompression = "00"

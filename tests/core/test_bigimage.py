@@ -134,3 +134,20 @@ def test_pyramid_declares_bits_stored_and_drops_garbage_high_bits(tmp_path, rati
         assert decoded.max() <= 4095
         assert np.abs(decoded.astype(np.int64) - truth).mean() < 40  # close to the 12-bit values, not the garbage
         assert 9 <= 1100 * 1000 * 2 / out.stat().st_size <= 11  # the ratio counts Bits Allocated
+
+
+def test_twelve_bit_tiff_keeps_its_bits_stored(tmp_path):
+    """A packed 12-bit TIFF: the pyramid declares 12 bits, the header says Bits Stored 12, the values come back exact."""
+    from core.bigimage import encode_pyramid, tiff_header
+    from core.codecs.codestream import parse_main_header
+
+    values = (np.arange(300 * 220).reshape(300, 220) * 7 % 4096).astype(np.uint16)
+    tif = tmp_path / "twelve.tif"
+    tifffile.imwrite(tif, values, bitspersample=12)
+    source = TiffTiles(tif)
+    out = encode_pyramid(source, tmp_path / "twelve.j2k", tile=128)
+    header = tiff_header(source, "twelve")
+    source.close()
+    assert parse_main_header(out.read_bytes()[:4096]).precision == 12
+    assert (header.BitsAllocated, header.BitsStored, header.HighBit) == (16, 12, 11)
+    assert np.array_equal(Codestream(out).region(0, 0, 300, 0, 220), values)
