@@ -71,8 +71,13 @@ def _http_error(exc: HTTPException):
 
 
 @blueprint.route("/api/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+@blueprint.route("/download/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+@blueprint.route("/thumbnail/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+@blueprint.route("/preview/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+@blueprint.route("/deepzoom/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+@blueprint.route("/dims/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
 def _unknown_api(_rest):
-    """Unknown API paths answer JSON, not the app's HTML page."""
+    """Unknown API paths (also downloads and images: /download/instance/a/b, /dims/<sop>/) answer JSON, not the app's HTML page."""
     return jsonify(error=f"No API route {request.method} {request.path}.", hint="See README.md, section HTTP."), 404
 
 

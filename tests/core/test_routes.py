@@ -514,6 +514,9 @@ def test_requests_that_once_gave_500_get_a_4xx_with_a_reason(http, server, tmp_p
         ("get", "/_dash-component-suites/nosuchpackage/x.js", {}, 404, "No such file"),
         ("get", "/api/no/such/route", {}, 404, "No API route"),
         ("delete", "/api/studies", {}, 404, "No API route"),
+        ("get", "/download/instance/..%2f..%2fsecret.key", {}, 404, "No API route"),  # was the app's HTML page, 200
+        ("get", f"/dims/{sop}/", {}, 404, "No API route"),
+        ("get", f"/thumbnail/{sop}/x", {}, 404, "No API route"),
     ]
     for method, url, kwargs, status, reason in cases:
         r = getattr(http, method)(base + url, allow_redirects=False, **kwargs)
