@@ -362,6 +362,7 @@ def codestream_path(store: Store, sop_uid: str, frame: int = 0, variant: str = "
         raise Forbidden("Lossy images are switched off for this clinic.")
     ratio = check_ratio(float(ratio) if ratio is not None else _ratio(policy, row), True) if lossy else None
     if lossy:  # an asked-for ratio never goes beyond the CAR bound, as for every other lossy copy
+        ratio = float(f"{ratio:.2g}")  # two significant digits: ratio=10.0001, 10.0002, ... cannot fill the disk with codestreams
         ratio, _ = check_bound(ratio, row["modality"] or "", row["body_part"] or "", row["study_description"] or "", cap=True)
     original = store.artifact(sop_uid, "original")
     if is_large(row["rows"], row["columns"]):

@@ -167,3 +167,14 @@ def test_an_asked_for_ratio_of_zero_is_refused_not_the_default(store):
             variant_file(store, sop, "lossy", ratio)
         with pytest.raises(InvalidOptionError, match="out of range"):
             codestream_path(store, sop, 0, "lossy", ratio)
+
+
+def test_asked_for_ratios_share_cached_codestreams(store):
+    """Any logged-in user may ask for any ratio: near-equal asks reuse one cached codestream instead of adding files."""
+    from core.archive import codestream_path
+
+    sop = store.instances(study_of(store, "CT"))[0]["sop_uid"]
+    paths = {codestream_path(store, sop, 0, "lossy", ratio)[0] for ratio in (10, 10.01, 10.2, 9.96)}
+    assert len(paths) == 1
+    assert len(list((store.root / "cache" / "codestreams").glob("*.j2k"))) == 1
+    assert codestream_path(store, sop, 0, "lossy", 12)[0] not in paths
