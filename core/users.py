@@ -23,7 +23,7 @@ from .store import Store, StoreError
 
 __all__ = ["ROLES", "PERMISSIONS", "User", "Users", "allowed", "authorize", "AccessDenied", "LoginRequired",
            "visible_studies", "visible_instances", "visible_jobs", "mark_demo", "record_access", "access_log",
-           "set_readers", "readers", "study_lab_for", "DEMO_LAB_LIMITS"]
+           "set_readers", "readers", "study_lab_for", "DEMO_LAB_LIMITS", "visibility_sql"]
 
 ROLES = ("admin", "radiologist", "demo")
 # admin: everything; radiologist: view, compare, download, lab; demo: read-only, sample instances only.
@@ -141,6 +141,21 @@ def _may_open(store: Store, user: User, study_uid: str, sop_uid: str | None) -> 
                                 "WHERE s.study_uid=? LIMIT 1", (study_uid,)))
     names = readers(store, study_uid)
     return not names or user.name in names
+
+
+def visibility_sql(user: User) -> tuple[str, tuple, str]:
+    """The rule of :func:`_may_open` as SQL, for searches over the whole index without a query per study.
+
+    Returns a clause on ``st.study_uid`` with its parameters and a clause on
+    ``i.sop_uid`` (the instances a demo login may see).
+    """
+    if user.role == "admin":
+        return "1", (), "1"
+    if user.sees_only_demo:
+        return ("EXISTS (SELECT 1 FROM demo_instances d JOIN instances vi USING (sop_uid) JOIN series vs USING (series_uid) "
+                "WHERE vs.study_uid = st.study_uid)", (), "i.sop_uid IN (SELECT sop_uid FROM demo_instances)")
+    return ("(NOT EXISTS (SELECT 1 FROM study_readers r WHERE r.study_uid = st.study_uid) OR EXISTS "
+            "(SELECT 1 FROM study_readers r WHERE r.study_uid = st.study_uid AND r.user = ?))", (user.name,), "1")
 
 
 def visible_instances(store: Store, user: User, study_uid: str) -> list:
