@@ -79,5 +79,5 @@ def test_lab_psnr_equals_independent_decoders():
     decoded = {(r["codec"], r["decoder"]) for r in truth["rows"] if "skipped" not in r}
     assert decoded == {(c, d) for c, ds in INDEPENDENT_DECODERS.items() for d in ds}
     for r in truth["rows"]:
-        assert r["ok"] and r["diff_db"] <= 0.1 and 20 < r["lab_psnr"] < 100, r
+        assert r["ok"] and r["diff_db"] <= 0.1 and r["lab_psnr"] > 20, r  # inf when NEAR 0 was the closest JPEG-LS step
     assert "opj_decompress" in _psnr_table(truth)
