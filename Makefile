@@ -12,7 +12,7 @@ export HOST PORT
 RUN_DEBS := libopenjp2-7
 TEST_DEBS := $(RUN_DEBS) libopenjp2-tools openjph-tools libgdcm-tools dcmtk dicom3tools libjxl-tools chromium chromium-driver redis-server
 
-.PHONY: run test bench venv sysdeps-run sysdeps-test clean
+.PHONY: run test bench venv sysdeps-run sysdeps-test ohif clean
 
 # Install the Debian packages in $(1) that are missing (as root, or through sudo).
 define apt_ensure
@@ -40,14 +40,20 @@ sysdeps-run:
 sysdeps-test:
 	@$(call apt_ensure,$(TEST_DEBS))
 
-run: sysdeps-run venv
+# OHIF (the diagnostic viewer at /ohif/): the prebuilt @ohif/app from npm, version pinned in core/ohif.py
+# (OHIF_VERSION), prepared into the git-ignored .ohif/dist; a no-op once that version is there.
+ohif: venv
+	@command -v npm >/dev/null 2>&1 || { $(call apt_ensure,npm); }
+	$(PY) -m core.ohif install
+
+run: sysdeps-run venv ohif
 	$(PY) app.py
 
-test: sysdeps-test venv
+test: sysdeps-test venv ohif
 	$(PY) -m pytest -q tests
 
 bench: sysdeps-test venv
 	$(PY) -m core bench --json-out bench-results.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache bench-results.json
+	rm -rf $(VENV) .pytest_cache bench-results.json .ohif

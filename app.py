@@ -15,9 +15,11 @@ from flask import request
 from components.shell import make_shell
 from core.auth import current_user, init_auth, secret_key
 from core.demo import load_demo
+from core.dimse import DicomNode, NodeConfig
 from core.dims import DimsConfig
 from core.errors import InvalidOptionError
 from core.jobs import Jobs
+from core.ohif import blueprint as ohif_viewer
 from core.routes import init_archive
 from core.store import Store
 from core.users import DEMO_USER, Users
@@ -25,8 +27,10 @@ from core.users import DEMO_USER, Users
 __all__ = ["create_app", "main"]
 
 
-def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = True, demo: bool | None = None) -> dash.Dash:
-    """Build the app on a data directory; *run_jobs* starts the background job thread."""
+def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = True, demo: bool | None = None,
+               dicom_port: int | None = None) -> dash.Dash:
+    """Build the app on a data directory; *run_jobs* starts the background job thread, *dicom_port* the DICOM node
+    (0: any free port; None: no node)."""
     store = Store(Path(data_dir or os.environ.get("RADPRESS_DATA", "var")))
     store.check()
     os.environ["RADPRESS_DATA"] = str(store.root)  # background-callback workers open the same archive
@@ -47,6 +51,10 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
                     background_callback_manager=background_manager(store.root))
     init_auth(app.server, users, secret_key(store.root), demo, callbacks=lambda: app.callback_map)
     init_archive(app.server, store, jobs, dims_config())
+    if dicom_port is not None:
+        node = app.server.extensions["radpress"]["dicom"] = DicomNode(store, jobs, NodeConfig.from_env(dicom_port))
+        node.start()
+    app.server.register_blueprint(ohif_viewer)  # /ohif/: the OHIF viewer on /dicom-web (core.ohif)
     _not_found_on_error(app.server, "/_dash-component-suites/<string:package_name>/<path:fingerprinted_path>")
     _bad_callback_input(app.server)
     app.layout = make_shell()
@@ -178,7 +186,7 @@ def __getattr__(name: str):
 
 def main() -> None:
     os.umask(0o077)  # every file the service writes later is private too
-    app = create_app()
+    app = create_app(dicom_port=NodeConfig.from_env().port or None)  # RADPRESS_DICOM_PORT=0: no DICOM node
     app.run(host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8050")), debug=False)
 
 

@@ -1,0 +1,138 @@
+"""OHIF served by RadPress: the prepared install, its configuration (run by Node), the routes, and the viewer in Chromium."""
+
+import json
+import re
+import subprocess
+
+import pytest
+import requests
+
+from core.ohif import OHIF_VERSION, PREFIX, STAMP, app_config, dist_dir, prepare, viewer_url
+from tests.checkers import require
+from tests.conftest import ADMIN
+
+
+def _fake_dist(root):
+    root.mkdir(parents=True)
+    (root / "index.html").write_text(
+        '<html><head><script>window.PUBLIC_URL="/"</script><link rel="manifest" href="/manifest.json">'
+        '<meta name="x" content="/assets/a.png"><script rel="preload" as="script" src="/app-config.js"></script>'
+        '<script rel="preload" as="script" type="module" src="/init-service-worker.js"></script>'
+        '<a href="//cdn.example/x">cdn</a><a href="https://ohif.org/">ohif</a>'
+        '<script defer src="/app.bundle.0123456789abcdef.js"></script></head></html>')
+    (root / "app.bundle.0123456789abcdef.js").write_text('(() => {\n__webpack_require__.p = "/";\n})(); fetch("/x")')
+    (root / "app.bundle.css").write_text("a{src:url(/font.woff2)} b{src:url('/f.woff2')} c{src:url(data:x)}")
+    (root / "manifest.json").write_text('{"start_url": "/", "icons": [{"src": "/assets/i.png"}]}')
+    (root / "other.json").write_text('{"src": "/keep"}')
+    (root / "app-config.js").write_text("window.config = {dataSources: ['someone else']}")
+    return root
+
+
+def test_prepare_puts_every_absolute_path_under_the_prefix(tmp_path):
+    dest = tmp_path / "ohif" / "dist"
+    prepare(_fake_dist(tmp_path / "src"), dest)
+    index = (dest / "index.html").read_text()
+    assert re.findall(r'(?:src|href|content)="(/[^"]*)"', index) == [
+        "/ohif/manifest.json", "/ohif/assets/a.png", "/ohif/app-config.js", "//cdn.example/x",
+        "/ohif/app.bundle.0123456789abcdef.js"]
+    assert 'window.PUBLIC_URL="/ohif/"' in index and "init-service-worker" not in index
+    assert '__webpack_require__.p = "/ohif/"' in (dest / "app.bundle.0123456789abcdef.js").read_text()
+    assert (dest / "app.bundle.css").read_text() == "a{src:url(/ohif/font.woff2)} b{src:url('/ohif/f.woff2')} c{src:url(data:x)}"
+    assert json.loads((dest / "manifest.json").read_text()) == {"start_url": "/ohif/", "icons": [{"src": "/ohif/assets/i.png"}]}
+    assert (dest / "other.json").read_text() == '{"src": "/keep"}'
+    assert not (dest / "app-config.js").exists()  # RadPress serves its own
+    assert json.loads((dest / STAMP).read_text()) == {"version": OHIF_VERSION, "prefix": PREFIX}
+
+
+def test_prepare_replaces_the_viewer_whole_and_refuses_a_folder_that_is_not_ohif(tmp_path):
+    dest = tmp_path / "dist"
+    dest.mkdir()
+    (dest / "stale.js").write_text("old")
+    prepare(_fake_dist(tmp_path / "src"), dest)
+    assert not (dest / "stale.js").exists() and (dest / "index.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist", "src"]  # no work folder left behind
+    with pytest.raises(ValueError, match="no index.html"):
+        prepare(tmp_path / "nothing", tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+
+def test_the_installed_viewer_is_the_pinned_one_under_the_prefix():
+    """`make test` installed @ohif/app; nothing in its page still points at the site root (the Dash app's)."""
+    folder = dist_dir()
+    assert (folder / STAMP).is_file(), "OHIF is missing: `make test` installs it (make ohif)"
+    assert json.loads((folder / STAMP).read_text())["version"] == OHIF_VERSION == "3.13.2"
+    index = (folder / "index.html").read_text()
+    paths = re.findall(r'(?:src|href)="([^"]*)"', index)
+    assert paths and all(p.startswith(PREFIX) for p in paths), [p for p in paths if not p.startswith(PREFIX)]
+    bundle = next(folder.glob("app.bundle.*.js")).read_text()
+    assert '__webpack_require__.p = "/ohif/"' in bundle and '__webpack_require__.p = "/"' not in bundle
+
+
+def _node(script: str) -> dict:
+    proc = subprocess.run([require("node"), "-e", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_app_config_points_at_this_origin_and_marks_lossy_images():
+    """Node runs the generated app-config.js as the browser would, then the overlay on sample instances."""
+    result = _node("""
+const window = {location: {origin: "https://pacs.clinic:8443"}};
+%s
+const item = window.config.customizationService[0]["viewportOverlay.topRight"].$push[0];
+const show = (instance) => item.condition({instance}) ? item.contentF({instance}) : null;
+console.log(JSON.stringify({
+  config: window.config,
+  item: {id: item.id, inheritsFrom: item.inheritsFrom},
+  lossy: show({LossyImageCompression: "01", LossyImageCompressionRatio: 8.234}),
+  lossyList: show({LossyImageCompression: ["01"], LossyImageCompressionRatio: ["12", "2"]}),
+  noRatio: show({LossyImageCompression: "01"}),
+  lossless: show({LossyImageCompression: "00", LossyImageCompressionRatio: 8}),
+  unmarked: show({}),
+  reference: item.condition({referenceInstance: {LossyImageCompression: "01", LossyImageCompressionRatio: 5}}),
+}));""" % app_config())
+    config = result["config"]
+    assert config["routerBasename"] == "/ohif" and config["defaultDataSourceName"] == "radpress"
+    [source] = config["dataSources"]
+    assert source["sourceName"] == "radpress"
+    roots = {source["configuration"][k] for k in ("qidoRoot", "wadoRoot", "wadoUriRoot")}
+    assert roots == {"https://pacs.clinic:8443/dicom-web"}
+    assert result["item"] == {"id": "RadPressLossy", "inheritsFrom": "ohif.overlayItem"}
+    assert result["lossy"] == "LOSSY 8.2:1 \u2014 not for primary diagnosis"
+    assert result["lossyList"] == "LOSSY 12:1 \u2014 not for primary diagnosis"
+    assert result["noRatio"] == "LOSSY (ratio unknown) \u2014 not for primary diagnosis"
+    assert result["lossless"] is None and result["unmarked"] is None and result["reference"] is True
+
+
+def test_viewer_url():
+    assert viewer_url("1.2.840.1") == "/ohif/viewer?StudyInstanceUIDs=1.2.840.1"
+
+
+def test_routes_serve_the_viewer_behind_the_login(live_app):
+    base, _app = live_app(demo=False)
+    anonymous = requests.get(f"{base}/ohif/viewer?StudyInstanceUIDs=1.2.3", allow_redirects=False, timeout=30)
+    assert anonymous.status_code == 302 and anonymous.headers["Location"].startswith("/login?next=/ohif/viewer")
+    with requests.Session() as s:
+        s.auth = ADMIN
+        page = s.get(f"{base}/ohif/viewer?StudyInstanceUIDs=1.2.3", timeout=30)
+        assert page.status_code == 200 and 'window.PUBLIC_URL="/ohif/"' in page.text
+        assert page.headers["Cross-Origin-Embedder-Policy"] == "require-corp" and "no-cache" in page.headers["Cache-Control"]
+        assert s.get(f"{base}/ohif", allow_redirects=False, timeout=30).headers["Location"].endswith("/ohif/")
+        config = s.get(f"{base}/ohif/app-config.js", timeout=30)
+        assert config.status_code == 200 and config.headers["Content-Type"].startswith("text/javascript")
+        assert '"/dicom-web"' in config.text
+        bundle = re.search(r'src="/ohif/(app\.bundle\.[0-9a-f]+\.js)"', page.text).group(1)
+        js = s.get(f"{base}/ohif/{bundle}", timeout=30)
+        assert js.status_code == 200 and "max-age=31536000" in js.headers["Cache-Control"]
+        wasm = next(dist_dir().glob("*.wasm")).name
+        assert s.get(f"{base}/ohif/{wasm}", timeout=30).headers["Content-Type"] == "application/wasm"
+        for path in ("missing.js", STAMP, "..%2fsecret.key", "%2e%2e/%2e%2e/app.py"):
+            answer = s.get(f"{base}/ohif/{path}", timeout=30)
+            assert answer.status_code == 404, path
+
+
+def test_viewer_not_installed_answers_503(live_app, tmp_path, monkeypatch):
+    monkeypatch.setenv("RADPRESS_OHIF_DIR", str(tmp_path / "none"))
+    base, _app = live_app(demo=False)
+    answer = requests.get(f"{base}/ohif/viewer", auth=ADMIN, timeout=30)
+    assert answer.status_code == 503 and "make run" in answer.text
