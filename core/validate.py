@@ -23,7 +23,7 @@ from pydicom.tag import Tag
 
 from .errors import InvalidHeaderError, RadPressError, TruncatedError
 
-__all__ = ["UID_KEYWORDS", "check_uid", "check_identifiers", "check_image_header", "parse_all", "read_checked"]
+__all__ = ["UID_KEYWORDS", "check_uid", "check_identifiers", "check_image_header", "check_decodes", "parse_all", "read_checked"]
 
 # The UIDs the archive keys rows on or reads back, with their tags for messages.
 UID_KEYWORDS = {
@@ -189,6 +189,19 @@ def _check_fragments(ds: Dataset, frames: int) -> None:
                                  "fragment(s): the declared size cannot be there.")
 
 
+def check_decodes(ds: Dataset) -> None:
+    """Compressed pixel data no decoder can read would be stored only to fail in every job and view: its first
+    and last frames are decoded now (a very large image is checked tile by tile when it is tiled)."""
+    from .bigimage import is_large
+    from .pixels import decode_frame, pixel_spec
+
+    spec = pixel_spec(ds)
+    if not ds.file_meta.TransferSyntaxUID.is_compressed or is_large(spec.rows, spec.columns):
+        return
+    for index in sorted({0, spec.frames - 1}):
+        decode_frame(ds, index)
+
+
 def parse_all(ds: Dataset, file_size: int | None = None) -> None:
     """Convert every element now (pixel data excepted), so a broken one is refused at ingest, not in a job.
 
@@ -236,6 +249,7 @@ def read_checked(path: str | os.PathLike) -> Dataset:
         pixel_spec(ds)  # no pixel data: refused with that reason first
         check_identifiers(ds)
         check_image_header(ds)
+        check_decodes(ds)
     except RadPressError:
         raise
     except _PARSE_ERRORS as exc:

@@ -195,3 +195,22 @@ def test_a_palette_colour_image_with_its_tables_is_stored_and_shown(tmp_path):
     shown = to_display(checked.pixel_array, checked)
     assert shown.shape == (16, 16, 3) and shown[..., 1].max() == 0 and shown[..., 0].max() > 0
     assert [r.status for r in ingest(Store(tmp_path / "data"), [path])] == ["stored"]
+
+
+@pytest.mark.parametrize("syntax", ["JPEG2000Lossless", "JPEGBaseline8Bit", "RLELossless", "JPEGLSLossless"])
+def test_compressed_pixel_data_that_does_not_decode_is_refused_at_ingest(syntax, tmp_path):
+    """Damaged compressed frames used to be stored, then every view and job of the image failed."""
+    import pydicom.uid
+    from pydicom.encaps import encapsulate
+
+    ds = make_dataset(**{**KINDS["multiframe"], "bits_allocated": 8, "bits_stored": 8})
+    ds.file_meta.TransferSyntaxUID = getattr(pydicom.uid, syntax)
+    ds.PixelData = encapsulate([b"\xff\xd8" + bytes(range(200)) * 5] * ds.NumberOfFrames)
+    ds["PixelData"].VR = "OB"
+    path = write(ds, tmp_path / "damaged.dcm")
+    with pytest.raises(RadPressError, match="could not be decoded"):
+        read_checked(path)
+    store = Store(tmp_path / "data")
+    [result] = ingest(store, [path])
+    assert result.status == "rejected" and "could not be decoded" in result.reason
+    assert not store.studies() and not list((store.root / "tmp").iterdir())
