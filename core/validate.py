@@ -48,8 +48,8 @@ _PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, No
 def check_uid(value, what: str) -> str:
     """*value* as a UID of PS3.5 §9.1, or :class:`InvalidHeaderError` naming the rule it breaks.
 
-    Digits and dots only, no empty component, no leading zero in a component
-    other than "0", at most 64 characters.
+    Digits and dots only, at least two components, no empty component, no
+    leading zero in a component other than "0", at most 64 characters.
     """
     if not isinstance(value, str):
         kind = "several values" if isinstance(value, (list, tuple)) or hasattr(value, "__len__") else type(value).__name__
@@ -64,6 +64,9 @@ def check_uid(value, what: str) -> str:
             hint="Ask the sender to fix the export; the archive never uses such text.")
     if len(value) > _UID_MAX:
         raise InvalidHeaderError(f"{what} '{shown}' has {len(value)} characters; a UID has at most {_UID_MAX} (PS3.5 §9.1).")
+    if "." not in value:  # also what lets core.auth find every UID a callback request carries
+        raise InvalidHeaderError(f"{what} '{shown}' is not a valid UID: it has one component, and a UID is "
+                                 "<org root>.<suffix> (PS3.5 §9.1).")
     return value
 
 

@@ -8,7 +8,7 @@ from core.store import Store
 from core.validate import check_uid, read_checked
 from tests.synthetic import KINDS, make_dataset, write, write_kind
 
-VALID_UIDS = ["0", "1.2.840.10008.1.2.1", "2.25.329800735698586629295641978511506172918", "1.0.3", "9" * 64]
+VALID_UIDS = ["0.0", "1.2.840.10008.1.2.1", "2.25.329800735698586629295641978511506172918", "1.0.3", "9" * 62 + ".9"]
 INVALID_UIDS = {
     "traversal": "../57/1.2.3",
     "absolute": "/etc/passwd",
@@ -23,6 +23,8 @@ INVALID_UIDS = {
     "backslash": "1.2\\3",
     "space": "1.2 3",
     "empty": "",
+    "one component": "987654321",  # <org root>.<suffix>; a dotless one also escaped the callback gate's UID search
+    "zero alone": "0",
 }
 
 
