@@ -3,8 +3,8 @@
 ``make run`` / ``make test`` call :func:`install`: ``npm pack`` fetches the prebuilt ``@ohif/app``
 (pinned :data:`OHIF_VERSION`) and :func:`prepare` copies its ``dist/`` into ``.ohif/dist`` (git-ignored)
 with every absolute path moved under :data:`PREFIX` — OHIF's build assumes it owns ``/``, and the root
-belongs to the Dash app.  The service worker is left out: it would keep serving cached images and
-configuration after a study's access or the archive changed.  ``app-config.js`` is not the package's:
+belongs to the Dash app.  The service worker is left out (it would keep serving cached images and
+configuration after a study's access or the archive changed), and so is the PWA manifest.  ``app-config.js`` is not the package's:
 :func:`app_config` writes RadPress's, whose only data source is this origin's ``/dicom-web`` (same
 session cookie, so the same login and :func:`core.users.authorize`), with the lossy overlay
 ("LOSSY N:1 — not for primary diagnosis" on every image whose Lossy Image Compression is "01").
@@ -33,6 +33,7 @@ OHIF_VERSION = "3.13.2"
 PREFIX = "/ohif/"
 DICOMWEB = "/dicom-web"
 STAMP = ".radpress-prepared"
+REVISION = 2  # of prepare(): a new one makes `make run` prepare the viewer again
 LOSSY_TEXT = "not for primary diagnosis"
 
 blueprint = Blueprint("ohif", __name__)
@@ -69,7 +70,7 @@ def install(dest: Path | None = None, version: str = OHIF_VERSION) -> Path:
 
 
 def _stamp_text(version: str) -> str:
-    return json.dumps({"version": version, "prefix": PREFIX})
+    return json.dumps({"version": version, "prefix": PREFIX, "revision": REVISION})
 
 
 def _stamp(dest: Path) -> str | None:
@@ -109,6 +110,7 @@ def prepare(source: Path, dest: Path, *, version: str = OHIF_VERSION, prefix: st
 
 def _html(text: str, prefix: str) -> str:
     text = re.sub(r'<script[^>]*init-service-worker\.js[^>]*>\s*</script>', "", text)
+    text = re.sub(r'<link rel="manifest"[^>]*>', "", text)  # a PWA manifest is fetched without the login cookie
     text = re.sub(r'((?:href|src|content)=")/(?!/)', rf"\g<1>{prefix}", text)
     return text.replace('window.PUBLIC_URL="/"', f'window.PUBLIC_URL="{prefix}"')
 

@@ -9,6 +9,7 @@ from core.codecs.rate import RATIO_TOLERANCE
 from core.auth import current_user
 from core.context import open_store
 from core.derive import LossyHistory
+from core.ohif import viewer_url
 from core.users import allowed, visible_instances, visible_studies
 
 dash.register_page(__name__, path="/", title="Studies — RadPress", name="Studies")
@@ -93,7 +94,7 @@ def _rows(store, user):
             "saving": saving or "no compressed copy stored",
             "lossy_ratio": _achieved([a for a in arts if a.variant == "lossy"]),
             "lossy_originals": _lossy_originals([r for r in instances if r["lossy"]]),
-            "open": f"[Open](/study?uid={s['study_uid']})",
+            "open": f"[Open](/study?uid={s['study_uid']}) · [Open in OHIF]({viewer_url(s['study_uid'])})",
             "uid": s["study_uid"],
         })
     return rows

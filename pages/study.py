@@ -9,6 +9,7 @@ from core.archive import plan
 from core.auth import current_user
 from core.context import open_store
 from core.errors import RadPressError
+from core.ohif import viewer_url
 from core.compress import artifact_warning
 from core.derive import LossyHistory
 from core.policy import STRATEGIES, lossy_setting
@@ -104,6 +105,8 @@ def layout(uid: str = "", **_query):
         dcc.Store(id="study-uid", data=uid),
         html.H2(f"{study['patient_name']} — {study['description'] or 'study'} ({study['date']})"),
         html.P(f"Study Instance UID {uid}", className="text-muted small"),
+        dbc.Button("Open in OHIF", href=viewer_url(uid), external_link=True, target="_blank", color="primary",
+                   size="sm", className="mb-3", id="open-ohif"),
         strategy_picker,
         _lossy_line(policy, instances),
         html.Div([_downloads(f"/download/study/{uid}.zip", "zip", policy.lossy_enabled),

@@ -1,15 +1,21 @@
 """OHIF served by RadPress: the prepared install, its configuration (run by Node), the routes, and the viewer in Chromium."""
 
+import io
 import json
 import re
 import subprocess
+import time
 
+import numpy as np
+import pydicom
 import pytest
 import requests
+from selenium.webdriver.common.by import By
 
-from core.ohif import OHIF_VERSION, PREFIX, STAMP, app_config, dist_dir, prepare, viewer_url
+from core.ohif import OHIF_VERSION, PREFIX, REVISION, STAMP, app_config, dist_dir, prepare, viewer_url
 from tests.checkers import require
 from tests.conftest import ADMIN
+from tests.test_browser import ARTIFACTS, browser, login, wait  # noqa: F401 (browser is a fixture)
 
 
 def _fake_dist(root):
@@ -33,15 +39,15 @@ def test_prepare_puts_every_absolute_path_under_the_prefix(tmp_path):
     prepare(_fake_dist(tmp_path / "src"), dest)
     index = (dest / "index.html").read_text()
     assert re.findall(r'(?:src|href|content)="(/[^"]*)"', index) == [
-        "/ohif/manifest.json", "/ohif/assets/a.png", "/ohif/app-config.js", "//cdn.example/x",
+        "/ohif/assets/a.png", "/ohif/app-config.js", "//cdn.example/x",
         "/ohif/app.bundle.0123456789abcdef.js"]
-    assert 'window.PUBLIC_URL="/ohif/"' in index and "init-service-worker" not in index
+    assert 'window.PUBLIC_URL="/ohif/"' in index and "init-service-worker" not in index and "manifest" not in index
     assert '__webpack_require__.p = "/ohif/"' in (dest / "app.bundle.0123456789abcdef.js").read_text()
     assert (dest / "app.bundle.css").read_text() == "a{src:url(/ohif/font.woff2)} b{src:url('/ohif/f.woff2')} c{src:url(data:x)}"
     assert json.loads((dest / "manifest.json").read_text()) == {"start_url": "/ohif/", "icons": [{"src": "/ohif/assets/i.png"}]}
     assert (dest / "other.json").read_text() == '{"src": "/keep"}'
     assert not (dest / "app-config.js").exists()  # RadPress serves its own
-    assert json.loads((dest / STAMP).read_text()) == {"version": OHIF_VERSION, "prefix": PREFIX}
+    assert json.loads((dest / STAMP).read_text()) == {"version": OHIF_VERSION, "prefix": PREFIX, "revision": REVISION}
 
 
 def test_prepare_replaces_the_viewer_whole_and_refuses_a_folder_that_is_not_ohif(tmp_path):
@@ -136,3 +142,43 @@ def test_viewer_not_installed_answers_503(live_app, tmp_path, monkeypatch):
     base, _app = live_app(demo=False)
     answer = requests.get(f"{base}/ohif/viewer", auth=ADMIN, timeout=30)
     assert answer.status_code == 503 and "make run" in answer.text
+
+
+def _viewport_pixels(driver):
+    from PIL import Image
+
+    canvas = driver.find_element(By.CSS_SELECTOR, "[data-viewportid] canvas.cornerstone-canvas")
+    return np.asarray(Image.open(io.BytesIO(canvas.screenshot_as_png)).convert("L"), dtype=np.float64)
+
+
+def _open_in_ohif(driver, base, study_uid) -> tuple[np.ndarray, str]:
+    """Open a study in OHIF; wait until its viewport shows an image; the viewport's pixels and top-right overlay."""
+    driver.get(base + viewer_url(study_uid))
+    wait(driver, 90).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-viewportid] canvas.cornerstone-canvas"))
+    wait(driver, 90).until(lambda d: _viewport_pixels(d).std() > 10)
+    time.sleep(1)  # overlays render with the image's metadata
+    pixels = _viewport_pixels(driver)
+    return pixels, driver.find_element(By.CSS_SELECTOR, '[data-cy="viewport-overlay-top-right"]').text
+
+
+def test_ohif_shows_the_study_and_marks_the_lossy_one(live_app, browser, tmp_path):
+    """OHIF in Chromium, on RadPress's own DICOMweb: a real MR image renders (not blank), without a lossy mark;
+    an already-lossy original (Lossy Image Compression 01, 18:1) carries the overlay."""
+    from core.samples import sample
+    from tests.synthetic import write_kind
+
+    base, _app = live_app(demo=False)
+    uids = {}
+    for name, path in (("mr", sample("MR2_UNCR")), ("lossy", write_kind("already_lossy", tmp_path))):
+        with open(path, "rb") as fh:
+            answer = requests.post(f"{base}/api/upload", files={"file": fh}, auth=ADMIN, timeout=60)
+        assert answer.status_code == 200, answer.text
+        uids[name] = pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
+    login(browser, base, ADMIN)
+    pixels, overlay = _open_in_ohif(browser, base, uids["mr"])
+    assert pixels.std() > 10 and len(np.unique(pixels)) > 50 and "LOSSY" not in overlay
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "ohif-mr.png"))
+    pixels, overlay = _open_in_ohif(browser, base, uids["lossy"])
+    assert overlay == "LOSSY 18:1 \u2014 not for primary diagnosis"
+    browser.save_screenshot(str(ARTIFACTS / "ohif-lossy.png"))
