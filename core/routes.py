@@ -24,6 +24,7 @@ from .deepzoom import Codestream, DeepZoom
 from .dims import DimsConfig, DimsError, apply_chain, expand_byoriginal, normalise, parse_chain
 from .derive import LossyHistory
 from .errors import InvalidOptionError, RadPressError
+from .dicomweb import blueprint as dicomweb_blueprint
 from .ingest import ingest_stream
 from .jobs import Jobs
 from .pixels import read_dataset
@@ -41,6 +42,7 @@ blueprint = Blueprint("archive", __name__)
 def init_archive(server, store: Store, jobs: Jobs, dims: DimsConfig | None = None) -> None:
     server.extensions["radpress"] = {"store": store, "jobs": jobs, "dims": dims or DimsConfig()}
     server.register_blueprint(blueprint)
+    server.register_blueprint(dicomweb_blueprint)  # /dicom-web (PS3.18)
 
 
 def archive() -> tuple[Store, Jobs]:
@@ -48,7 +50,7 @@ def archive() -> tuple[Store, Jobs]:
     return ext["store"], ext["jobs"]
 
 
-JSON_PREFIXES = ("/api/", "/download/", "/thumbnail/", "/preview/", "/deepzoom/", "/dims/", "/_dash-")
+JSON_PREFIXES = ("/api/", "/download/", "/thumbnail/", "/preview/", "/deepzoom/", "/dims/", "/_dash-", "/dicom-web/")
 MAX_JOB_ID = (1 << 63) - 1
 
 

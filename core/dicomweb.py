@@ -1,0 +1,619 @@
+"""DICOMweb (PS3.18) at ``/dicom-web``: QIDO-RS from the index, WADO-RS with transfer-syntax negotiation, STOW-RS.
+
+The same login, :func:`core.users.authorize` rule and ingest as the rest of
+the app.  WADO-RS never fools a reader: ``*`` gives what is stored; Explicit
+VR Little Endian gives the decoded stored values; a lossless syntax gives the
+stored lossless copy or a cached transcode, bit-exact and with the original
+SOP Instance UID; a lossy syntax only when asked for by name and allowed by
+the policy, as the lossy-marked derived instance (its own SOP Instance UID,
+``X-Lossy-Compression``).  What cannot be served is a 406 with the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import uuid
+
+import numpy as np
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from .archive import Forbidden, _cache, thumbnail_bytes, variant_file
+from .auth import client_address, current_user, require
+from .codecs import CODECS, codec_for_uid
+from .compress import compress
+from .derive import LossyHistory
+from .errors import InvalidOptionError, RadPressError
+from .ingest import ingest_stream
+from .locks import item_lock
+from .pixels import decode_frame, pixel_spec, read_dataset
+from .query import find_instances, find_series, find_studies, as_dataset
+from .render import encode_image, to_display
+from .store import Store, StoreError
+from .users import authorize, record_access, visible_instances
+
+__all__ = ["blueprint", "NotAcceptable", "negotiate"]
+
+blueprint = Blueprint("dicomweb", __name__, url_prefix="/dicom-web")
+
+DICOM_JSON = "application/dicom+json"
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
+# Media types of single compressed frames (PS3.18 Table 8.7.3-2) and the lossless syntax each stands for.
+FRAME_TYPES = {"image/jphc": UID("1.2.840.10008.1.2.4.201"), "image/jls": UID("1.2.840.10008.1.2.4.80"),
+               "image/jp2": UID("1.2.840.10008.1.2.4.90")}
+MAX_STOW_BYTES = 4 << 30
+# STOW-RS Failure Reason (0008,1197), PS3.18 Table I.2-3 / PS3.4 Annex B
+_FAILURE = {"conflict": 0x0111, "rejected": 0xA900, "skipped": 0xC000, "wrong study": 0xA900}
+
+
+class NotAcceptable(RadPressError):
+    """No representation the request accepts can be served (its reason says why)."""
+
+    http_status = 406
+
+
+def _store() -> tuple[Store, object]:
+    from .routes import archive
+
+    return archive()
+
+
+# -- errors: JSON, never the app's HTML page ----------------------------------------------
+@blueprint.route("/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+def _unknown(_rest):
+    return jsonify(error=f"No DICOMweb route {request.method} {request.path}.",
+                   hint="QIDO-RS /studies, WADO-RS /studies/{study}[/series/{series}[/instances/{sop}]], STOW-RS POST /studies."), 404
+
+
+# -- QIDO-RS -------------------------------------------------------------------------
+_RESERVED = {"limit", "offset", "includefield", "fuzzymatching"}
+
+
+def _filters(**path) -> dict:
+    """Query parameters as matching keys by keyword (tags like 00100020 are accepted too)."""
+    from pydicom.datadict import keyword_for_tag
+
+    out = {}
+    for key, value in request.args.items(multi=True):
+        if key in _RESERVED:
+            continue
+        if re.fullmatch(r"[0-9A-Fa-f]{8}", key):
+            key = keyword_for_tag(int(key, 16)) or key
+        out[key] = value
+    out.update({k: v for k, v in path.items() if v})
+    return out
+
+
+def _qido(rows: list[dict]) -> Response:
+    """Every attribute the index holds for each match (PS3.18 lets a server return more than includefield names)."""
+    return Response(_json([as_dataset(row).to_json_dict() for row in rows]), mimetype=DICOM_JSON)
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _page():
+    return request.args.get("limit"), request.args.get("offset")
+
+
+@blueprint.get("/studies")
+@require("view")
+def qido_studies():
+    store, _ = _store()
+    return _qido(find_studies(store, current_user(), _filters(), *_page()))
+
+
+@blueprint.get("/series")
+@blueprint.get("/studies/<study>/series")
+@require("view")
+def qido_series(study=None):
+    store, _ = _store()
+    if study:
+        authorize(store, current_user(), "view", study_uid=study)
+    return _qido(find_series(store, current_user(), _filters(StudyInstanceUID=study), *_page()))
+
+
+@blueprint.get("/instances")
+@blueprint.get("/studies/<study>/instances")
+@blueprint.get("/studies/<study>/series/<series>/instances")
+@require("view")
+def qido_instances(study=None, series=None):
+    store, _ = _store()
+    if study:
+        authorize(store, current_user(), "view", study_uid=study)
+    return _qido(find_instances(store, current_user(), _filters(StudyInstanceUID=study, SeriesInstanceUID=series), *_page()))
+
+
+# -- selecting what a WADO-RS path names ------------------------------------------------
+def _instances(store: Store, study: str, series: str | None = None, sop: str | None = None) -> list:
+    """The visible instance rows a path names (404 when it names nothing, 403 when not this user's)."""
+    user = current_user()
+    authorize(store, user, "download", study_uid=study, sop_uid=sop)
+    rows = visible_instances(store, user, study)
+    if series:
+        rows = [r for r in rows if r["series_uid"] == series]
+    if sop:
+        rows = [r for r in rows if r["sop_uid"] == sop]
+    if not rows:
+        what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
+        raise StoreError(f"No {what} in study {study} that you may open.")
+    return rows
+
+
+# -- transfer-syntax negotiation -------------------------------------------------------
+def _accepted(header: str, default_type: str) -> list[tuple[str, dict]]:
+    """The Accept header as (media type, parameters) in order of preference (q)."""
+    items = []
+    for n, part in enumerate(re.split(r",(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)", header or "")):
+        fields = [f.strip() for f in part.split(";") if f.strip()]
+        if not fields:
+            continue
+        params = {}
+        for field in fields[1:]:
+            key, _, value = field.partition("=")
+            params[key.strip().lower()] = value.strip().strip('"')
+        try:
+            q = float(params.pop("q", 1))
+        except ValueError:
+            q = 1.0
+        items.append((-q, n, fields[0].lower(), params))
+    if not items:
+        return [(default_type, {})]
+    return [(t, p) for _, _, t, p in sorted(items)]
+
+
+def negotiate(accept: str) -> list[str]:
+    """Transfer syntaxes a WADO-RS instance request accepts, best first (``*`` = as stored)."""
+    syntaxes = []
+    for media, params in _accepted(accept, "multipart/related"):
+        if media not in ("multipart/related", "*/*", "application/dicom"):
+            continue
+        kind = params.get("type", "application/dicom").lower()
+        if media == "multipart/related" and kind not in ("application/dicom", "*/*", "*"):
+            continue
+        syntaxes.append(params.get("transfer-syntax", str(ExplicitVRLittleEndian)))
+    if not syntaxes:
+        raise NotAcceptable(f"Cannot answer Accept: {accept!r} with DICOM instances.",
+                            hint='Ask for multipart/related; type="application/dicom"[; transfer-syntax=UID or *].')
+    return syntaxes
+
+
+class _Plan:
+    """How one instance is served in one transfer syntax (decided before the first byte is sent)."""
+
+    def __init__(self, store: Store, row, syntax: str):
+        self.store, self.row, self.sop = store, row, row["sop_uid"]
+        self.original = store.artifact(self.sop, "original")
+        stored = self.original.transfer_syntax
+        self.syntax, self.lossy = (stored if syntax == "*" else syntax), False
+        if self.syntax == stored:
+            self.kind = "original"
+            return
+        if not re.fullmatch(r"[0-9.]{1,64}", self.syntax):
+            raise InvalidOptionError(f"transfer-syntax={self.syntax[:80]!r} is not a UID.")
+        codec = codec_for_uid(self.syntax)
+        if self.syntax == ExplicitVRLittleEndian:
+            self.kind = "decoded"
+        elif not row["rows"]:
+            raise NotAcceptable(f"Instance {self.sop} holds no image; it is served as stored ({stored}).",
+                                hint="Ask for transfer-syntax=*.")
+        elif codec is None:
+            raise NotAcceptable(f"Transfer syntax {self.syntax} ({UID(self.syntax).name}) is not served.",
+                                hint="Ask for * (as stored), 1.2.840.10008.1.2.1, or a lossless JPEG 2000, JPEG-LS or HTJ2K syntax.")
+        elif not codec.lossy:
+            self.kind, self.codec = "lossless", codec
+            if not any(c.name == codec.name and not c.lossy and c.writes and c.is_available for c in CODECS):
+                raise NotAcceptable(f"No {codec.label} encoder is installed here.")
+        else:
+            self._lossy(codec)
+
+    def _lossy(self, codec) -> None:
+        """A lossy syntax named by the request: the derived, lossy-marked copy the policy makes, or 406."""
+        if not self.store.policy().lossy_enabled:
+            raise NotAcceptable("Lossy images are switched off for this clinic.",
+                                hint="Ask for a lossless transfer syntax, or * for the original.")
+        self.kind, self.lossy, self.codec = "lossy", True, codec
+
+    def open(self) -> tuple[bytes | io.BufferedReader, str, dict]:
+        """(body, transfer syntax, extra headers)."""
+        history = LossyHistory.from_index(self.store.instance(self.sop))
+        if self.kind == "original":
+            return open(self.original.path, "rb"), self.syntax, _lossy_headers(history)
+        if self.kind == "lossy":
+            try:
+                vf = variant_file(self.store, self.sop, "lossy")
+            except Forbidden as exc:
+                raise NotAcceptable(str(exc)) from None
+            if vf.transfer_syntax != self.syntax:
+                vf.close()
+                raise NotAcceptable(f"Lossy copies are made as {vf.transfer_syntax} ({UID(vf.transfer_syntax).name}) "
+                                    f"here, not {self.syntax}.", hint=f"Ask for transfer-syntax={vf.transfer_syntax}.")
+            return vf.stream, self.syntax, _lossy_headers(history.then(vf.lossy_ratio, vf.method))
+        stored = self.store.artifact(self.sop, "lossless")
+        if self.kind == "lossless" and stored is not None and stored.transfer_syntax == self.syntax:
+            return open(stored.path, "rb"), self.syntax, _lossy_headers(history)
+        return io.BytesIO(self._transcoded()), self.syntax, _lossy_headers(history)
+
+    def _transcoded(self) -> bytes:
+        key = f"{self.original.checksum}:wado:{self.syntax}"
+        cache = _cache(self.store)
+        data = cache.get(key)
+        if data is None:
+            with item_lock(self.store.root, f"variant:{key}"):
+                data = cache.get(key)
+                if data is None:
+                    data = self._encode()
+                    cache.set(key, data)
+        return data
+
+    def _encode(self) -> bytes:
+        ds = read_dataset(self.original.path)
+        if self.kind == "decoded":
+            out = _decoded(ds)
+        else:
+            out = compress(ds, self.codec.name, "lossless").dataset
+            out.file_meta.TransferSyntaxUID = UID(self.syntax)  # .201 and .202 are both HTJ2K lossless codestreams
+        buffer = io.BytesIO()
+        out.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+
+def _decoded(ds: Dataset) -> Dataset:
+    """*ds* in Explicit VR Little Endian with its stored values, decoded frame by frame (same SOP Instance UID)."""
+    out = Dataset(ds)  # a shallow copy: the original dataset is not changed
+    out.file_meta = Dataset(ds.file_meta)
+    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if "PixelData" in ds:
+        spec = pixel_spec(ds)
+        frames = np.stack([decode_frame(ds, i) for i in range(spec.frames)])
+        out.PixelData = frames.astype(frames.dtype.newbyteorder("<")).tobytes()
+        out["PixelData"].VR = "OB" if spec.bits_allocated <= 8 else "OW"
+        if spec.samples == 3:
+            out.PlanarConfiguration = 0
+            if ds.file_meta.TransferSyntaxUID not in UNCOMPRESSED and out.PhotometricInterpretation in ("YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
+                out.PhotometricInterpretation = "RGB" if out.PhotometricInterpretation != "YBR_FULL_422" else "YBR_FULL"
+    out.is_little_endian, out.is_implicit_VR = True, False
+    return out
+
+
+def _lossy_headers(history: LossyHistory) -> dict:
+    value = history.header()
+    return {"X-Lossy-Compression": value} if value else {}
+
+
+def _multipart(parts, kind: str) -> Response:
+    """A streamed multipart/related answer; *parts* yields (headers, body) with body bytes or a file."""
+    boundary = uuid.uuid4().hex
+
+    def body():
+        for headers, payload in parts:
+            yield f"--{boundary}\r\n".encode() + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() + b"\r\n"
+            if isinstance(payload, (bytes, bytearray)):
+                yield bytes(payload)
+            else:
+                with payload:
+                    for chunk in iter(lambda: payload.read(1 << 20), b""):
+                        yield chunk
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    return Response(stream_with_context(body()),
+                    content_type=f'multipart/related; type="{kind}"; boundary={boundary}')
+
+
+# -- WADO-RS: instances -----------------------------------------------------------------
+@blueprint.get("/studies/<study>")
+@blueprint.get("/studies/<study>/series/<series>")
+@blueprint.get("/studies/<study>/series/<series>/instances/<sop>")
+@require("download")
+def retrieve(study, series=None, sop=None):
+    store, _ = _store()
+    rows = _instances(store, study, series, sop)
+    plans, reasons = None, []
+    for syntax in negotiate(request.headers.get("Accept", "")):
+        try:
+            plans = [_Plan(store, row, syntax) for row in rows]
+            break
+        except NotAcceptable as exc:
+            reasons.append(str(exc))
+    if plans is None:
+        raise NotAcceptable(" ".join(dict.fromkeys(reasons)))
+    record_access(store, current_user(), "download", study, sop, client_address())
+    first = plans[0].open() if len(plans) == 1 else None
+    lossy = sum(p.lossy or bool(p.row["lossy"]) for p in plans)
+
+    def parts():
+        for n, plan in enumerate(plans):
+            payload, syntax, _headers = first if first is not None and n == 0 else plan.open()
+            yield {"Content-Type": f"application/dicom; transfer-syntax={syntax}"}, payload
+
+    response = _multipart(parts(), "application/dicom")
+    if first is not None:
+        response.headers.update(first[2])
+    elif lossy:
+        response.headers["X-Lossy-Compression"] = f"instances={lossy}/{len(plans)}"
+    return response
+
+
+# -- WADO-RS: metadata and bulk data ----------------------------------------------------------
+def _base() -> str:
+    return request.host_url.rstrip("/") + "/dicom-web"
+
+
+def _metadata(store: Store, row) -> dict:
+    original = store.artifact(row["sop_uid"], "original")
+    ds = read_dataset(original.path, pixels=False)
+    url = f"{_base()}/studies/{row['study_uid']}/series/{row['series_uid']}/instances/{row['sop_uid']}"
+    body = ds.to_json_dict(bulk_data_threshold=1 << 16,
+                           bulk_data_element_handler=lambda elem: f"{url}/bulkdata/{elem.tag:08X}")
+    body["00083002"] = {"vr": "UI", "Value": [original.transfer_syntax]}  # Available Transfer Syntax UID
+    if row["rows"]:
+        body["7FE00010"] = {"vr": "OW" if (row["bits_allocated"] or 8) > 8 else "OB", "BulkDataURI": f"{url}/bulkdata/7FE00010"}
+    return body
+
+
+@blueprint.get("/studies/<study>/metadata")
+@blueprint.get("/studies/<study>/series/<series>/metadata")
+@blueprint.get("/studies/<study>/series/<series>/instances/<sop>/metadata")
+@require("view")
+def metadata(study, series=None, sop=None):
+    store, _ = _store()
+    user = current_user()
+    authorize(store, user, "view", study_uid=study, sop_uid=sop)
+    rows = [r for r in visible_instances(store, user, study)
+            if (series is None or r["series_uid"] == series) and (sop is None or r["sop_uid"] == sop)]
+    if not rows:
+        raise StoreError(f"No {'instance' if sop else 'series' if series else 'study'} there that you may open.")
+    record_access(store, user, "view", study, sop, client_address())
+    return Response(_json([_metadata(store, r) for r in rows]), mimetype=DICOM_JSON)
+
+
+@blueprint.get("/studies/<study>/series/<series>/instances/<sop>/bulkdata/<tag>")
+@require("download")
+def bulkdata(study, series, sop, tag):
+    store, _ = _store()
+    row = _instances(store, study, series, sop)[0]
+    if not re.fullmatch(r"[0-9A-Fa-f]{8}", tag):
+        raise InvalidOptionError(f"Bulk data tag {tag[:20]!r} is not 8 hex digits.")
+    if tag.upper() == "7FE00010":
+        return _frames(store, row, list(range(1, (row["frames"] or 1) + 1)))
+    ds = read_dataset(store.artifact(sop, "original").path, pixels=False)
+    elem = ds.get(int(tag, 16))
+    if elem is None or not isinstance(elem.value, (bytes, bytearray)):
+        raise StoreError(f"Instance {sop} has no bulk data element ({tag[:4]},{tag[4:]}).")
+    return _multipart([({"Content-Type": "application/octet-stream"}, bytes(elem.value))], "application/octet-stream")
+
+
+# -- WADO-RS: frames ----------------------------------------------------------------------
+def _frame_list(text: str, frames: int) -> list[int]:
+    try:
+        numbers = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InvalidOptionError(f"Frame list {text[:40]!r} is not comma-separated numbers.", hint="For example frames/1,3.") from None
+    bad = [n for n in numbers if not 1 <= n <= frames]
+    if bad or len(numbers) > 10_000:
+        raise StoreError(f"Frame {bad[0] if bad else ''} is not in this instance (frames 1-{frames}).")
+    return numbers
+
+
+def _frame_syntax(accept: str) -> tuple[str, str]:
+    """(media type, transfer syntax) for frames: uncompressed little-endian bytes, or a lossless compressed frame."""
+    for media, params in _accepted(accept, "multipart/related"):
+        kind = params.get("type", "application/octet-stream").lower() if media == "multipart/related" else media
+        if kind in ("*/*", "*", "application/octet-stream"):
+            return "application/octet-stream", str(ExplicitVRLittleEndian)
+        if kind in FRAME_TYPES:
+            syntax = params.get("transfer-syntax") or FRAME_TYPES[kind]
+            codec = codec_for_uid(syntax)
+            if codec is not None and not codec.lossy and FRAME_TYPES.get(kind) and codec.name == codec_for_uid(FRAME_TYPES[kind]).name:
+                return kind, str(syntax)
+    raise NotAcceptable(f"Cannot answer Accept: {accept!r} with frames.",
+                        hint='Ask for application/octet-stream, or image/jphc, image/jls or image/jp2 (lossless).')
+
+
+def _frames(store: Store, row, numbers: list[int]) -> Response:
+    media, syntax = _frame_syntax(request.headers.get("Accept", ""))
+    original = store.artifact(row["sop_uid"], "original")
+    if not row["rows"]:
+        raise StoreError(f"Instance {row['sop_uid']} holds no image frames.")
+    ds = read_dataset(original.path)
+    spec = pixel_spec(ds)
+    source = ds
+    if media != "application/octet-stream":
+        stored = store.artifact(row["sop_uid"], "lossless")
+        if original.transfer_syntax == syntax or original.transfer_syntax in {c.transfer_syntax for c in CODECS if c.name == codec_for_uid(syntax).name and not c.lossy}:
+            source = ds
+        elif stored is not None and codec_for_uid(stored.transfer_syntax) is not None and codec_for_uid(stored.transfer_syntax).name == codec_for_uid(syntax).name:
+            source = read_dataset(stored.path)
+        else:
+            source = None
+
+    def part(n: int) -> bytes:
+        if media == "application/octet-stream":
+            frame = decode_frame(ds, n - 1)
+            return frame.astype(frame.dtype.newbyteorder("<")).tobytes()
+        if source is not None:
+            return get_frame(source.PixelData, n - 1, number_of_frames=spec.frames)
+        return _writer(syntax).encode(decode_frame(ds, n - 1), spec)
+
+    headers = {"Content-Type": media if media == "application/octet-stream" else f"{media}; transfer-syntax={syntax}"}
+    history = LossyHistory.from_index(store.instance(row["sop_uid"]))
+    response = _multipart(((headers, part(n)) for n in numbers), media)
+    response.headers.update(_lossy_headers(history))
+    return response
+
+
+def _writer(syntax: str):
+    name = codec_for_uid(syntax).name
+    return next(c for c in CODECS if c.name == name and not c.lossy and c.writes)
+
+
+@blueprint.get("/studies/<study>/series/<series>/instances/<sop>/frames/<frame_list>")
+@require("download")
+def frames(study, series, sop, frame_list):
+    store, _ = _store()
+    row = _instances(store, study, series, sop)[0]
+    record_access(store, current_user(), "download", study, sop, client_address())
+    return _frames(store, row, _frame_list(frame_list, row["frames"] or 1))
+
+
+# -- WADO-RS: rendered and thumbnails --------------------------------------------------------
+def _image_format(accept: str) -> str:
+    for media, _params in _accepted(accept, "image/png"):
+        if media in ("image/png", "image/*", "*/*"):
+            return "png"  # lossless rendering unless JPEG is asked for by name
+        if media == "image/jpeg":
+            return "jpeg"
+    raise NotAcceptable(f"Cannot render as {accept!r}.", hint="Ask for image/png or image/jpeg.")
+
+
+def _window() -> tuple[float, float] | None:
+    value = request.args.get("window")
+    if not value:
+        return None
+    try:
+        center, width = (float(v) for v in value.split(",")[:2])
+    except ValueError:
+        raise InvalidOptionError(f"window={value[:40]!r} is not center,width[,function].", hint="For example window=40,400.") from None
+    if width <= 0:
+        raise InvalidOptionError(f"The window width must be positive (got {width:g}).")
+    return center, width
+
+
+def _rendered(store: Store, row, frame: int) -> Response:
+    fmt = _image_format(request.headers.get("Accept", ""))
+    window = _window()
+    if not row["rows"]:
+        raise NotAcceptable(f"Instance {row['sop_uid']} holds no image to render.")
+    if not 1 <= frame <= (row["frames"] or 1):
+        raise StoreError(f"Frame {frame} is not in this instance (frames 1-{row['frames'] or 1}).")
+    ds = read_dataset(store.artifact(row["sop_uid"], "original").path)
+    pixels = to_display(decode_frame(ds, frame - 1), ds, window, frame - 1)
+    response = Response(encode_image(pixels, fmt), mimetype=f"image/{fmt}")
+    headers = _lossy_headers(LossyHistory.from_index(store.instance(row["sop_uid"])))
+    if fmt == "jpeg":
+        headers.setdefault("X-Lossy-Compression", "rendering=JPEG")
+    response.headers.update(headers)
+    return response
+
+
+@blueprint.get("/studies/<study>/series/<series>/instances/<sop>/rendered")
+@blueprint.get("/studies/<study>/series/<series>/instances/<sop>/frames/<int:frame>/rendered")
+@require("view")
+def rendered(study, series, sop, frame=1):
+    store, _ = _store()
+    row = _instances(store, study, series, sop)[0]
+    record_access(store, current_user(), "view", study, sop, client_address())
+    return _rendered(store, row, frame)
+
+
+@blueprint.get("/studies/<study>/thumbnail")
+@blueprint.get("/studies/<study>/series/<series>/thumbnail")
+@blueprint.get("/studies/<study>/series/<series>/instances/<sop>/thumbnail")
+@require("view")
+def thumbnail(study, series=None, sop=None):
+    store, _ = _store()
+    rows = [r for r in _instances(store, study, series, sop) if r["rows"]]
+    if not rows:
+        raise StoreError("Nothing there holds an image for a thumbnail.")
+    if _image_format(request.headers.get("Accept", "")) == "jpeg" or request.args.get("window"):
+        return _rendered(store, rows[0], 1)
+    data, etag = thumbnail_bytes(store, rows[0]["sop_uid"])
+    response = Response(data, mimetype="image/png")
+    response.set_etag(etag)
+    response.headers.update(_lossy_headers(LossyHistory.from_index(store.instance(rows[0]["sop_uid"]))))
+    return response
+
+
+# -- STOW-RS -----------------------------------------------------------------------
+def _parts(content_type: str, body: bytes) -> list[tuple[dict, bytes]]:
+    match = re.search(r'boundary="?([^";]+)"?', content_type or "")
+    if not content_type.lower().startswith("multipart/related") or not match:
+        raise InvalidOptionError(f"STOW-RS takes multipart/related; type=\"application/dicom\" with a boundary, not {content_type[:80]!r}.")
+    delimiter = b"--" + match.group(1).encode()
+    parts = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, sep, data = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            raise InvalidOptionError("A part of the multipart body has no blank line after its headers.")
+        headers = {}
+        for line in head.decode("latin-1").strip().splitlines():
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+        parts.append((headers, data[:-2] if data.endswith(b"\r\n") else data))
+    if not parts:
+        raise InvalidOptionError("The STOW-RS body holds no parts.")
+    return parts
+
+
+def _stored_study(data: bytes) -> str | None:
+    try:
+        return str(dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).get("StudyInstanceUID", ""))
+    except Exception:  # unreadable: ingest rejects it with the reason
+        return None
+
+
+@blueprint.post("/studies")
+@blueprint.post("/studies/<study>")
+@require("upload")
+def stow(study=None):
+    store, jobs = _store()
+    if request.content_length and request.content_length > MAX_STOW_BYTES:
+        raise InvalidOptionError(f"The body is above {MAX_STOW_BYTES >> 30} GB; send fewer instances per request.")
+    referenced, failed, studies = [], [], set()
+    for n, (headers, data) in enumerate(_parts(request.content_type or "", request.get_data(cache=False))):
+        kind = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
+        if data[128:132] != b"DICM" and data[:2] == b"\x02\x00":  # Part 10 without its preamble (pydicom.dcmwrite's default)
+            data = bytes(128) + b"DICM" + data
+        if kind != "application/dicom":
+            failed.append(_failed("", "", "rejected"))
+            continue
+        if study is not None and (found := _stored_study(data)) and found != study:
+            failed.append(_failed(_uid(data, "SOPClassUID"), _uid(data, "SOPInstanceUID"), "wrong study"))
+            continue
+        for result in ingest_stream(store, io.BytesIO(data), f"stow-part-{n + 1}.dcm"):
+            if result.status in ("stored", "duplicate"):
+                row = store.instance(result.sop_uid)
+                url = f"{_base()}/studies/{row['study_uid']}/series/{row['series_uid']}/instances/{result.sop_uid}"
+                item = Dataset()
+                item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID, item.RetrieveURL = row["sop_class"], result.sop_uid, url
+                referenced.append(item)
+                if result.status == "stored":
+                    studies.add(result.study_uid)
+            else:
+                failed.append(_failed(_uid(data, "SOPClassUID"), result.sop_uid or _uid(data, "SOPInstanceUID"), result.status))
+    for uid in sorted(studies):
+        jobs.submit(uid)
+    out = Dataset()
+    if study:
+        out.RetrieveURL = f"{_base()}/studies/{study}"
+    if referenced:
+        out.ReferencedSOPSequence = referenced
+    if failed:
+        out.FailedSOPSequence = failed
+    status = 200 if not failed else 202 if referenced else 409
+    return Response(_json(out.to_json_dict()), status=status, mimetype=DICOM_JSON)
+
+
+def _uid(data: bytes, keyword: str) -> str:
+    try:
+        value = str(dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=[keyword]).get(keyword, ""))
+    except Exception:  # unreadable: no UID to name
+        return ""
+    return value if re.fullmatch(r"[0-9.]{1,64}", value) else ""
+
+
+def _failed(sop_class: str, sop_uid: str, status: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_uid
+    item.FailureReason = _FAILURE.get(status, 0xC000)
+    return item

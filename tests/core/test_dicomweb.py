@@ -1,0 +1,200 @@
+"""DICOMweb against the running app, driven by the dicomweb-client package (a client nobody here wrote)."""
+
+import io
+
+import numpy as np
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from dicomweb_client.session_utils import create_session_from_user_pass
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLosslessRPCL, JPEG2000Lossless, JPEGLSLossless
+
+from core.codecs import codec_for_uid
+from core.dicomweb import FRAME_TYPES
+from core.pixels import decode_all, pixel_spec
+from core.users import Users
+from tests.conftest import ADMIN
+from tests.synthetic import KINDS, make_dataset
+
+STOW_KINDS = ("s12", "rgb", "multiframe", "mono1")
+
+
+@pytest.fixture
+def node(live_app):
+    """The app with four synthetic instances stored through STOW-RS (two studies), and an admin client."""
+    base, app = live_app(demo=False)
+    client = DICOMwebClient(f"{base}/dicom-web", session=create_session_from_user_pass(*ADMIN))
+    study = make_dataset(**KINDS["s12"]).StudyInstanceUID
+    datasets = []
+    for n, kind in enumerate(STOW_KINDS):
+        ds = make_dataset(**KINDS[kind], study_uid=study if n < 3 else None, seed=n)
+        ds.PatientName = "Doe^Jane" if n < 3 else "Roe^Rick"
+        ds.PatientID = "P1" if n < 3 else "P2"
+        ds.StudyDate = "20240105" if n < 3 else "20230101"
+        ds.SeriesNumber = n + 1
+        datasets.append(ds)
+    answer = client.store_instances(datasets)
+    assert len(answer.ReferencedSOPSequence) == 4 and "FailedSOPSequence" not in answer
+    return base, app, client, datasets
+
+
+def test_qido_answers_from_the_index(node):
+    base, _, client, datasets = node
+    studies = client.search_for_studies()
+    assert [s["00100020"]["Value"][0] for s in studies] == ["P1", "P2"]
+    jane = client.search_for_studies(search_filters={"PatientName": "doe*"})
+    assert len(jane) == 1 and jane[0]["00201208"]["Value"] == [3] and jane[0]["00201206"]["Value"] == [3]
+    assert sorted(jane[0]["00080061"]["Value"]) == ["CT", "MR", "US"]
+    assert client.search_for_studies(search_filters={"StudyDate": "20240101-20241231"})[0]["0020000D"]["Value"] == [
+        datasets[0].StudyInstanceUID]
+    assert len(client.search_for_studies(limit=1, offset=1)) == 1
+    series = client.search_for_series(datasets[0].StudyInstanceUID)
+    assert {s["0020000E"]["Value"][0] for s in series} == {d.SeriesInstanceUID for d in datasets[:3]}
+    instances = client.search_for_instances(datasets[2].StudyInstanceUID, datasets[2].SeriesInstanceUID)
+    assert [i["00080018"]["Value"][0] for i in instances] == [datasets[2].SOPInstanceUID]
+    assert instances[0]["00280008"]["Value"] == [5]
+    bad = requests.get(f"{base}/dicom-web/studies?StudyDate=yesterday", auth=ADMIN)
+    assert bad.status_code == 400 and "YYYYMMDD" in bad.json()["error"]
+
+
+def _pixels_equal(received, original) -> None:
+    assert received.SOPInstanceUID == original.SOPInstanceUID  # lossless: the same instance
+    assert np.array_equal(decode_all(received), decode_all(original))
+
+
+def _retrieve(client, base, ds, syntax):
+    """One instance in *syntax*; dicomweb-client does not know the HTJ2K syntaxes, so those go through requests."""
+    ids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    if not syntax.startswith("1.2.840.10008.1.2.4.20"):
+        return client.retrieve_instance(*ids, media_types=(("application/dicom", syntax),))
+    answer = requests.get(f"{base}/dicom-web/studies/{ids[0]}/series/{ids[1]}/instances/{ids[2]}", auth=ADMIN,
+                          headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={syntax}'})
+    assert answer.status_code == 200, answer.text
+    [part] = list(client._decode_multipart_message(answer, stream=False))
+    return dcmread(io.BytesIO(part))
+
+
+def test_wado_lossless_syntaxes_are_bit_exact(node):
+    base, _, client, datasets = node
+    for syntax in (ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, HTJ2KLosslessRPCL, "1.2.840.10008.1.2.4.201"):
+        for original in datasets:
+            got = _retrieve(client, base, original, str(syntax))
+            assert got.file_meta.TransferSyntaxUID == syntax
+            assert got.get("LossyImageCompression", "00") == "00"
+            _pixels_equal(got, original)
+
+
+def test_wado_star_gives_what_is_stored_and_study_retrieval(node):
+    base, app, client, datasets = node
+    store = app.server.extensions["radpress"]["store"]
+    first = datasets[0]
+    got = client.retrieve_instance(first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID,
+                                   media_types=(("application/dicom", "*"),))
+    stored = store.artifact(first.SOPInstanceUID, "original").path.read_bytes()
+    buffer = io.BytesIO()
+    got.save_as(buffer, enforce_file_format=True)
+    assert dcmread(io.BytesIO(stored)).SOPInstanceUID == got.SOPInstanceUID
+    assert np.array_equal(decode_all(dcmread(io.BytesIO(stored))), decode_all(got))
+    study = client.retrieve_study(first.StudyInstanceUID)
+    assert sorted(d.SOPInstanceUID for d in study) == sorted(d.SOPInstanceUID for d in datasets[:3])
+
+
+def test_wado_lossy_only_when_named_and_allowed(node):
+    base, app, client, datasets = node
+    first = datasets[0]
+    url = f"{base}/dicom-web/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}/instances/{first.SOPInstanceUID}"
+    store = app.server.extensions["radpress"]["store"]
+    from core.archive import variant_file
+
+    lossy_syntax = variant_file(store, first.SOPInstanceUID, "lossy").transfer_syntax
+    answer = requests.get(url, auth=ADMIN, headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={lossy_syntax}'})
+    assert answer.status_code == 200 and "X-Lossy-Compression" in answer.headers
+    got = client.retrieve_instance(first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID,
+                                   media_types=(("application/dicom", lossy_syntax),))
+    assert got.LossyImageCompression == "01" and got.SOPInstanceUID != first.SOPInstanceUID
+    refused = requests.get(url, auth=ADMIN, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'})
+    assert refused.status_code == 406 and "not served" in refused.json()["error"]
+    from dataclasses import replace
+
+    store.set_policy(replace(store.policy(), lossy_enabled=False))
+    off = requests.get(url, auth=ADMIN, headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={lossy_syntax}'})
+    assert off.status_code == 406 and "switched off" in off.json()["error"]
+
+
+def test_metadata_frames_rendered_thumbnail(node):
+    base, _, client, datasets = node
+    multi = datasets[2]
+    ids = (multi.StudyInstanceUID, multi.SeriesInstanceUID, multi.SOPInstanceUID)
+    meta = client.retrieve_instance_metadata(*ids)
+    assert meta["00080018"]["Value"] == [multi.SOPInstanceUID] and "BulkDataURI" in meta["7FE00010"]
+    frames = client.retrieve_instance_frames(*ids, frame_numbers=[2, 5], media_types=(("application/octet-stream", "*"),))
+    expected = decode_all(multi)
+    for data, index in zip(frames, (1, 4)):
+        assert np.array_equal(np.frombuffer(data, "<u2").reshape(expected.shape[1:]), expected[index])
+    url = f"{base}/dicom-web/studies/{ids[0]}/series/{ids[1]}/instances/{ids[2]}"
+    for media in ("image/jphc", "image/jls", "image/jp2"):
+        if media == "image/jphc":  # not known to dicomweb-client
+            answer = requests.get(f"{url}/frames/3", auth=ADMIN, headers={"Accept": f'multipart/related; type="{media}"'})
+            assert answer.status_code == 200, answer.text
+            [frame] = list(client._decode_multipart_message(answer, stream=False))
+        else:
+            [frame] = client.retrieve_instance_frames(*ids, frame_numbers=[3], media_types=((media,),))
+        assert np.array_equal(codec_for_uid(FRAME_TYPES[media]).decode(frame, pixel_spec(multi)), expected[2])
+    narrow, wide = (client.retrieve_instance_rendered(*ids, media_types=("image/png",), params={"window": w})
+                    for w in ("2000,400", "2000,4000"))
+    assert narrow[:8] == wide[:8] == b"\x89PNG\r\n\x1a\n" and narrow != wide  # the window from the query is applied
+    assert requests.get(f"{url}/rendered?window=40,-1", auth=ADMIN).status_code == 400
+    thumb = requests.get(f"{base}/dicom-web/studies/{multi.StudyInstanceUID}/thumbnail", auth=ADMIN)
+    assert thumb.status_code == 200 and thumb.headers["Content-Type"] == "image/png"
+    bad = requests.get(f"{base}/dicom-web/studies/{ids[0]}/series/{ids[1]}/instances/{ids[2]}/frames/6", auth=ADMIN)
+    assert bad.status_code == 404
+
+
+def test_stow_results_and_conflicts(node):
+    base, _, client, datasets = node
+    again = client.store_instances([datasets[0]])
+    assert again.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == datasets[0].SOPInstanceUID  # a duplicate is fine
+    changed = make_dataset(**KINDS["u10"], seed=9)
+    changed.SOPInstanceUID, changed.StudyInstanceUID, changed.SeriesInstanceUID = (
+        datasets[0].SOPInstanceUID, datasets[0].StudyInstanceUID, datasets[0].SeriesInstanceUID)
+    other = make_dataset(**KINDS["u8_odd"])
+    boundary = "b0undary"
+    body = b""
+    for ds in (changed, other):
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + buffer.getvalue() + b"\r\n"
+    body += b"--" + boundary.encode() + b"--\r\n" + f"--{boundary}\r\n".encode()
+    answer = requests.post(f"{base}/dicom-web/studies/{datasets[0].StudyInstanceUID}", auth=ADMIN, data=body,
+                           headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert answer.status_code == 409, answer.text
+    failed = answer.json()["00081198"]["Value"]
+    assert [f["00081155"]["Value"][0] for f in failed] == [changed.SOPInstanceUID, other.SOPInstanceUID]
+    assert [f["00081197"]["Value"][0] for f in failed] == [0x0111, 0xA900]  # a conflict; another study
+    junk = requests.post(f"{base}/dicom-web/studies", auth=ADMIN, data=b"not a multipart body",
+                         headers={"Content-Type": "application/dicom"})
+    assert junk.status_code == 400
+
+
+def test_login_roles_and_json_errors(node):
+    base, app, _, datasets = node
+    first = datasets[0]
+    assert requests.get(f"{base}/dicom-web/studies").status_code == 401
+    assert requests.get(f"{base}/dicom-web/nothing/here", auth=ADMIN).status_code == 404
+    store = app.server.extensions["radpress"]["store"]
+    Users(store).add("rad", "rad-password-1", "radiologist")
+    Users(store).add("other", "other-password-1", "radiologist")
+    from core.users import set_readers
+
+    set_readers(store, first.StudyInstanceUID, ["rad"], by="admin")
+    other = ("other", "other-password-1")
+    url = f"{base}/dicom-web/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}/instances/{first.SOPInstanceUID}"
+    assert [s["00100020"]["Value"][0] for s in requests.get(f"{base}/dicom-web/studies", auth=other).json()] == ["P2"]
+    for path in ("", "/metadata", "/frames/1", "/rendered", "/thumbnail"):
+        answer = requests.get(url + path, auth=other)
+        assert answer.status_code == 403, path
+    assert requests.get(url, auth=("rad", "rad-password-1")).status_code == 200
+    stow = requests.post(f"{base}/dicom-web/studies", auth=other, data=b"x",
+                         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=x'})
+    assert stow.status_code == 403
