@@ -1,0 +1,250 @@
+"""The DICOM node against DCMTK's clients (echoscu, storescu, findscu, getscu, movescu, storescp): nobody here wrote them."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
+
+from app import create_app
+from core.dimse import DicomNode, NodeConfig, parse_peers
+from core.errors import InvalidOptionError
+from core.pixels import decode_all, read_dataset
+from tests.checkers import require
+from tests.synthetic import KINDS, make_dataset, write
+
+DEST = "MOVEDEST"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def dcmtk(tool: str, *args, ok: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([require(tool), *map(str, args)], capture_output=True, text=True, timeout=120)
+    if ok:
+        assert proc.returncode == 0, f"{tool} failed ({proc.returncode}): {proc.stderr or proc.stdout}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """The app with its DICOM node on a free port; C-MOVE may send to DEST (a storescp started by a test)."""
+    dest_port = _free_port()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RADPRESS_DICOM_PEERS", f"{DEST}@127.0.0.1:{dest_port}")
+        mp.setenv("RADPRESS_ADMIN_USER", "admin")
+        mp.setenv("RADPRESS_ADMIN_PASSWORD", "correct-horse")
+        app = create_app(tmp_path_factory.mktemp("dimse") / "data", demo=False, run_jobs=False, dicom_port=0)
+    node: DicomNode = app.server.extensions["radpress"]["dicom"]
+    node.dest_port = dest_port
+    yield node
+    node.stop()
+
+
+def _peer(node) -> list:
+    return ["-aec", "RADPRESS", "127.0.0.1", node.port]
+
+
+def _study(tmp_path: Path, kinds: list[str], **extra) -> tuple[str, list[Path]]:
+    """Files of several kinds in one new study (two series), written by the synthetic factory."""
+    study, series = generate_uid(), [generate_uid(), generate_uid()]
+    paths = [write(make_dataset(**{**KINDS[k], **extra},
+                                study_uid=study, series_uid=series[i % 2], seed=i), tmp_path / f"{i}-{k}.dcm")
+             for i, k in enumerate(kinds)]
+    return study, paths
+
+
+def _compressed(tmp_path: Path, kind: str, syntax) -> Path:
+    ds = make_dataset(**KINDS[kind])
+    ds.compress(syntax)
+    return write(ds, tmp_path / f"{kind}-{syntax.name.replace(' ', '_')}.dcm")
+
+
+def _jobs(node, study: str) -> int:
+    return node.store.query("SELECT count(*) FROM jobs WHERE study_uid=?", (study,))[0][0]
+
+
+def _stored(node, sop: str) -> pydicom.Dataset:
+    return read_dataset(node.store.artifact(sop, "original").path)
+
+
+def test_echo(node):
+    assert "Received Echo Response (Success)" in dcmtk("echoscu", "-v", *_peer(node)).stderr + \
+        dcmtk("echoscu", "-v", *_peer(node)).stdout
+
+
+def test_store_one_association_is_one_job_per_study(node, tmp_path):
+    study, paths = _study(tmp_path, ["s12", "u12_odd", "mono1", "multiframe", "enhanced_ct", "big_endian", "already_lossy"])
+    other, more = _study(tmp_path / "b", ["rgb", "ybr_full", "u8_odd"])
+    dcmtk("storescu", *_peer(node), *paths, *more)
+    for path in paths + more:
+        sent = read_dataset(path)
+        stored = _stored(node, sent.SOPInstanceUID)
+        assert np.array_equal(decode_all(stored), decode_all(sent)), path.name
+        assert stored.StudyInstanceUID == sent.StudyInstanceUID
+    assert node.store.instance(read_dataset(paths[-1]).SOPInstanceUID)["lossy"]  # already lossy stays known as such
+    assert (_jobs(node, study), _jobs(node, other)) == (1, 1)  # not one per instance
+
+
+@pytest.mark.parametrize("syntax, propose", [(JPEGLSLossless, "-xt"), (JPEG2000Lossless, "-xv"), (RLELossless, "-xr")],
+                         ids=["jpeg-ls", "j2k", "rle"])
+def test_store_compressed_is_kept_as_sent(node, tmp_path, syntax, propose):
+    path = _compressed(tmp_path, "s12", syntax)
+    dcmtk("storescu", propose, *_peer(node), path)  # the sender proposes the file's compressed syntax
+    sent, stored = read_dataset(path), _stored(node, read_dataset(path).SOPInstanceUID)
+    assert stored.file_meta.TransferSyntaxUID == syntax
+    assert stored.PixelData == sent.PixelData  # the codestream itself, not a re-encoding
+
+
+def test_store_refuses_invalid_with_reason_and_keeps_nothing(node, tmp_path):
+    ds = make_dataset(rows=32, columns=32)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.03.4"  # leading zero: not a UID
+    path = write(ds, tmp_path / "bad.dcm")
+    proc = dcmtk("storescu", "-d", *_peer(node), path, ok=False)
+    assert "DIMSE Status                  : 0xc000" in proc.stdout + proc.stderr
+    assert "invalid: SOP Instance UID (0008,0018) '1.2.03.4'" in proc.stdout + proc.stderr  # Error Comment: the reason
+    assert not node.store.query("SELECT 1 FROM instances WHERE sop_uid='1.2.03.4'")
+
+
+def test_store_same_uid_other_content_is_a_conflict_not_an_overwrite(node, tmp_path):
+    ds = make_dataset(rows=32, columns=32)
+    first = write(ds, tmp_path / "first.dcm")
+    dcmtk("storescu", *_peer(node), first)
+    kept = node.store.artifact(ds.SOPInstanceUID, "original").checksum
+    ds.PatientName = "Other^Patient"
+    proc = dcmtk("storescu", "-d", *_peer(node), write(ds, tmp_path / "second.dcm"), ok=False)
+    assert "conflict" in proc.stdout + proc.stderr
+    assert node.store.artifact(ds.SOPInstanceUID, "original").checksum == kept
+
+
+def _find(node, tmp_path: Path, *keys: str, root: str = "-S") -> list[pydicom.Dataset]:
+    out = tmp_path / f"find-{time.monotonic_ns()}"
+    out.mkdir()
+    dcmtk("findscu", root, *_peer(node)[:2], *[a for k in keys for a in ("-k", k)], "-X", "-od", out, *_peer(node)[2:])
+    return [pydicom.dcmread(p) for p in sorted(out.iterdir())]
+
+
+def test_find_levels_and_matching(node, tmp_path):
+    study, paths = _study(tmp_path, ["s12", "u10", "u16"])
+    for i, path in enumerate(paths):
+        ds = read_dataset(path)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName, ds.PatientID, ds.StudyDate, ds.AccessionNumber = "Müller^Anna", "PID-FIND-1", "20240315", "ACC77"
+        write(ds, path)
+    dcmtk("storescu", *_peer(node), *paths)
+    studies = _find(node, tmp_path, "QueryRetrieveLevel=STUDY", "SpecificCharacterSet=ISO_IR 192", "PatientName=mül*", "StudyDate=20240301-20240331",
+                    "StudyInstanceUID", "NumberOfStudyRelatedInstances", "NumberOfStudyRelatedSeries", "ModalitiesInStudy")
+    assert [(s.StudyInstanceUID, s.NumberOfStudyRelatedInstances, s.NumberOfStudyRelatedSeries, str(s.PatientName))
+            for s in studies] == [(study, 3, 2, "Müller^Anna")]
+    assert sorted(studies[0].ModalitiesInStudy) == ["CT", "MR"]
+    assert _find(node, tmp_path, "QueryRetrieveLevel=STUDY", "StudyDate=20240401-", "AccessionNumber=ACC77") == []
+    series = _find(node, tmp_path, "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study}", "SeriesInstanceUID", "Modality")
+    assert sorted(s.SeriesInstanceUID for s in series) == sorted({read_dataset(p).SeriesInstanceUID for p in paths})
+    images = _find(node, tmp_path, "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study}",
+                   f"SeriesInstanceUID={series[0].SeriesInstanceUID}", "SOPInstanceUID", "SOPClassUID")
+    expected = {read_dataset(p).SOPInstanceUID for p in paths if read_dataset(p).SeriesInstanceUID == series[0].SeriesInstanceUID}
+    assert {i.SOPInstanceUID for i in images} == expected
+    patients = _find(node, tmp_path, "QueryRetrieveLevel=PATIENT", "PatientID=PID-FIND-1", "PatientName", root="-P")
+    assert [(p.PatientID, str(p.PatientName)) for p in patients] == [("PID-FIND-1", "Müller^Anna")]
+
+
+def test_find_bad_level_is_refused(node, tmp_path):
+    proc = dcmtk("findscu", "-v", "-S", *_peer(node)[:2], "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID",
+                 *_peer(node)[2:], ok=False)
+    assert "Error: DataSetDoesNotMatchSOPClass" in proc.stdout + proc.stderr  # 0xA900
+
+
+def _stored_jpeg_ls(node, tmp_path: Path, study: str) -> pydicom.Dataset:
+    """A JPEG-LS lossless original in *study*, as the archive keeps it."""
+    path = _compressed(tmp_path, "u12_odd", JPEGLSLossless)
+    ds = read_dataset(path)
+    ds.StudyInstanceUID = study
+    write(ds, path)
+    dcmtk("storescu", "-xt", *_peer(node), path)
+    return _stored(node, ds.SOPInstanceUID)
+
+
+def test_get_study_decodes_for_a_receiver_of_uncompressed_only(node, tmp_path):
+    study, paths = _study(tmp_path, ["s12", "rgb", "already_lossy"])
+    dcmtk("storescu", *_peer(node), *paths)
+    stored = _stored_jpeg_ls(node, tmp_path, study)
+    out = tmp_path / "got"
+    out.mkdir()
+    dcmtk("getscu", "-S", *_peer(node)[:2], "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+          "-od", out, *_peer(node)[2:])
+    got = {d.SOPInstanceUID: d for d in map(read_dataset, out.iterdir())}
+    sent = [read_dataset(p) for p in paths] + [stored]
+    assert set(got) == {s.SOPInstanceUID for s in sent}  # decoding keeps the SOP Instance UID: the same instance
+    for original in sent:
+        assert np.array_equal(decode_all(got[original.SOPInstanceUID]), decode_all(original))
+    assert not got[stored.SOPInstanceUID].file_meta.TransferSyntaxUID.is_compressed
+    assert got[sent[2].SOPInstanceUID].LossyImageCompression == "01"
+
+
+def test_move_sends_as_stored_to_a_configured_peer(node, tmp_path):
+    study, paths = _study(tmp_path, ["s16", "mono1"])
+    dcmtk("storescu", *_peer(node), *paths)
+    stored = _stored_jpeg_ls(node, tmp_path, study)
+    out = tmp_path / "moved"
+    out.mkdir()
+    receiver = subprocess.Popen([require("storescp"), "+xa", "+uf", "-aet", DEST, "-od", out, str(node.dest_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        dcmtk("movescu", "-S", *_peer(node)[:2], "-aem", DEST, "-k", "QueryRetrieveLevel=STUDY",
+              "-k", f"StudyInstanceUID={study}", *_peer(node)[2:])
+        dcmtk("movescu", "-S", *_peer(node)[:2], "-aem", DEST, "-k", "QueryRetrieveLevel=IMAGE",
+              "-k", f"StudyInstanceUID={study}", "-k", f"SeriesInstanceUID={stored.SeriesInstanceUID}",
+              "-k", f"SOPInstanceUID={stored.SOPInstanceUID}", *_peer(node)[2:])
+        moved = [read_dataset(p) for p in sorted(out.iterdir())]
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+    by_uid = {m.SOPInstanceUID: m for m in moved}
+    assert len(moved) == 4 and set(by_uid) == {read_dataset(p).SOPInstanceUID for p in paths} | {stored.SOPInstanceUID}
+    for path in paths:
+        assert np.array_equal(decode_all(by_uid[read_dataset(path).SOPInstanceUID]), decode_all(read_dataset(path)))
+    assert by_uid[stored.SOPInstanceUID].file_meta.TransferSyntaxUID == JPEGLSLossless
+    assert by_uid[stored.SOPInstanceUID].PixelData == stored.PixelData  # the stored codestream, not a re-encoding
+
+
+def test_move_to_unknown_destination_is_refused(node, tmp_path):
+    study, paths = _study(tmp_path, ["s16"])
+    dcmtk("storescu", *_peer(node), *paths)
+    proc = dcmtk("movescu", "-v", "-S", *_peer(node)[:2], "-aem", "NOBODY", "-k", "QueryRetrieveLevel=STUDY",
+                 "-k", f"StudyInstanceUID={study}", *_peer(node)[2:], ok=False)
+    assert "Refused: MoveDestinationUnknown" in proc.stdout + proc.stderr  # 0xA801
+
+
+def test_calling_ae_allow_list(node):
+    guarded = DicomNode(node.store, node.jobs, NodeConfig(port=0, allowed=frozenset({"MODALITY1"})))
+    guarded.start()
+    try:
+        assert dcmtk("echoscu", "-aet", "MODALITY1", "-aec", "RADPRESS", "127.0.0.1", guarded.port).returncode == 0
+        assert dcmtk("echoscu", "-aet", "INTRUDER", "-aec", "RADPRESS", "127.0.0.1", guarded.port, ok=False).returncode != 0
+    finally:
+        guarded.stop()
+
+
+def test_peers_are_validated():
+    assert parse_peers("PACS@10.0.0.5:104, VIEW@ws-12:11112")["VIEW"].port == 11112
+    for bad in ("PACS@host", "PACS@host:0", "@host:104", "WAYTOOLONGAETITLE17@h:104", "P\\Q@h:104", "P@h/x:104"):
+        with pytest.raises(InvalidOptionError):
+            parse_peers(bad)
+
+
+def test_port_from_environment_is_validated(monkeypatch):
+    monkeypatch.setenv("RADPRESS_DICOM_PORT", "http")
+    with pytest.raises(InvalidOptionError):
+        NodeConfig.from_env()
+    monkeypatch.setenv("RADPRESS_DICOM_PORT", "0")
+    assert NodeConfig.from_env().port == 0
