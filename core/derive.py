@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,7 +121,27 @@ def is_marked_lossy(ds: Dataset) -> bool:
     flag = str(ds.get("LossyImageCompression", "") or "").strip()
     meta = getattr(ds, "file_meta", None)
     uid = meta.get("TransferSyntaxUID") if meta is not None else None
-    return flag == "01" or uid in _LOSSY_SYNTAXES or (uid in _EITHER_SYNTAXES and flag != "00")
+    return (flag == "01" or uid in _LOSSY_SYNTAXES or (uid in _EITHER_SYNTAXES and flag != "00")
+            or _irreversible_j2k(ds, uid) is not None)
+
+
+_J2K_SYNTAXES = frozenset(UID(f"1.2.840.10008.1.2.4.{n}") for n in (90, 91, 201, 202, 203))
+
+
+def _irreversible_j2k(ds: Dataset, uid) -> str | None:
+    """The method of a JPEG 2000 first frame coded with the irreversible 9-7 wavelet (lossy whatever the syntax
+    or the flag claims: "Lossless Only", or "00"), else None."""
+    from .codecs.codestream import parse_main_header
+
+    value = getattr(ds.get_item("PixelData", keep_deferred=True), "value", None) if uid in _J2K_SYNTAXES and "PixelData" in ds else None
+    start = value.find(b"\xff\x4f\xff\x51", 0, 4096) if isinstance(value, (bytes, bytearray)) else -1
+    try:
+        info = parse_main_header(memoryview(value)[start:]) if start >= 0 else None
+    except (ValueError, struct.error, IndexError, TypeError, KeyError):
+        return None
+    if info is None or info.reversible:
+        return None
+    return "ISO_15444_15" if info.htj2k else "ISO_15444_1"
 
 
 @dataclass(frozen=True)
@@ -220,6 +241,8 @@ def lossy_history(ds: Dataset) -> LossyHistory:
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     if not methods and syntax in _SYNTAX_METHODS:
         methods = (_SYNTAX_METHODS[syntax],)
+    elif not methods and (irreversible := _irreversible_j2k(ds, syntax)):
+        methods = (irreversible,)
     cumulative = math.prod(ratios) if ratios else _stored_ratio(ds, syntax)
     return LossyHistory(True, methods, ratios, cumulative)
 

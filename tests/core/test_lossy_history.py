@@ -43,6 +43,29 @@ def test_a_lossy_syntax_without_the_attributes_is_measured():
     assert history.cumulative_ratio == pytest.approx(spec_bytes / len(out.PixelData))
 
 
+@pytest.mark.parametrize("syntax, flag", [("1.2.840.10008.1.2.4.90", None), ("1.2.840.10008.1.2.4.91", "00"),
+                                          ("1.2.840.10008.1.2.4.201", None)])
+def test_an_irreversible_codestream_is_lossy_whatever_the_file_claims(syntax, flag, tmp_path):
+    """A 9-7 wavelet stream labelled "Lossless Only" (or flagged 00) was indexed as a lossless original."""
+    from core.ingest import ingest
+    from core.store import Store
+
+    codec = "htj2k" if syntax.endswith("201") else "j2k"
+    out = compress(make_dataset(**KINDS["u12_odd"]), codec, "lossy", 12).dataset
+    for keyword in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        del out[keyword]
+    if flag:
+        out.LossyImageCompression = flag
+    out.file_meta.TransferSyntaxUID = syntax
+    history = lossy_history(out)
+    assert history.lossy and history.methods == ("ISO_15444_15" if codec == "htj2k" else "ISO_15444_1",)
+    store = Store(tmp_path / "data")
+    [result] = ingest(store, [write(out, tmp_path / "relabelled.dcm")])
+    assert result.status == "stored" and store.instance(out.SOPInstanceUID)["lossy"] == 1
+    reversible = compress(make_dataset(**KINDS["u12_odd"]), codec, "lossless").dataset
+    assert not lossy_history(reversible).lossy
+
+
 def test_copies_of_a_lossy_original_carry_its_history():
     source = make_dataset(**KINDS["already_lossy"])
     lossless = compress(source, "htj2k", "lossless").dataset
