@@ -142,6 +142,8 @@ def safe_next(target: str | None) -> str:
 def _guard():
     if request.path.startswith(PUBLIC) or request.path == "/login":
         return None
+    if request.method == "OPTIONS" and request.path.startswith("/dicom-web/"):
+        return None  # a CORS preflight carries no credentials and gets no data (core.dicomweb)
     if (request.authorization and request.authorization.type == "basic" and "sid" not in session
             and (wait := _users().retry_after(request.authorization.username or "", client_address()))):
         return _denied(429, "Too many failed logins; try again later.", wait)

@@ -12,6 +12,7 @@ the policy, as the lossy-marked derived instance (its own SOP Instance UID,
 from __future__ import annotations
 
 import io
+import os
 import re
 import uuid
 
@@ -31,7 +32,7 @@ from .errors import InvalidOptionError, RadPressError
 from .ingest import ingest_stream
 from .locks import item_lock
 from .pixels import decode_frame, pixel_spec, read_dataset
-from .query import find_instances, find_series, find_studies, as_dataset
+from .query import INSTANCE_KEYS, SERIES_KEYS, STUDY_KEYS, as_dataset, find_instances, find_series, find_studies
 from .render import encode_image, to_display
 from .store import Store, StoreError
 from .users import authorize, record_access, visible_instances
@@ -62,6 +63,23 @@ def _store() -> tuple[Store, object]:
     return archive()
 
 
+# -- CORS for a viewer hosted elsewhere (RADPRESS_CORS_ORIGINS=https://viewer.example,...) ----------------
+@blueprint.after_request
+def _cors(response: Response) -> Response:
+    origin = request.headers.get("Origin", "")
+    allowed = {o.strip() for o in os.environ.get("RADPRESS_CORS_ORIGINS", "").split(",") if o.strip()}
+    if origin and origin in allowed:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+        response.headers["Access-Control-Expose-Headers"] = "X-Lossy-Compression, Warning, Content-Type, Content-Length"
+        if request.method == "OPTIONS":  # a preflight: no credentials, no data
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Accept, Authorization, Content-Type"
+            response.headers["Access-Control-Max-Age"] = "600"
+    response.vary.add("Origin")
+    return response
+
+
 # -- errors: JSON, never the app's HTML page ----------------------------------------------
 @blueprint.route("/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
 def _unknown(_rest):
@@ -73,24 +91,30 @@ def _unknown(_rest):
 _RESERVED = {"limit", "offset", "includefield", "fuzzymatching"}
 
 
-def _filters(**path) -> dict:
-    """Query parameters as matching keys by keyword (tags like 00100020 are accepted too)."""
+def _filters(keys: dict, **path) -> tuple[dict, list[str]]:
+    """Query parameters as matching keys by keyword (tags like 00100020 too), and the parameters not supported."""
     from pydicom.datadict import keyword_for_tag
 
-    out = {}
+    out, ignored = {}, []
     for key, value in request.args.items(multi=True):
         if key in _RESERVED:
             continue
-        if re.fullmatch(r"[0-9A-Fa-f]{8}", key):
-            key = keyword_for_tag(int(key, 16)) or key
-        out[key] = value
+        keyword = keyword_for_tag(int(key, 16)) if re.fullmatch(r"[0-9A-Fa-f]{8}", key) else key
+        if keyword in keys:
+            out[keyword] = value
+        else:
+            ignored.append(key[:64])
     out.update({k: v for k, v in path.items() if v})
-    return out
+    return out, ignored
 
 
-def _qido(rows: list[dict]) -> Response:
+def _qido(rows: list[dict], ignored: list[str]) -> Response:
     """Every attribute the index holds for each match (PS3.18 lets a server return more than includefield names)."""
-    return Response(_json([as_dataset(row).to_json_dict() for row in rows]), mimetype=DICOM_JSON)
+    response = Response(_json([as_dataset(row).to_json_dict() for row in rows]), mimetype=DICOM_JSON)
+    if ignored:  # PS3.18 §8.3.4.3: unsupported parameters are ignored, with a Warning
+        names = ", ".join(re.sub(r"[^\w.-]", "?", k) for k in dict.fromkeys(ignored))
+        response.headers["Warning"] = f'299 RadPress "The following parameters are unsupported: {names}"'
+    return response
 
 
 def _json(value) -> str:
@@ -99,15 +123,16 @@ def _json(value) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _page():
-    return request.args.get("limit"), request.args.get("offset")
+def _search(find, store: Store, keys: dict, **path) -> tuple[list[dict], list[str]]:
+    filters, ignored = _filters(keys, **path)
+    return find(store, current_user(), filters, request.args.get("limit"), request.args.get("offset")), ignored
 
 
 @blueprint.get("/studies")
 @require("view")
 def qido_studies():
     store, _ = _store()
-    return _qido(find_studies(store, current_user(), _filters(), *_page()))
+    return _qido(*_search(find_studies, store, STUDY_KEYS))
 
 
 @blueprint.get("/series")
@@ -117,7 +142,7 @@ def qido_series(study=None):
     store, _ = _store()
     if study:
         authorize(store, current_user(), "view", study_uid=study)
-    return _qido(find_series(store, current_user(), _filters(StudyInstanceUID=study), *_page()))
+    return _qido(*_search(find_series, store, SERIES_KEYS, StudyInstanceUID=study))
 
 
 @blueprint.get("/instances")
@@ -128,7 +153,7 @@ def qido_instances(study=None, series=None):
     store, _ = _store()
     if study:
         authorize(store, current_user(), "view", study_uid=study)
-    return _qido(find_instances(store, current_user(), _filters(StudyInstanceUID=study, SeriesInstanceUID=series), *_page()))
+    return _qido(*_search(find_instances, store, INSTANCE_KEYS, StudyInstanceUID=study, SeriesInstanceUID=series))
 
 
 # -- selecting what a WADO-RS path names ------------------------------------------------
@@ -215,26 +240,24 @@ class _Plan:
             self._lossy(codec)
 
     def _lossy(self, codec) -> None:
-        """A lossy syntax named by the request: the derived, lossy-marked copy the policy makes, or 406."""
-        if not self.store.policy().lossy_enabled:
-            raise NotAcceptable("Lossy images are switched off for this clinic.",
-                                hint="Ask for a lossless transfer syntax, or * for the original.")
-        self.kind, self.lossy, self.codec = "lossy", True, codec
+        """A lossy syntax named by the request: the derived, lossy-marked copy the policy makes (made now), or 406."""
+        try:
+            vf = variant_file(self.store, self.sop, "lossy")
+        except Forbidden as exc:
+            raise NotAcceptable(str(exc), hint="Ask for a lossless transfer syntax, or * for the original.") from None
+        vf.close()
+        if vf.transfer_syntax != self.syntax:
+            raise NotAcceptable(f"Lossy copies are made as {vf.transfer_syntax} ({UID(vf.transfer_syntax).name}) "
+                                f"here, not {self.syntax} ({codec.label}).", hint=f"Ask for transfer-syntax={vf.transfer_syntax}.")
+        self.kind, self.lossy = "lossy", True
 
     def open(self) -> tuple[bytes | io.BufferedReader, str, dict]:
         """(body, transfer syntax, extra headers)."""
         history = LossyHistory.from_index(self.store.instance(self.sop))
         if self.kind == "original":
             return open(self.original.path, "rb"), self.syntax, _lossy_headers(history)
-        if self.kind == "lossy":
-            try:
-                vf = variant_file(self.store, self.sop, "lossy")
-            except Forbidden as exc:
-                raise NotAcceptable(str(exc)) from None
-            if vf.transfer_syntax != self.syntax:
-                vf.close()
-                raise NotAcceptable(f"Lossy copies are made as {vf.transfer_syntax} ({UID(vf.transfer_syntax).name}) "
-                                    f"here, not {self.syntax}.", hint=f"Ask for transfer-syntax={vf.transfer_syntax}.")
+        if self.kind == "lossy":  # made when planned: now a cache hit
+            vf = variant_file(self.store, self.sop, "lossy")
             return vf.stream, self.syntax, _lossy_headers(history.then(vf.lossy_ratio, vf.method))
         stored = self.store.artifact(self.sop, "lossless")
         if self.kind == "lossless" and stored is not None and stored.transfer_syntax == self.syntax:
@@ -410,9 +433,10 @@ def _frame_syntax(accept: str) -> tuple[str, str]:
         if kind in ("*/*", "*", "application/octet-stream"):
             return "application/octet-stream", str(ExplicitVRLittleEndian)
         if kind in FRAME_TYPES:
-            syntax = params.get("transfer-syntax") or FRAME_TYPES[kind]
+            syntax = params.get("transfer-syntax", "*")
+            syntax = FRAME_TYPES[kind] if syntax == "*" else syntax
             codec = codec_for_uid(syntax)
-            if codec is not None and not codec.lossy and FRAME_TYPES.get(kind) and codec.name == codec_for_uid(FRAME_TYPES[kind]).name:
+            if codec is not None and not codec.lossy and codec.name == codec_for_uid(FRAME_TYPES[kind]).name:
                 return kind, str(syntax)
     raise NotAcceptable(f"Cannot answer Accept: {accept!r} with frames.",
                         hint='Ask for application/octet-stream, or image/jphc, image/jls or image/jp2 (lossless).')
@@ -425,15 +449,15 @@ def _frames(store: Store, row, numbers: list[int]) -> Response:
         raise StoreError(f"Instance {row['sop_uid']} holds no image frames.")
     ds = read_dataset(original.path)
     spec = pixel_spec(ds)
-    source = ds
+    source = None  # a stored dataset whose frames already are codestreams of the wanted codec
     if media != "application/octet-stream":
         stored = store.artifact(row["sop_uid"], "lossless")
-        if original.transfer_syntax == syntax or original.transfer_syntax in {c.transfer_syntax for c in CODECS if c.name == codec_for_uid(syntax).name and not c.lossy}:
-            source = ds
-        elif stored is not None and codec_for_uid(stored.transfer_syntax) is not None and codec_for_uid(stored.transfer_syntax).name == codec_for_uid(syntax).name:
-            source = read_dataset(stored.path)
-        else:
-            source = None
+        wanted = _writer(syntax).name
+        for candidate in (original, stored):
+            codec = codec_for_uid(candidate.transfer_syntax) if candidate is not None else None
+            if codec is not None and not codec.lossy and codec.name == wanted:
+                source = ds if candidate is original else read_dataset(candidate.path)
+                break
 
     def part(n: int) -> bytes:
         if media == "application/octet-stream":
@@ -444,9 +468,9 @@ def _frames(store: Store, row, numbers: list[int]) -> Response:
         return _writer(syntax).encode(decode_frame(ds, n - 1), spec)
 
     headers = {"Content-Type": media if media == "application/octet-stream" else f"{media}; transfer-syntax={syntax}"}
-    history = LossyHistory.from_index(store.instance(row["sop_uid"]))
-    response = _multipart(((headers, part(n)) for n in numbers), media)
-    response.headers.update(_lossy_headers(history))
+    parts = [(headers, part(n)) for n in numbers]  # all made before the first byte: an error is a 4xx, not a cut answer
+    response = _multipart(parts, media)
+    response.headers.update(_lossy_headers(LossyHistory.from_index(store.instance(row["sop_uid"]))))
     return response
 
 

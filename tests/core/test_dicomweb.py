@@ -198,3 +198,33 @@ def test_login_roles_and_json_errors(node):
     stow = requests.post(f"{base}/dicom-web/studies", auth=other, data=b"x",
                          headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=x'})
     assert stow.status_code == 403
+
+
+def test_already_lossy_original_keeps_its_label(node):
+    base, _, client, _ = node
+    lossy = make_dataset(**KINDS["already_lossy"])
+    client.store_instances([lossy])
+    url = f"{base}/dicom-web/studies/{lossy.StudyInstanceUID}/series/{lossy.SeriesInstanceUID}/instances/{lossy.SOPInstanceUID}"
+    for accept in ('multipart/related; type="application/dicom"; transfer-syntax=*',
+                   'multipart/related; type="application/dicom"'):
+        answer = requests.get(url, auth=ADMIN, headers={"Accept": accept})
+        assert answer.status_code == 200 and "X-Lossy-Compression" in answer.headers, accept
+        [part] = list(client._decode_multipart_message(answer, stream=False))
+        assert dcmread(io.BytesIO(part)).LossyImageCompression == "01"
+    [found] = client.search_for_instances(search_filters={"SOPInstanceUID": lossy.SOPInstanceUID})
+    assert found["00282110"]["Value"] == ["01"]
+
+
+def test_unsupported_query_keys_warn_and_cors(node, monkeypatch):
+    base, _, _, _ = node
+    answer = requests.get(f"{base}/dicom-web/studies?ReferringPhysicianName=X&00100020=P2", auth=ADMIN)
+    assert answer.status_code == 200 and "ReferringPhysicianName" in answer.headers["Warning"]
+    assert [s["00100020"]["Value"][0] for s in answer.json()] == ["P2"]  # the tag form of PatientID matched
+    monkeypatch.setenv("RADPRESS_CORS_ORIGINS", "https://viewer.example")
+    preflight = requests.options(f"{base}/dicom-web/studies", headers={
+        "Origin": "https://viewer.example", "Access-Control-Request-Method": "GET"})
+    assert preflight.status_code == 200 and preflight.headers["Access-Control-Allow-Origin"] == "https://viewer.example"
+    assert preflight.content == b""
+    other = requests.get(f"{base}/dicom-web/studies", auth=ADMIN, headers={"Origin": "https://evil.example"})
+    assert other.status_code == 200 and "Access-Control-Allow-Origin" not in other.headers
+    assert requests.get(f"{base}/dicom-web/studies", headers={"Origin": "https://viewer.example"}).status_code == 401
