@@ -122,6 +122,7 @@ class Policy:
         get_strategy(self.strategy)
         if "{ratio}" not in self.lossy_banner:
             raise InvalidOptionError("The lossy banner must show the ratio.", hint="Keep {ratio} in the wording.")
+        _check_banner(self.lossy_banner)
         get_codec(self.lossless_codec, False)
         get_codec(self.lossy_codec, True)
         for codec in self.lossy_codecs.values():
@@ -161,6 +162,22 @@ class Policy:
         if isinstance(data.get("ratios"), dict):
             data["ratios"] = {k: float(v) if isinstance(v, str) else v for k, v in data["ratios"].items()}
         return cls.from_dict(data)
+
+
+def _check_banner(template: str) -> None:
+    """The banner is a str.format template shown on every lossy image: only the plain fields {ratio}, {codec} and
+    {method}, so that a typo cannot break Compare for everyone and no field can reach into Python objects."""
+    import string
+
+    try:
+        fields = [(name, spec, conv) for _text, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise InvalidOptionError(f"The lossy banner is not a valid template: {exc}.", hint="Write braces as {{ and }}.") from None
+    for name, spec, conv in fields:
+        if name not in ("ratio", "codec", "method") or spec or conv:
+            shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise InvalidOptionError(f"The lossy banner's field {shown} is not allowed.",
+                                     hint="Use {ratio}, {codec} and {method} only, without formats.")
 
 
 def _key(key: tuple[str, str]) -> str:

@@ -1,5 +1,7 @@
 """The CAR upper bounds, and codec and ratio chosen together."""
 
+import re
+
 import pytest
 
 from core.errors import InvalidOptionError
@@ -87,3 +89,22 @@ def test_a_policy_saved_before_types_were_checked_still_opens(tmp_path):
     assert policy.lossy_enabled is False and policy.strategy == 1 and policy.default_ratio == 12.0
     store.set_policy(policy)
     assert json.loads(store.query("SELECT value FROM settings WHERE key='policy'")[0]["value"])["lossy_enabled"] is False
+
+
+@pytest.mark.parametrize("banner, words", [
+    ("LOSSY {ratio}:1 {nope}", "field {nope} is not allowed"),
+    ("LOSSY {ratio} {ratio.__class__}", "{ratio.__class__} is not allowed"),
+    ("LOSSY {ratio} {ratio:>999999999}", "{ratio:>999999999} is not allowed"),
+    ("LOSSY {ratio} {ratio!r}", "{ratio!r} is not allowed"),
+    ("LOSSY {ratio}:1 {", "not a valid template"),
+    ("LOSSY {0} {ratio}", "field {0} is not allowed"),
+])
+def test_the_banner_template_has_plain_fields_only(banner, words):
+    """A bad field used to be saved, then every Compare failed (KeyError) or the banner reached into Python objects."""
+    from core.comparison import lossy_banner
+    from core.codecs import get_codec
+
+    with pytest.raises(InvalidOptionError, match=re.escape(words)):
+        Policy.from_dict({**Policy().to_dict(), "lossy_banner": banner})
+    fine = Policy.from_dict({**Policy().to_dict(), "lossy_banner": "LOSSY {{{ratio}:1}} {codec} {method}"})
+    assert lossy_banner(10, get_codec("j2k", True), fine.lossy_banner).startswith("LOSSY {10:1} ")
