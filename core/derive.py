@@ -122,7 +122,7 @@ def is_marked_lossy(ds: Dataset) -> bool:
     meta = getattr(ds, "file_meta", None)
     uid = meta.get("TransferSyntaxUID") if meta is not None else None
     return (flag == "01" or uid in _LOSSY_SYNTAXES or (uid in _EITHER_SYNTAXES and flag != "00")
-            or _irreversible_j2k(ds, uid) is not None)
+            or _irreversible_j2k(ds, uid) is not None or _near_lossless_jls(ds, uid) is not None)
 
 
 _J2K_SYNTAXES = frozenset(UID(f"1.2.840.10008.1.2.4.{n}") for n in (90, 91, 201, 202, 203))
@@ -142,6 +142,19 @@ def _irreversible_j2k(ds: Dataset, uid) -> str | None:
     if info is None or info.reversible:
         return None
     return "ISO_15444_15" if info.htj2k else "ISO_15444_1"
+
+
+def _near_lossless_jls(ds: Dataset, uid) -> str | None:
+    """"ISO_14495_1" when a first frame under the lossless-only JPEG-LS syntax (.80) is coded with NEAR > 0."""
+    value = getattr(ds.get_item("PixelData", keep_deferred=True), "value", None) if uid == "1.2.840.10008.1.2.4.80" and "PixelData" in ds else None
+    pos = value.find(b"\xff\xd8", 0, 4096) + 2 if isinstance(value, (bytes, bytearray)) else 0
+    while 1 < pos < min(len(value), 1 << 20) - 4:  # marker segments up to the first scan header (SOS)
+        marker, length = struct.unpack(">HH", value[pos:pos + 4])
+        if marker == 0xFFDA:
+            near = pos + 5 + 2 * value[pos + 4]
+            return "ISO_14495_1" if near < len(value) and value[near] > 0 else None
+        pos += 2 + length
+    return None
 
 
 @dataclass(frozen=True)
@@ -241,7 +254,7 @@ def lossy_history(ds: Dataset) -> LossyHistory:
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     if not methods and syntax in _SYNTAX_METHODS:
         methods = (_SYNTAX_METHODS[syntax],)
-    elif not methods and (irreversible := _irreversible_j2k(ds, syntax)):
+    elif not methods and (irreversible := _irreversible_j2k(ds, syntax) or _near_lossless_jls(ds, syntax)):
         methods = (irreversible,)
     cumulative = math.prod(ratios) if ratios else _stored_ratio(ds, syntax)
     return LossyHistory(True, methods, ratios, cumulative)
