@@ -6,6 +6,7 @@ import re
 import subprocess
 import time
 
+import flask
 import numpy as np
 import pydicom
 import pytest
@@ -103,6 +104,9 @@ console.log(JSON.stringify({
     assert source["sourceName"] == "radpress"
     roots = {source["configuration"][k] for k in ("qidoRoot", "wadoRoot", "wadoUriRoot")}
     assert roots == {"https://pacs.clinic:8443/dicom-web"}
+    assert source["configuration"]["acceptHeader"] == [
+        "multipart/related; type=image/jphc; transfer-syntax=1.2.840.10008.1.2.4.201, "
+        "multipart/related; type=application/octet-stream; transfer-syntax=*"]  # HTJ2K lossless first, else decoded
     assert result["item"] == {"id": "RadPressLossy", "inheritsFrom": "ohif.overlayItem"}
     assert result["lossy"] == "LOSSY 8.2:1 \u2014 not for primary diagnosis"
     assert result["lossyList"] == "LOSSY 12:1 \u2014 not for primary diagnosis"
@@ -162,12 +166,20 @@ def _open_in_ohif(driver, base, study_uid) -> tuple[np.ndarray, str]:
 
 
 def test_ohif_shows_the_study_and_marks_the_lossy_one(live_app, browser, tmp_path):
-    """OHIF in Chromium, on RadPress's own DICOMweb: a real MR image renders (not blank), without a lossy mark;
-    an already-lossy original (Lossy Image Compression 01, 18:1) carries the overlay."""
+    """OHIF in Chromium, on RadPress's own DICOMweb: a real MR image renders (not blank) from HTJ2K lossless frames,
+    without a lossy mark; an already-lossy original (Lossy Image Compression 01, 18:1) carries the overlay."""
     from core.samples import sample
     from tests.synthetic import write_kind
 
-    base, _app = live_app(demo=False)
+    base, app = live_app(demo=False)
+    frames = []
+
+    @app.server.after_request
+    def _frames(response):  # which frames the viewer was sent, as what
+        if "/frames/" in flask.request.path:
+            frames.append(response.content_type)
+        return response
+
     uids = {}
     for name, path in (("mr", sample("MR2_UNCR")), ("lossy", write_kind("already_lossy", tmp_path))):
         with open(path, "rb") as fh:
@@ -177,6 +189,7 @@ def test_ohif_shows_the_study_and_marks_the_lossy_one(live_app, browser, tmp_pat
     login(browser, base, ADMIN)
     pixels, overlay = _open_in_ohif(browser, base, uids["mr"])
     assert pixels.std() > 10 and len(np.unique(pixels)) > 50 and "LOSSY" not in overlay
+    assert frames and all('type="image/jphc"' in t for t in frames), frames  # OHIF read the HTJ2K lossless frames
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "ohif-mr.png"))
     pixels, overlay = _open_in_ohif(browser, base, uids["lossy"])
