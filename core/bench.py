@@ -29,7 +29,7 @@ from .pixels import PixelSpec, decode_frame, pixel_spec, read_dataset
 from .probe import measure_probes
 from .samples import BENCH_SAMPLES, sample
 
-__all__ = ["run_bench", "measure", "measure_accuracy", "measure_psnr_truth"]
+__all__ = ["run_bench", "measure", "measure_accuracy", "measure_psnr_truth", "measure_dicomweb"]
 
 CODECS = ("j2k", "htj2k", "jpegls", "jxl")
 LOSSY_TARGETS = (10, 20, 50)
@@ -192,6 +192,8 @@ def _table(results: dict) -> str:
         lines += [_lab_table(results["lab"]), ""]
     if "delivery" in results:
         lines += [_delivery_table(results["delivery"]), ""]
+    if "dicomweb" in results:
+        lines += [_dicomweb_table(results["dicomweb"]), ""]
     for c in results["checks"]:
         verdict = ("ok" if c["ok"] else "below") if c.get("informative") else ("PASS" if c["ok"] else "FAIL")
         lines.append(f"[{verdict}] {c['target']}: {c['measured']}")
@@ -216,6 +218,9 @@ def run_bench(json_path: str | None = "bench-results.json", as_json: bool = Fals
         results["archive"] = archive
         results["checks"].append({"target": "archive peak RSS < 1 GB", "measured": f"{max(archive['peak_rss_mb'], archive['peak_worker_rss_mb']):.0f} MB",
                                   "ok": max(archive["peak_rss_mb"], archive["peak_worker_rss_mb"]) < 1024})
+    if archive_instances:
+        results["dicomweb"] = measure_dicomweb(min(archive_instances, 60))
+        results["checks"] += results["dicomweb"]["checks"]
     results["probe"] = measure_probes()  # hostile inputs, upload races, callbacks x roles against a live app
     results["checks"] += results["probe"]["checks"]
     text = json.dumps(results, indent=2)
@@ -709,3 +714,98 @@ def _accuracy_checks(acc: dict, truth: dict) -> list[dict]:
                        "measured": f"worst difference {worst:.3f} dB over {len(mine)} decodes ({', '.join(sorted({r['decoder'] for r in mine}))})",
                        "ok": bool(mine) and all(r["ok"] for r in mine)})
     return checks
+
+
+# -- DICOMweb: QIDO-RS over a large index, WADO-RS retrieval per transfer syntax --------------
+WADO_SYNTAXES = {"as stored (*)": "*", "Explicit VR LE": "1.2.840.10008.1.2.1", "JPEG 2000 lossless": "1.2.840.10008.1.2.4.90",
+                 "JPEG-LS lossless": "1.2.840.10008.1.2.4.80", "HTJ2K lossless RPCL": "1.2.840.10008.1.2.4.202"}
+QIDO_SEARCHES = {"all (limit 101)": {}, "PatientName=name5*": {"PatientName": "name5*"},
+                 "StudyDate range + ModalitiesInStudy": {"StudyDate": "20240301-20240331", "ModalitiesInStudy": "CR"},
+                 "PatientID exact": {"PatientID": "P9999"}, "AccessionNumber=A12*": {"AccessionNumber": "A12*"}}
+
+
+def index_studies(store, count: int) -> None:
+    """*count* studies of one 3-instance series each, straight into the index (QIDO reads nothing else)."""
+    with store.connect() as db:
+        db.executemany("INSERT INTO patients (patient_key, patient_id, name, birth_date) VALUES (?,?,?,?)",
+                       [(f"P{n}", f"P{n}", f"Name{n % 97}^Given{n}", "19700101") for n in range(count)])
+        db.executemany("INSERT INTO studies (study_uid, patient_key, date, description, accession, created, demo) "
+                       "VALUES (?,?,?,?,?,0,0)",
+                       [(f"2.25.{n}", f"P{n}", f"2024{1 + n % 12:02d}{1 + n % 28:02d}", "", f"A{n}") for n in range(count)])
+        db.executemany("INSERT INTO series (series_uid, study_uid, modality, number) VALUES (?,?,?,1)",
+                       [(f"2.25.{n}.1", f"2.25.{n}", ("CT", "MR", "CR")[n % 3]) for n in range(count)])
+        db.executemany("INSERT INTO instances (sop_uid, series_uid, sop_class, number, lossy) VALUES (?,?,?,1,0)",
+                       [(f"2.25.{n}.1.{k}", f"2.25.{n}.1", "1.2.840.10008.5.1.4.1.1.2") for n in range(count) for k in range(3)])
+
+
+def measure_dicomweb(instances: int = 60, studies: int = 10_000) -> dict:
+    """QIDO-RS search time over *studies* indexed studies, and WADO-RS study retrieval MB/s per transfer syntax
+    (a CT series from the real 693 slice, strategy 1; cold = first request, transcodes included)."""
+    import logging
+    import threading
+
+    import requests
+    from flask import Flask
+    from werkzeug.serving import make_server
+
+    from .auth import init_auth
+    from .ingest import ingest
+    from .jobs import Jobs
+    from .routes import init_archive
+    from .samples import write_series
+    from .store import Store
+    from .users import Users
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    out: dict = {"studies": studies, "instances": instances, "qido": [], "wado": []}
+    with tempfile.TemporaryDirectory(prefix="radpress-bench-dicomweb-") as tmp_name:
+        tmp = Path(tmp_name)
+        store = Store(tmp / "data")
+        index_studies(store, studies)
+        files = write_series("693_UNCR", instances, tmp / "series")
+        study = [r for r in ingest(store, files)][0].study_uid
+        jobs = Jobs(store, workers=2)
+        jobs.submit(study)
+        jobs.run_pending()
+        server = Flask(__name__)
+        Users(store).add("bench", "bench-password", "admin")
+        init_auth(server, Users(store), b"bench", demo=False)
+        init_archive(server, store, jobs)
+        httpd = make_server("127.0.0.1", 0, server, threaded=True)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{httpd.server_port}/dicom-web"
+        http = requests.Session()
+        http.auth = ("bench", "bench-password")
+        try:
+            _timed_get(http, f"{base}/studies", limit=1)  # the login is checked once (~100 ms by design), then remembered
+            for label, filters in QIDO_SEARCHES.items():
+                times = [_timed_get(http, f"{base}/studies", limit=101, **filters)[0] for _ in range(5)]
+                out["qido"].append({"search": label, "median_ms": statistics.median(times), "max_ms": max(times)})
+            for label, syntax in WADO_SYNTAXES.items():
+                accept = f'multipart/related; type="application/dicom"; transfer-syntax={syntax}'
+                row = {"syntax": label, "uid": syntax}
+                for run in ("cold", "cached"):
+                    start = time.perf_counter()
+                    size = 0
+                    with http.get(f"{base}/studies/{study}", headers={"Accept": accept}, stream=True) as r:
+                        r.raise_for_status()
+                        for chunk in r.iter_content(1 << 20):
+                            size += len(chunk)
+                    row[f"{run}_mb_s"] = size / 1e6 / (time.perf_counter() - start)
+                    row["mb"] = size / 1e6
+                out["wado"].append(row)
+        finally:
+            httpd.shutdown()
+            jobs.stop()
+    worst = max(q["median_ms"] for q in out["qido"])
+    out["checks"] = [{"target": f"QIDO-RS over {studies} studies < 300 ms", "measured": f"{worst:.0f} ms (median of the slowest search)",
+                      "ok": worst < 300}]
+    return out
+
+
+def _dicomweb_table(d: dict) -> str:
+    lines = [f"QIDO-RS /studies over {d['studies']} indexed studies: " + "; ".join(
+        f"{q['search']} {q['median_ms']:.0f} ms" for q in d["qido"])]
+    lines.append(f"WADO-RS study retrieval ({d['instances']} CT instances), MB/s cold / cached:")
+    lines += [f"  {w['syntax']:<22} {w['mb']:>7.1f} MB  {w['cold_mb_s']:>7.1f} / {w['cached_mb_s']:.1f}" for w in d["wado"]]
+    return "\n".join(lines)

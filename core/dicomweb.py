@@ -32,7 +32,7 @@ from .errors import InvalidOptionError, RadPressError
 from .ingest import ingest_stream
 from .locks import item_lock
 from .pixels import decode_frame, pixel_spec, read_dataset
-from .query import INSTANCE_KEYS, SERIES_KEYS, STUDY_KEYS, as_dataset, find_instances, find_series, find_studies
+from .query import INSTANCE_KEYS, SERIES_KEYS, STUDY_KEYS, as_json, find_instances, find_series, find_studies
 from .render import encode_image, to_display
 from .store import Store, StoreError
 from .users import authorize, record_access, visible_instances
@@ -110,7 +110,7 @@ def _filters(keys: dict, **path) -> tuple[dict, list[str]]:
 
 def _qido(rows: list[dict], ignored: list[str]) -> Response:
     """Every attribute the index holds for each match (PS3.18 lets a server return more than includefield names)."""
-    response = Response(_json([as_dataset(row).to_json_dict() for row in rows]), mimetype=DICOM_JSON)
+    response = Response(_json([as_json(row) for row in rows]), mimetype=DICOM_JSON)
     if ignored:  # PS3.18 §8.3.4.3: unsupported parameters are ignored, with a Warning
         names = ", ".join(re.sub(r"[^\w.-]", "?", k) for k in dict.fromkeys(ignored))
         response.headers["Warning"] = f'299 RadPress "The following parameters are unsupported: {names}"'

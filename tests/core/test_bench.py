@@ -81,3 +81,16 @@ def test_lab_psnr_equals_independent_decoders():
     for r in truth["rows"]:
         assert r["ok"] and r["diff_db"] <= 0.1 and r["lab_psnr"] > 20, r  # inf when NEAR 0 was the closest JPEG-LS step
     assert "opj_decompress" in _psnr_table(truth)
+
+
+def test_dicomweb_benchmark_times_qido_and_every_wado_syntax():
+    from core.bench import WADO_SYNTAXES, _dicomweb_table, measure_dicomweb
+
+    d = measure_dicomweb(instances=3, studies=10_000)
+    assert [w["syntax"] for w in d["wado"]] == list(WADO_SYNTAXES)
+    stored = d["wado"][0]["mb"]
+    assert stored > 1.5 and d["wado"][1]["mb"] > 1.5  # 3 x 512 x 512 x 2 bytes, as stored and decoded
+    assert all(0 < w["mb"] < stored / 2 for w in d["wado"][2:])  # lossless codestreams
+    assert all(w["cold_mb_s"] > 0 and w["cached_mb_s"] > 0 for w in d["wado"])
+    assert len(d["qido"]) == 5 and d["checks"][0]["ok"], d["qido"]
+    assert "HTJ2K lossless RPCL" in _dicomweb_table(d)

@@ -6,7 +6,7 @@ import pytest
 
 from core.errors import InvalidHeaderError, InvalidOptionError
 from core.ingest import ingest
-from core.query import as_dataset, find_instances, find_series, find_studies
+from core.query import as_dataset, as_json, find_instances, find_series, find_studies
 from core.store import Store
 from core.users import LoginRequired, User, mark_demo, set_readers, Users
 from tests.synthetic import make_dataset, write
@@ -68,6 +68,8 @@ def test_series_and_instance_levels(archive):
     assert instances[0]["Rows"] == 8 and instances[0]["LossyImageCompression"] == "00"
     one = find_instances(store, ADMIN, {"SOPInstanceUID": results[3].sop_uid})
     assert [i["PatientID"] for i in one] == ["P2"]
+    for match in find_studies(store, ADMIN) + find_series(store, ADMIN) + instances + one:
+        assert as_json(match) == as_dataset(match).to_json_dict()
     ds = as_dataset(one[0])
     assert ds.to_json_dict()["00080018"]["Value"] == [results[3].sop_uid]
     assert ds.to_json_dict()["00100010"]["Value"] == [{"Alphabetic": "doe^john"}]
