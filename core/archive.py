@@ -58,8 +58,10 @@ def _ratio(policy: Policy, row) -> float:
 
 
 def wanted_for(policy: Policy, strategy: int, row) -> set[Wanted]:
-    """The artifacts one instance keeps under *strategy* (originals are implied)."""
+    """The artifacts one instance keeps under *strategy* (originals are implied; a non-image keeps only that)."""
     wanted = set()
+    if not row["rows"]:  # a report, RT plan, PDF, key object ...: no pixels to compress
+        return wanted
     for variant in get_strategy(strategy).stored:
         if variant == "lossless":
             wanted.add(Wanted(row["sop_uid"], "lossless", 0, policy.lossless_codec))
@@ -204,7 +206,7 @@ def variant_file(store: Store, sop_uid: str, variant: str, ratio: float | None =
     if variant == "lossy" and not policy.lossy_enabled:
         raise Forbidden("Lossy images are switched off for this clinic.", hint="An administrator can enable them on the Policy page.")
     original = store.artifact(sop_uid, "original")
-    if variant == "original":
+    if variant == "original" or not row["rows"]:  # a non-image (report, plan, PDF) is served as it came, whatever the variant
         return VariantFile(open(original.path, "rb"), original.checksum[:32], original.bytes, original.transfer_syntax, False)
     lossy = variant == "lossy"
     codec = lossy_setting(policy, row).codec if lossy else policy.lossless_codec

@@ -29,8 +29,8 @@ from pydicom.dataset import Dataset
 
 from .errors import InvalidOptionError, RadPressError
 from .files import atomic_writer
-from .pixels import read_dataset
-from .validate import check_uid
+from .pixels import PixelSpec, read_dataset
+from .validate import check_uid, is_image
 from .policy import Policy, get_strategy
 
 __all__ = ["Store", "Artifact", "StoreError", "sha256_file", "uid_key"]
@@ -252,7 +252,7 @@ class Store:
         from .pixels import pixel_spec
 
         sop_uid = _text(ds, "SOPInstanceUID")
-        spec = pixel_spec(ds)
+        spec = pixel_spec(ds) if is_image(ds) else _NO_IMAGE  # a report, plan, PDF ...: rows 0, nothing to compress
         now = time.time()
         patient_key = f"{_text(ds, 'PatientID')}|{_text(ds, 'PatientName')}"
         db.execute("INSERT OR IGNORE INTO patients (patient_key, patient_id, name, birth_date) VALUES (?,?,?,?)",
@@ -474,6 +474,9 @@ class Store:
                 report["reindexed_originals"].append(str(path))
             elif Path(taken["path"]) != path:
                 report["unindexed_originals"].append(f"{path}: its SOP Instance UID is stored at {taken['path']}")
+
+
+_NO_IMAGE = PixelSpec(rows=0, columns=0, samples=0, bits_allocated=0, bits_stored=0, signed=False, photometric="", frames=0)
 
 
 def _refuse_original(variant: str) -> None:

@@ -235,6 +235,11 @@ def _walk(ds: Dataset, file_size: int | None, depth: int) -> None:
                 _walk(item, file_size, depth + 1)
 
 
+def is_image(ds: Dataset) -> bool:
+    """Whether *ds* holds pixels; an object without them (SR, RT plan, PDF ...) is archived as its original only."""
+    return any(tag in ds for tag in _PIXEL_TAGS)
+
+
 def read_checked(path: str | os.PathLike) -> Dataset:
     """Read a file and apply every check above; each failure is a :class:`RadPressError` with a reason."""
     from .pixels import pixel_spec, read_dataset
@@ -249,10 +254,13 @@ def read_checked(path: str | os.PathLike) -> Dataset:
             raise
         parse_all(ds.file_meta)
         parse_all(ds, os.path.getsize(path))
-        pixel_spec(ds)  # no pixel data: refused with that reason first
-        check_identifiers(ds)
-        check_image_header(ds)
-        check_decodes(ds)
+        if is_image(ds) or "Rows" in ds:
+            pixel_spec(ds)  # an image header without pixel data: refused with that reason first
+            check_identifiers(ds)
+            check_image_header(ds)
+            check_decodes(ds)
+        else:  # a report, RT plan, PDF, key object, presentation state: kept as it came, never decoded
+            check_identifiers(ds)
     except RadPressError:
         raise
     except _PARSE_ERRORS as exc:

@@ -225,6 +225,44 @@ def test_move_to_unknown_destination_is_refused(node, tmp_path):
     assert "Refused: MoveDestinationUnknown" in proc.stdout + proc.stderr  # 0xA801
 
 
+def _pdf(tmp_path: Path, study: str) -> Path:
+    """An Encapsulated PDF instance (PS3.3 A.45): a document in a study, no pixels."""
+    ds = make_dataset(rows=8, columns=8, study_uid=study)
+    for keyword in ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored",
+                    "HighBit", "PixelRepresentation", "PixelSpacing", "PixelData", "ImageType"):
+        delattr(ds, keyword)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    ds.Modality, ds.MIMETypeOfEncapsulatedDocument = "DOC", "application/pdf"
+    ds.EncapsulatedDocument = b"%PDF-1.4\n% RadPress test\n%%EOF\n"
+    return write(ds, tmp_path / "report.pdf.dcm")
+
+
+def test_non_image_objects_are_stored_and_retrieved_as_they_came(node, tmp_path):
+    from core.samples import pydicom_test_dir
+
+    study, images = _study(tmp_path, ["s12"])
+    others = []
+    for name in ("rtplan.dcm", "test-SR.dcm"):
+        ds = pydicom.dcmread(pydicom_test_dir() / name)
+        ds.StudyInstanceUID = study
+        ds.save_as(tmp_path / name)
+        others.append(tmp_path / name)
+    others.append(_pdf(tmp_path, study))
+    dcmtk("storescu", *_peer(node), *images, *others)
+    sent = {read_dataset(p).SOPInstanceUID: read_dataset(p) for p in others}
+    assert all(node.store.instance(uid)["rows"] == 0 for uid in sent)
+    out = tmp_path / "got"
+    out.mkdir()
+    dcmtk("getscu", "-S", *_peer(node)[:2], "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+          "-od", out, *_peer(node)[2:])
+    got = {d.SOPInstanceUID: d for d in map(read_dataset, out.iterdir())}
+    assert set(got) == set(sent) | {read_dataset(images[0]).SOPInstanceUID}
+    for uid, original in sent.items():
+        assert got[uid] == original  # every element as it was sent
+    pdf = next(d for d in got.values() if "EncapsulatedDocument" in d)
+    assert pdf.EncapsulatedDocument.startswith(b"%PDF-1.4")
+
+
 def test_calling_ae_allow_list(node):
     guarded = DicomNode(node.store, node.jobs, NodeConfig(port=0, allowed=frozenset({"MODALITY1"})))
     guarded.start()

@@ -62,7 +62,6 @@ def test_nested_folders_and_dicomdir_skipped(store, tmp_path):
 @pytest.mark.parametrize(
     "path, reason",
     [
-        (pydicom_test_dir() / "rtplan.dcm", "no pixel data"),
         (pydicom_test_dir() / "MR_truncated.dcm", "truncated"),
         (pydicom_test_dir() / "README.txt", "not DICOM"),
     ],
@@ -73,6 +72,34 @@ def test_rejections_carry_a_reason(store, path, reason):
     assert not re.search(r"\d{12,}-\d+-\d+", result.reason), result.reason  # never the staging file's name
     assert not list((store.root / "originals").rglob("*.dcm"))
     assert not list((store.root / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("name", ["rtplan.dcm", "test-SR.dcm", "reportsi.dcm"])
+def test_non_image_objects_are_kept_as_originals_only(store, name):
+    """A clinic's studies hold reports and plans: stored as they came, never given compressed copies."""
+    from core.archive import plan
+
+    result = list(ingest(store, [pydicom_test_dir() / name]))[0]
+    assert result.status == "stored", result.reason
+    assert store.artifact(result.sop_uid, "original").path.read_bytes() == (pydicom_test_dir() / name).read_bytes()
+    assert store.instance(result.sop_uid)["rows"] == 0 and plan(store, result.study_uid).make == ()
+
+
+def test_image_header_without_pixel_data_is_refused(store, tmp_path):
+    ds = make_dataset(rows=16, columns=16)
+    del ds.PixelData
+    result = list(ingest(store, [write(ds, tmp_path / "no-pixels.dcm")]))[0]
+    assert result.status == "rejected" and result.reason.startswith("no pixel data")
+
+
+def test_non_image_with_a_bad_uid_is_refused(store, tmp_path):
+    import pydicom
+
+    ds = pydicom.dcmread(pydicom_test_dir() / "rtplan.dcm")
+    ds.StudyInstanceUID = "1.2.03"
+    ds.save_as(tmp_path / "plan.dcm")
+    result = list(ingest(store, [tmp_path / "plan.dcm"]))[0]
+    assert result.status == "rejected" and "Study Instance UID" in result.reason
 
 
 def test_too_large(store):
