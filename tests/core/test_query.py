@@ -5,6 +5,7 @@ import time
 import pytest
 
 from core.errors import InvalidHeaderError, InvalidOptionError
+from core.bench import index_studies
 from core.ingest import ingest
 from core.query import as_dataset, as_json, find_instances, find_series, find_studies
 from core.store import Store
@@ -119,16 +120,7 @@ def test_visibility_follows_authorize(archive):
 
 def test_ten_thousand_studies_answer_in_under_300_ms(tmp_path):
     store = Store(tmp_path / "data")
-    with store.connect() as db:
-        db.executemany("INSERT INTO patients (patient_key, patient_id, name, birth_date) VALUES (?,?,?,?)",
-                       [(f"P{n}", f"P{n}", f"Name{n % 97}^Given{n}", "19700101") for n in range(10_000)])
-        db.executemany("INSERT INTO studies (study_uid, patient_key, date, description, accession, created, demo) "
-                       "VALUES (?,?,?,?,?,0,0)",
-                       [(f"1.2.{n}", f"P{n}", f"2024{1 + n % 12:02d}{1 + n % 28:02d}", "", f"A{n}") for n in range(10_000)])
-        db.executemany("INSERT INTO series (series_uid, study_uid, modality, number) VALUES (?,?,?,1)",
-                       [(f"1.3.{n}", f"1.2.{n}", ("CT", "MR", "CR")[n % 3]) for n in range(10_000)])
-        db.executemany("INSERT INTO instances (sop_uid, series_uid, sop_class, number, lossy) VALUES (?,?,?,1,0)",
-                       [(f"1.4.{n}.{k}", f"1.3.{n}", "1.2.840.10008.5.1.4.1.1.2") for n in range(10_000) for k in range(3)])
+    index_studies(store, 10_000)
     rad = User("rad", "radiologist")
     searches = [{}, {"PatientName": "name5*"}, {"StudyDate": "20240301-20240331", "ModalitiesInStudy": "CR"},
                 {"PatientID": "P9999"}, {"AccessionNumber": "A12*"}]
