@@ -187,6 +187,12 @@ def test_ohif_shows_the_study_and_marks_the_lossy_one(live_app, browser, tmp_pat
         assert answer.status_code == 200, answer.text
         uids[name] = pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
     login(browser, base, ADMIN)
+    browser.get(f"{base}/study?uid={uids['mr']}")
+    button = wait(browser).until(lambda d: d.find_element(By.ID, "open-ohif"))
+    assert button.get_attribute("href") == base + viewer_url(uids["mr"])
+    browser.get(f"{base}/")
+    links = wait(browser).until(lambda d: d.find_elements(By.LINK_TEXT, "Open in OHIF"))
+    assert sorted(a.get_attribute("href") for a in links) == sorted(base + viewer_url(u) for u in uids.values())
     pixels, overlay = _open_in_ohif(browser, base, uids["mr"])
     assert pixels.std() > 10 and len(np.unique(pixels)) > 50 and "LOSSY" not in overlay
     assert frames and all('type="image/jphc"' in t for t in frames), frames  # OHIF read the HTJ2K lossless frames
@@ -195,3 +201,42 @@ def test_ohif_shows_the_study_and_marks_the_lossy_one(live_app, browser, tmp_pat
     pixels, overlay = _open_in_ohif(browser, base, uids["lossy"])
     assert overlay == "LOSSY 18:1 \u2014 not for primary diagnosis"
     browser.save_screenshot(str(ARTIFACTS / "ohif-lossy.png"))
+
+
+def _parts(response) -> list[tuple[str, bytes]]:
+    """A multipart/related body as (Content-Type, bytes) per part."""
+    boundary = re.search(r'boundary="?([^";]+)"?', response.headers["Content-Type"]).group(1).encode()
+    parts = []
+    for chunk in response.content.split(b"--" + boundary)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, body = chunk.partition(b"\r\n\r\n")
+        kind = re.search(rb"Content-Type:\s*([^\r\n]+)", head, re.I).group(1).decode()
+        parts.append((kind, body[:-2] if body.endswith(b"\r\n") else body))
+    return parts
+
+
+@pytest.mark.parametrize("kind", ["u12_odd", "s12", "u8_odd", "multiframe", "mono1"])
+def test_frames_as_the_viewer_asks_decode_to_the_original_pixels(live_app, tmp_path, kind):
+    """What OHIF is sent with its Accept header, decoded by OpenJPH / OpenJPEG, is bit-exact with the original."""
+    from core.ohif import FRAMES_ACCEPT
+    from core.pixels import decode_frame, pixel_spec, read_dataset
+    from tests.checkers import tool_pixels
+    from tests.synthetic import write_kind
+
+    base, _app = live_app(demo=False)
+    path = write_kind(kind, tmp_path)
+    with open(path, "rb") as fh:
+        assert requests.post(f"{base}/api/upload", files={"file": fh}, auth=ADMIN, timeout=60).status_code == 200
+    ds = read_dataset(path)
+    spec = pixel_spec(ds)
+    frames = ",".join(str(n + 1) for n in range(spec.frames))
+    url = (f"{base}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+           f"/instances/{ds.SOPInstanceUID}/frames/{frames}")
+    answer = requests.get(url, headers={"Accept": FRAMES_ACCEPT}, auth=ADMIN, timeout=60)
+    assert answer.status_code == 200, answer.text
+    parts = _parts(answer)
+    assert len(parts) == spec.frames
+    for n, (content_type, codestream) in enumerate(parts):
+        assert content_type.startswith("image/jphc") and "1.2.840.10008.1.2.4.201" in content_type
+        np.testing.assert_array_equal(tool_pixels("htj2k", codestream, spec, tmp_path), decode_frame(ds, n))
