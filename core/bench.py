@@ -194,6 +194,8 @@ def _table(results: dict) -> str:
         lines += [_delivery_table(results["delivery"]), ""]
     if "dicomweb" in results:
         lines += [_dicomweb_table(results["dicomweb"]), ""]
+    if "dimse" in results:
+        lines += [_dimse_table(results["dimse"]), ""]
     for c in results["checks"]:
         verdict = ("ok" if c["ok"] else "below") if c.get("informative") else ("PASS" if c["ok"] else "FAIL")
         lines.append(f"[{verdict}] {c['target']}: {c['measured']}")
@@ -221,6 +223,9 @@ def run_bench(json_path: str | None = "bench-results.json", as_json: bool = Fals
     if archive_instances:
         results["dicomweb"] = measure_dicomweb(min(archive_instances, 60))
         results["checks"] += results["dicomweb"]["checks"]
+    if archive_instances:
+        results["dimse"] = measure_dimse(archive_instances)
+        results["checks"] += results["dimse"]["checks"]
     results["probe"] = measure_probes()  # hostile inputs, upload races, callbacks x roles against a live app
     results["checks"] += results["probe"]["checks"]
     text = json.dumps(results, indent=2)
@@ -809,3 +814,62 @@ def _dicomweb_table(d: dict) -> str:
     lines.append(f"WADO-RS study retrieval ({d['instances']} CT instances), MB/s cold / cached:")
     lines += [f"  {w['syntax']:<22} {w['mb']:>7.1f} MB  {w['cold_mb_s']:>7.1f} / {w['cached_mb_s']:.1f}" for w in d["wado"]]
     return "\n".join(lines)
+
+
+def measure_dimse(count: int = 300, studies: int = 10_000) -> dict:
+    """C-STORE ingest of a *count*-instance CT series (the real 693 slice) sent by DCMTK's storescu in one association,
+    and a C-FIND (findscu, process start included) over *studies* indexed studies."""
+    import shutil
+    import subprocess
+
+    from .dimse import DicomNode, NodeConfig
+    from .jobs import Jobs
+    from .samples import write_series
+    from .store import Store
+
+    out: dict = {"instances": count, "studies": studies}
+    tools = {tool: shutil.which(tool) for tool in ("storescu", "findscu")}
+    if not all(tools.values()):
+        return {**out, "skipped": "DCMTK (storescu, findscu) is not installed: make bench installs it",
+                "checks": [{"target": "C-STORE bench", "measured": "DCMTK missing", "ok": False}]}
+    with tempfile.TemporaryDirectory(prefix="radpress-bench-dimse-") as tmp_name:
+        tmp = Path(tmp_name)
+        files = write_series("693_UNCR", count, tmp / "series")
+        source_mb = sum(f.stat().st_size for f in files) / 1e6
+        store = Store(tmp / "data")
+        index_studies(store, studies)
+        node = DicomNode(store, Jobs(store), NodeConfig(port=0))
+        port = node.start()
+        try:
+            start = time.perf_counter()
+            subprocess.run([tools["storescu"], "-aec", "RADPRESS", "127.0.0.1", str(port), *map(str, files)],
+                           check=True, capture_output=True, timeout=3600)
+            store_s = time.perf_counter() - start
+            stored = store.query("SELECT count(*) FROM instances i JOIN series s USING (series_uid) "
+                                 "WHERE s.study_uid NOT LIKE '2.25.%'")[0][0]
+            time.sleep(0.5)  # the job is submitted when the association closes
+            jobs = store.query("SELECT count(*) FROM jobs")[0][0]
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                subprocess.run([tools["findscu"], "-S", "-aec", "RADPRESS", "-k", "QueryRetrieveLevel=STUDY",
+                                "-k", "PatientName=name4*", "-k", "StudyDate=20240301-20240630", "-k", "StudyInstanceUID",
+                                "127.0.0.1", str(port)], check=True, capture_output=True, timeout=600)
+                times.append(time.perf_counter() - start)
+        finally:
+            node.stop()
+    out.update(store_s=store_s, stored=stored, instances_per_s=count / store_s, mb_s=source_mb / store_s, jobs=jobs,
+               find_ms=statistics.median(times) * 1000)
+    out["checks"] = [{"target": f"C-STORE of {count} instances: all stored, one job", "measured": f"{stored} stored, {jobs} job(s)",
+                      "ok": stored == count and jobs == 1},
+                     {"target": "C-STORE ingest instances/s", "measured": f"{count / store_s:.1f}/s", "ok": True,
+                      "informative": True}]
+    return out
+
+
+def _dimse_table(d: dict) -> str:
+    if "skipped" in d:
+        return f"DICOM node: skipped ({d['skipped']})"
+    return (f"DICOM node: storescu C-STORE of {d['instances']} CT instances in {d['store_s']:.1f} s = "
+            f"{d['instances_per_s']:.1f} instances/s, {d['mb_s']:.1f} MB/s ({d['jobs']} job); findscu C-FIND over {d['studies']} studies "
+            f"{d['find_ms']:.0f} ms (process start included)")
