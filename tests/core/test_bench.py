@@ -94,3 +94,12 @@ def test_dicomweb_benchmark_times_qido_and_every_wado_syntax():
     assert all(w["cold_mb_s"] > 0 and w["cached_mb_s"] > 0 for w in d["wado"])
     assert len(d["qido"]) == 5 and d["checks"][0]["ok"], d["qido"]
     assert "HTJ2K lossless RPCL" in _dicomweb_table(d)
+
+
+def test_dimse_benchmark_sends_a_series_with_storescu():
+    from core.bench import _dimse_table, measure_dimse
+
+    d = measure_dimse(count=5, studies=2000)
+    assert (d["stored"], d["jobs"]) == (5, 1) and d["checks"][0]["ok"]  # one association, one job for the study
+    assert d["instances_per_s"] > 0 and d["find_ms"] > 0
+    assert "storescu C-STORE of 5 CT instances" in _dimse_table(d)
