@@ -15,6 +15,8 @@ import io
 import os
 import re
 import uuid
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from flask import Blueprint, Response, jsonify, request, stream_with_context
@@ -46,7 +48,7 @@ UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEnd
 # Media types of single compressed frames (PS3.18 Table 8.7.3-2) and the lossless syntax each stands for.
 FRAME_TYPES = {"image/jphc": UID("1.2.840.10008.1.2.4.201"), "image/jls": UID("1.2.840.10008.1.2.4.80"),
                "image/jp2": UID("1.2.840.10008.1.2.4.90")}
-MAX_STOW_BYTES = 4 << 30
+MAX_STOW_BYTES = 20 << 30  # as an uploaded archive (core.ingest.Limits)
 # STOW-RS Failure Reason (0008,1197), PS3.18 Table I.2-3 / PS3.4 Annex B
 _FAILURE = {"conflict": 0x0111, "rejected": 0xA900, "skipped": 0xC000, "wrong study": 0xA900}
 
@@ -557,33 +559,86 @@ def thumbnail(study, series=None, sop=None):
 
 
 # -- STOW-RS -----------------------------------------------------------------------
-def _parts(content_type: str, body: bytes) -> list[tuple[dict, bytes]]:
+_HEADER_LIMIT = 64 << 10
+
+
+class _Body:
+    """The request body read in chunks, counted against :data:`MAX_STOW_BYTES`."""
+
+    def __init__(self, stream):
+        self.stream, self.buffer, self.eof, self.total = stream, b"\r\n", False, 0
+
+    def fill(self) -> None:
+        chunk = self.stream.read(1 << 20)
+        self.total += len(chunk)
+        if self.total > MAX_STOW_BYTES:
+            raise InvalidOptionError(f"The body is above {MAX_STOW_BYTES >> 30} GB; send fewer instances per request.")
+        self.eof = not chunk
+        self.buffer += chunk
+
+
+def _parts(store: Store, content_type: str, stream) -> Iterator[tuple[dict, Path]]:
+    """Each part of a multipart/related body: its headers and its bytes staged in a file (removed by the caller).
+
+    Read as a stream, so a large STOW never sits in memory; a Part 10 file sent
+    without its 128-byte preamble (``pydicom.dcmwrite``'s default) gets one.
+    """
     match = re.search(r'boundary="?([^";]+)"?', content_type or "")
-    if not content_type.lower().startswith("multipart/related") or not match:
-        raise InvalidOptionError(f"STOW-RS takes multipart/related; type=\"application/dicom\" with a boundary, not {content_type[:80]!r}.")
-    delimiter = b"--" + match.group(1).encode()
-    parts = []
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        head, sep, data = chunk.partition(b"\r\n\r\n")
-        if not sep:
-            raise InvalidOptionError("A part of the multipart body has no blank line after its headers.")
+    if not (content_type or "").lower().startswith("multipart/related") or not match:
+        raise InvalidOptionError(f'STOW-RS takes multipart/related; type="application/dicom" with a boundary, not {content_type[:80]!r}.')
+    delimiter = b"\r\n--" + match.group(1).encode("latin-1")
+    body = _Body(stream)
+    while (at := body.buffer.find(delimiter)) < 0:
+        if body.eof:
+            raise InvalidOptionError("The STOW-RS body holds no parts (its boundary never appears).")
+        body.buffer = body.buffer[-len(delimiter):]
+        body.fill()
+    body.buffer = body.buffer[at + len(delimiter):]
+    while True:
+        while len(body.buffer) < 2 and not body.eof:
+            body.fill()
+        if body.buffer.startswith(b"--"):
+            return
+        while (end := body.buffer.find(b"\r\n\r\n")) < 0:
+            if body.eof or len(body.buffer) > _HEADER_LIMIT:
+                raise InvalidOptionError("A part of the multipart body has no blank line after its headers.")
+            body.fill()
         headers = {}
-        for line in head.decode("latin-1").strip().splitlines():
+        for line in body.buffer[:end].decode("latin-1").splitlines()[1:]:  # the rest of the delimiter line first
             key, _, value = line.partition(":")
             headers[key.strip().lower()] = value.strip()
-        parts.append((headers, data[:-2] if data.endswith(b"\r\n") else data))
-    if not parts:
-        raise InvalidOptionError("The STOW-RS body holds no parts.")
-    return parts
+        body.buffer = body.buffer[end + 4:]
+        while len(body.buffer) < 132 and not body.eof:
+            body.fill()
+        path = store.tmp_path(".stow")
+        try:
+            with open(path, "wb") as out:
+                if body.buffer[128:132] != b"DICM" and body.buffer[:2] == b"\x02\x00":
+                    out.write(bytes(128) + b"DICM")
+                keep = len(delimiter) - 1
+                while (at := body.buffer.find(delimiter)) < 0:
+                    if body.eof:
+                        raise InvalidOptionError("The multipart body ends inside a part (no closing boundary).")
+                    if len(body.buffer) > keep:
+                        out.write(body.buffer[:-keep])
+                        body.buffer = body.buffer[-keep:]
+                    body.fill()
+                out.write(body.buffer[:at])
+            body.buffer = body.buffer[at + len(delimiter):]
+            yield headers, path
+        finally:
+            path.unlink(missing_ok=True)
 
 
-def _stored_study(data: bytes) -> str | None:
+def _header_uids(path: Path) -> dict:
+    """Study, SOP Class and SOP Instance UIDs read before ingest (for a study check and the failure list); {} if unreadable."""
+    keywords = ["StudyInstanceUID", "SOPClassUID", "SOPInstanceUID"]
     try:
-        return str(dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).get("StudyInstanceUID", ""))
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=keywords)
     except Exception:  # unreadable: ingest rejects it with the reason
-        return None
+        return {}
+    values = {k: str(ds.get(k, "") or "") for k in keywords}
+    return {k: v for k, v in values.items() if re.fullmatch(r"[0-9.]{1,64}", v)}
 
 
 @blueprint.post("/studies")
@@ -591,30 +646,15 @@ def _stored_study(data: bytes) -> str | None:
 @require("upload")
 def stow(study=None):
     store, jobs = _store()
-    if request.content_length and request.content_length > MAX_STOW_BYTES:
-        raise InvalidOptionError(f"The body is above {MAX_STOW_BYTES >> 30} GB; send fewer instances per request.")
-    referenced, failed, studies = [], [], set()
-    for n, (headers, data) in enumerate(_parts(request.content_type or "", request.get_data(cache=False))):
-        kind = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
-        if data[128:132] != b"DICM" and data[:2] == b"\x02\x00":  # Part 10 without its preamble (pydicom.dcmwrite's default)
-            data = bytes(128) + b"DICM" + data
-        if kind != "application/dicom":
-            failed.append(_failed("", "", "rejected"))
-            continue
-        if study is not None and (found := _stored_study(data)) and found != study:
-            failed.append(_failed(_uid(data, "SOPClassUID"), _uid(data, "SOPInstanceUID"), "wrong study"))
-            continue
-        for result in ingest_stream(store, io.BytesIO(data), f"stow-part-{n + 1}.dcm"):
-            if result.status in ("stored", "duplicate"):
-                row = store.instance(result.sop_uid)
-                url = f"{_base()}/studies/{row['study_uid']}/series/{row['series_uid']}/instances/{result.sop_uid}"
-                item = Dataset()
-                item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID, item.RetrieveURL = row["sop_class"], result.sop_uid, url
-                referenced.append(item)
-                if result.status == "stored":
-                    studies.add(result.study_uid)
-            else:
-                failed.append(_failed(_uid(data, "SOPClassUID"), result.sop_uid or _uid(data, "SOPInstanceUID"), result.status))
+    referenced, failed, reasons, studies = [], [], [], set()
+    try:
+        for n, (headers, path) in enumerate(_parts(store, request.content_type or "", request.stream), start=1):
+            _stow_part(store, study, n, headers, path, referenced, failed, reasons, studies)
+    except InvalidOptionError as exc:  # a broken body: what came before it is stored and reported
+        if not referenced and not failed:
+            raise
+        failed.append(_failed({}, "rejected"))
+        reasons.append(str(exc))
     for uid in sorted(studies):
         jobs.submit(uid)
     out = Dataset()
@@ -624,20 +664,45 @@ def stow(study=None):
         out.ReferencedSOPSequence = referenced
     if failed:
         out.FailedSOPSequence = failed
-    status = 200 if not failed else 202 if referenced else 409
-    return Response(_json(out.to_json_dict()), status=status, mimetype=DICOM_JSON)
+    response = Response(_json(out.to_json_dict()), status=200 if not failed else 202 if referenced else 409, mimetype=DICOM_JSON)
+    if reasons:  # the Failure Reason codes say little; the reasons in words (ASCII, one header line)
+        text = re.sub(r"[\x00-\x1f]", " ", "; ".join(reasons)[:2000].encode("ascii", "replace").decode().replace('"', "'"))
+        response.headers["Warning"] = f'299 RadPress "{text}"'
+    return response
 
 
-def _uid(data: bytes, keyword: str) -> str:
-    try:
-        value = str(dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=[keyword]).get(keyword, ""))
-    except Exception:  # unreadable: no UID to name
-        return ""
-    return value if re.fullmatch(r"[0-9.]{1,64}", value) else ""
+def _stow_part(store: Store, study: str | None, n: int, headers: dict, path: Path, referenced: list, failed: list,
+               reasons: list, studies: set) -> None:
+    """One STOW-RS part through the same ingest as uploads; its outcome is appended to the lists."""
+    kind = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
+    uids = _header_uids(path)
+    if kind != "application/dicom":
+        failed.append(_failed(uids, "rejected"))
+        reasons.append(f"part {n}: {kind[:40]} is not application/dicom")
+        return
+    if study is not None and uids.get("StudyInstanceUID", study) != study:
+        failed.append(_failed(uids, "wrong study"))
+        reasons.append(f"part {n}: belongs to study {uids['StudyInstanceUID']}, not {study}")
+        return
+    with open(path, "rb") as fh:
+        results = ingest_stream(store, fh, f"stow-part-{n}.dcm")
+    for result in results:
+        if result.status in ("stored", "duplicate"):
+            row = store.instance(result.sop_uid)
+            item = Dataset()
+            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = row["sop_class"], result.sop_uid
+            item.RetrieveURL = f"{_base()}/studies/{row['study_uid']}/series/{row['series_uid']}/instances/{result.sop_uid}"
+            referenced.append(item)
+            if result.status == "stored":
+                studies.add(result.study_uid)
+        else:
+            failed.append(_failed(uids, result.status))
+            reasons.append(f"part {n}: {result.status}" + (f" ({result.reason})" if result.reason else ""))
 
 
-def _failed(sop_class: str, sop_uid: str, status: str) -> Dataset:
+def _failed(uids: dict, status: str) -> Dataset:
     item = Dataset()
-    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_uid
+    item.ReferencedSOPClassUID = uids.get("SOPClassUID", "")
+    item.ReferencedSOPInstanceUID = uids.get("SOPInstanceUID", "")
     item.FailureReason = _FAILURE.get(status, 0xC000)
     return item

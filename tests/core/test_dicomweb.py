@@ -172,6 +172,16 @@ def test_stow_results_and_conflicts(node):
     failed = answer.json()["00081198"]["Value"]
     assert [f["00081155"]["Value"][0] for f in failed] == [changed.SOPInstanceUID, other.SOPInstanceUID]
     assert [f["00081197"]["Value"][0] for f in failed] == [0x0111, 0xA900]  # a conflict; another study
+    assert "conflict" in answer.headers["Warning"] and "not " + datasets[0].StudyInstanceUID in answer.headers["Warning"]
+    good, cut = io.BytesIO(), io.BytesIO()
+    make_dataset(**KINDS["u12_odd"]).save_as(good, enforce_file_format=True)
+    make_dataset(**KINDS["u16"]).save_as(cut, enforce_file_format=True)
+    truncated = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + good.getvalue()
+                 + f"\r\n--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + cut.getvalue()[:5000])
+    partial = requests.post(f"{base}/dicom-web/studies", auth=ADMIN, data=truncated,
+                            headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert partial.status_code == 202 and "ends inside a part" in partial.headers["Warning"]
+    assert len(partial.json()["00081199"]["Value"]) == 1  # the complete part before the cut is stored
     junk = requests.post(f"{base}/dicom-web/studies", auth=ADMIN, data=b"not a multipart body",
                          headers={"Content-Type": "application/dicom"})
     assert junk.status_code == 400
