@@ -139,7 +139,23 @@ def safe_next(target: str | None) -> str:
     return cleaned
 
 
+def _cross_site():
+    """A browser names the page behind every cross-site POST/PUT/DELETE in Origin.  It replays HTTP Basic
+    credentials it once prompted for (our 401s ask for them) even on such requests, so a page elsewhere
+    could upload or change the policy as the administrator (CSRF): refused, except DICOMweb calls from a
+    viewer listed in RADPRESS_CORS_ORIGINS.  Scripts send no Origin."""
+    origin = request.headers.get("Origin")
+    if request.method in ("GET", "HEAD", "OPTIONS") or not origin or urlsplit(origin).netloc == request.host:
+        return None
+    allowed = {o.strip() for o in os.environ.get("RADPRESS_CORS_ORIGINS", "").split(",") if o.strip()}
+    if origin in allowed and request.path.startswith("/dicom-web/"):
+        return None
+    return _denied(403, f"A {request.method} from another site ({origin[:100]}) is refused.")
+
+
 def _guard():
+    if refused := _cross_site():
+        return refused
     if request.path.startswith(PUBLIC) or request.path == "/login":
         return None
     if request.method == "OPTIONS" and request.path.startswith("/dicom-web/"):

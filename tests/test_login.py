@@ -139,3 +139,24 @@ def test_what_a_login_opens_is_never_kept_by_shared_caches(live_app, tmp_path):
         assert r.status_code == 200 and "private" in r.headers["Cache-Control"] and "public" not in r.headers["Cache-Control"], url
         assert "Cookie" in r.headers["Vary"] and "Authorization" in r.headers["Vary"], url
     assert "private" not in requests.get(f"{base}/api/health").headers.get("Cache-Control", "")
+
+
+def test_a_write_from_another_site_is_refused(live_app, tmp_path, monkeypatch):
+    """CSRF: a page elsewhere posting with the Basic credentials the browser replays (or a cookie) gets 403."""
+    from tests.synthetic import KINDS, make_dataset, write
+
+    monkeypatch.setenv("RADPRESS_CORS_ORIGINS", "https://viewer.example")
+    base, app = live_app()
+    path = write(make_dataset(**KINDS["u10"]), tmp_path / "in.dcm")
+    evil = {"Origin": "https://evil.example"}
+    r = requests.post(f"{base}/api/upload", files={"file": path.read_bytes()}, auth=ADMIN, headers=evil)
+    assert r.status_code == 403 and "another site" in r.json()["error"]
+    assert requests.put(f"{base}/api/policy", json={"lossy_enabled": False}, auth=ADMIN, headers=evil).status_code == 403
+    assert requests.post(f"{base}/login", data=dict(zip(("username", "password"), ADMIN)), headers=evil,
+                         allow_redirects=False).status_code == 403
+    viewer = requests.post(f"{base}/api/upload", files={"file": path.read_bytes()}, auth=ADMIN,
+                           headers={"Origin": "https://viewer.example"})  # CORS origins reach DICOMweb only
+    assert viewer.status_code == 403
+    assert not app.server.extensions["radpress"]["store"].studies() and app.server.extensions["radpress"]["store"].policy().lossy_enabled
+    same = requests.post(f"{base}/api/upload", files={"file": path.read_bytes()}, auth=ADMIN, headers={"Origin": base})
+    assert same.status_code == 200 and requests.get(f"{base}/api/studies", auth=ADMIN, headers=evil).status_code == 200
