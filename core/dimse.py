@@ -12,10 +12,12 @@ connect with the calling-AE allow-list and bind to a clinic network only.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -40,7 +42,8 @@ from .store import Store
 from .users import User, authorize
 from .validate import check_uid
 
-__all__ = ["Peer", "NodeConfig", "DicomNode", "parse_peers", "find", "TRANSFER_SYNTAXES"]
+__all__ = ["Peer", "NodeConfig", "DicomNode", "parse_peers", "format_peers", "stored_peers", "set_peers", "dicom_peers", "find",
+           "TRANSFER_SYNTAXES"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,44 @@ def parse_peers(text: str) -> dict[str, Peer]:
         title = _ae_title(match.group(1), "The peer's AE title")
         peers[title] = Peer(title, match.group(2).strip("[]"), int(match.group(3)))
     return peers
+
+
+def format_peers(peers: dict[str, Peer]) -> str:
+    """The inverse of :func:`parse_peers`."""
+    return ",".join(f"{p.ae_title}@{p.host}:{p.port}" for p in peers.values())
+
+
+def stored_peers(store: Store) -> dict[str, Peer] | None:
+    """The C-MOVE destinations an administrator set in the index, or None (RADPRESS_DICOM_PEERS applies)."""
+    rows = store.query("SELECT value FROM settings WHERE key='dicom_peers'")
+    return parse_peers(json.loads(rows[0]["value"])) if rows else None
+
+
+def set_peers(store: Store, text: str | None, user: str) -> dict[str, Peer] | None:
+    """Replace the C-MOVE destinations (None: back to RADPRESS_DICOM_PEERS); validated first, audited."""
+    if text is not None and not isinstance(text, str):
+        raise InvalidOptionError("Send the peers as text AE@host:port,… (or null for RADPRESS_DICOM_PEERS).")
+    peers = parse_peers(text) if text is not None else None
+    old = stored_peers(store)
+    with store.connect() as db:
+        if peers is None:
+            db.execute("DELETE FROM settings WHERE key='dicom_peers'")
+        else:
+            db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('dicom_peers', ?)",
+                       (json.dumps(format_peers(peers)),))
+        db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
+                   (time.time(), user, "DICOM peers", json.dumps(None if old is None else format_peers(old)),
+                    json.dumps(None if peers is None else format_peers(peers))))
+    return peers
+
+
+def dicom_peers(store: Store, node: "DicomNode | None") -> dict:
+    """What the Policy page and /api/dicom/peers show: the peers in force, where they come from, the node's address."""
+    configured = node.config.peers if node is not None else parse_peers(os.environ.get("RADPRESS_DICOM_PEERS", ""))
+    stored = stored_peers(store)
+    return {"peers": format_peers(configured if stored is None else stored), "source": "environment" if stored is None else "index",
+            "configured": format_peers(configured),
+            "node": None if node is None else {"ae_title": node.config.ae_title, "host": node.config.host, "port": node.port}}
 
 
 @dataclass(frozen=True)
@@ -157,6 +198,11 @@ class DicomNode:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+    def peers(self) -> dict[str, Peer]:
+        """C-MOVE destinations: those an administrator saved (Policy page, PUT /api/dicom/peers), else the configured ones."""
+        stored = stored_peers(self.store)
+        return self.config.peers if stored is None else stored
 
     @staticmethod
     def user(event) -> User:
@@ -261,7 +307,7 @@ class DicomNode:
     def _move(self, event):
         destination = str(event.move_destination, "ascii", "replace") if isinstance(event.move_destination, bytes) \
             else str(event.move_destination)
-        peer = self.config.peers.get(destination.strip())
+        peer = self.peers().get(destination.strip())
         if peer is None:
             log.warning("C-MOVE to unknown destination %r (RADPRESS_DICOM_PEERS)", destination[:16])
             yield None, None

@@ -280,6 +280,29 @@ def put_policy():
     return jsonify(policy=policy.to_dict(), warnings=warnings, jobs=job_ids)
 
 
+@blueprint.get("/api/dicom/peers")
+@require("policy")
+def get_dicom_peers():
+    """The DICOM node's C-MOVE destinations (AE@host:port,…): saved by an administrator, else RADPRESS_DICOM_PEERS."""
+    from .dimse import dicom_peers
+
+    store, _ = archive()
+    return jsonify(dicom_peers(store, current_app.extensions["radpress"].get("dicom")))
+
+
+@blueprint.put("/api/dicom/peers")
+@require("policy")
+def put_dicom_peers():
+    from .dimse import dicom_peers, set_peers
+
+    store, _ = archive()
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or "peers" not in body:
+        raise InvalidOptionError('Send {"peers": "AE@host:port,…"} (or null to follow RADPRESS_DICOM_PEERS).')
+    set_peers(store, body["peers"], current_user().name)
+    return jsonify(dicom_peers(store, current_app.extensions["radpress"].get("dicom")))
+
+
 # -- jobs ---------------------------------------------------------------------
 @blueprint.get("/api/jobs")
 @require("view")

@@ -45,7 +45,7 @@ def node(tmp_path_factory):
         mp.setenv("RADPRESS_ADMIN_PASSWORD", "correct-horse")
         app = create_app(tmp_path_factory.mktemp("dimse") / "data", demo=False, run_jobs=False, dicom_port=0)
     node: DicomNode = app.server.extensions["radpress"]["dicom"]
-    node.dest_port = dest_port
+    node.dest_port, node.app = dest_port, app
     yield node
     node.stop()
 
@@ -271,6 +271,48 @@ def test_calling_ae_allow_list(node):
         assert dcmtk("echoscu", "-aet", "INTRUDER", "-aec", "RADPRESS", "127.0.0.1", guarded.port, ok=False).returncode != 0
     finally:
         guarded.stop()
+
+
+def test_admins_edit_move_destinations_over_http(node, tmp_path):
+    import base64
+
+    from core.users import Users
+
+    Users(node.store).add("reader", "reader-password", "radiologist")
+    client = node.app.server.test_client()
+
+    def auth(user, password):
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+    admin = auth("admin", "correct-horse")
+    assert client.get("/api/dicom/peers", headers=admin).json["source"] == "environment"
+    assert client.get("/api/dicom/peers", headers=auth("reader", "reader-password")).status_code == 403
+    bad = client.put("/api/dicom/peers", json={"peers": "PACS@host"}, headers=admin)
+    assert bad.status_code == 400 and "AE@host:port" in bad.json["error"]
+    other = _free_port()
+    answer = client.put("/api/dicom/peers", json={"peers": f"OTHERDEST@127.0.0.1:{other}"}, headers=admin)
+    assert answer.status_code == 200 and answer.json["source"] == "index" and answer.json["node"]["port"] == node.port
+    study, paths = _study(tmp_path, ["u10"])
+    dcmtk("storescu", *_peer(node), *paths)
+    out = tmp_path / "moved"
+    out.mkdir()
+    receiver = subprocess.Popen([require("storescp"), "-aet", "OTHERDEST", "-od", out, str(other)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        dcmtk("movescu", "-S", *_peer(node)[:2], "-aem", "OTHERDEST", "-k", "QueryRetrieveLevel=STUDY",
+              "-k", f"StudyInstanceUID={study}", *_peer(node)[2:])
+        gone = dcmtk("movescu", "-v", "-S", *_peer(node)[:2], "-aem", DEST, "-k", "QueryRetrieveLevel=STUDY",
+                     "-k", f"StudyInstanceUID={study}", *_peer(node)[2:], ok=False)
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+        client.put("/api/dicom/peers", json={"peers": None}, headers=admin)
+    assert [read_dataset(p).SOPInstanceUID for p in out.iterdir()] == [read_dataset(paths[0]).SOPInstanceUID]
+    assert "MoveDestinationUnknown" in gone.stdout + gone.stderr  # the saved list replaced the configured one
+    assert client.get("/api/dicom/peers", headers=admin).json["source"] == "environment"
+    audit = node.store.query("SELECT user, what FROM audit WHERE what='DICOM peers'")
+    assert [tuple(r) for r in audit] == [("admin", "DICOM peers")] * 2
 
 
 def test_peers_are_validated():
