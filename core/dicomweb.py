@@ -11,6 +11,7 @@ the policy, as the lossy-marked derived instance (its own SOP Instance UID,
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import re
@@ -19,11 +20,11 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from .archive import Forbidden, _cache, thumbnail_bytes, variant_file
 from .auth import client_address, current_user, require
@@ -44,7 +45,6 @@ __all__ = ["blueprint", "NotAcceptable", "negotiate"]
 blueprint = Blueprint("dicomweb", __name__, url_prefix="/dicom-web")
 
 DICOM_JSON = "application/dicom+json"
-UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
 # Media types of single compressed frames (PS3.18 Table 8.7.3-2) and the lossless syntax each stands for.
 FRAME_TYPES = {"image/jphc": UID("1.2.840.10008.1.2.4.201"), "image/jls": UID("1.2.840.10008.1.2.4.80"),
                "image/jp2": UID("1.2.840.10008.1.2.4.90")}
@@ -60,9 +60,9 @@ class NotAcceptable(RadPressError):
 
 
 def _store() -> tuple[Store, object]:
-    from .routes import archive
-
-    return archive()
+    """The archive and job queue :func:`core.routes.init_archive` installed."""
+    ext = current_app.extensions["radpress"]
+    return ext["store"], ext["jobs"]
 
 
 # -- CORS for a viewer hosted elsewhere (RADPRESS_CORS_ORIGINS=https://viewer.example,...) ----------------
@@ -291,20 +291,30 @@ class _Plan:
 
 
 def _decoded(ds: Dataset) -> Dataset:
-    """*ds* in Explicit VR Little Endian with its stored values, decoded frame by frame (same SOP Instance UID)."""
-    out = Dataset(ds)  # a shallow copy: the original dataset is not changed
-    out.file_meta = Dataset(ds.file_meta)
+    """*ds* as Explicit VR Little Endian with its stored values, decoded frame by frame.
+
+    Everything else, the SOP Instance UID and a lossy history included, is
+    copied as it was (binary words of a big-endian file swapped, as
+    :func:`core.derive.derived_header` does for compressed copies).
+    """
+    from .derive import _swap_words
+
+    out = Dataset()
+    for tag in ds.keys():
+        if tag not in (0x7FE00010, 0x7FE00001, 0x7FE00002):  # Pixel Data and its offset tables
+            out.add(copy.deepcopy(ds[tag]))
+    out.file_meta = copy.deepcopy(ds.file_meta)
+    if ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian:
+        _swap_words(out)
     out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     if "PixelData" in ds:
         spec = pixel_spec(ds)
         frames = np.stack([decode_frame(ds, i) for i in range(spec.frames)])
         out.PixelData = frames.astype(frames.dtype.newbyteorder("<")).tobytes()
         out["PixelData"].VR = "OB" if spec.bits_allocated <= 8 else "OW"
+        out.PhotometricInterpretation = spec.photometric  # what the decoder gave (YBR_FULL_422 comes back YBR_FULL)
         if spec.samples == 3:
-            out.PlanarConfiguration = 0
-            if ds.file_meta.TransferSyntaxUID not in UNCOMPRESSED and out.PhotometricInterpretation in ("YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
-                out.PhotometricInterpretation = "RGB" if out.PhotometricInterpretation != "YBR_FULL_422" else "YBR_FULL"
-    out.is_little_endian, out.is_implicit_VR = True, False
+            out.PlanarConfiguration = 0  # decoded frames are (rows, columns, samples)
     return out
 
 

@@ -17,25 +17,25 @@ from core.users import Users
 from tests.conftest import ADMIN
 from tests.synthetic import KINDS, make_dataset
 
-STOW_KINDS = ("s12", "rgb", "multiframe", "mono1")
+STOW_KINDS = ("s12", "rgb", "multiframe", "mono1", "big_endian", "ybr_full", "enhanced_ct", "u8_odd")
 
 
 @pytest.fixture
 def node(live_app):
-    """The app with four synthetic instances stored through STOW-RS (two studies), and an admin client."""
+    """The app with synthetic instances stored through STOW-RS (three in study P1, the other kinds in P2), and an admin client."""
     base, app = live_app(demo=False)
     client = DICOMwebClient(f"{base}/dicom-web", session=create_session_from_user_pass(*ADMIN))
-    study = make_dataset(**KINDS["s12"]).StudyInstanceUID
+    study, study2 = make_dataset(**KINDS["s12"]).StudyInstanceUID, make_dataset(**KINDS["s12"]).StudyInstanceUID
     datasets = []
     for n, kind in enumerate(STOW_KINDS):
-        ds = make_dataset(**KINDS[kind], study_uid=study if n < 3 else None, seed=n)
+        ds = make_dataset(**KINDS[kind], study_uid=study if n < 3 else study2, seed=n)
         ds.PatientName = "Doe^Jane" if n < 3 else "Roe^Rick"
         ds.PatientID = "P1" if n < 3 else "P2"
         ds.StudyDate = "20240105" if n < 3 else "20230101"
         ds.SeriesNumber = n + 1
         datasets.append(ds)
     answer = client.store_instances(datasets)
-    assert len(answer.ReferencedSOPSequence) == 4 and "FailedSOPSequence" not in answer
+    assert len(answer.ReferencedSOPSequence) == len(STOW_KINDS) and "FailedSOPSequence" not in answer
     return base, app, client, datasets
 
 
