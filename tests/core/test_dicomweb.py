@@ -8,6 +8,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from dicomweb_client.session_utils import create_session_from_user_pass
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLosslessRPCL, JPEG2000Lossless, JPEGLSLossless
 
 from core.codecs import codec_for_uid
@@ -238,3 +239,63 @@ def test_unsupported_query_keys_warn_and_cors(node, monkeypatch):
     other = requests.get(f"{base}/dicom-web/studies", auth=ADMIN, headers={"Origin": "https://evil.example"})
     assert other.status_code == 200 and "Access-Control-Allow-Origin" not in other.headers
     assert requests.get(f"{base}/dicom-web/studies", headers={"Origin": "https://viewer.example"}).status_code == 401
+
+
+# One encoding per SOP Instance UID (emri_small's other encodings share its UID: they would be conflicts).
+REAL_SAMPLES = ("693_J2KR", "US1_J2KR", "emri_small_RLE", "OBXXXX1A_rle_2frame", "SC_rgb_expb_16bit_2frame",
+                "JPGLosslessP14SV1_1s_1f_8b", "gdcm-US-ALOKA-16_big")
+
+
+def _instance_bytes(client, base, ds, syntax: str) -> bytes:
+    answer = requests.get(f"{base}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+                          f"{ds.SOPInstanceUID}", auth=ADMIN,
+                          headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={syntax}'})
+    assert answer.status_code == 200, (syntax, answer.text)
+    [part] = list(client._decode_multipart_message(answer, stream=False))
+    return part
+
+
+def test_real_samples_as_stored_decoded_and_htj2k(node):
+    """pydicom-data files in their own syntaxes: * is the file byte for byte; decoded and HTJ2K give its pixels."""
+    from core.samples import sample
+
+    base, _, client, _ = node
+    paths = [sample(name) for name in REAL_SAMPLES]
+    originals = [dcmread(p) for p in paths]
+    body = b"".join(b"--sample\r\nContent-Type: application/dicom\r\n\r\n" + p.read_bytes() + b"\r\n" for p in paths)
+    stored = requests.post(f"{base}/dicom-web/studies", auth=ADMIN, data=body + b"--sample--\r\n",
+                           headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=sample'})
+    assert stored.status_code == 200 and len(stored.json()["00081199"]["Value"]) == len(paths), stored.headers.get("Warning")
+    for path, original in zip(paths, originals):
+        assert _instance_bytes(client, base, original, "*") == path.read_bytes(), path.name
+        for syntax in (ExplicitVRLittleEndian, "1.2.840.10008.1.2.4.201"):
+            got = dcmread(io.BytesIO(_instance_bytes(client, base, original, syntax)))
+            assert got.file_meta.TransferSyntaxUID == syntax
+            _pixels_equal(got, original)
+
+
+def test_non_image_objects_are_served_as_stored(node):
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import generate_uid
+
+    base, _, client, datasets = node
+    sr = Dataset()
+    sr.SOPClassUID, sr.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.11", generate_uid()  # Basic Text SR
+    sr.StudyInstanceUID, sr.SeriesInstanceUID = datasets[0].StudyInstanceUID, generate_uid()
+    sr.PatientName, sr.PatientID, sr.StudyDate, sr.Modality = "Doe^Jane", "P1", "20240105", "SR"
+    sr.ValueType, sr.ContentSequence = "CONTAINER", []
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    answer = client.store_instances([sr])
+    assert answer.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sr.SOPInstanceUID
+    [found] = client.search_for_instances(search_filters={"SOPInstanceUID": sr.SOPInstanceUID})
+    assert "00280010" not in found  # no Rows: not an image
+    got = dcmread(io.BytesIO(_instance_bytes(client, base, sr, "*")))
+    assert got.SOPInstanceUID == sr.SOPInstanceUID and got.ValueType == "CONTAINER"
+    url = f"{base}/dicom-web/studies/{sr.StudyInstanceUID}/series/{sr.SeriesInstanceUID}/instances/{sr.SOPInstanceUID}"
+    refused = requests.get(url, auth=ADMIN, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.90'})
+    assert refused.status_code == 406 and "holds no image" in refused.json()["error"]
+    meta = requests.get(f"{url}/metadata", auth=ADMIN).json()[0]
+    assert "7FE00010" not in meta and meta["0040A040"]["Value"] == ["CONTAINER"]
+    assert requests.get(f"{url}/rendered", auth=ADMIN).status_code == 406
+    assert requests.get(f"{url}/frames/1", auth=ADMIN).status_code == 404
