@@ -67,12 +67,50 @@ def layout(**_query):
             dbc.Button("Save policy", id="policy-save", color="primary"),
             html.Div(id="policy-result", className="mt-2"),
         ])], className="mb-3"),
+        _dicom_card(store),
         html.H4("Audit log"),
         dbc.Table([html.Thead(html.Tr([html.Th("When"), html.Th("Who"), html.Th("What"), html.Th("Old → new")])),
                    html.Tbody([html.Tr([html.Td(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["at"]))), html.Td(a["user"]),
                                         html.Td(a["what"]), html.Td(_change(a["old"], a["new"]), className="small")]) for a in audit])],
                   size="sm", id="audit-log"),
     ])
+
+
+def _dicom_card(store):
+    """The DICOM node's address and the C-MOVE destinations an administrator may change."""
+    from flask import current_app
+
+    from core.dimse import dicom_peers
+
+    info = dicom_peers(store, current_app.extensions["radpress"].get("dicom"))
+    node = info["node"]
+    where = (f"AE title {node['ae_title']} at {node['host']}:{node['port']}" if node
+             else "not running (RADPRESS_DICOM_PORT=0, or started without it)")
+    return dbc.Card([dbc.CardHeader("DICOM network node"), dbc.CardBody([
+        html.P(f"C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE: {where}.", className="text-muted", id="dicom-node"),
+        dbc.Label("C-MOVE destinations (AE@host:port, comma-separated)"),
+        dbc.Input(id="dicom-peers", value=info["peers"], placeholder="PACS@10.0.0.5:104,VIEWER@ws12:11112"),
+        html.Small(f"From {'this page' if info['source'] == 'index' else 'RADPRESS_DICOM_PEERS'}; "
+                   "empty the field and save to accept no C-MOVE destination.", className="text-muted"),
+        html.Div(dbc.Button("Save destinations", id="dicom-peers-save", color="secondary", className="mt-2")),
+        html.Div(id="dicom-peers-result", className="mt-2"),
+    ])], className="mb-3")
+
+
+@callback(Output("dicom-peers-result", "children"), Input("dicom-peers-save", "n_clicks"), State("dicom-peers", "value"),
+          prevent_initial_call=True)
+def save_peers(_clicks, text):
+    from core.dimse import format_peers, set_peers
+    from core.routes import archive
+
+    user = current_user()
+    store, _ = archive()
+    authorize(store, user, "policy")
+    try:
+        peers = set_peers(store, text or "", user.name)
+    except RadPressError as exc:
+        return dbc.Alert(f"Not saved: {exc}", color="danger")
+    return dbc.Alert(f"Saved: {format_peers(peers) or 'no destinations'}.", color="success", id="dicom-peers-saved")
 
 
 def _change(old: str, new: str) -> str:

@@ -13,7 +13,7 @@ import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
 from app import create_app
-from core.dimse import DicomNode, NodeConfig, parse_peers
+from core.dimse import DicomNode, NodeConfig, parse_peers, set_peers
 from core.errors import InvalidOptionError
 from core.pixels import decode_all, read_dataset
 from tests.checkers import require
@@ -313,6 +313,25 @@ def test_admins_edit_move_destinations_over_http(node, tmp_path):
     assert client.get("/api/dicom/peers", headers=admin).json["source"] == "environment"
     audit = node.store.query("SELECT user, what FROM audit WHERE what='DICOM peers'")
     assert [tuple(r) for r in audit] == [("admin", "DICOM peers")] * 2
+
+
+def test_policy_page_shows_the_node_and_saves_destinations(node):
+    import base64
+
+    from pages import policy
+
+    basic = "Basic " + base64.b64encode(b"admin:correct-horse").decode()
+    with node.app.server.test_request_context("/policy", headers={"Authorization": basic}):
+        page = str(policy.layout())
+        assert f"AE title RADPRESS at 127.0.0.1:{node.port}" in page and f"{DEST}@127.0.0.1:{node.dest_port}" in page
+        refused = str(policy.save_peers(1, "PACS@host"))  # Dash's @callback returns the function itself
+        assert "Not saved" in refused and "AE@host:port" in refused
+        try:
+            saved = policy.save_peers(1, "PACS@10.0.0.5:104")
+            assert "Saved: PACS@10.0.0.5:104" in str(saved) and set(node.peers()) == {"PACS"}
+        finally:
+            set_peers(node.store, None, "test")
+    assert set(node.peers()) == {DEST}
 
 
 def test_peers_are_validated():
