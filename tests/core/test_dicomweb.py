@@ -299,3 +299,31 @@ def test_non_image_objects_are_served_as_stored(node):
     assert "7FE00010" not in meta and meta["0040A040"]["Value"] == ["CONTAINER"]
     assert requests.get(f"{url}/rendered", auth=ADMIN).status_code == 406
     assert requests.get(f"{url}/frames/1", auth=ADMIN).status_code == 404
+
+
+def test_demo_login_sees_sample_instances_only(live_app):
+    """A clinic instance stored into a demo sample's study stays invisible to the demo login over DICOMweb."""
+    from core.samples import sample
+
+    base, _ = live_app(demo=True, run_jobs=False)
+    emri = dcmread(sample("emri_small"), stop_before_pixels=True)
+    clinic = make_dataset(**KINDS["u12_odd"], study_uid=emri.StudyInstanceUID)
+    clinic.PatientName = "Clinic^Only"
+    admin = DICOMwebClient(f"{base}/dicom-web", session=create_session_from_user_pass(*ADMIN))
+    admin.store_instances([clinic])
+    demo = requests.Session()
+    assert demo.post(f"{base}/login", data={"demo": "1"}, allow_redirects=False).status_code == 302
+    web = f"{base}/dicom-web"
+    study = next(s for s in demo.get(f"{web}/studies").json() if s["0020000D"]["Value"] == [emri.StudyInstanceUID])
+    as_admin = next(s for s in admin.search_for_studies() if s["0020000D"]["Value"] == [emri.StudyInstanceUID])
+    assert study["00201208"]["Value"][0] == as_admin["00201208"]["Value"][0] - 1  # the clinic instance is not counted
+    instances = demo.get(f"{web}/studies/{emri.StudyInstanceUID}/instances").json()
+    assert instances and clinic.SOPInstanceUID not in {i["00080018"]["Value"][0] for i in instances}
+    metadata = demo.get(f"{web}/studies/{emri.StudyInstanceUID}/metadata")
+    assert metadata.status_code == 200 and "Clinic" not in metadata.text
+    url = f"{web}/studies/{emri.StudyInstanceUID}/series/{clinic.SeriesInstanceUID}/instances/{clinic.SOPInstanceUID}"
+    for path in ("", "/metadata", "/frames/1", "/rendered"):
+        assert demo.get(url + path).status_code == 403, path
+    study_parts = demo.get(f"{web}/studies/{emri.StudyInstanceUID}", headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert study_parts.status_code == 200 and clinic.SOPInstanceUID.encode() not in study_parts.content
+    assert demo.post(f"{web}/studies", data=b"x", headers={"Content-Type": 'multipart/related; boundary=x'}).status_code == 403
