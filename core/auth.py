@@ -143,9 +143,13 @@ def _cross_site():
     """A browser names the page behind every cross-site POST/PUT/DELETE in Origin.  It replays HTTP Basic
     credentials it once prompted for (our 401s ask for them) even on such requests, so a page elsewhere
     could upload or change the policy as the administrator (CSRF): refused, except DICOMweb calls from a
-    viewer listed in RADPRESS_CORS_ORIGINS.  Scripts send no Origin."""
+    viewer listed in RADPRESS_CORS_ORIGINS.  Scripts send no Origin; the session cookie is SameSite=Lax,
+    so only requests carrying Basic credentials are at stake.  A proxy that rewrites Host names the
+    browser's host in X-Forwarded-Host (a cross-site page cannot set that header)."""
     origin = request.headers.get("Origin")
-    if request.method in ("GET", "HEAD", "OPTIONS") or not origin or urlsplit(origin).netloc == request.host:
+    if request.method in ("GET", "HEAD", "OPTIONS") or not origin or not request.authorization:
+        return None
+    if urlsplit(origin).netloc in (request.host, request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()):
         return None
     allowed = {o.strip() for o in os.environ.get("RADPRESS_CORS_ORIGINS", "").split(",") if o.strip()}
     if origin in allowed and request.path.startswith("/dicom-web/"):
