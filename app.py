@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import dash
@@ -17,7 +18,7 @@ from core.auth import current_user, init_auth, secret_key
 from core.demo import load_demo
 from core.dimse import DicomNode, NodeConfig
 from core.dims import DimsConfig
-from core.errors import InvalidOptionError
+from core.errors import InvalidOptionError, RadPressError
 from core.jobs import Jobs
 from core.ohif import blueprint as ohif_viewer
 from core.routes import init_archive
@@ -186,7 +187,11 @@ def __getattr__(name: str):
 
 def main() -> None:
     os.umask(0o077)  # every file the service writes later is private too
-    app = create_app(dicom_port=NodeConfig.from_env().port or None)  # RADPRESS_DICOM_PORT=0: no DICOM node
+    try:
+        app = create_app(dicom_port=NodeConfig.from_env().port or None)  # RADPRESS_DICOM_PORT=0: no DICOM node
+    except RadPressError as exc:  # a bad setting (e.g. RADPRESS_ADMIN_PASSWORD too short): one line, exit 2
+        print(f"RadPress: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     app.run(host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8050")), debug=False)
 
 

@@ -125,3 +125,18 @@ time.sleep(600)
         app.kill()
         if pid_file.exists() and pid_file.read_text() and psutil.pid_exists(int(pid_file.read_text())):
             psutil.Process(int(pid_file.read_text())).kill()
+
+
+def test_a_bad_setting_at_start_is_one_line_and_exit_2(tmp_path):
+    """RADPRESS_ADMIN_PASSWORD shorter than 8 characters used to end the start with a traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "RADPRESS_DATA": str(tmp_path / "data"), "RADPRESS_DEMO": "0", "RADPRESS_ADMIN_USER": "boss",
+           "RADPRESS_ADMIN_PASSWORD": "pw", "RADPRESS_DICOM_PORT": "0", "PORT": "0"}
+    done = subprocess.run([sys.executable, "app.py"], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == ["RadPress: The password is too short. Use at least 8 characters."]
