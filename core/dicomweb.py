@@ -382,9 +382,19 @@ def _base() -> str:
     return request.host_url.rstrip("/") + "/dicom-web"
 
 
+def _header(path: Path) -> Dataset:
+    """Everything but the pixel data, binary words little endian (DICOM JSON bulk data is little endian)."""
+    from .derive import _swap_words
+
+    ds = read_dataset(path, pixels=False)
+    if ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian:
+        _swap_words(ds)
+    return ds
+
+
 def _metadata(store: Store, row) -> dict:
     original = store.artifact(row["sop_uid"], "original")
-    ds = read_dataset(original.path, pixels=False)
+    ds = _header(original.path)
     url = f"{_base()}/studies/{row['study_uid']}/series/{row['series_uid']}/instances/{row['sop_uid']}"
     body = ds.to_json_dict(bulk_data_threshold=1 << 16,
                            bulk_data_element_handler=lambda elem: f"{url}/bulkdata/{elem.tag:08X}")
@@ -419,7 +429,7 @@ def bulkdata(study, series, sop, tag):
         raise InvalidOptionError(f"Bulk data tag {tag[:20]!r} is not 8 hex digits.")
     if tag.upper() == "7FE00010":
         return _frames(store, row, list(range(1, (row["frames"] or 1) + 1)))
-    ds = read_dataset(store.artifact(sop, "original").path, pixels=False)
+    ds = _header(store.artifact(sop, "original").path)
     elem = ds.get(int(tag, 16))
     if elem is None or not isinstance(elem.value, (bytes, bytearray)):
         raise StoreError(f"Instance {sop} has no bulk data element ({tag[:4]},{tag[4:]}).")

@@ -327,3 +327,21 @@ def test_demo_login_sees_sample_instances_only(live_app):
     study_parts = demo.get(f"{web}/studies/{emri.StudyInstanceUID}", headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
     assert study_parts.status_code == 200 and clinic.SOPInstanceUID.encode() not in study_parts.content
     assert demo.post(f"{web}/studies", data=b"x", headers={"Content-Type": 'multipart/related; boundary=x'}).status_code == 403
+
+
+def test_bulk_data_of_a_big_endian_file_is_little_endian(node):
+    """The palette of a big-endian US image reaches a viewer in the byte order DICOMweb promises (PS3.18: little endian)."""
+    from core.samples import sample
+
+    base, _, client, _ = node
+    big, little = dcmread(sample("gdcm-US-ALOKA-16_big")), dcmread(sample("gdcm-US-ALOKA-16"))
+    client.store_instances([big])
+    meta = client.retrieve_instance_metadata(big.StudyInstanceUID, big.SeriesInstanceUID, big.SOPInstanceUID)
+    lut = meta["00281221"]  # Segmented Red Palette Color Lookup Table Data (86 kB: bulk data)
+    from urllib.parse import urlsplit
+
+    # dicomweb-client sends "Host: 127.0.0.1" without the port, so the URI is built on that host: ask at its path.
+    answer = requests.get(base + urlsplit(lut["BulkDataURI"]).path, auth=ADMIN)
+    assert answer.status_code == 200, answer.text
+    [data] = list(client._decode_multipart_message(answer, stream=False))
+    assert data == little.SegmentedRedPaletteColorLookupTableData != big.SegmentedRedPaletteColorLookupTableData
