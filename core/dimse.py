@@ -360,7 +360,9 @@ class DicomNode:
                 continue
             syntax = UID(artifact.transfer_syntax)
             if syntax in syntaxes or (syntax in _UNCOMPRESSED and syntaxes & _UNCOMPRESSED):
-                return read_dataset(artifact.path)
+                ds = read_dataset(artifact.path)
+                if ds.SOPInstanceUID == sop:  # a lossless copy is the same instance; anything else is not sent as it
+                    return ds
         ds = read_dataset(self.store.artifact(sop, "original").path)
         if syntaxes & _UNCOMPRESSED and ds.file_meta.TransferSyntaxUID.is_compressed:
             # the same instance decoded: its SOP Instance UID stays; an already-lossy one keeps Lossy Image Compression "01"

@@ -217,6 +217,42 @@ def test_move_sends_as_stored_to_a_configured_peer(node, tmp_path):
     assert by_uid[stored.SOPInstanceUID].PixelData == stored.PixelData  # the stored codestream, not a re-encoding
 
 
+def _as_file(event) -> pydicom.Dataset:
+    """What a pynetdicom receiver got, with the transfer syntax it came in."""
+    ds = event.dataset
+    ds.file_meta = event.file_meta
+    return ds
+
+
+def test_move_sends_the_lossless_copy_to_a_receiver_of_that_syntax_only(node, tmp_path):
+    """A receiver that takes only the archive's lossless syntax gets the stored bit-exact copy, same SOP Instance UID."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage
+
+    from core.archive import make_artifact, plan
+
+    study, paths = _study(tmp_path, ["s12"])
+    dcmtk("storescu", *_peer(node), *paths)
+    [lossless] = [make_artifact(node.store, w) for w in plan(node.store, study).make if w.variant == "lossless"]
+    received = []
+    receiver = AE(ae_title="LOSSLESSONLY")
+    receiver.add_supported_context(CTImageStorage, [lossless.transfer_syntax])
+    server = receiver.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+        (evt.EVT_C_STORE, lambda event: received.append(_as_file(event)) or 0x0000)])
+    set_peers(node.store, f"LOSSLESSONLY@127.0.0.1:{server.server_address[1]}", "test")
+    try:
+        dcmtk("movescu", "-S", *_peer(node)[:2], "-aem", "LOSSLESSONLY", "-k", "QueryRetrieveLevel=STUDY",
+              "-k", f"StudyInstanceUID={study}", *_peer(node)[2:])
+    finally:
+        server.shutdown()
+        set_peers(node.store, None, "test")
+    sent = read_dataset(paths[0])
+    assert [r.SOPInstanceUID for r in received] == [sent.SOPInstanceUID]
+    assert received[0].file_meta.TransferSyntaxUID == lossless.transfer_syntax
+    assert received[0].PixelData == read_dataset(lossless.path).PixelData  # the stored copy, not a new encoding
+    assert np.array_equal(decode_all(received[0]), decode_all(sent))
+
+
 def test_move_to_unknown_destination_is_refused(node, tmp_path):
     study, paths = _study(tmp_path, ["s16"])
     dcmtk("storescu", *_peer(node), *paths)
