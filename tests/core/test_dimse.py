@@ -347,8 +347,8 @@ def test_admins_edit_move_destinations_over_http(node, tmp_path):
     assert [read_dataset(p).SOPInstanceUID for p in out.iterdir()] == [read_dataset(paths[0]).SOPInstanceUID]
     assert "MoveDestinationUnknown" in gone.stdout + gone.stderr  # the saved list replaced the configured one
     assert client.get("/api/dicom/peers", headers=admin).json["source"] == "environment"
-    audit = node.store.query("SELECT user, what FROM audit WHERE what='DICOM peers'")
-    assert [tuple(r) for r in audit] == [("admin", "DICOM peers")] * 2
+    audit = node.store.query("SELECT new FROM audit WHERE what='DICOM peers' AND user='admin' ORDER BY id")
+    assert [r["new"] for r in audit] == [f'"OTHERDEST@127.0.0.1:{other}"', "null"]
 
 
 def test_policy_page_shows_the_node_and_saves_destinations(node):
