@@ -189,7 +189,12 @@ class DicomNode:
     def start(self) -> int:
         handlers = [(evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store), (evt.EVT_C_FIND, self._find),
                     (evt.EVT_C_GET, self._get), (evt.EVT_C_MOVE, self._move), (evt.EVT_CONN_CLOSE, self._closed)]
-        self._server = self.ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        try:
+            self._server = self.ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        except OSError as exc:  # the port is taken (another RadPress, a PACS) or the address is not this host's
+            raise InvalidOptionError(f"The DICOM node cannot listen on {self.config.host}:{self.config.port} ({exc.strerror}).",
+                                     hint="Set RADPRESS_DICOM_PORT to a free port (0 runs without the node) or "
+                                          "RADPRESS_DICOM_HOST to an address of this machine.") from None
         self.port = self._server.server_address[1]
         log.info("DICOM node %s listening on %s:%d", self.config.ae_title, self.config.host, self.port)
         return self.port

@@ -370,6 +370,11 @@ def test_policy_page_shows_the_node_and_saves_destinations(node):
     assert set(node.peers()) == {DEST}
 
 
+def test_a_taken_port_is_refused_with_a_message(node):
+    with pytest.raises(InvalidOptionError, match=f"cannot listen on 127.0.0.1:{node.port}.*RADPRESS_DICOM_PORT"):
+        DicomNode(node.store, node.jobs, NodeConfig(port=node.port)).start()
+
+
 def test_peers_are_validated():
     assert parse_peers("PACS@10.0.0.5:104, VIEW@ws-12:11112")["VIEW"].port == 11112
     for bad in ("PACS@host", "PACS@host:0", "@host:104", "WAYTOOLONGAETITLE17@h:104", "P\\Q@h:104", "P@h/x:104"):
