@@ -323,6 +323,16 @@ def _lossy_headers(history: LossyHistory) -> dict:
     return {"X-Lossy-Compression": value} if value else {}
 
 
+def _bulk(parts: list[tuple[dict, bytes]], kind: str) -> Response:
+    """Bulk data or frames: multipart/related, or one part as the whole body when the Accept header asks for
+    no multipart (OHIF's ``singlepart`` data sources)."""
+    preferred = _accepted(request.headers.get("Accept", ""), "multipart/related")[0][0]
+    if len(parts) == 1 and preferred not in ("multipart/related", "*/*"):
+        headers, payload = parts[0]
+        return Response(payload, content_type=headers["Content-Type"])
+    return _multipart(parts, kind)
+
+
 def _multipart(parts, kind: str) -> Response:
     """A streamed multipart/related answer; *parts* yields (headers, body) with body bytes or a file."""
     boundary = uuid.uuid4().hex
@@ -433,7 +443,7 @@ def bulkdata(study, series, sop, tag):
     elem = ds.get(int(tag, 16))
     if elem is None or not isinstance(elem.value, (bytes, bytearray)):
         raise StoreError(f"Instance {sop} has no bulk data element ({tag[:4]},{tag[4:]}).")
-    return _multipart([({"Content-Type": "application/octet-stream"}, bytes(elem.value))], "application/octet-stream")
+    return _bulk([({"Content-Type": "application/octet-stream"}, bytes(elem.value))], "application/octet-stream")
 
 
 # -- WADO-RS: frames ----------------------------------------------------------------------
@@ -491,7 +501,7 @@ def _frames(store: Store, row, numbers: list[int]) -> Response:
 
     headers = {"Content-Type": media if media == "application/octet-stream" else f"{media}; transfer-syntax={syntax}"}
     parts = [(headers, part(n)) for n in numbers]  # all made before the first byte: an error is a 4xx, not a cut answer
-    response = _multipart(parts, media)
+    response = _bulk(parts, media)
     response.headers.update(_lossy_headers(LossyHistory.from_index(store.instance(row["sop_uid"]))))
     return response
 

@@ -345,3 +345,5 @@ def test_bulk_data_of_a_big_endian_file_is_little_endian(node):
     assert answer.status_code == 200, answer.text
     [data] = list(client._decode_multipart_message(answer, stream=False))
     assert data == little.SegmentedRedPaletteColorLookupTableData != big.SegmentedRedPaletteColorLookupTableData
+    single = requests.get(base + urlsplit(lut["BulkDataURI"]).path, auth=ADMIN, headers={"Accept": "application/octet-stream"})
+    assert single.headers["Content-Type"] == "application/octet-stream" and single.content == data  # OHIF's singlepart
