@@ -159,7 +159,8 @@ def app_config(prefix: str = PREFIX) -> str:
         "name": "radpress",
         "qidoSupportsIncludeField": True,
         "imageRendering": "wadors",
-        "thumbnailRendering": "wadors",
+        "thumbnailRendering": "thumbnail",  # RadPress's own rendering (OHIF's ignores MONOCHROME1)
+        "thumbnailRequestStrategy": "fetch",
         "enableStudyLazyLoad": True,
         "supportsFuzzyMatching": False,
         "supportsWildcard": True,
@@ -196,6 +197,7 @@ def app_config(prefix: str = PREFIX) -> str:
     configuration: source
   }}];
   config.customizationService = [{{
+    "ohif.tours": {{$set: []}},  // no onboarding pop-up over the first image
     "viewportOverlay.topRight": {{
       $push: [{{
         id: "RadPressLossy",
