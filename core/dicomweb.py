@@ -403,8 +403,14 @@ def _header(path: Path) -> Dataset:
 
 
 def _metadata(store: Store, row) -> dict:
+    """DICOM JSON of an instance as its frames are served: Photometric Interpretation as decoded
+    (YBR_FULL_422 frames come out YBR_FULL), large binary values as bulk data URIs."""
+    from .pixels import _DECODED_PHOTOMETRIC
+
     original = store.artifact(row["sop_uid"], "original")
     ds = _header(original.path)
+    if row["rows"] and str(ds.get("PhotometricInterpretation", "")) in _DECODED_PHOTOMETRIC:
+        ds.PhotometricInterpretation = _DECODED_PHOTOMETRIC[str(ds.PhotometricInterpretation)]
     url = f"{_base()}/studies/{row['study_uid']}/series/{row['series_uid']}/instances/{row['sop_uid']}"
     body = ds.to_json_dict(bulk_data_threshold=1 << 16,
                            bulk_data_element_handler=lambda elem: f"{url}/bulkdata/{elem.tag:08X}")

@@ -347,3 +347,23 @@ def test_bulk_data_of_a_big_endian_file_is_little_endian(node):
     assert data == little.SegmentedRedPaletteColorLookupTableData != big.SegmentedRedPaletteColorLookupTableData
     single = requests.get(base + urlsplit(lut["BulkDataURI"]).path, auth=ADMIN, headers={"Accept": "application/octet-stream"})
     assert single.headers["Content-Type"] == "application/octet-stream" and single.content == data  # OHIF's singlepart
+
+
+def test_metadata_describes_frames_as_served_for_a_jpeg_ybr_422_original(node):
+    """A viewer reading octet-stream frames of a JPEG baseline YBR_FULL_422 image must be told they are YBR_FULL."""
+    from core.pixels import decode_frame
+    from core.samples import sample
+
+    base, _, client, _ = node
+    path = sample("color3d_jpeg_baseline")
+    original = dcmread(path)
+    assert original.PhotometricInterpretation == "YBR_FULL_422"
+    stored = requests.post(f"{base}/dicom-web/studies", auth=ADMIN,
+                           data=b"--x\r\nContent-Type: application/dicom\r\n\r\n" + path.read_bytes() + b"\r\n--x--\r\n",
+                           headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=x'})
+    assert stored.status_code == 200, stored.headers.get("Warning")
+    ids = (original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID)
+    meta = client.retrieve_instance_metadata(*ids)
+    assert meta["00280004"]["Value"] == ["YBR_FULL"] and meta["00280008"]["Value"] == [120]
+    [frame] = client.retrieve_instance_frames(*ids, frame_numbers=[7], media_types=(("application/octet-stream", "*"),))
+    assert frame == decode_frame(original, 6).tobytes() and len(frame) == 480 * 640 * 3
