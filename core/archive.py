@@ -65,7 +65,8 @@ def wanted_for(policy: Policy, strategy: int, row) -> set[Wanted]:
     for variant in get_strategy(strategy).stored:
         if variant == "lossless":
             wanted.add(Wanted(row["sop_uid"], "lossless", 0, policy.lossless_codec))
-        elif variant == "lossy" and policy.lossy_enabled:
+        elif variant == "lossy" and policy.lossy_enabled and row["photometric"] != "PALETTE COLOR":
+            # (palette indices are never compressed lossily: a small error is another colour, so none is planned)
             setting = lossy_setting(policy, row)  # codec and ratio chosen together
             wanted.add(Wanted(row["sop_uid"], "lossy", setting.ratio, setting.codec))
         elif variant == "thumbnail":

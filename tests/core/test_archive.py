@@ -178,3 +178,26 @@ def test_asked_for_ratios_share_cached_codestreams(store):
     assert len(paths) == 1
     assert len(list((store.root / "cache" / "codestreams").glob("*.j2k"))) == 1
     assert codestream_path(store, sop, 0, "lossy", 12)[0] not in paths
+
+
+def test_no_lossy_copy_is_planned_for_a_palette_colour_image(tmp_path):
+    """A lossy copy of palette indices is refused by every codec: planning one only made the study's job fail."""
+    import numpy as np
+
+    from tests.synthetic import make_dataset, write
+
+    store = Store(tmp_path / "data")
+    ds = make_dataset(rows=16, columns=16, bits_allocated=8, bits_stored=8, modality="OT")
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    for colour in ("Red", "Green", "Blue"):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", (np.arange(256, dtype="<u2") * 257).tobytes())
+    [result] = ingest(store, [write(ds, tmp_path / "palette.dcm")])
+    assert result.status == "stored" and Policy().lossy_enabled and Policy().strategy == 1
+    todo = plan(store, result.study_uid)
+    assert {w.variant for w in todo.make} == {"lossless", "thumbnail"}
+    jobs = Jobs(store, workers=1)
+    job_id = jobs.submit(result.study_uid)
+    jobs.run_pending()
+    job = jobs.get(job_id)
+    assert (job["state"], job["failed"], job["errors"]) == ("done", 0, [])
