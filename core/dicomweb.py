@@ -159,10 +159,10 @@ def qido_instances(study=None, series=None):
 
 
 # -- selecting what a WADO-RS path names ------------------------------------------------
-def _instances(store: Store, study: str, series: str | None = None, sop: str | None = None) -> list:
+def _instances(store: Store, study: str, series: str | None = None, sop: str | None = None, action: str = "download") -> list:
     """The visible instance rows a path names (404 when it names nothing, 403 when not this user's)."""
     user = current_user()
-    authorize(store, user, "download", study_uid=study, sop_uid=sop)
+    authorize(store, user, action, study_uid=study, sop_uid=sop)
     rows = visible_instances(store, user, study)
     if series:
         rows = [r for r in rows if r["series_uid"] == series]
@@ -571,7 +571,7 @@ def _rendered(store: Store, row, frame: int) -> Response:
 @require("view")
 def rendered(study, series, sop, frame=1):
     store, _ = _store()
-    row = _instances(store, study, series, sop)[0]
+    row = _instances(store, study, series, sop, "view")[0]
     record_access(store, current_user(), "view", study, sop, client_address())
     return _rendered(store, row, frame)
 
@@ -582,7 +582,7 @@ def rendered(study, series, sop, frame=1):
 @require("view")
 def thumbnail(study, series=None, sop=None):
     store, _ = _store()
-    rows = [r for r in _instances(store, study, series, sop) if r["rows"]]
+    rows = [r for r in _instances(store, study, series, sop, "view") if r["rows"]]
     if not rows:
         raise StoreError("Nothing there holds an image for a thumbnail.")
     if _image_format(request.headers.get("Accept", "")) == "jpeg" or request.args.get("window"):
