@@ -573,6 +573,14 @@ def _large_level(store: Store, sop_uid: str, chain, config: DimsConfig, variant:
     return source.region(level, 0, source.height, 0, source.width)
 
 
+def _lossy_rendering(fmt: str, settings: dict) -> str | None:
+    """A display picture encoded lossily (JPEG, lossy WebP or JP2) says so, whatever the DICOM source was."""
+    quality = settings.get("quality", 90)
+    if fmt == "jpeg" or (fmt == "webp" and not ("optimize" in settings and quality >= 100)) or (fmt == "jp2" and quality < 100):
+        return f"format={fmt}; quality={quality}"
+    return None
+
+
 def _dims(store: Store, config: DimsConfig, sop_uid: str, commands: str) -> Response:
     import hashlib
 
@@ -645,5 +653,8 @@ def _dims(store: Store, config: DimsConfig, sop_uid: str, commands: str) -> Resp
     response.cache_control.public = False
     if hit["lossy"]:
         response.headers["X-Lossy-Compression"] = hit["lossy"]
+    rendering = _lossy_rendering(hit["format"], dict(chain))
+    if rendering:
+        response.headers["X-Lossy-Rendering"] = rendering
     response.headers["X-Cache"] = "hit" if from_cache else "miss"
     return response.make_conditional(request)

@@ -309,6 +309,8 @@ def test_dims_transforms(http, server):
 
     assert max(Image.open(io.BytesIO(first.content)).size) == 256
     assert "X-Lossy-Compression" not in first.headers
+    assert first.headers["X-Lossy-Rendering"] == "format=jpeg; quality=90"
+    assert "X-Lossy-Rendering" not in http.get(f"{base}/dims/{sop}/thumbnail/64/format/png").headers
     again = http.get(url, headers={"If-None-Match": first.headers["ETag"]})
     assert again.status_code == 304
     lossy = http.get(f"{base}/dims/{sop}/variant/lossy/ratio/20/thumbnail/300/format/png")
