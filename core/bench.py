@@ -449,7 +449,7 @@ def measure_delivery(size: int = 30000, tiles: int = 40) -> dict:
                 cols, rows = zoom.tiles(level)
                 picks.append((level, rng.randrange(cols), rng.randrange(rows)))
             for label in ("cold", "cached"):
-                times = [_timed_get(http, f"{base}/deepzoom/{result.sop_uid}_files/{lv}/{c}_{r}.jpeg")[0] for lv, c, r in picks]
+                times = [_timed_get(http, f"{base}/deepzoom/{result.sop_uid}_files/{lv}/{c}_{r}.png")[0] for lv, c, r in picks]
                 out[f"tile_{label}_median_ms"] = statistics.median(times)
                 out[f"tile_{label}_p95_ms"] = sorted(times)[int(0.95 * (len(times) - 1))]
             rg1 = next(s["study_uid"] for s in store.studies() if s["modalities"] == "CR" and s["study_uid"] != result.study_uid)
