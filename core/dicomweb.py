@@ -261,10 +261,18 @@ class _Plan:
         if self.kind == "lossy":  # made when planned: now a cache hit
             vf = variant_file(self.store, self.sop, "lossy")
             return vf.stream, self.syntax, _lossy_headers(history.then(vf.lossy_ratio, vf.method))
-        stored = self.store.artifact(self.sop, "lossless")
-        if self.kind == "lossless" and stored is not None and stored.transfer_syntax == self.syntax:
+        if stored := self._stored_lossless():
             return open(stored.path, "rb"), self.syntax, _lossy_headers(history)
         return io.BytesIO(self._transcoded()), self.syntax, _lossy_headers(history)
+
+    def prepare(self) -> None:
+        """Make (and cache) a transcode now, so that one that fails is a 4xx before the first byte, not a cut answer."""
+        if self.kind in ("decoded", "lossless") and not self._stored_lossless():
+            self._transcoded()
+
+    def _stored_lossless(self):
+        stored = self.store.artifact(self.sop, "lossless") if self.kind == "lossless" else None
+        return stored if stored is not None and stored.transfer_syntax == self.syntax else None
 
     def _transcoded(self) -> bytes:
         key = f"{self.original.checksum}:wado:{self.syntax}"
@@ -370,6 +378,8 @@ def retrieve(study, series=None, sop=None):
             reasons.append(str(exc))
     if plans is None:
         raise NotAcceptable(" ".join(dict.fromkeys(reasons)))
+    for plan in plans:
+        plan.prepare()
     record_access(store, current_user(), "download", study, sop, client_address())
     first = plans[0].open() if len(plans) == 1 else None
     lossy = sum(p.lossy or bool(p.row["lossy"]) for p in plans)

@@ -367,3 +367,13 @@ def test_metadata_describes_frames_as_served_for_a_jpeg_ybr_422_original(node):
     assert meta["00280004"]["Value"] == ["YBR_FULL"] and meta["00280008"]["Value"] == [120]
     [frame] = client.retrieve_instance_frames(*ids, frame_numbers=[7], media_types=(("application/octet-stream", "*"),))
     assert frame == decode_frame(original, 6).tobytes() and len(frame) == 480 * 640 * 3
+
+
+def test_an_instance_that_cannot_be_transcoded_is_a_4xx_before_any_byte(node):
+    """A study with a 32-bit image asked for in JPEG-LS: refused whole with the reason, never a cut multipart answer."""
+    base, _, client, datasets = node
+    wide = make_dataset(rows=16, columns=16, bits_allocated=32, bits_stored=32, study_uid=datasets[0].StudyInstanceUID)
+    client.store_instances([wide])
+    answer = requests.get(f"{base}/dicom-web/studies/{wide.StudyInstanceUID}", auth=ADMIN,
+                          headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80'})
+    assert 400 <= answer.status_code < 500 and "Bits Allocated" in answer.json()["error"]
