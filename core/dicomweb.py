@@ -83,8 +83,10 @@ def _cors(response: Response) -> Response:
 
 
 # -- errors: JSON, never the app's HTML page ----------------------------------------------
+@blueprint.route("", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+@blueprint.route("/", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
 @blueprint.route("/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
-def _unknown(_rest):
+def _unknown(_rest=""):
     return jsonify(error=f"No DICOMweb route {request.method} {request.path}.",
                    hint="QIDO-RS /studies, WADO-RS /studies/{study}[/series/{series}[/instances/{sop}]], STOW-RS POST /studies."), 404
 

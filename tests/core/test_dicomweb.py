@@ -192,7 +192,9 @@ def test_login_roles_and_json_errors(node):
     base, app, _, datasets = node
     first = datasets[0]
     assert requests.get(f"{base}/dicom-web/studies").status_code == 401
-    assert requests.get(f"{base}/dicom-web/nothing/here", auth=ADMIN).status_code == 404
+    for path in ("/dicom-web", "/dicom-web/", "/dicom-web/nothing/here"):  # JSON, never the app's HTML page
+        answer = requests.get(base + path, auth=ADMIN)
+        assert answer.status_code == 404 and "No DICOMweb route" in answer.json()["error"], path
     store = app.server.extensions["radpress"]["store"]
     Users(store).add("rad", "rad-password-1", "radiologist")
     Users(store).add("other", "other-password-1", "radiologist")
