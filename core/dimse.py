@@ -39,7 +39,7 @@ from .ingest import ingest_stream
 from .jobs import Jobs
 from .pixels import read_dataset
 from .store import Store
-from .users import User, authorize
+from .users import User, authorize, record_access
 from .validate import check_uid
 
 __all__ = ["Peer", "NodeConfig", "DicomNode", "parse_peers", "format_peers", "stored_peers", "set_peers", "dicom_peers", "find",
@@ -290,14 +290,16 @@ class DicomNode:
             if lvl == level:
                 break
         rows = self.store.query(
-            "SELECT i.sop_uid FROM instances i JOIN series s USING (series_uid) JOIN studies st USING (study_uid) "
+            "SELECT i.sop_uid, s.study_uid FROM instances i JOIN series s USING (series_uid) JOIN studies st USING (study_uid) "
             f"JOIN patients p USING (patient_key) WHERE {' AND '.join(clauses)} ORDER BY s.study_uid, s.number, i.number, i.sop_uid",
             params)
         user = self.user(event)
-        sops = [r["sop_uid"] for r in rows]
-        for sop in sops:
-            authorize(self.store, user, "download", sop_uid=sop)
-        return sops
+        for row in rows:
+            authorize(self.store, user, "download", sop_uid=row["sop_uid"])
+        address = str(event.assoc.requestor.address)
+        for study_uid in dict.fromkeys(r["study_uid"] for r in rows):  # the access log: who took which study
+            record_access(self.store, user, "download", study_uid, address=address)
+        return [r["sop_uid"] for r in rows]
 
     def _get(self, event):
         try:

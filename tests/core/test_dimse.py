@@ -188,6 +188,10 @@ def test_get_study_decodes_for_a_receiver_of_uncompressed_only(node, tmp_path):
         assert np.array_equal(decode_all(got[original.SOPInstanceUID]), decode_all(original))
     assert not got[stored.SOPInstanceUID].file_meta.TransferSyntaxUID.is_compressed
     assert got[sent[2].SOPInstanceUID].LossyImageCompression == "01"
+    from core.users import access_log
+
+    assert [(e["user"], e["action"], e["address"]) for e in access_log(node.store, study)] == \
+        [("DICOM GETSCU", "download", "127.0.0.1")]  # the retrieval is in the access log, once per study
 
 
 def test_move_sends_as_stored_to_a_configured_peer(node, tmp_path):
