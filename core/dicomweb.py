@@ -164,8 +164,8 @@ def qido_instances(study=None, series=None):
 def _instances(store: Store, study: str, series: str | None = None, sop: str | None = None, action: str = "download") -> list:
     """The visible instance rows a path names (404 when it names nothing, 403 when not this user's)."""
     user = current_user()
-    authorize(store, user, action, study_uid=study, sop_uid=sop)
-    rows = visible_instances(store, user, study)
+    authorize(store, user, action, study_uid=study, sop_uid=sop)  # an instance: in this study and visible to the user
+    rows = [store.instance(sop)] if sop else visible_instances(store, user, study)  # one query per frame request
     if series:
         rows = [r for r in rows if r["series_uid"] == series]
     if sop:
