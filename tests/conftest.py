@@ -52,3 +52,5 @@ def live_app(tmp_path, monkeypatch):
     for httpd, app in started:
         httpd.shutdown()
         app.server.extensions["radpress"]["jobs"].stop()
+        if app.server.extensions["radpress"].get("dicom"):  # live_app(dicom_port=0): the DICOM node too
+            app.server.extensions["radpress"]["dicom"].stop()

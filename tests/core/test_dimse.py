@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import subprocess
 import time
@@ -372,6 +373,26 @@ def test_policy_page_shows_the_node_and_saves_destinations(node):
         finally:
             set_peers(node.store, None, "test")
     assert set(node.peers()) == {DEST}
+
+
+def test_what_a_modality_sends_is_what_the_web_serves(live_app, tmp_path):
+    """The app as `make run` starts it (HTTP and the node on one archive): storescu in, HTTP and DICOMweb out."""
+    import requests
+
+    from tests.conftest import ADMIN
+
+    base, app = live_app(dicom_port=0)
+    port = app.server.extensions["radpress"]["dicom"].port
+    study, paths = _study(tmp_path, ["s12", "mono1"])
+    dcmtk("storescu", "-aec", "RADPRESS", "127.0.0.1", port, *paths)
+    http = requests.Session()
+    http.auth = ADMIN
+    assert len(http.get(f"{base}/api/studies/{study}").json()["instances"]) == 2
+    found = http.get(f"{base}/dicom-web/studies", params={"StudyInstanceUID": study}).json()
+    assert found[0]["00201208"]["Value"] == [2]  # Number of Study Related Instances
+    sop = read_dataset(paths[0]).SOPInstanceUID
+    original = http.get(f"{base}/download/instance/{sop}", params={"variant": "original"})
+    assert np.array_equal(decode_all(pydicom.dcmread(io.BytesIO(original.content))), decode_all(read_dataset(paths[0])))
 
 
 def test_a_taken_port_is_refused_with_a_message(node):
