@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
-from .archive import Forbidden, _cache, thumbnail_bytes, variant_file
+from .archive import THUMBNAIL_SIZE, Forbidden, _cache, thumbnail_bytes, variant_file
 from .auth import client_address, current_user, require
 from .codecs import CODECS, codec_for_uid
 from .compress import compress
@@ -561,15 +561,37 @@ def _window() -> tuple[float, float] | None:
     return center, width
 
 
-def _rendered(store: Store, row, frame: int) -> Response:
+def _viewport(default: int | None) -> int | None:
+    """The longer side of ``viewport=width,height`` (PS3.18 §8.3.5.1.3), or *default*."""
+    value = request.args.get("viewport")
+    if not value:
+        return default
+    try:
+        sides = [int(v) for v in value.split(",")[:2]]
+    except ValueError:
+        raise InvalidOptionError(f"viewport={value[:40]!r} is not width,height.", hint="For example viewport=512,512.") from None
+    if not all(0 < v <= 8192 for v in sides):
+        raise InvalidOptionError(f"viewport={value[:40]!r}: each side must be 1-8192 pixels.")
+    return max(sides)
+
+
+def _rendered(store: Store, row, frame: int, size: int | None = None) -> Response:
+    """Frame *frame* as the eye sees it (window from the query), scaled to fit a *size* square if given."""
     fmt = _image_format(request.headers.get("Accept", ""))
     window = _window()
+    size = _viewport(size)
     if not row["rows"]:
         raise NotAcceptable(f"Instance {row['sop_uid']} holds no image to render.")
     if not 1 <= frame <= (row["frames"] or 1):
         raise StoreError(f"Frame {frame} is not in this instance (frames 1-{row['frames'] or 1}).")
     ds = read_dataset(store.artifact(row["sop_uid"], "original").path)
     pixels = to_display(decode_frame(ds, frame - 1), ds, window, frame - 1)
+    if size and max(pixels.shape[:2]) > size:
+        from PIL import Image
+
+        image = Image.fromarray(pixels)
+        image.thumbnail((size, size), Image.LANCZOS)
+        pixels = np.asarray(image)
     response = Response(encode_image(pixels, fmt), mimetype=f"image/{fmt}")
     headers = _lossy_headers(LossyHistory.from_index(store.instance(row["sop_uid"])))
     if fmt == "jpeg":
@@ -597,8 +619,8 @@ def thumbnail(study, series=None, sop=None):
     rows = [r for r in _instances(store, study, series, sop, "view") if r["rows"]]
     if not rows:
         raise StoreError("Nothing there holds an image for a thumbnail.")
-    if _image_format(request.headers.get("Accept", "")) == "jpeg" or request.args.get("window"):
-        return _rendered(store, rows[0], 1)
+    if _image_format(request.headers.get("Accept", "")) == "jpeg" or request.args.get("window") or request.args.get("viewport"):
+        return _rendered(store, rows[0], 1, THUMBNAIL_SIZE)
     data, etag = thumbnail_bytes(store, rows[0]["sop_uid"])
     response = Response(data, mimetype="image/png")
     response.set_etag(etag)

@@ -148,6 +148,13 @@ def test_metadata_frames_rendered_thumbnail(node):
     assert requests.get(f"{url}/rendered?window=40,-1", auth=ADMIN).status_code == 400
     thumb = requests.get(f"{base}/dicom-web/studies/{multi.StudyInstanceUID}/thumbnail", auth=ADMIN)
     assert thumb.status_code == 200 and thumb.headers["Content-Type"] == "image/png"
+    from PIL import Image
+
+    small = requests.get(f"{url}/rendered", auth=ADMIN, params={"viewport": "32,32"}, headers={"Accept": "image/jpeg"})
+    assert small.headers["X-Lossy-Compression"] == "rendering=JPEG" and Image.open(io.BytesIO(small.content)).size == (32, 32)
+    windowed = requests.get(f"{url}/thumbnail", auth=ADMIN, params={"window": "2000,400"})
+    assert Image.open(io.BytesIO(windowed.content)).size == (64, 64)  # 64 x 64 frames fit the 256 thumbnail as they are
+    assert requests.get(f"{url}/rendered", auth=ADMIN, params={"viewport": "0,10"}).status_code == 400
     bad = requests.get(f"{base}/dicom-web/studies/{ids[0]}/series/{ids[1]}/instances/{ids[2]}/frames/6", auth=ADMIN)
     assert bad.status_code == 404
 
