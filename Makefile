@@ -10,7 +10,7 @@ export HOST PORT
 
 # glymur needs the OpenJPEG shared library; the tests use other projects' tools as independent checkers.
 RUN_DEBS := libopenjp2-7
-TEST_DEBS := $(RUN_DEBS) libopenjp2-tools openjph-tools libgdcm-tools dcmtk dicom3tools libjxl-tools chromium chromium-driver redis-server
+TEST_DEBS := $(RUN_DEBS) libopenjp2-tools openjph-tools libgdcm-tools dcmtk dicom3tools libjxl-tools chromium chromium-driver redis-server ffmpeg
 
 .PHONY: run test bench venv sysdeps-run sysdeps-test ohif clean
 
