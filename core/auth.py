@@ -30,7 +30,7 @@ from .users import DEMO_USER, PERMISSIONS, User, Users, authorize
 __all__ = ["init_auth", "current_user", "require", "secret_key", "safe_next", "client_address"]
 
 PUBLIC = ("/login", "/logout", "/api/health", "/assets/", "/_dash-component-suites/", "/_favicon.ico")
-API_PREFIXES = ("/api/", "/download/", "/thumbnail/", "/dims/", "/preview/", "/deepzoom/", "/_dash-", "/dicom-web/")
+API_PREFIXES = ("/api/", "/download/", "/thumbnail/", "/dims/", "/preview/", "/deepzoom/", "/cine/", "/_dash-", "/dicom-web/")
 CALLBACK_PATH = "/_dash-update-component"
 # A UID as it appears inside callback values ("1.2.3", "?uid=1.2.3", "1.2.3:0:j2k:10").
 _UID_TOKEN = re.compile(r"(?<![\d.])\d+(?:\.\d+)+(?![\d.])")

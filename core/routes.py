@@ -50,7 +50,7 @@ def archive() -> tuple[Store, Jobs]:
     return ext["store"], ext["jobs"]
 
 
-JSON_PREFIXES = ("/api/", "/download/", "/thumbnail/", "/preview/", "/deepzoom/", "/dims/", "/_dash-", "/dicom-web/")
+JSON_PREFIXES = ("/api/", "/download/", "/thumbnail/", "/preview/", "/deepzoom/", "/dims/", "/cine/", "/_dash-", "/dicom-web/")
 MAX_JOB_ID = (1 << 63) - 1
 
 
@@ -78,6 +78,7 @@ def _http_error(exc: HTTPException):
 @blueprint.route("/preview/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
 @blueprint.route("/deepzoom/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
 @blueprint.route("/dims/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+@blueprint.route("/cine/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
 def _unknown_api(_rest):
     """Unknown API paths (also downloads and images: /download/instance/a/b, /dims/<sop>/) answer JSON, not the app's HTML page."""
     return jsonify(error=f"No API route {request.method} {request.path}.", hint="See README.md, section HTTP."), 404
@@ -535,6 +536,71 @@ def _tile_window(checksum: str, codestream: str, original: str, preset: str = IM
     coarse = source.region(source.levels, 0, source.height, 0, source.width)
     window = preset_window(preset, ds, modality_values(coarse, ds))
     return None if window is None else (float(window[0]), float(window[1]))
+
+
+# -- cines: multi-frame instances as H.264 video (core.cine) --------------------
+_CINE_ARGS = ("start", "end", "ranges", "window", "crf")
+
+
+def _cine_request(sop_uid: str):
+    """Authorized like every image route, options checked before any frame is read; limits from RADPRESS_CINE_*."""
+    from .cine import CineConfig, parse_options
+
+    store, _ = archive()
+    _check_instance(store, sop_uid)
+    ext = current_app.extensions["radpress"]
+    config = ext.get("cine") or ext.setdefault("cine", CineConfig.from_env())
+    return store, config, parse_options(request.args, config)
+
+
+def _cine_headers(response: Response, store: Store, sop_uid: str, clip) -> Response:
+    """Every cine is lossy (H.264), whatever the original was: X-Lossy-Compression always."""
+    from .cine import lossy_header
+
+    response.headers["X-Lossy-Compression"] = lossy_header(_history(store, sop_uid))
+    response.headers["X-Cine-Frame-Rate"] = f"{clip.fps:g}; source={clip.fps_source}"
+    response.headers["X-Cine-Frames"] = str(len(clip.indices))
+    response.cache_control.private = True
+    response.cache_control.max_age = 3600
+    return response
+
+
+@blueprint.get("/cine/<sop_uid>.mp4")
+@require("view")
+def cine_mp4(sop_uid):
+    """Fast-start H.264 MP4 of a multi-frame instance (``?start=&end=``, ``?ranges=a-b,c-d``, ``?window=C,W``, ``?crf=``)."""
+    from .cine import cine_mp4 as make
+
+    store, config, options = _cine_request(sop_uid)
+    handle, size, etag, clip = make(store, sop_uid, options, config)
+    if "Range" not in request.headers:  # a player's many range requests are one viewing
+        _logged("view", store.instance(sop_uid)["study_uid"], sop_uid)
+    response = Response(wrap_file(request.environ, handle), mimetype="video/mp4", direct_passthrough=True)
+    response.headers["Content-Length"] = str(size)
+    response.headers["Content-Disposition"] = f'inline; filename="{safe_name(sop_uid, "cine")}.lossy.mp4"'
+    response.set_etag(etag)
+    response.make_conditional(request, accept_ranges=True, complete_length=size)
+    return _cine_headers(response, store, sop_uid, clip)
+
+
+@blueprint.get("/cine/<sop_uid>.m3u8")
+@blueprint.get("/cine/<sop_uid>/segment/<int:segment>.ts")
+@require("view")
+def cine_hls(sop_uid, segment=None):
+    """HLS VOD playlist of the same clip as the MP4 (same options), and its MPEG-TS segments of about 2 s."""
+    from urllib.parse import urlencode
+
+    from .cine import cine_hls as make
+
+    store, config, options = _cine_request(sop_uid)
+    query = urlencode([(k, request.args[k]) for k in _CINE_ARGS if k in request.args])
+    data, etag, clip = make(store, sop_uid, options, config, segment,
+                            lambda n: f"{sop_uid}/segment/{n}.ts" + (f"?{query}" if query else ""))
+    if segment is None:
+        _logged("view", store.instance(sop_uid)["study_uid"], sop_uid)
+    response = Response(data, mimetype="application/vnd.apple.mpegurl" if segment is None else "video/mp2t")
+    response.set_etag(etag)
+    return _cine_headers(response.make_conditional(request), store, sop_uid, clip)
 
 
 # -- DIMS: URL image transforms -------------------------------------------------
