@@ -106,6 +106,41 @@ def test_store_compressed_is_kept_as_sent(node, tmp_path, syntax, propose):
     assert stored.PixelData == sent.PixelData  # the codestream itself, not a re-encoding
 
 
+def test_store_lossy_jpeg_is_known_as_lossy(node, tmp_path):
+    """A modality's JPEG baseline image is already lossy: stored as sent and never called lossless (C-FIND says 01)."""
+    from core.samples import pydicom_test_dir
+
+    ds = pydicom.dcmread(pydicom_test_dir() / "SC_rgb_jpeg_dcmtk.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.save_as(tmp_path / "jpeg.dcm")
+    dcmtk("storescu", "-xy", *_peer(node), tmp_path / "jpeg.dcm")
+    stored = _stored(node, ds.SOPInstanceUID)
+    assert stored.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID and stored.PixelData == ds.PixelData
+    [match] = _find(node, tmp_path, "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={ds.StudyInstanceUID}",
+                    "SOPInstanceUID", "LossyImageCompression")
+    assert match.LossyImageCompression == "01"
+
+
+def test_store_deflated_from_a_sender_that_offers_only_that(node, tmp_path):
+    from pynetdicom import AE
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = make_dataset(**KINDS["u16"])
+    scu = AE(ae_title="DEFLATER")
+    scu.add_requested_context(ds.SOPClassUID, [DeflatedExplicitVRLittleEndian])
+    assoc = scu.associate("127.0.0.1", node.port, ae_title="RADPRESS")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    assert status.Status == 0x0000
+    stored = _stored(node, ds.SOPInstanceUID)
+    assert stored.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    assert np.array_equal(decode_all(stored), decode_all(ds))
+
+
 def test_store_refuses_invalid_with_reason_and_keeps_nothing(node, tmp_path):
     ds = make_dataset(rows=32, columns=32)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.03.4"  # leading zero: not a UID
