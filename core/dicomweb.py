@@ -217,11 +217,13 @@ def negotiate(accept: str) -> list[str]:
 class _Plan:
     """How one instance is served in one transfer syntax (decided before the first byte is sent)."""
 
-    def __init__(self, store: Store, row, syntax: str):
+    def __init__(self, store: Store, row, syntax: str, alone: bool = True):
         self.store, self.row, self.sop = store, row, row["sop_uid"]
         self.original = store.artifact(self.sop, "original")
         stored = self.original.transfer_syntax
         self.syntax, self.lossy = (stored if syntax == "*" else syntax), False
+        if not row["rows"] and not alone and self.syntax != ExplicitVRLittleEndian:
+            self.syntax = stored  # a report or PDF in a study asked for in an image syntax: as stored, its part says so
         if self.syntax == stored:
             self.kind = "original"
             return
@@ -374,7 +376,7 @@ def retrieve(study, series=None, sop=None):
     plans, reasons = None, []
     for syntax in negotiate(request.headers.get("Accept", "")):
         try:
-            plans = [_Plan(store, row, syntax) for row in rows]
+            plans = [_Plan(store, row, syntax, alone=sop is not None) for row in rows]
             break
         except NotAcceptable as exc:
             reasons.append(str(exc))

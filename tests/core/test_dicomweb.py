@@ -307,6 +307,12 @@ def test_non_image_objects_are_served_as_stored(node):
     url = f"{base}/dicom-web/studies/{sr.StudyInstanceUID}/series/{sr.SeriesInstanceUID}/instances/{sr.SOPInstanceUID}"
     refused = requests.get(url, auth=ADMIN, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.90'})
     assert refused.status_code == 406 and "holds no image" in refused.json()["error"]
+    study = requests.get(f"{base}/dicom-web/studies/{sr.StudyInstanceUID}", auth=ADMIN,
+                          headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.90'})
+    assert study.status_code == 200  # in a study, the report comes as stored beside the images in JPEG 2000
+    parts = [dcmread(io.BytesIO(p)) for p in client._decode_multipart_message(study, stream=False)]
+    assert {str(p.file_meta.TransferSyntaxUID) for p in parts if p.SOPInstanceUID != sr.SOPInstanceUID} == {"1.2.840.10008.1.2.4.90"}
+    assert [str(p.file_meta.TransferSyntaxUID) for p in parts if p.SOPInstanceUID == sr.SOPInstanceUID] == [ExplicitVRLittleEndian]
     meta = requests.get(f"{url}/metadata", auth=ADMIN).json()[0]
     assert "7FE00010" not in meta and meta["0040A040"]["Value"] == ["CONTAINER"]
     assert requests.get(f"{url}/rendered", auth=ADMIN).status_code == 406
