@@ -1,7 +1,7 @@
 """The archive as a DICOM network node (PS3.4 / PS3.7): C-ECHO, C-STORE, C-FIND, C-GET and C-MOVE.
 
 A clinic's modalities and PACS speak DIMSE, not HTTP.  Every file they send
-goes through the same validated ingest as an upload (:func:`core.ingest.ingest_stream`),
+goes through the same validated ingest as an upload (:func:`core.ingest.ingest_instance`),
 an association's instances are grouped into one job per study when it ends,
 queries are answered from the index (:mod:`core.query`), and every study
 retrieved passes :func:`core.users.authorize` for the calling node.  A calling
@@ -35,7 +35,7 @@ from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelFind,
 
 from . import query
 from .errors import InvalidOptionError, RadPressError
-from .ingest import ingest_stream
+from .ingest import ingest_instance
 from .jobs import Jobs
 from .pixels import read_dataset
 from .store import Store
@@ -228,12 +228,10 @@ class DicomNode:
         except (ValueError, AttributeError, KeyError) as exc:  # a meta header pynetdicom cannot build
             return _status(_CANNOT_UNDERSTAND, f"unreadable: {exc}")
         name = f"C-STORE from {self.user(event).name[6:]}"
-        results = ingest_stream(self.store, io.BytesIO(data), name)
-        result = results[0] if results else None
-        if result is None or result.status == "rejected":
-            reason = result.reason if result else "nothing could be read"
-            log.warning("%s refused: %s", name, reason)
-            return _status(_CANNOT_UNDERSTAND, reason)
+        result = ingest_instance(self.store, io.BytesIO(data), name)
+        if result.status == "rejected":
+            log.warning("%s refused: %s", name, result.reason)
+            return _status(_CANNOT_UNDERSTAND, result.reason)
         if result.status == "conflict":  # kept aside for an administrator, never served in place of the stored one
             return _status(_DUPLICATE, "conflict: another object with this SOP Instance UID is stored")
         if result.status == "stored":

@@ -30,7 +30,7 @@ from .files import atomic_writer
 from .store import Store
 from .validate import read_checked
 
-__all__ = ["Limits", "IngestResult", "ingest", "ingest_stream"]
+__all__ = ["Limits", "IngestResult", "ingest", "ingest_stream", "ingest_instance"]
 
 
 @dataclass(frozen=True)
@@ -122,11 +122,17 @@ def _admit(store: Store, staged: Path, name: str) -> IngestResult:
 
 def _admit_member(store: Store, staged: Path, name: str) -> IngestResult:
     """An archive member: an archive inside it is refused (never opened), anything else admitted."""
-    if _archive_magic(staged):
+    if _archive_magic(staged) and not _dicom_magic(staged):
         staged.unlink(missing_ok=True)
         return IngestResult(name, "rejected", "nested archive: not opened (archives inside archives are refused; "
                                               "send the inner archive itself)")
     return _admit(store, staged, name)
+
+
+def _dicom_magic(path: Path) -> bool:
+    """A Part 10 file: 'DICM' after the 128-byte preamble (which may itself hold a zip or TIFF header)."""
+    with open(path, "rb") as fh:
+        return fh.read(132)[128:132] == b"DICM"
 
 
 def _archive_magic(path: Path) -> bool:
@@ -286,19 +292,20 @@ def _from_file(store: Store, path: Path, label: str, limits: Limits, owned: bool
     if _is_dicomdir(path.name):
         yield IngestResult(label, "skipped", "DICOMDIR index file")
         return
-    if zipfile.is_zipfile(path):
-        yield from _from_zip(store, path, label, limits)
-        return
-    if _is_tar(path):
-        yield from _from_tar(store, path, label, limits)
-        return
-    if _archive_magic(path):
-        yield IngestResult(label, "rejected", "truncated: a zip, tar or compressed file that cannot be opened "
-                                              "(cut short or damaged), or a compressed file that is not a tar")
-        return
-    if path.suffix.lower() in (".tif", ".tiff"):
-        yield _from_tiff(store, path, label)
-        return
+    if not _dicom_magic(path):  # a DICOM file is never an archive, even when its last bytes look like a zip directory
+        if zipfile.is_zipfile(path):
+            yield from _from_zip(store, path, label, limits)
+            return
+        if _is_tar(path):
+            yield from _from_tar(store, path, label, limits)
+            return
+        if _archive_magic(path):
+            yield IngestResult(label, "rejected", "truncated: a zip, tar or compressed file that cannot be opened "
+                                                  "(cut short or damaged), or a compressed file that is not a tar")
+            return
+        if path.suffix.lower() in (".tif", ".tiff"):
+            yield _from_tiff(store, path, label)
+            return
     size = path.stat().st_size
     if size > limits.max_file_bytes:
         yield IngestResult(label, "rejected", f"too large: {size} bytes, the limit is {limits.max_file_bytes}")
@@ -365,6 +372,16 @@ def ingest(store: Store, paths: Iterable[str | os.PathLike], limits: Limits = Li
             yield from _from_file(store, path, str(path), limits)
         else:
             yield IngestResult(str(path), "rejected", "not found")
+
+
+def ingest_instance(store: Store, stream: BinaryIO, name: str, limits: Limits = Limits()) -> IngestResult:
+    """One DICOM instance from a network receiver (C-STORE): staged in chunks and admitted, never opened as an archive
+    (a dataset whose last bytes happen to look like a zip directory is still the instance it is)."""
+    try:
+        staged = _stage_stream(store, stream, limits.max_file_bytes, "instance larger than the file limit")
+    except _Rejected as exc:
+        return IngestResult(name, "rejected", f"too large: {exc}")
+    return _admit(store, staged, name)
 
 
 def ingest_stream(store: Store, stream: BinaryIO, name: str, limits: Limits = Limits()) -> list[IngestResult]:

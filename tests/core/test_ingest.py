@@ -102,6 +102,30 @@ def test_non_image_with_a_bad_uid_is_refused(store, tmp_path):
     assert result.status == "rejected" and "Study Instance UID" in result.reason
 
 
+def _zip_lookalike(tmp_path):
+    """A valid DICOM file whose preamble starts like a zip entry and whose last bytes hold a zip directory."""
+    empty = io.BytesIO()
+    zipfile.ZipFile(empty, "w").close()
+    ds = make_dataset(rows=16, columns=16)
+    ds.preamble = b"PK\x03\x04" + b"\0" * 124
+    ds.add_new(0x7FE10010, "LO", "RADPRESS TEST")
+    ds.add_new(0x7FE11000, "OB", empty.getvalue())
+    path = write(ds, tmp_path / "lookalike.dcm")
+    assert zipfile.is_zipfile(path)
+    return ds, path
+
+
+def test_a_dicom_file_that_looks_like_a_zip_is_still_the_instance(store, tmp_path):
+    ds, path = _zip_lookalike(tmp_path)
+    [result] = ingest_stream(store, io.BytesIO(path.read_bytes()), "lookalike.dcm")  # was [] (read as an empty zip)
+    assert (result.status, result.sop_uid) == ("stored", ds.SOPInstanceUID)
+    other, inner = _zip_lookalike(tmp_path / "b")
+    archive = tmp_path / "outer.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(inner, "in/lookalike.dcm")
+    assert [(r.status, r.sop_uid) for r in ingest(store, [archive])] == [("stored", other.SOPInstanceUID)]
+
+
 def test_too_large(store):
     result = list(ingest(store, [MR2], Limits(max_file_bytes=1000)))[0]
     assert result.status == "rejected" and "too large" in result.reason
