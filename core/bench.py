@@ -29,7 +29,7 @@ from .pixels import PixelSpec, decode_frame, pixel_spec, read_dataset
 from .probe import measure_probes
 from .samples import BENCH_SAMPLES, sample
 
-__all__ = ["run_bench", "measure", "measure_accuracy", "measure_psnr_truth", "measure_dicomweb"]
+__all__ = ["run_bench", "measure", "measure_accuracy", "measure_psnr_truth", "measure_dicomweb", "measure_cine"]
 
 CODECS = ("j2k", "htj2k", "jpegls", "jxl")
 LOSSY_TARGETS = (10, 20, 50)
@@ -192,6 +192,8 @@ def _table(results: dict) -> str:
         lines += [_lab_table(results["lab"]), ""]
     if "delivery" in results:
         lines += [_delivery_table(results["delivery"]), ""]
+    if "cine" in results:
+        lines += [_cine_table(results["cine"]), ""]
     if "dicomweb" in results:
         lines += [_dicomweb_table(results["dicomweb"]), ""]
     if "dimse" in results:
@@ -215,6 +217,7 @@ def run_bench(json_path: str | None = "bench-results.json", as_json: bool = Fals
         results["checks"].append({"target": f"{big}x{big} ingest peak RSS < 2 GB", "measured": f"{peak:.0f} MB", "ok": peak < 2048})
     if lab:
         results["lab"] = measure_lab()
+    results["cine"] = measure_cine()
     if archive_instances:
         archive = measure_archive(archive_instances)
         results["archive"] = archive
@@ -349,6 +352,57 @@ def measure_lab() -> dict:
                          "dice_drop_bpp": rec["dice_drop_bpp"], "dice_drop_ratio": rec["dice_drop_ratio"],
                          "recommended_ratio": rec["ratio"], "recommended_bpp": rec["bpp"], "sweep_s": result["wall_s"]})
     return {"rows": rows, "wall_s": time.perf_counter() - start}
+
+
+def _cine_dataset(rows: int, columns: int, frames: int, fps: float = 30.0):
+    """An 8-bit grey ultrasound loop: a bright disc moving over speckle, Frame Time from *fps*."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:rows, 0:columns]
+    speckle = rng.integers(20, 90, (rows, columns))
+    pixels = np.empty((frames, rows, columns), np.uint8)
+    for n in range(frames):
+        cx = columns * (0.3 + 0.4 * n / frames)
+        pixels[n] = np.where((x - cx) ** 2 + (y - rows / 2) ** 2 < (rows / 6) ** 2, 200, speckle)
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = "1.2.840.10008.5.1.4.1.1.3.1", generate_uid(), "US"
+    ds.Rows, ds.Columns, ds.NumberOfFrames, ds.FrameTime = rows, columns, frames, 1000 / fps
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelData = pixels.tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def measure_cine(rows: int = 480, columns: int = 640, frames: int = 120) -> dict:
+    """H.264 encode speed of a 640×480 × 120-frame ultrasound loop (MP4), and the wait for the first HLS segment
+    (cold: the playlist and its segments are made in one pass, so this is the whole HLS encode)."""
+    from .cine import CineConfig, CineOptions, encode_hls, encode_mp4, plan_clip
+
+    ds = _cine_dataset(rows, columns, frames)
+    options = CineOptions()
+    clip = plan_clip(ds, options, CineConfig())
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        encode_mp4(ds, clip, options, Path(tmp) / "clip.mp4")
+        mp4_s = time.perf_counter() - start
+        size = (Path(tmp) / "clip.mp4").stat().st_size
+        start = time.perf_counter()
+        _playlist, segments = encode_hls(ds, clip, options, tmp)
+        first_segment_s = time.perf_counter() - start
+    return {"size": f"{columns}x{rows}x{frames}", "fps": clip.fps, "mp4_s": mp4_s, "encode_frames_s": frames / mp4_s,
+            "mp4_bytes": size, "hls_segments": len(segments), "first_hls_segment_s": first_segment_s}
+
+
+def _cine_table(c: dict) -> str:
+    return "\n".join([
+        f"cine (H.264 through PyAV, {c['size']} ultrasound at {c['fps']:g} frames/s, label burned in):",
+        f"  MP4 encode {c['encode_frames_s']:.0f} frames/s ({c['mp4_s']:.2f} s, {c['mp4_bytes'] / 1e3:.0f} kB)",
+        f"  first HLS segment after {c['first_hls_segment_s']:.2f} s ({c['hls_segments']} segments made in one pass)"])
 
 
 def _lab_table(lab: dict) -> str:

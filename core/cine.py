@@ -122,6 +122,7 @@ def _seconds(name: str, text: str) -> float:
 
 def parse_options(args: Mapping[str, str], config: CineConfig) -> CineOptions:
     """``start``/``end`` (seconds), or ``ranges=a-b,c-d`` (multi-trim), ``window=C,W``, ``crf``; checked before any work."""
+    args = {k: v for k, v in args.items() if v != ""}  # an empty field of the trim form means: not set
     ranges: list[tuple[float, float | None]]
     if args.get("ranges") is not None and (args.get("start") is not None or args.get("end") is not None):
         raise InvalidOptionError("ranges= cannot be combined with start= or end=.", hint="Put every cut in ranges=a-b,c-d.")

@@ -4,6 +4,7 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, dcc, html
 
+from components.cine_player import make_cine_player
 from components.strategy_card import human_size
 from core.archive import plan
 from core.auth import current_user
@@ -86,6 +87,7 @@ def layout(uid: str = "", **_query):
                     html.Div(arts, className="small text-muted artifacts"),
                     *_lossy_original(row, artifacts.get(row["sop_uid"], [])),
                     *warnings,
+                    *([make_cine_player(row["sop_uid"])] if (row["frames"] or 0) > 1 else []),
                     _downloads(f"/download/instance/{row['sop_uid']}", "⬇", policy.lossy_enabled),
                     dbc.Button("Compare", href=f"/compare?sop={row['sop_uid']}", size="sm", color="primary", className="me-1"),
                     dbc.Button("Zoom", href=f"/viewer?sop={row['sop_uid']}", size="sm", color="secondary", outline=True),

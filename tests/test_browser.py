@@ -214,3 +214,24 @@ def test_viewer_pans_and_zooms_deepzoom_tiles(server, browser):
     ARTIFACTS.mkdir(exist_ok=True)
     time.sleep(1)
     browser.save_screenshot(str(ARTIFACTS / "viewer.png"))
+
+
+def test_study_page_plays_a_cine(server, browser, tmp_path):
+    """The Study page's video of a multi-frame instance plays in Chromium: its current time advances."""
+    from tests.synthetic import make_dataset, write
+
+    ds = make_dataset(rows=63, columns=81, frames=40, modality="US")
+    ds.FrameTime = 50
+    http = requests.Session()
+    http.auth = ADMIN
+    with open(write(ds, tmp_path / "cine.dcm"), "rb") as fh:
+        assert http.post(f"{server}/api/upload", files={"file": ("cine.dcm", fh)}).status_code == 200
+    login(browser, server, ADMIN)
+    browser.get(f"{server}/study?uid={ds.StudyInstanceUID}")
+    video = wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, "video.cine-video")))
+    assert "LOSSY — not for primary diagnosis" in browser.find_element(By.CSS_SELECTOR, ".cine-player").text
+    browser.execute_script("arguments[0].loop = true; arguments[0].play();", video)
+    wait(browser, 60).until(lambda d: d.execute_script("return arguments[0].currentTime;", video) > 0.5)
+    assert browser.execute_script("return arguments[0].videoWidth;", video) == 90
+    form = browser.find_element(By.CSS_SELECTOR, "form[id^='cine-trim']")
+    assert form.get_attribute("action").endswith(f"/cine/{ds.SOPInstanceUID}.mp4")

@@ -23,12 +23,15 @@ def test_bench_writes_json(tmp_path, monkeypatch, capsys):
     small_accuracy, small_truth = bench.measure_accuracy, bench.measure_psnr_truth
     monkeypatch.setattr(bench, "measure_accuracy", lambda: small_accuracy(["emri_small"], targets=(10,), codecs=("j2k",)))
     monkeypatch.setattr(bench, "measure_psnr_truth", lambda: small_truth(["emri_small"], codecs=("jpegls",)))
+    small_cine = bench.measure_cine
+    monkeypatch.setattr(bench, "measure_cine", lambda: small_cine(rows=48, columns=64, frames=12))
     assert run_bench(json_path=str(tmp_path / "bench.json"), archive_instances=4, big=0) == 0
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written["accuracy"]["summary"][0]["codec"] == "j2k" and written["psnr_truth"]["rows"][0]["decoder"] == "pydicom"
     assert written["codecs"] and written["archive"]["instances"] == 4 and written["archive"]["job_state"] == "done"
     assert written["archive"]["zip_mb_s"] > 0
     assert {r["codec"] for r in written["lab"]["rows"]} == {"j2k", "htj2k", "jxl"}
+    assert written["cine"]["size"] == "64x48x12" and written["cine"]["encode_frames_s"] > 0
     assert "PASS" in capsys.readouterr().out
     probe = written["probe"]  # against the app in its own process: every hostile input and race clean
     assert probe["hostile"]["failures"] == [] and probe["races"]["failures"] == [] and probe["hostile"]["tried"] >= 40
@@ -103,3 +106,13 @@ def test_dimse_benchmark_sends_a_series_with_storescu():
     assert (d["stored"], d["jobs"]) == (5, 1) and d["checks"][0]["ok"]  # one association, one job for the study
     assert d["instances_per_s"] > 0 and d["find_ms"] > 0
     assert "storescu C-STORE of 5 CT instances" in _dimse_table(d)
+
+
+def test_cine_benchmark_encodes_the_loop_and_its_hls_segments():
+    """A 3 s loop at 30 frames/s: an MP4 and two HLS segments (2 s + 1 s), with their speed and wait."""
+    from core.bench import _cine_table, measure_cine
+
+    c = measure_cine(rows=48, columns=64, frames=90)
+    assert round(c["fps"], 6) == 30 and c["hls_segments"] == 2 and c["mp4_bytes"] > 1000
+    assert c["encode_frames_s"] == 90 / c["mp4_s"] and c["first_hls_segment_s"] > 0
+    assert "64x48x90" in _cine_table(c) and "frames/s" in _cine_table(c)

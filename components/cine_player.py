@@ -1,0 +1,26 @@
+"""A cine (multi-frame instance as H.264 MP4) in an HTML5 video, with a trim form whose result is a shareable URL."""
+
+from dash import dcc, html
+
+from core.cine import LABEL
+
+CINE_VIDEO = "cine-video"
+CINE_TRIM = "cine-trim"
+
+
+def make_cine_player(sop_uid: str) -> html.Div:
+    """The video loads nothing until played (encoding is on demand); the trim form opens ``/cine/<sop>.mp4?start=&end=``."""
+    src, key = f"/cine/{sop_uid}.mp4", sop_uid.replace(".", "-")  # Dash IDs may not hold dots
+    return html.Div([
+        html.Div([html.Strong("⚠ "), html.Span(LABEL)], className="lossy-banner small", role="alert"),
+        html.Video(src=src, controls=True, muted=True, preload="none", poster=f"/thumbnail/{sop_uid}",
+                   id=f"{CINE_VIDEO}-{key}", className="w-100 cine-video", **{"data-sop": sop_uid}),
+        html.Form([
+            dcc.Input(name="start", type="number", min=0, step="any", placeholder="start s", className="form-control form-control-sm",
+                       style={"width": "6em"}),
+            dcc.Input(name="end", type="number", min=0, step="any", placeholder="end s", className="form-control form-control-sm",
+                       style={"width": "6em"}),
+            html.Button("Trim", type="submit", className="btn btn-sm btn-outline-secondary"),
+            html.A("HLS", href=f"/cine/{sop_uid}.m3u8", target="_blank", className="btn btn-sm btn-link"),
+        ], action=src, method="get", target="_blank", id=f"{CINE_TRIM}-{key}", className="d-flex gap-1 mt-1"),
+    ], className="cine-player mb-2")
