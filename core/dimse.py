@@ -34,7 +34,7 @@ from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelFind,
                                   Verification)
 
 from . import query
-from .errors import InvalidOptionError, RadPressError
+from .errors import InvalidHeaderError, InvalidOptionError, RadPressError
 from .ingest import ingest_instance
 from .jobs import Jobs
 from .pixels import read_dataset
@@ -57,7 +57,7 @@ _MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1-255
 
 # C-STORE / retrieve statuses (PS3.4 B.2.3, C.4.2.1.5)
 _SUCCESS, _CANNOT_UNDERSTAND, _DUPLICATE, _NOT_AUTHORIZED = 0x0000, 0xC000, 0x0111, 0x0124
-_IDENTIFIER_INVALID, _UNABLE_TO_PROCESS, _MOVE_DESTINATION_UNKNOWN = 0xA900, 0xC000, 0xA801
+_IDENTIFIER_INVALID, _UNABLE_TO_PROCESS = 0xA900, 0xC000  # an unknown C-MOVE destination: pynetdicom answers A801
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,12 @@ class NodeConfig:
                    peers=parse_peers(env.get("RADPRESS_DICOM_PEERS", "")),
                    allowed=frozenset(_ae_title(a, "RADPRESS_DICOM_ALLOWED entry") for a in allowed.split(",") if a.strip())
                    if allowed else None)
+
+
+def _refusal(exc: RadPressError) -> Dataset:
+    """A query or retrieve that cannot run: A900 for an identifier that breaks a rule, else C000, with the reason."""
+    bad_identifier = isinstance(exc, (InvalidOptionError, InvalidHeaderError))
+    return _status(_IDENTIFIER_INVALID if bad_identifier else _UNABLE_TO_PROCESS, str(exc))
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -258,7 +264,7 @@ class DicomNode:
                 found.RetrieveAETitle = self.config.ae_title
                 yield 0xFF00, found
         except RadPressError as exc:
-            yield _status(_IDENTIFIER_INVALID if exc.http_status < 403 else _NOT_AUTHORIZED, str(exc)), None
+            yield _refusal(exc), None
 
     # -- C-GET / C-MOVE ---------------------------------------------------------
     def _matching(self, event) -> list[str]:
@@ -304,7 +310,7 @@ class DicomNode:
             sops = self._matching(event)
         except RadPressError as exc:
             yield 1
-            yield _status(_IDENTIFIER_INVALID if exc.http_status < 403 else _NOT_AUTHORIZED, str(exc)), None
+            yield _refusal(exc), None
             return
         yield len(sops)
         yield from self._send(event, sops, lambda: event.assoc)
@@ -322,7 +328,7 @@ class DicomNode:
         except RadPressError as exc:
             yield peer.host, peer.port
             yield 1
-            yield _status(_IDENTIFIER_INVALID if exc.http_status < 403 else _NOT_AUTHORIZED, str(exc)), None
+            yield _refusal(exc), None
             return
         yield peer.host, peer.port, {"contexts": self._contexts(sops), "ae_title": peer.ae_title}
         yield len(sops)

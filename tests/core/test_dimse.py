@@ -230,6 +230,25 @@ def test_get_study_decodes_for_a_receiver_of_uncompressed_only(node, tmp_path):
         [("DICOM GETSCU", "download", "127.0.0.1")]  # the retrieval is in the access log, once per study
 
 
+def test_get_by_patient_in_patient_root_and_bad_identifiers(node, tmp_path):
+    study, paths = _study(tmp_path, ["u12_odd", "s16"])
+    for path in paths:
+        ds = read_dataset(path)
+        ds.PatientID = "PID-GET-7"
+        write(ds, path)
+    dcmtk("storescu", *_peer(node), *paths)
+    out = tmp_path / "got"
+    out.mkdir()
+    dcmtk("getscu", "-P", *_peer(node)[:2], "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=PID-GET-7",
+          "-od", out, *_peer(node)[2:])
+    assert {read_dataset(p).SOPInstanceUID for p in out.iterdir()} == {read_dataset(p).SOPInstanceUID for p in paths}
+    for keys, root in ((["QueryRetrieveLevel=STUDY"], "-S"), (["QueryRetrieveLevel=PATIENT", "PatientID=PID-GET-7"], "-S"),
+                       (["QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.03"], "-S")):
+        proc = dcmtk("getscu", "-v", root, *_peer(node)[:2], *[a for k in keys for a in ("-k", k)], "-od", out,
+                     *_peer(node)[2:], ok=False)
+        assert "DataSetDoesNotMatchSOPClass" in proc.stdout + proc.stderr, keys  # A900: names what is wrong
+
+
 def test_move_sends_as_stored_to_a_configured_peer(node, tmp_path):
     study, paths = _study(tmp_path, ["s16", "mono1"])
     dcmtk("storescu", *_peer(node), *paths)
