@@ -92,7 +92,7 @@ def _unknown(_rest=""):
 
 
 # -- QIDO-RS -------------------------------------------------------------------------
-_RESERVED = {"limit", "offset", "includefield", "fuzzymatching"}
+_RESERVED = {"limit", "offset", "includefield", "fuzzymatching", "accept"}
 
 
 def _filters(keys: dict, **path) -> tuple[dict, list[str]]:
@@ -177,6 +177,11 @@ def _instances(store: Store, study: str, series: str | None = None, sop: str | N
 
 
 # -- transfer-syntax negotiation -------------------------------------------------------
+def _accept() -> str:
+    """The media types asked for: the ``accept`` query parameter (PS3.18 §8.3.3.1, for links), else the Accept header."""
+    return request.args.get("accept") or request.headers.get("Accept", "")
+
+
 def _accepted(header: str, default_type: str) -> list[tuple[str, dict]]:
     """The Accept header as (media type, parameters) in order of preference (q)."""
     items = []
@@ -338,7 +343,7 @@ def _lossy_headers(history: LossyHistory) -> dict:
 def _bulk(parts: list[tuple[dict, bytes]], kind: str) -> Response:
     """Bulk data or frames: multipart/related, or one part as the whole body when the Accept header asks for
     no multipart (OHIF's ``singlepart`` data sources)."""
-    preferred = _accepted(request.headers.get("Accept", ""), "multipart/related")[0][0]
+    preferred = _accepted(_accept(), "multipart/related")[0][0]
     if len(parts) == 1 and preferred not in ("multipart/related", "*/*"):
         headers, payload = parts[0]
         return Response(payload, content_type=headers["Content-Type"])
@@ -374,7 +379,7 @@ def retrieve(study, series=None, sop=None):
     store, _ = _store()
     rows = _instances(store, study, series, sop)
     plans, reasons = None, []
-    for syntax in negotiate(request.headers.get("Accept", "")):
+    for syntax in negotiate(_accept()):
         try:
             plans = [_Plan(store, row, syntax, alone=sop is not None) for row in rows]
             break
@@ -495,7 +500,7 @@ def _frame_syntax(accept: str) -> tuple[str, str]:
 
 
 def _frames(store: Store, row, numbers: list[int]) -> Response:
-    media, syntax = _frame_syntax(request.headers.get("Accept", ""))
+    media, syntax = _frame_syntax(_accept())
     original = store.artifact(row["sop_uid"], "original")
     if not row["rows"]:
         raise StoreError(f"Instance {row['sop_uid']} holds no image frames.")
@@ -579,7 +584,7 @@ def _viewport(default: int | None) -> int | None:
 
 def _rendered(store: Store, row, frame: int, size: int | None = None) -> Response:
     """Frame *frame* as the eye sees it (window from the query), scaled to fit a *size* square if given."""
-    fmt = _image_format(request.headers.get("Accept", ""))
+    fmt = _image_format(_accept())
     window = _window()
     size = _viewport(size)
     if not row["rows"]:
@@ -621,7 +626,7 @@ def thumbnail(study, series=None, sop=None):
     rows = [r for r in _instances(store, study, series, sop, "view") if r["rows"]]
     if not rows:
         raise StoreError("Nothing there holds an image for a thumbnail.")
-    if _image_format(request.headers.get("Accept", "")) == "jpeg" or request.args.get("window") or request.args.get("viewport"):
+    if _image_format(_accept()) == "jpeg" or request.args.get("window") or request.args.get("viewport"):
         return _rendered(store, rows[0], 1, THUMBNAIL_SIZE)
     data, etag = thumbnail_bytes(store, rows[0]["sop_uid"])
     response = Response(data, mimetype="image/png")

@@ -155,6 +155,8 @@ def test_metadata_frames_rendered_thumbnail(node):
     windowed = requests.get(f"{url}/thumbnail", auth=ADMIN, params={"window": "2000,400"})
     assert Image.open(io.BytesIO(windowed.content)).size == (64, 64)  # 64 x 64 frames fit the 256 thumbnail as they are
     assert requests.get(f"{url}/rendered", auth=ADMIN, params={"viewport": "0,10"}).status_code == 400
+    linked = requests.get(f"{url}/rendered", auth=ADMIN, params={"accept": "image/jpeg"})  # a link cannot set headers
+    assert linked.headers["Content-Type"] == "image/jpeg"
     bad = requests.get(f"{base}/dicom-web/studies/{ids[0]}/series/{ids[1]}/instances/{ids[2]}/frames/6", auth=ADMIN)
     assert bad.status_code == 404
 
