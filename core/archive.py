@@ -316,30 +316,46 @@ def thumbnail_bytes(store: Store, sop_uid: str) -> tuple[bytes, str]:
     return data, hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def study_lab(store: Store, study_uid: str, config=None, progress=None, *, refresh: bool = False,
-              sop_uids: set[str] | None = None) -> dict:
-    """The quality-lab sweep on a stored study (or the instances *sop_uids* of it), at the clinic's current ratio;
-    cached per study and settings."""
+def lab_key(store: Store, study_uid: str, config=None, sop_uids: set[str] | None = None) -> str:
+    """The cache key of a quality-lab sweep: the instances, the settings and the clinic's current codec and ratio
+    (which the sweep judges too).  One key, one sweep, however many ask (:mod:`core.labjobs`)."""
+    return _lab_inputs(store, study_uid, config, sop_uids)[2]
+
+
+def cached_lab(store: Store, key: str) -> dict | None:
+    """The sweep stored under *key*, or None (not run yet, or evicted from the cache)."""
+    return _cache(store).get(key)
+
+
+def _lab_inputs(store: Store, study_uid: str, config, sop_uids: set[str] | None):
     import json
 
-    from .lab import LabConfig, run_lab
+    from .lab import LabConfig
 
     config = config or LabConfig()
     store.study(study_uid)
     rows = [r for r in store.instances(study_uid) if sop_uids is None or r["sop_uid"] in sop_uids]
     if not rows:
         raise InvalidOptionError(f"Study {study_uid} has no instances.")
-    policy = store.policy()
-    setting = lossy_setting(policy, rows[0])
-    current = setting.ratio
-    key = "lab:" + hashlib.sha256(json.dumps([study_uid, [r["sop_uid"] for r in rows], repr(config), current,
+    setting = lossy_setting(store.policy(), rows[0])
+    key = "lab:" + hashlib.sha256(json.dumps([study_uid, [r["sop_uid"] for r in rows], repr(config), setting.ratio,
                                               setting.codec]).encode()).hexdigest()
+    return rows, setting, key, config
+
+
+def study_lab(store: Store, study_uid: str, config=None, progress=None, *, refresh: bool = False,
+              sop_uids: set[str] | None = None) -> dict:
+    """The quality-lab sweep on a stored study (or the instances *sop_uids* of it), at the clinic's current ratio;
+    cached per study and settings.  Minutes on a large study: web requests start it as a job (:mod:`core.labjobs`)."""
+    from .lab import run_lab
+
+    rows, setting, key, config = _lab_inputs(store, study_uid, config, sop_uids)
     cache = _cache(store)
     if not refresh and (hit := cache.get(key)) is not None:
         return hit
     datasets = [read_dataset(store.artifact(r["sop_uid"], "original").path) for r in rows]
     study = store.study(study_uid)
-    result = run_lab(datasets, config, current_ratio=current, current_codec=setting.codec,
+    result = run_lab(datasets, config, current_ratio=setting.ratio, current_codec=setting.codec,
                      label=f"{study['patient_name']} {study['description'] or ''}".strip(), progress=progress)
     result["study_uid"] = study_uid
     cache.set(key, result)

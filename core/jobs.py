@@ -26,12 +26,16 @@ from typing import Callable
 from .archive import Wanted, make_artifact, plan
 from .compress import artifact_warning
 from .errors import RadPressError
+from .labjobs import run_lab_job
 from .store import Store, StoreError
 from .workers import Outcome, WorkerPool
 
 __all__ = ["Jobs", "LEASE_SECONDS"]
 
 LEASE_SECONDS = 30.0
+# Kinds that are one task run in a worker process, and in the web app by a runner of their own: a lab sweep of
+# minutes never holds up a study's copies.
+TASKS: dict[str, Callable] = {"lab": run_lab_job}
 
 
 def _make_for_instance(root: str, wanted: list[Wanted]) -> tuple[int, str | None, float, str | None]:
@@ -72,8 +76,10 @@ def _runner_gone(owner: str | None) -> bool:
 
 
 class Jobs:
-    def __init__(self, store: Store, workers: int = 2, lease: float = LEASE_SECONDS):
+    def __init__(self, store: Store, workers: int = 2, lease: float = LEASE_SECONDS, kinds: tuple[str, ...] | None = None):
         self.store = store
+        self.kinds = kinds  # the kinds this runner claims (None: every kind but those its lanes run)
+        self._lanes: list[Jobs] = []
         self.workers = workers
         self.lease = lease
         self.owner = _runner_name()
@@ -83,18 +89,34 @@ class Jobs:
         self._thread: threading.Thread | None = None
 
     # -- queue ----------------------------------------------------------------
-    def submit(self, study_uid: str, kind: str = "materialize", params: dict | None = None) -> int:
-        """Queue a job for the study, or return the one already queued (a running one is re-planned by a new job)."""
+    def submit(self, study_uid: str, kind: str = "materialize", params: dict | None = None, key: str | None = None) -> int:
+        """Queue a job for the study, or return the one already queued (a running one is re-planned by a new job).
+
+        With *key* (single flight), a queued or running job of this kind with that key is joined instead.
+        """
         self.store.study(study_uid)
         with self.store.connect() as db:
-            queued = db.execute("SELECT id FROM jobs WHERE study_uid=? AND state='queued' AND kind=?", (study_uid, kind)).fetchone()
+            if key is None:
+                queued = db.execute("SELECT id FROM jobs WHERE study_uid=? AND state='queued' AND kind=?", (study_uid, kind)).fetchone()
+            else:
+                queued = db.execute("SELECT id FROM jobs WHERE study_uid=? AND state IN ('queued', 'running') AND kind=? "
+                                    "AND json_extract(params, '$.key')=?", (study_uid, kind, key)).fetchone()
             if queued:
                 return int(queued["id"])
             cur = db.execute("INSERT INTO jobs (kind, study_uid, state, params, created) VALUES (?,?,?,?,?)",
-                             (kind, study_uid, "queued", json.dumps(params or {}), time.time()))
+                             (kind, study_uid, "queued", json.dumps({**(params or {}), **({"key": key} if key else {})}), time.time()))
             job_id = int(cur.lastrowid)
         self._wake.set()
+        for lane in self._lanes:
+            if kind in lane.kinds:
+                lane._wake.set()
         return job_id
+
+    def latest(self, study_uid: str, kind: str, key: str) -> dict | None:
+        """The newest job of this kind and single-flight key, or None."""
+        rows = self.store.query("SELECT * FROM jobs WHERE study_uid=? AND kind=? AND json_extract(params, '$.key')=? "
+                                "ORDER BY id DESC LIMIT 1", (study_uid, kind, key))
+        return self._describe(rows[0]) if rows else None
 
     def cancel(self, job_id: int) -> dict:
         job = self.get(job_id)
@@ -135,11 +157,17 @@ class Jobs:
         processes, never claim the same job.
         """
         now = time.time()
+        if self.kinds is not None:
+            kinds = f"kind IN ({','.join('?' * len(self.kinds))})", self.kinds
+        else:
+            other = [k for lane in self._lanes for k in lane.kinds]
+            kinds = f"kind NOT IN ({','.join('?' * len(other))})", other
         with self.store.connect() as db:
             self._release_abandoned(db, now)
             row = db.execute(
-                "SELECT id FROM jobs j WHERE state='queued' AND NOT EXISTS "
-                "(SELECT 1 FROM jobs r WHERE r.study_uid=j.study_uid AND r.state='running') ORDER BY id LIMIT 1").fetchone()
+                f"SELECT id FROM jobs j WHERE state='queued' AND {kinds[0]} AND NOT EXISTS "
+                "(SELECT 1 FROM jobs r WHERE r.study_uid=j.study_uid AND r.kind=j.kind AND r.state='running') ORDER BY id LIMIT 1",
+                tuple(kinds[1])).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE jobs SET state='running', owner=?, lease=?, started=coalesce(started, ?) WHERE id=?",
@@ -194,6 +222,8 @@ class Jobs:
         job_id = job["id"]
         if job["cancel"]:
             return self._finish(job_id, "cancelled", "cancelled by a user")
+        if job["kind"] in TASKS:
+            return self._run_task(job, pool, TASKS[job["kind"]])
         tried = {r["sop_uid"] for r in self.store.query("SELECT sop_uid FROM job_items WHERE job_id=?", (job_id,))}
         while True:
             try:
@@ -225,6 +255,23 @@ class Jobs:
         job = self.get(job_id)
         state = "failed" if job["failed"] and not job["done"] else "done"
         message = f"{job['done']} instance(s) done, {job['failed']} failed, {len(todo.remove)} superseded artifact(s) removed"
+        return self._finish(job_id, state, message)
+
+    def _run_task(self, job: dict, pool: WorkerPool, task: Callable) -> dict:
+        """A job that is one task (a lab sweep) in a worker process, which records its own progress and reads the
+        cancel flag; meanwhile the lease is renewed.  Shutting down kills the task and queues the job again."""
+        job_id = job["id"]
+        pool.submit(job_id, task, str(self.store.root), job_id, self.owner)
+        outcomes = []
+        while pool.busy:
+            outcomes += pool.wait(timeout=0.5)
+            if pool.busy and (not self._still_mine(job_id) or self._stop.is_set()):
+                pool.close(timeout=0)  # the task's writes check the owner: a lost job is not touched
+                with self.store.connect() as db:
+                    db.execute("UPDATE jobs SET state='queued', owner=NULL, lease=NULL WHERE id=? AND owner=?", (job_id, self.owner))
+                return self.get(job_id)
+        outcome = outcomes[0]
+        state, message = outcome.value if outcome.error is None else ("failed", f"the sweep stopped: {outcome.error}")
         return self._finish(job_id, state, message)
 
     def _execute(self, job_id: int, by_sop: dict[str, list[Wanted]], pool: WorkerPool, progress) -> str:
@@ -274,12 +321,18 @@ class Jobs:
             return
         self.resume()
         self._stop.clear()
+        if self.kinds is None and not self._lanes:
+            self._lanes = [Jobs(self.store, workers=1, lease=self.lease, kinds=(kind,)) for kind in TASKS]
+        for lane in self._lanes:
+            lane.start()
         self._thread = threading.Thread(target=self._loop, name="radpress-jobs", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        for lane in self._lanes:
+            lane.stop()
         if self._thread:
             self._thread.join(timeout=60)
 

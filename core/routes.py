@@ -31,7 +31,8 @@ from .pixels import read_dataset
 from .policy import STRATEGIES, Policy, ratio_warning
 from .render import IMAGE_DEFAULT, IMAGE_TYPES, encode_image, modality_values, preset_window, to_display, window_presets
 from .store import Store, StoreError
-from .users import (access_log, authorize, readers, record_access, set_readers, study_lab_for, visible_instances,
+from .labjobs import cancel_lab, start_lab
+from .users import (access_log, authorize, readers, record_access, set_readers, visible_instances,
                     visible_jobs, visible_studies)
 
 __all__ = ["blueprint", "init_archive", "archive"]
@@ -205,14 +206,50 @@ def clinic_storage():
     return jsonify(storage_report(store))
 
 
+def _lab_state(study_uid: str, act):
+    from .lab import LabConfig
+
+    store, jobs = archive()
+    config = LabConfig.from_text(request.args.get("codecs"), request.args.get("ratios"))
+    return act(store, jobs, current_user(), study_uid, config)
+
+
+def _lab(study_uid: str, act) -> Response:
+    """A quality-lab sweep is a job (core.labjobs): 200 with the result when done, 202 with its job while queued or
+    running, 409 with the reason when it failed or was cancelled."""
+    state = _lab_state(study_uid, act)
+    if state.result is not None:
+        return jsonify(state.result)
+    body = state.answer()
+    if state.state in ("queued", "running"):
+        response = jsonify(body)
+        response.status_code = 202
+        response.headers["Location"] = body["progress"]
+        response.headers["Retry-After"] = "1"
+        return response
+    return jsonify(error=f"The quality-lab sweep for these settings is {state.state}: {body['message'] or 'not started'}.",
+                   hint="POST to the same URL to run it again.", **body), 409
+
+
 @blueprint.get("/api/studies/<study_uid>/lab")
 @require("lab")
 def study_lab_route(study_uid):
-    from .lab import LabConfig
+    """The sweep, or its job started or joined (one sweep per study and settings however many ask)."""
+    return _lab(study_uid, start_lab)
 
-    store, _ = archive()
-    config = LabConfig.from_text(request.args.get("codecs"), request.args.get("ratios"))
-    return jsonify(study_lab_for(store, current_user(), study_uid, config))
+
+@blueprint.post("/api/studies/<study_uid>/lab")
+@require("lab")
+def start_lab_route(study_uid):
+    """Like GET, and a sweep that failed or was cancelled is run again."""
+    return _lab(study_uid, functools.partial(start_lab, again=True))
+
+
+@blueprint.delete("/api/studies/<study_uid>/lab")
+@require("lab")
+def cancel_lab_route(study_uid):
+    """Cancel the sweep's job (the user who started it, or an administrator); answers its state."""
+    return jsonify(_lab_state(study_uid, cancel_lab).answer())
 
 
 def _override(field: str, types: tuple[type, ...], example: str, kind: str):

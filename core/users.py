@@ -23,7 +23,7 @@ from .store import Store, StoreError
 
 __all__ = ["ROLES", "PERMISSIONS", "User", "Users", "allowed", "authorize", "AccessDenied", "LoginRequired",
            "visible_studies", "visible_instances", "visible_jobs", "mark_demo", "record_access", "access_log",
-           "set_readers", "readers", "study_lab_for", "DEMO_LAB_LIMITS", "visibility_sql"]
+           "set_readers", "readers", "LabScope", "lab_scope_for", "DEMO_LAB_LIMITS", "LAB_MAX_ENCODINGS", "visibility_sql"]
 
 ROLES = ("admin", "radiologist", "demo")
 # admin: everything; radiologist: view, compare, download, lab; demo: read-only, sample instances only.
@@ -44,6 +44,9 @@ _DOING = {"view": "open studies", "download": "download images", "lab": "run the
 DEMO_USER = "demo"
 # The demo login is open to anyone: its lab sweeps stay small and short.
 DEMO_LAB_LIMITS = {"codecs": 2, "ratios": 4, "seconds": 60.0}
+# Encodings one sweep may make (codecs x settings x frames measured), per role: a sweep runs as a job, but a
+# job of hours would hold the lab's runner for everyone else.
+LAB_MAX_ENCODINGS = {"admin": 20000, "radiologist": 6000, "demo": 600}
 
 
 class AccessDenied(RadPressError):
@@ -196,29 +199,40 @@ def visible_jobs(store: Store, user: User, jobs: list[dict]) -> list[dict]:
     return jobs
 
 
-def study_lab_for(store: Store, user: User, study_uid: str, config=None, progress=None) -> dict:
-    """The quality lab on a study as this user may run it: demo logins get a small, time-boxed sweep of the samples."""
-    from .archive import study_lab
+@dataclass(frozen=True)
+class LabScope:
+    """A quality-lab sweep as a user may run it: its settings, the instances measured (None: all), a time box in s."""
+
+    config: object
+    sop_uids: frozenset[str] | None
+    seconds: float | None
+    encodings: int
+
+
+def lab_scope_for(store: Store, user: User, study_uid: str, config=None) -> LabScope:
+    """The quality lab on a study as this user may run it: demo logins get a small, time-boxed sweep of the samples;
+    a sweep larger than the role's :data:`LAB_MAX_ENCODINGS` is refused before any work."""
     from .lab import LabConfig
 
     authorize(store, user, "lab", study_uid=study_uid)
     config = config or LabConfig()
-    if not user.sees_only_demo:
-        return study_lab(store, study_uid, config, progress)
-    limits = DEMO_LAB_LIMITS
-    if len(config.codecs) > limits["codecs"] or len(config.ratios) > limits["ratios"]:
-        config = replace(config, codecs=tuple(config.codecs)[:limits["codecs"]],
-                         ratios=tuple(sorted(config.ratios, key=lambda r: abs(r - 10)))[:limits["ratios"]])
-    deadline = time.monotonic() + limits["seconds"]
-
-    def bounded(done, total):
-        if time.monotonic() > deadline:
-            raise AccessDenied(f"Demo lab runs stop after {limits['seconds']:g} s.", hint="Log in with a clinic account for a full sweep.")
-        if progress:
-            progress(done, total)
-
-    sops = {r["sop_uid"] for r in visible_instances(store, user, study_uid)}
-    return study_lab(store, study_uid, config, bounded, sop_uids=sops)
+    sops, seconds = None, None
+    if user.sees_only_demo:
+        limits = DEMO_LAB_LIMITS
+        if len(config.codecs) > limits["codecs"] or len(config.ratios) > limits["ratios"]:
+            config = replace(config, codecs=tuple(config.codecs)[:limits["codecs"]],
+                             ratios=tuple(sorted(config.ratios, key=lambda r: abs(r - 10)))[:limits["ratios"]])
+        sops, seconds = frozenset(r["sop_uid"] for r in visible_instances(store, user, study_uid)), limits["seconds"]
+    frames = sum(min(r["frames"] or 1, config.max_frames) for r in store.instances(study_uid) if sops is None or r["sop_uid"] in sops)
+    settings = len(set(config.ratios)) + 2  # lossless and the clinic's current ratio are measured too
+    encodings = len(config.codecs) * settings * frames
+    cap = LAB_MAX_ENCODINGS.get(user.role, 0)
+    if encodings > cap:
+        raise InvalidOptionError(
+            f"This sweep would make {encodings} encodings ({len(config.codecs)} codec(s) x {settings} settings x {frames} "
+            f"frame(s)); a {user.role} may run at most {cap}.",
+            hint="Choose fewer codecs or ratios, e.g. ?codecs=j2k&ratios=5,10.")
+    return LabScope(config, sops, seconds, encodings)
 
 
 def mark_demo(store: Store, sop_uids) -> None:

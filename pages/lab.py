@@ -10,7 +10,8 @@ from core.auth import current_user
 from core.context import open_store
 from core.errors import RadPressError
 from core.lab import apply_choice
-from core.users import allowed, authorize, study_lab_for, visible_studies
+from core.labjobs import cancel_lab, lab_result, lab_state, start_lab
+from core.users import allowed, authorize, visible_studies
 
 dash.register_page(__name__, path="/lab", title="Quality lab — RadPress", name="Quality lab")
 
@@ -34,7 +35,9 @@ def layout(uid: str = "", **_query):
             dbc.Col(dbc.Button("Export CSV", id="lab-csv", color="secondary", outline=True), width="auto"),
         ], className="mb-2"),
         dbc.Progress(id="lab-progress", value=0, className="mb-2", style={"height": "1.2rem"}),
-        dcc.Store(id="lab-key"),
+        dcc.Store(id="lab-key"),  # the study whose finished sweep is shown
+        dcc.Store(id="lab-running"),  # the study whose sweep job is followed
+        dcc.Interval(id="lab-poll", interval=1000, disabled=True),
         dcc.Download(id="lab-download"),
         html.Div(id="lab-error"),
         html.Div(id="lab-recommendation"),
@@ -44,23 +47,50 @@ def layout(uid: str = "", **_query):
     ])
 
 
-@callback(Output("lab-key", "data"), Output("lab-error", "children"), Input("lab-run", "n_clicks"), State("lab-study", "value"),
-          background=True, running=[(Output("lab-run", "disabled"), True, False), (Output("lab-cancel", "disabled"), False, True)],
-          cancel=[Input("lab-cancel", "n_clicks")], progress=[Output("lab-progress", "value"), Output("lab-progress", "label")],
-          prevent_initial_call=True)
-def run(set_progress, _clicks, uid):
-    def progress(done, total):
-        set_progress((100 * done / total, f"{done}/{total} encodings"))
+def _archive():
+    from core.routes import archive
 
+    return archive()
+
+
+@callback(Output("lab-running", "data"), Output("lab-poll", "disabled"), Output("lab-error", "children"),
+          Input("lab-run", "n_clicks"), State("lab-study", "value"), prevent_initial_call=True)
+def run(_clicks, uid):
+    """Start (or join) the sweep's job; the sweep itself never runs inside a callback (core.labjobs)."""
     try:
-        study_lab_for(open_store(), current_user(dash.ctx), uid, progress=progress)
+        start_lab(*_archive(), current_user(), uid, again=True)
     except RadPressError as exc:
-        return no_update, dbc.Alert(str(exc), color="danger")
-    return uid, None
+        return no_update, True, dbc.Alert(str(exc), color="danger")
+    return uid, False, None
+
+
+@callback(Output("lab-progress", "value"), Output("lab-progress", "label"), Output("lab-key", "data"),
+          Output("lab-poll", "disabled", allow_duplicate=True), Output("lab-run", "disabled"), Output("lab-cancel", "disabled"),
+          Output("lab-error", "children", allow_duplicate=True), Input("lab-poll", "n_intervals"), State("lab-running", "data"),
+          prevent_initial_call=True)
+def follow(_ticks, uid):
+    """The job's progress each second; the result is shown once it is done."""
+    state = lab_state(*_archive(), current_user(), uid)
+    if state.state == "done":
+        return 100, "done", uid, True, False, True, None
+    job = state.job or {}
+    if state.state in ("queued", "running"):
+        total = job.get("total") or 0
+        label = f"{job['done']}/{total} encodings" if total else "waiting for the lab's runner"
+        return (100 * job["done"] / total if total else 0), label, no_update, False, True, False, None
+    message = f"The sweep {state.state}: {job.get('message') or 'not started'}."
+    return 0, "", no_update, True, False, True, dbc.Alert(message, color="warning", id="lab-stopped")
+
+
+@callback(Output("lab-cancel", "disabled", allow_duplicate=True), Input("lab-cancel", "n_clicks"), State("lab-running", "data"),
+          prevent_initial_call=True)
+def cancel(_clicks, uid):
+    cancel_lab(*_archive(), current_user(), uid)
+    return True
 
 
 def _result(uid):
-    return study_lab_for(open_store(), current_user(), uid)  # cached by the sweep that just ran
+    return lab_result(*_archive(), current_user(), uid)  # made by the job; never computed here
 
 
 @callback(Output("lab-curves", "figure"), Output("lab-latency", "children"), Output("lab-recommendation", "children"),
@@ -122,13 +152,11 @@ def show(uid):
 @callback(Output("lab-applied", "children"), Input({"type": "lab-apply", "codec": dash.ALL, "ratio": dash.ALL, "scope": dash.ALL}, "n_clicks"),
           State("lab-key", "data"), prevent_initial_call=True)
 def apply(clicks, uid):
-    from core.routes import archive
-
     trigger = dash.ctx.triggered_id
     user = current_user()
     if not trigger or not any(clicks) or not allowed(user, "policy"):
         return no_update
-    store, jobs = archive()
+    store, jobs = _archive()
     authorize(store, user, "policy", study_uid=uid)
     scope = trigger["scope"]
     try:

@@ -98,18 +98,25 @@ def test_demo_cannot_list_other_studies_jobs_or_clinic_storage(live_app, tmp_pat
 def test_demo_lab_runs_are_small_and_time_boxed(live_app, monkeypatch):
     from core import users
 
-    base, _app = live_app(demo=True, run_jobs=False)
+    base, app = live_app(demo=True, run_jobs=False)
+    jobs = app.server.extensions["radpress"]["jobs"]
     demo = _demo(base)
     ratios = ",".join(str(r) for r in range(5, 45))
-    r = demo.get(f"{base}/api/studies/{EMRI_STUDY}/lab", params={"ratios": ratios, "codecs": "j2k,htj2k,jxl"})
+    params = {"ratios": ratios, "codecs": "j2k,htj2k,jxl"}
+    assert demo.get(f"{base}/api/studies/{EMRI_STUDY}/lab", params=params).status_code == 202
+    jobs.run_pending()
+    r = demo.get(f"{base}/api/studies/{EMRI_STUDY}/lab", params=params)
     assert r.status_code == 200, r.text
     lossy = [row for row in r.json()["sweep"] if row["mode"] == "lossy"]
     assert {row["codec"] for row in lossy} == {"j2k", "htj2k"}
     tried = {row["target_ratio"] for row in lossy} - {r.json()["current"]["ratio"]}  # the clinic's ratio is always measured
     assert tried == {8, 9, 10, 11}  # the four closest to 10:1
     monkeypatch.setitem(users.DEMO_LAB_LIMITS, "seconds", 0)
-    r = demo.get(f"{base}/api/studies/{EMRI_STUDY}/lab", params={"ratios": "6,7", "codecs": "j2k"})
-    assert r.status_code == 403 and "stop after" in r.json()["error"]
+    params = {"ratios": "6,7", "codecs": "j2k"}
+    assert demo.get(f"{base}/api/studies/{EMRI_STUDY}/lab", params=params).status_code == 202
+    jobs.run_pending()
+    r = demo.get(f"{base}/api/studies/{EMRI_STUDY}/lab", params=params)
+    assert r.status_code == 409 and r.json()["state"] == "failed" and "stop after" in r.json()["error"]
 
 
 def test_a_study_restricted_to_named_readers(live_app, tmp_path, admin):

@@ -249,6 +249,9 @@ def test_lab_api_and_study_ratio(http, server):
     base, _ = server
     study = upload(http, base, sample("RG3_UNCR")).json()["studies"][0]
     r = http.get(f"{base}/api/studies/{study}/lab", params={"codecs": "j2k", "ratios": "5,10"})
+    assert r.status_code == 202 and r.json()["state"] in ("queued", "running")  # a job, never inside the request
+    wait_jobs(http, base)
+    r = http.get(f"{base}/api/studies/{study}/lab", params={"codecs": "j2k", "ratios": "5,10"})
     assert r.status_code == 200
     body = r.json()
     assert body["study_uid"] == study and body["modalities"] == ["CR"] and body["current"]["ratio"] == 10
