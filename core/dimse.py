@@ -11,7 +11,6 @@ connect with the calling-AE allow-list and bind to a clinic network only.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Ex
                          JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
                          JPEGLSNearLossless, RLELossless, UID)
 from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelFind,
                                   PatientRootQueryRetrieveInformationModelGet,
                                   PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelFind,
@@ -179,6 +179,8 @@ class DicomNode:
         self.port = 0
         self._received: dict[int, set[str]] = {}  # association id -> studies stored in it
         self._lock = threading.Lock()
+        # Received datasets are spooled to a file as they arrive, not held in memory (a slide can be gigabytes).
+        pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
         self.ae = AE(ae_title=config.ae_title)
         self.ae.require_called_aet = False
         if config.allowed is not None:
@@ -228,13 +230,11 @@ class DicomNode:
         """One instance through the validated ingest; its study gets a job when the association ends."""
         try:
             authorize(self.store, self.user(event), "upload")
-            data = event.encoded_dataset(include_meta=True)
         except RadPressError as exc:
             return _status(_NOT_AUTHORIZED, str(exc))
-        except (ValueError, AttributeError, KeyError) as exc:  # a meta header pynetdicom cannot build
-            return _status(_CANNOT_UNDERSTAND, f"unreadable: {exc}")
         name = f"C-STORE from {self.user(event).name[6:]}"
-        result = ingest_instance(self.store, io.BytesIO(data), name)
+        with open(event.dataset_path, "rb") as received:  # pynetdicom's spool file (STORE_RECV_CHUNKED_DATASET)
+            result = ingest_instance(self.store, received, name)
         if result.status == "rejected":
             log.warning("%s refused: %s", name, result.reason)
             return _status(_CANNOT_UNDERSTAND, result.reason)
