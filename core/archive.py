@@ -289,12 +289,19 @@ def _sample_lossless_ratio(store: Store, rows, by_key, policy: Policy) -> float:
         return sum(u for u, _ in measured) / sum(c for _, c in measured)
     if not rows:
         return 1.0
-    sample = rows[len(rows) // 2]
-    try:
-        data, _syntax, achieved = _encode(by_key[(sample["sop_uid"], "original")].path, "lossless", 0, policy.lossless_codec)
-    except RadPressError:
-        return 1.0
-    return achieved or 1.0
+    original = by_key[(rows[len(rows) // 2]["sop_uid"], "original")]
+    key = f"{original.checksum}:lossless-ratio:{policy.lossless_codec}"  # an encode is ~0.1 s: once per sample, not per request
+    cache = _cache(store)
+    if (ratio := cache.get(key)) is None:
+        with item_lock(store.root, f"variant:{key}"):
+            if (ratio := cache.get(key)) is None:
+                try:
+                    _data, _syntax, achieved = _encode(original.path, "lossless", 0, policy.lossless_codec)
+                except RadPressError:
+                    achieved = None
+                ratio = achieved or 1.0
+                cache.set(key, ratio)
+    return ratio
 
 
 def thumbnail_bytes(store: Store, sop_uid: str) -> tuple[bytes, str]:

@@ -201,3 +201,24 @@ def test_no_lossy_copy_is_planned_for_a_palette_colour_image(tmp_path):
     jobs.run_pending()
     job = jobs.get(job_id)
     assert (job["state"], job["failed"], job["errors"]) == ("done", 0, [])
+
+
+def test_a_storage_projection_encodes_its_sample_once_however_many_ask(store, monkeypatch):
+    """The estimated lossless ratio costs one encode (~0.1 s, more for large images): cached, single flight."""
+    import threading
+
+    from core import archive
+
+    encodes, real = [], archive._encode
+    monkeypatch.setattr(archive, "_encode", lambda *args: encodes.append(args) or real(*args))
+    mr = study_of(store, "MR")
+    reports = []
+    threads = [threading.Thread(target=lambda: reports.append(storage_report(store, mr))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(encodes) == 1 and len(reports) == 4 and all(r == reports[0] for r in reports)
+    assert storage_report(store)["studies"] == 2 and len(encodes) == 2  # the other study's sample, once
+    storage_report(store)
+    assert len(encodes) == 2
