@@ -141,6 +141,22 @@ def test_store_deflated_from_a_sender_that_offers_only_that(node, tmp_path):
     assert np.array_equal(decode_all(stored), decode_all(ds))
 
 
+def test_an_aborted_association_still_queues_its_study(node):
+    """What was stored before a sender aborts is archived: its study gets its job when the connection closes."""
+    from pynetdicom import AE
+
+    ds = make_dataset(**KINDS["s12"])
+    scu = AE(ae_title="ABORTER")
+    scu.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
+    assoc = scu.associate("127.0.0.1", node.port, ae_title="RADPRESS")
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.abort()
+    deadline = time.monotonic() + 10
+    while _jobs(node, ds.StudyInstanceUID) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _jobs(node, ds.StudyInstanceUID) == 1
+
+
 def test_store_refuses_invalid_with_reason_and_keeps_nothing(node, tmp_path):
     ds = make_dataset(rows=32, columns=32)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.03.4"  # leading zero: not a UID
