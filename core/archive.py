@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .bigimage import is_large
+from .cine import default_mp4, rendered_at_ingest
 from .codecs import check_ratio, choose_codec, get_codec
 from .compress import compress
 from .errors import InvalidOptionError, RadPressError
@@ -71,6 +72,8 @@ def wanted_for(policy: Policy, strategy: int, row) -> set[Wanted]:
             wanted.add(Wanted(row["sop_uid"], "lossy", setting.ratio, setting.codec))
         elif variant == "thumbnail":
             wanted.add(Wanted(row["sop_uid"], "thumbnail", 0, "png"))
+    if strategy == 1 and rendered_at_ingest(row):  # "everything ready": a US/XA loop's video too
+        wanted.add(Wanted(row["sop_uid"], "cine", 0, "h264"))
     return wanted
 
 
@@ -90,6 +93,8 @@ def _encode(original: Path, variant: str, ratio: float, codec: str) -> tuple[byt
     ds = read_dataset(original)
     if variant == "thumbnail":
         return thumbnail_png(ds, THUMBNAIL_SIZE), "", None
+    if variant == "cine":
+        return default_mp4(ds), "", None
     result = compress(ds, codec, "lossy" if variant == "lossy" else "lossless", ratio or None, over_bound="cap")
     buffer = io.BytesIO()
     result.dataset.save_as(buffer, enforce_file_format=True)

@@ -32,7 +32,7 @@ from .render import IMAGE_DEFAULT, modality_values, preset_window, to_display
 __all__ = [
     "LABEL", "DEFAULT_FPS", "CRF_RANGE", "CineConfig", "CineOptions", "Clip", "NotACineError", "CineLimitError",
     "frame_rate", "parse_options", "plan_clip", "canvas_size", "encode_mp4", "encode_hls", "cine_mp4", "cine_hls",
-    "lossy_header",
+    "lossy_header", "rendered_at_ingest", "default_mp4", "INGEST_MODALITIES",
 ]
 
 LABEL = "LOSSY — not for primary diagnosis"
@@ -349,6 +349,27 @@ def encode_hls(ds: Dataset, clip: Clip, options: CineOptions, folder: str | os.P
     return playlist, segments
 
 
+# -- the archive: stored at ingest (strategy 1) or cached on demand -----------------
+# Strategy 1 renders the default MP4 of these modalities' cines at ingest (loops and runs that are watched as video).
+INGEST_MODALITIES = ("US", "XA")
+
+
+def rendered_at_ingest(row, config: CineConfig | None = None) -> bool:
+    """Whether an index instance *row* gets its default MP4 made at ingest (US/XA multi-frame within the limits)."""
+    config = config or CineConfig.from_env()
+    frames, pixels = row["frames"] or 0, (row["rows"] or 0) * (row["columns"] or 0)
+    return (row["modality"] or "") in INGEST_MODALITIES and 1 < frames <= config.max_frames and 0 < pixels <= config.max_pixels
+
+
+def default_mp4(ds: Dataset) -> bytes:
+    """The MP4 of the whole cine with default options, as bytes (the artifact stored at ingest)."""
+    options = CineOptions()
+    clip = plan_clip(ds, options, CineConfig.from_env())
+    with tempfile.TemporaryDirectory() as folder:
+        encode_mp4(ds, clip, options, Path(folder) / "cine.mp4")
+        return (Path(folder) / "cine.mp4").read_bytes()
+
+
 # -- the archive: cached on demand ------------------------------------------------
 def lossy_header(history) -> str:
     """X-Lossy-Compression of a cine: the original's own lossy history, then H.264."""
@@ -363,14 +384,19 @@ def _prepare(store, sop_uid: str, options: CineOptions, config: CineConfig):
     return original.path, clip, f"{original.checksum}:{options.key()}:fps={clip.fps:g}"
 
 
-def cine_mp4(store, sop_uid: str, options: CineOptions, config: CineConfig) -> tuple[object, int, str, Clip]:
-    """(open file, size, ETag, clip) of the instance's MP4 for *options*: made once (under a lock) and cached."""
+def cine_mp4(store, sop_uid: str, options: CineOptions, config: CineConfig) -> tuple[object, int, str, Clip, str]:
+    """(open file, size, ETag, clip, "stored" | "hit" | "miss") of the instance's MP4 for *options*:
+    the one stored at ingest, else made once (under a lock) and cached."""
     from .archive import _cache
 
     path, clip, key = _prepare(store, sop_uid, options, config)
+    stored = store.artifact(sop_uid, "cine") if options == CineOptions() else None
+    if stored is not None:
+        return open(stored.path, "rb"), stored.bytes, stored.checksum[:32], clip, "stored"
     cache = _cache(store)
     key = "cine-mp4:" + key
     handle = cache.get(key, read=True)
+    source = "hit" if handle is not None else "miss"
     if handle is None:
         with item_lock(store.root, key):
             handle = cache.get(key, read=True)
@@ -386,7 +412,7 @@ def cine_mp4(store, sop_uid: str, options: CineOptions, config: CineConfig) -> t
     handle.seek(0, os.SEEK_END)
     size = handle.tell()
     handle.seek(0)
-    return handle, size, hashlib.sha256(key.encode()).hexdigest()[:32], clip
+    return handle, size, hashlib.sha256(key.encode()).hexdigest()[:32], clip, source
 
 
 def cine_hls(store, sop_uid: str, options: CineOptions, config: CineConfig, segment: int | None,

@@ -609,12 +609,13 @@ def cine_mp4(sop_uid):
     from .cine import cine_mp4 as make
 
     store, config, options = _cine_request(sop_uid)
-    handle, size, etag, clip = make(store, sop_uid, options, config)
+    handle, size, etag, clip, source = make(store, sop_uid, options, config)
     if "Range" not in request.headers:  # a player's many range requests are one viewing
         _logged("view", store.instance(sop_uid)["study_uid"], sop_uid)
     response = Response(wrap_file(request.environ, handle), mimetype="video/mp4", direct_passthrough=True)
     response.headers["Content-Length"] = str(size)
     response.headers["Content-Disposition"] = f'inline; filename="{safe_name(sop_uid, "cine")}.lossy.mp4"'
+    response.headers["X-Cache"] = source  # stored (strategy 1, made at ingest), hit or miss
     response.set_etag(etag)
     response.make_conditional(request, accept_ranges=True, complete_length=size)
     return _cine_headers(response, store, sop_uid, clip)

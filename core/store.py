@@ -203,7 +203,7 @@ class Store:
     def artifact_path(self, sop_uid: str, variant: str, ratio: float, codec: str) -> Path:
         key = uid_key(sop_uid)
         tag = f"{variant}-{ratio:g}" if ratio else variant
-        name = f"{tag}.png" if variant == "thumbnail" else f"{tag}.{codec}.dcm"
+        name = f"{tag}.png" if variant == "thumbnail" else f"{tag}.mp4" if variant == "cine" else f"{tag}.{codec}.dcm"
         return self.root / "artifacts" / key[:2] / key / name
 
     def conflict_path(self, sop_uid: str, checksum: str) -> Path:

@@ -243,3 +243,39 @@ def test_routes_serve_mp4_ranges_and_hls_with_the_lossy_header(live_app, tmp_pat
     assert demo.get(f"{url}.mp4").status_code == 403
     assert demo.get(f"{url}.m3u8").status_code == 403
     assert demo.get(f"{url}/segment/0.ts").status_code == 403
+
+
+def _wait_jobs(session, base, timeout=120):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        jobs = session.get(f"{base}/api/jobs").json()
+        if jobs and all(j["state"] in ("done", "failed", "cancelled") for j in jobs):
+            return jobs
+        time.sleep(0.2)
+    raise AssertionError("jobs did not finish")
+
+
+def test_strategy_1_renders_us_cines_at_ingest(live_app, tmp_path):
+    """Everything ready: a US loop's MP4 is stored by the study's job and served as it is; an MR cine is made on demand."""
+    base, app = live_app(demo=False)
+    store = app.server.extensions["radpress"]["store"]
+    admin = requests.Session()
+    admin.auth = ADMIN
+    us = _gray()
+    mr = make_dataset(rows=32, columns=32, frames=4, modality="MR", study_uid=us.StudyInstanceUID)
+    _upload(admin, base, write(us, tmp_path / "us.dcm"))
+    _upload(admin, base, write(mr, tmp_path / "mr.dcm"))
+    assert admin.put(f"{base}/api/studies/{us.StudyInstanceUID}/strategy", json={"strategy": 1}).status_code == 200
+    assert all(j["state"] == "done" for j in _wait_jobs(admin, base))
+    stored = store.artifact(us.SOPInstanceUID, "cine")
+    assert stored is not None and store.artifact(mr.SOPInstanceUID, "cine") is None
+    info = ffprobe(stored.path)
+    assert info["codec_name"] == "h264" and int(info["nb_read_frames"]) == 24
+    served = admin.get(f"{base}/cine/{us.SOPInstanceUID}.mp4")
+    assert served.headers["X-Cache"] == "stored" and served.content == stored.path.read_bytes()
+    assert served.headers["X-Lossy-Compression"].startswith("method=H.264")
+    assert admin.get(f"{base}/cine/{us.SOPInstanceUID}.mp4?end=1").headers["X-Cache"] == "miss"
+    assert admin.get(f"{base}/cine/{mr.SOPInstanceUID}.mp4").headers["X-Cache"] == "miss"
+    assert admin.get(f"{base}/cine/{mr.SOPInstanceUID}.mp4").headers["X-Cache"] == "hit"
