@@ -167,7 +167,7 @@ def _match(keyword: str, column: str, kind: str, value: str, inst: str) -> tuple
     sqls, out = [], []
     for v in values:
         if kind == "pn":  # case-insensitive; '^' separates name components as stored
-            sqls.append(f"{column} LIKE ? ESCAPE '\\'")
+            sqls.append(f"casefold({column}) LIKE casefold(?) ESCAPE '\\'")
             out.append(re.sub(r"([%_\\])", r"\\\1", v).replace("*", "%").replace("?", "_"))
         elif "*" in v or "?" in v:
             sqls.append(f"{column} GLOB ?")

@@ -173,6 +173,7 @@ class Store:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=OFF")
+            conn.create_function("casefold", 1, _casefold, deterministic=True)  # SQLite's lower() folds ASCII only
             self._local.conn = conn
         return conn
 
@@ -477,6 +478,11 @@ class Store:
 
 
 _NO_IMAGE = PixelSpec(rows=0, columns=0, samples=0, bits_allocated=0, bits_stored=0, signed=False, photometric="", frames=0)
+
+
+def _casefold(text):
+    """Patient names match case-insensitively in every script (MÜLLER finds Müller; SQLite's LIKE folds ASCII only)."""
+    return text.casefold() if isinstance(text, str) else text
 
 
 def _refuse_original(variant: str) -> None:

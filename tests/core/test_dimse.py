@@ -193,7 +193,7 @@ def test_find_levels_and_matching(node, tmp_path):
         ds.PatientName, ds.PatientID, ds.StudyDate, ds.AccessionNumber = "Müller^Anna", "PID-FIND-1", "20240315", "ACC77"
         write(ds, path)
     dcmtk("storescu", *_peer(node), *paths)
-    studies = _find(node, tmp_path, "QueryRetrieveLevel=STUDY", "SpecificCharacterSet=ISO_IR 192", "PatientName=mül*", "StudyDate=20240301-20240331",
+    studies = _find(node, tmp_path, "QueryRetrieveLevel=STUDY", "SpecificCharacterSet=ISO_IR 192", "PatientName=MÜL*", "StudyDate=20240301-20240331",
                     "StudyInstanceUID", "NumberOfStudyRelatedInstances", "NumberOfStudyRelatedSeries", "ModalitiesInStudy")
     assert [(s.StudyInstanceUID, s.NumberOfStudyRelatedInstances, s.NumberOfStudyRelatedSeries, str(s.PatientName))
             for s in studies] == [(study, 3, 2, "Müller^Anna")]
