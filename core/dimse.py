@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, HTJ2K,
                          HTJ2KLossless, HTJ2KLosslessRPCL, ImplicitVRLittleEndian, JPEG2000, JPEG2000Lossless,
                          JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
@@ -390,7 +391,7 @@ def find(store: Store, user: User, identifier: Dataset, patient_root: bool) -> I
     """C-FIND: the identifier's non-empty keys of its level (and above) match; every key it names is returned.
 
     A key this archive does not index is returned empty (PS3.4 C.2.2.1.4); a
-    PATIENT-level query (Patient Root) returns each patient of the matching studies once.
+    PATIENT-level query (Patient Root) returns each patient of the matching studies once, with their count.
     """
     level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
     if level not in _FINDERS and not (level == "PATIENT" and patient_root):
@@ -405,28 +406,37 @@ def find(store: Store, user: User, identifier: Dataset, patient_root: bool) -> I
         asked.append(keyword)
         value = element.value
         if keyword in keys and value not in (None, "", b""):
-            filters[keyword] = [str(v) for v in value] if isinstance(value, (list, tuple)) or \
-                type(value).__name__ == "MultiValue" else str(value)
-    finder = query.find_studies if level == "PATIENT" else _FINDERS[level]
-    seen, offset = set(), 0
+            filters[keyword] = [str(v) for v in value] if isinstance(value, (list, tuple, MultiValue)) else str(value)
+    matches = _pages(query.find_studies if level == "PATIENT" else _FINDERS[level], store, user, filters)
+    for match in _patients(matches) if level == "PATIENT" else matches:
+        answer = Dataset()
+        answer.SpecificCharacterSet = "ISO_IR 192"  # the index holds decoded text: answered as UTF-8
+        answer.QueryRetrieveLevel = level
+        for keyword in asked:
+            value = match.get(keyword)
+            setattr(answer, keyword, "" if value is None else value)
+        yield answer
+
+
+def _pages(finder, store: Store, user: User, filters: dict) -> Iterator[dict]:
+    """Every match, page by page (C-FIND has no limit)."""
+    offset = 0
     while True:
         page = finder(store, user, filters, query.MAX_LIMIT, offset)
-        for match in page:
-            if level == "PATIENT":
-                patient = (match["PatientID"], match["PatientName"])
-                if patient in seen:
-                    continue
-                seen.add(patient)
-            answer = Dataset()
-            answer.SpecificCharacterSet = "ISO_IR 192"  # the index holds decoded text: answered as UTF-8
-            answer.QueryRetrieveLevel = level
-            for keyword in asked:
-                value = match.get(keyword)
-                setattr(answer, keyword, "" if value is None else value)
-            yield answer
+        yield from page
         if len(page) < query.MAX_LIMIT:
             return
         offset += len(page)
+
+
+def _patients(studies: Iterator[dict]) -> list[dict]:
+    """Each patient of the matching studies once, with Number of Patient Related Studies."""
+    patients: dict[tuple, dict] = {}
+    for study in studies:
+        key = (study["PatientID"], study["PatientName"])
+        patient = patients.setdefault(key, {**study, "NumberOfPatientRelatedStudies": 0})
+        patient["NumberOfPatientRelatedStudies"] += 1
+    return list(patients.values())
 
 
 def _patient_root(event, *services: str) -> bool:

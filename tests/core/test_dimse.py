@@ -205,8 +205,10 @@ def test_find_levels_and_matching(node, tmp_path):
                    f"SeriesInstanceUID={series[0].SeriesInstanceUID}", "SOPInstanceUID", "SOPClassUID")
     expected = {read_dataset(p).SOPInstanceUID for p in paths if read_dataset(p).SeriesInstanceUID == series[0].SeriesInstanceUID}
     assert {i.SOPInstanceUID for i in images} == expected
-    patients = _find(node, tmp_path, "QueryRetrieveLevel=PATIENT", "PatientID=PID-FIND-1", "PatientName", root="-P")
-    assert [(p.PatientID, str(p.PatientName)) for p in patients] == [("PID-FIND-1", "Müller^Anna")]
+    patients = _find(node, tmp_path, "QueryRetrieveLevel=PATIENT", "PatientID=PID-FIND-1", "PatientName",
+                     "NumberOfPatientRelatedStudies", root="-P")
+    assert [(p.PatientID, str(p.PatientName), p.NumberOfPatientRelatedStudies) for p in patients] == \
+        [("PID-FIND-1", "Müller^Anna", 1)]
 
 
 def test_find_bad_level_is_refused(node, tmp_path):
