@@ -1,4 +1,5 @@
-"""A cine (multi-frame instance as H.264 MP4) in an HTML5 video, with a trim form whose result is a shareable URL."""
+"""A cine (multi-frame instance as H.264 MP4) in an HTML5 video, with a trim form whose result is a shareable URL
+and a button that plays the HLS playlist instead (through hls.js, vendored in assets/hls; assets/cine.js)."""
 
 from dash import dcc, html
 
@@ -6,6 +7,7 @@ from core.cine import LABEL
 
 CINE_VIDEO = "cine-video"
 CINE_TRIM = "cine-trim"
+CINE_HLS = "cine-hls"
 
 
 def make_cine_player(sop_uid: str) -> html.Div:
@@ -21,6 +23,7 @@ def make_cine_player(sop_uid: str) -> html.Div:
             dcc.Input(name="end", type="number", min=0, step="any", placeholder="end s", className="form-control form-control-sm",
                        style={"width": "6em"}),
             html.Button("Trim", type="submit", className="btn btn-sm btn-outline-secondary"),
-            html.A("HLS", href=f"/cine/{sop_uid}.m3u8", target="_blank", className="btn btn-sm btn-link"),
+            html.Button("Play HLS", type="button", className="btn btn-sm btn-link cine-hls-button", id=f"{CINE_HLS}-{key}",
+                        **{"data-video": f"{CINE_VIDEO}-{key}", "data-hls": f"/cine/{sop_uid}.m3u8"}),
         ], action=src, method="get", target="_blank", id=f"{CINE_TRIM}-{key}", className="d-flex gap-1 mt-1"),
     ], className="cine-player mb-2")

@@ -217,7 +217,7 @@ def test_viewer_pans_and_zooms_deepzoom_tiles(server, browser):
 
 
 def test_study_page_plays_a_cine(server, browser, tmp_path):
-    """The Study page's video of a multi-frame instance plays in Chromium: its current time advances."""
+    """The Study page's video of a multi-frame instance plays in Chromium, as MP4 and over HLS: its current time advances."""
     from tests.synthetic import make_dataset, write
 
     ds = make_dataset(rows=63, columns=81, frames=40, modality="US")
@@ -235,3 +235,11 @@ def test_study_page_plays_a_cine(server, browser, tmp_path):
     assert browser.execute_script("return arguments[0].videoWidth;", video) == 90
     form = browser.find_element(By.CSS_SELECTOR, "form[id^='cine-trim']")
     assert form.get_attribute("action").endswith(f"/cine/{ds.SOPInstanceUID}.mp4")
+    # the same clip over HLS through the vendored hls.js (Media Source Extensions: a blob: source)
+    browser.execute_script("arguments[0].pause();", video)
+    browser.execute_script("arguments[0].click();", browser.find_element(By.CSS_SELECTOR, ".cine-hls-button"))
+    wait(browser, 60).until(lambda d: d.execute_script(
+        "const v = arguments[0]; return v.src.startsWith('blob:') && v.currentTime > 0.5 && !v.paused;", video))
+    assert browser.execute_script("return performance.getEntriesByType('resource').some(e => e.name.includes('/segment/0.ts'));")
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "cine.png"))
