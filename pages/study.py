@@ -76,6 +76,9 @@ def layout(uid: str = "", **_query):
     for rows in series.values():
         cards = []
         for row in rows:
+            if not row["rows"]:  # a report, plan, PDF, key object: kept as sent, nothing to show or compress
+                cards.append(dbc.Col(_document_card(row), md=3, className="mb-3"))
+                continue
             arts = ", ".join(_artifact_text(a) for a in artifacts.get(row["sop_uid"], []))
             warnings = [html.Div(w, className="small text-danger lossy-warning")
                         for a in artifacts.get(row["sop_uid"], []) if (w := artifact_warning(row, a))]
@@ -115,6 +118,19 @@ def layout(uid: str = "", **_query):
                   _downloads(f"/download/study/{uid}.tar", "tar", policy.lossy_enabled)], className="mb-3"),
         *blocks,
     ])
+
+
+def _document_card(row):
+    """An object without pixels (SR, RT plan, encapsulated PDF ...): what it is, and its original to download."""
+    from pydicom.uid import UID
+
+    kind = UID(row["sop_class"] or "").name if row["sop_class"] else "non-image object"
+    return dbc.Card(dbc.CardBody([
+        html.Div(f"#{row['number'] or '?'} · {kind}", className="small"),
+        html.Div("No image: stored and served as sent (never compressed).", className="small text-muted document"),
+        dbc.Button("⬇ original", href=f"/download/instance/{row['sop_uid']}?variant=original", size="sm",
+                   color="secondary", outline=True, external_link=True),
+    ], className="p-2"), className="h-100")
 
 
 @callback(Output("study-strategy-result", "children"), Input(STRATEGY, "value"), State("study-uid", "data"), prevent_initial_call=True)

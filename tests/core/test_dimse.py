@@ -374,6 +374,15 @@ def test_non_image_objects_are_stored_and_retrieved_as_they_came(node, tmp_path)
         assert got[uid] == original  # every element as it was sent
     pdf = next(d for d in got.values() if "EncapsulatedDocument" in d)
     assert pdf.EncapsulatedDocument.startswith(b"%PDF-1.4")
+    import base64
+
+    from pages import study as study_page
+
+    basic = "Basic " + base64.b64encode(b"admin:correct-horse").decode()
+    with node.app.server.test_request_context("/study", headers={"Authorization": basic}):
+        page = str(study_page.layout(uid=study))
+    assert page.count("No image: stored and served as sent") == 3 and page.count("/thumbnail/") == 1
+    assert "RT Plan Storage" in page and "Encapsulated PDF Storage" in page
 
 
 def test_calling_ae_allow_list(node):
