@@ -356,9 +356,12 @@ INGEST_MODALITIES = ("US", "XA")
 
 def rendered_at_ingest(row, config: CineConfig | None = None) -> bool:
     """Whether an index instance *row* gets its default MP4 made at ingest (US/XA multi-frame within the limits)."""
+    from .bigimage import is_large
+
     config = config or CineConfig.from_env()
     frames, pixels = row["frames"] or 0, (row["rows"] or 0) * (row["columns"] or 0)
-    return (row["modality"] or "") in INGEST_MODALITIES and 1 < frames <= config.max_frames and 0 < pixels <= config.max_pixels
+    return ((row["modality"] or "") in INGEST_MODALITIES and 1 < frames <= config.max_frames and 0 < pixels <= config.max_pixels
+            and not is_large(row["rows"], row["columns"]))
 
 
 def default_mp4(ds: Dataset) -> bytes:

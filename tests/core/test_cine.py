@@ -14,7 +14,7 @@ from core.errors import InvalidOptionError
 from core.pixels import decode_frame
 from core.render import to_display
 from tests.conftest import ADMIN
-from tests.synthetic import make_dataset, write
+from tests.synthetic import KINDS, make_dataset, write
 
 CONFIG = CineConfig()
 
@@ -160,6 +160,32 @@ def test_colour_cine_keeps_its_colours(tmp_path):
     shown = np.frombuffer(raw, np.uint8).reshape(height, width, 3).astype(float)
     expected = to_display(decode_frame(ds, 0), ds).astype(float)
     assert np.abs(shown[:67, :93] - expected).mean() < 8
+
+
+@pytest.mark.parametrize("kind", ["multiframe", "enhanced_ct", "mono1", "s16", "ybr_full", "big_endian", "u8_odd"])
+def test_every_synthetic_kind_plays_as_the_viewer_shows_its_first_frame(tmp_path, kind):
+    """Signed, MONOCHROME1, YBR, big-endian, Enhanced (window from its functional groups): frame 0 as to_display shows it."""
+    ds = make_dataset(**{**KINDS[kind], "frames": max(KINDS[kind].get("frames", 1), 4)})
+    path, clip = _mp4(tmp_path, ds)
+    info = ffprobe(path)
+    frames = int(ds.NumberOfFrames)
+    assert int(info["nb_read_frames"]) == frames and info["pix_fmt"] == "yuv420p"
+    width, height = canvas_size(int(ds.Rows), int(ds.Columns))
+    colour = int(ds.SamplesPerPixel) == 3
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-vframes", "1", "-f", "rawvideo", "-pix_fmt",
+                          "rgb24" if colour else "gray", "-"], check=True, capture_output=True).stdout
+    shown = np.frombuffer(raw, np.uint8).reshape(height, width, *((3,) if colour else ())).astype(float)
+    expected = to_display(decode_frame(ds, 0), ds, index=0).astype(float)
+    assert np.abs(shown[:int(ds.Rows), :int(ds.Columns)] - expected).mean() < 8
+
+
+def test_a_cine_of_an_already_lossy_original_says_both():
+    from core.cine import lossy_header
+    from core.derive import LossyHistory
+
+    assert lossy_header(LossyHistory()) == "method=H.264; rendering=cine"
+    before = LossyHistory().then(18.0, "ISO_15444_1")
+    assert lossy_header(before).startswith("method=H.264; rendering=cine; original ") and "ISO_15444_1" in lossy_header(before)
 
 
 @pytest.mark.parametrize("args, frames", [
