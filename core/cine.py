@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 import numpy as np
 from pydicom.dataset import Dataset
 
-from .errors import InvalidOptionError, RadPressError
+from .errors import CodecError, InvalidOptionError, RadPressError
 from .locks import item_lock
 from .pixels import decode_frame, pixel_spec, read_dataset
 from .render import IMAGE_DEFAULT, modality_values, preset_window, to_display
@@ -324,9 +324,12 @@ def encode_mp4(ds: Dataset, clip: Clip, options: CineOptions, out: str | os.Path
     """Write the clip as a fast-start H.264 MP4 (yuv420p) at *out*."""
     import av
 
-    with av.open(str(out), "w", format="mp4", options={"movflags": "+faststart"}) as container:
-        stream = _add_video(container, ds, clip, options.crf)
-        _encode(container, stream, ds, clip, options)
+    try:
+        with av.open(str(out), "w", format="mp4", options={"movflags": "+faststart"}) as container:
+            stream = _add_video(container, ds, clip, options.crf)
+            _encode(container, stream, ds, clip, options)
+    except av.FFmpegError as exc:
+        raise CodecError(f"FFmpeg could not encode this cine as H.264 MP4: {exc}") from None
 
 
 def encode_hls(ds: Dataset, clip: Clip, options: CineOptions, folder: str | os.PathLike,
@@ -341,9 +344,12 @@ def encode_hls(ds: Dataset, clip: Clip, options: CineOptions, folder: str | os.P
     gop = max(1, round(segment_seconds * clip.fps))
     options_hls = {"hls_time": f"{gop / clip.fps:g}", "hls_playlist_type": "vod", "hls_list_size": "0",
                    "hls_segment_filename": str(folder / "%d.ts")}
-    with av.open(str(folder / "index.m3u8"), "w", format="hls", options=options_hls) as container:
-        stream = _add_video(container, ds, clip, options.crf, gop)
-        _encode(container, stream, ds, clip, options)
+    try:
+        with av.open(str(folder / "index.m3u8"), "w", format="hls", options=options_hls) as container:
+            stream = _add_video(container, ds, clip, options.crf, gop)
+            _encode(container, stream, ds, clip, options)
+    except av.FFmpegError as exc:
+        raise CodecError(f"FFmpeg could not encode this cine as HLS: {exc}") from None
     playlist = (folder / "index.m3u8").read_text()
     segments = [folder / line for line in playlist.splitlines() if line and not line.startswith("#")]
     return playlist, segments

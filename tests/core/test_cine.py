@@ -179,6 +179,23 @@ def test_every_synthetic_kind_plays_as_the_viewer_shows_its_first_frame(tmp_path
     assert np.abs(shown[:int(ds.Rows), :int(ds.Columns)] - expected).mean() < 8
 
 
+def test_an_encoder_failure_is_a_codec_error_with_its_reason(tmp_path, monkeypatch):
+    import av
+
+    from core import cine
+    from core.errors import CodecError
+
+    def fail(*_args):
+        raise av.FFmpegError(22, "Invalid argument")
+
+    monkeypatch.setattr(cine, "_encode", fail)
+    ds = _gray()
+    with pytest.raises(CodecError, match="H.264 MP4.*Invalid argument"):
+        _mp4(tmp_path, ds)
+    with pytest.raises(CodecError, match="HLS"):
+        encode_hls(ds, plan_clip(ds, CineOptions(), CONFIG), CineOptions(), tmp_path)
+
+
 def test_a_cine_of_an_already_lossy_original_says_both():
     from core.cine import lossy_header
     from core.derive import LossyHistory
