@@ -13,6 +13,7 @@ from core.cine import (LABEL, CineConfig, CineLimitError, CineOptions, NotACineE
 from core.errors import InvalidOptionError
 from core.pixels import decode_frame
 from core.render import to_display
+from tests.checkers import require
 from tests.conftest import ADMIN
 from tests.synthetic import KINDS, make_dataset, write
 
@@ -33,7 +34,7 @@ def _colour():
 
 
 def ffprobe(path) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+    out = subprocess.run([require("ffprobe"), "-v", "error", "-count_frames", "-show_entries",
                           "stream=codec_name,pix_fmt,width,height,nb_read_frames,duration,r_frame_rate:format=duration:format_tags",
                           "-of", "json", str(path)], check=True, capture_output=True, text=True).stdout
     info = json.loads(out)
@@ -141,7 +142,7 @@ def test_video_shows_the_windowed_image_and_the_label(tmp_path):
     ds = _gray()
     path, clip = _mp4(tmp_path, ds, {"window": "2000,3000"})
     width, height = canvas_size(63, 81)
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-vf", "select=eq(n\\,5)", "-vframes", "1",
+    raw = subprocess.run([require("ffmpeg"), "-v", "error", "-i", str(path), "-vf", "select=eq(n\\,5)", "-vframes", "1",
                           "-f", "rawvideo", "-pix_fmt", "gray", "-"], check=True, capture_output=True).stdout
     shown = np.frombuffer(raw, np.uint8).reshape(height, width).astype(float)
     expected = to_display(decode_frame(ds, 5), ds, (2000, 3000), 5).astype(float)
@@ -155,7 +156,7 @@ def test_colour_cine_keeps_its_colours(tmp_path):
     info = ffprobe(path)
     assert int(info["nb_read_frames"]) == 6 and info["r_frame_rate"] == "25/1"
     width, height = canvas_size(67, 93)
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-vframes", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+    raw = subprocess.run([require("ffmpeg"), "-v", "error", "-i", str(path), "-vframes", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
                          check=True, capture_output=True).stdout
     shown = np.frombuffer(raw, np.uint8).reshape(height, width, 3).astype(float)
     expected = to_display(decode_frame(ds, 0), ds).astype(float)
@@ -172,7 +173,7 @@ def test_every_synthetic_kind_plays_as_the_viewer_shows_its_first_frame(tmp_path
     assert int(info["nb_read_frames"]) == frames and info["pix_fmt"] == "yuv420p"
     width, height = canvas_size(int(ds.Rows), int(ds.Columns))
     colour = int(ds.SamplesPerPixel) == 3
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-vframes", "1", "-f", "rawvideo", "-pix_fmt",
+    raw = subprocess.run([require("ffmpeg"), "-v", "error", "-i", str(path), "-vframes", "1", "-f", "rawvideo", "-pix_fmt",
                           "rgb24" if colour else "gray", "-"], check=True, capture_output=True).stdout
     shown = np.frombuffer(raw, np.uint8).reshape(height, width, *((3,) if colour else ())).astype(float)
     expected = to_display(decode_frame(ds, 0), ds, index=0).astype(float)
