@@ -162,4 +162,4 @@ def run_lab_job(root: str, job_id: int, owner: str) -> tuple[str, str]:
         return stop.state, str(stop)
     except RadPressError as exc:
         return "failed", str(exc)
-    return "done", f"{len(result['per_instance'])} measurements over {result['instances']} instance(s) in {result['wall_s']:.1f} s"
+    return "done", f"quality-lab sweep: {len(result['per_instance'])} measurements over {result['instances']} instance(s) in {result['wall_s']:.1f} s"

@@ -182,6 +182,16 @@ def test_over_http_the_api_answers_at_once_while_a_sweep_runs(live_app, monkeypa
     Users(_app.server.extensions["radpress"]["store"]).add("rad", "radiologist-pw", "radiologist")
     rad = requests.Session()
     rad.auth = ("rad", "radiologist-pw")
+    other = {"codecs": "j2k,htj2k", "ratios": ",".join(str(r) for r in range(36, 66))}
+    job = admin.post(url, params=other).json()["job"]
+    cancelled = admin.delete(url, params=other)
+    assert cancelled.status_code == 200 and cancelled.json()["job"] == job
+    while admin.get(f"{base}/api/jobs/{job}").json()["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stopped = admin.get(url, params=other)
+    assert stopped.status_code == 409 and "cancelled" in stopped.json()["error"] and "POST" in stopped.json()["hint"]
+    assert admin.post(url, params=other).status_code == 202  # POST runs it again
+    admin.delete(url, params=other)
     monkeypatch.setitem(users.LAB_MAX_ENCODINGS, "radiologist", 40)
     too_big = rad.get(url, params={"codecs": "j2k,htj2k,jxl", "ratios": "5,6,7,8,9,10,11,12,13,14,15,16"})
     assert too_big.status_code == 400 and "42 encodings" in too_big.json()["error"], too_big.text
