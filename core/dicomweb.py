@@ -483,28 +483,37 @@ def _frame_list(text: str, frames: int) -> list[int]:
     return numbers
 
 
-def _frame_syntax(accept: str) -> tuple[str, str]:
-    """(media type, transfer syntax) for frames: uncompressed little-endian bytes, or a lossless compressed frame."""
+def _frame_syntax(accept: str, photometric: str) -> tuple[str, str]:
+    """(media type, transfer syntax) for frames: uncompressed little-endian bytes, or a lossless compressed frame.
+
+    A YBR_* image skips the compressed alternatives: OHIF 3.13.2 shows a
+    YBR_FULL frame sent as HTJ2K as three stacked planes, a picture that
+    differs from the file.  It gets the next acceptable alternative.
+    """
+    skipped = photometric.upper().startswith("YBR")
     for media, params in _accepted(accept, "multipart/related"):
         kind = params.get("type", "application/octet-stream").lower() if media == "multipart/related" else media
         if kind in ("*/*", "*", "application/octet-stream"):
             return "application/octet-stream", str(ExplicitVRLittleEndian)
-        if kind in FRAME_TYPES:
+        if kind in FRAME_TYPES and not skipped:
             syntax = params.get("transfer-syntax", "*")
             syntax = FRAME_TYPES[kind] if syntax == "*" else syntax
             codec = codec_for_uid(syntax)
             if codec is not None and not codec.lossy and codec.name == codec_for_uid(FRAME_TYPES[kind]).name:
                 return kind, str(syntax)
+    if skipped:
+        raise NotAcceptable(f"Frames of a {photometric} image are served as application/octet-stream only "
+                            f"(not {accept!r}).", hint="Ask for application/octet-stream.")
     raise NotAcceptable(f"Cannot answer Accept: {accept!r} with frames.",
                         hint='Ask for application/octet-stream, or image/jphc, image/jls or image/jp2 (lossless).')
 
 
 def _frames(store: Store, row, numbers: list[int]) -> Response:
-    media, syntax = _frame_syntax(_accept())
     original = store.artifact(row["sop_uid"], "original")
     if not row["rows"]:
         raise StoreError(f"Instance {row['sop_uid']} holds no image frames.")
     ds = read_dataset(original.path)
+    media, syntax = _frame_syntax(_accept(), str(ds.get("PhotometricInterpretation", "")))
     spec = pixel_spec(ds)
     source = None  # a stored dataset whose frames already are codestreams of the wanted codec
     if media != "application/octet-stream":
@@ -520,9 +529,14 @@ def _frames(store: Store, row, numbers: list[int]) -> Response:
         if media == "application/octet-stream":
             frame = decode_frame(ds, n - 1)
             return frame.astype(frame.dtype.newbyteorder("<")).tobytes()
-        if source is not None:
+        if source is not None:  # the stored lossless copy (or original) of that codec: its codestream as stored
             return get_frame(source.PixelData, n - 1, number_of_frames=spec.frames)
-        return _writer(syntax).encode(decode_frame(ds, n - 1), spec)
+        key = f"{original.checksum}:frame:{syntax}:{n}"  # a viewer asks again for each frame it shows
+        data = _cache(store).get(key)
+        if data is None:
+            data = _writer(syntax).encode(decode_frame(ds, n - 1), spec)
+            _cache(store).set(key, data)
+        return data
 
     headers = {"Content-Type": media if media == "application/octet-stream" else f"{media}; transfer-syntax={syntax}"}
     parts = [(headers, part(n)) for n in numbers]  # all made before the first byte: an error is a 4xx, not a cut answer

@@ -397,3 +397,57 @@ def test_an_instance_that_cannot_be_transcoded_is_a_4xx_before_any_byte(node):
     answer = requests.get(f"{base}/dicom-web/studies/{wide.StudyInstanceUID}", auth=ADMIN,
                           headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80'})
     assert 400 <= answer.status_code < 500 and "Bits Allocated" in answer.json()["error"]
+
+
+OHIF_ACCEPT = ("multipart/related; type=image/jphc; transfer-syntax=1.2.840.10008.1.2.4.201, "
+               "multipart/related; type=application/octet-stream; transfer-syntax=*")
+
+
+def test_frames_choose_per_instance_htj2k_or_octet_stream(live_app, tmp_path):
+    """OHIF's two alternatives: YBR_FULL frames come as octet-stream (OHIF 3.13.2 shows its HTJ2K wrongly), grayscale
+    and RGB as HTJ2K, from the stored lossless HTJ2K copy where one exists, else a cached transcode; bit-exact by ojph_expand."""
+    from dataclasses import replace
+
+    from pydicom.encaps import get_frame
+
+    from core.archive import _cache
+    from core.pixels import read_dataset
+    from tests.checkers import tool_pixels
+    from tests.core.test_routes import wait_jobs
+
+    base, app = live_app(demo=False)
+    store = app.server.extensions["radpress"]["store"]
+    store.set_policy(replace(store.policy(), strategy=1, lossless_codec="htj2k"))
+    client = DICOMwebClient(f"{base}/dicom-web", session=create_session_from_user_pass(*ADMIN))
+    gray, rgb, ybr = (make_dataset(**KINDS[k], seed=n) for n, k in enumerate(("u12_odd", "rgb", "ybr_full")))
+    client.store_instances([gray, rgb, ybr])
+    http = requests.Session()
+    http.auth = ADMIN
+    wait_jobs(http, base)
+    store.remove_artifact(store.artifact(rgb.SOPInstanceUID, "lossless"))  # RGB: no stored copy, a transcode
+
+    def frame(ds, accept=OHIF_ACCEPT):
+        url = (f"{base}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+               f"/instances/{ds.SOPInstanceUID}/frames/1")
+        answer = http.get(url, headers={"Accept": accept})
+        assert answer.status_code == 200, answer.text
+        [part] = list(client._decode_multipart_message(answer, stream=False))
+        return answer.headers["Content-Type"], part
+
+    kind, data = frame(ybr)
+    assert "application/octet-stream" in kind and "jphc" not in kind, kind
+    assert data == decode_all(ybr)[0].tobytes()
+    stored = store.artifact(gray.SOPInstanceUID, "lossless")
+    assert stored.transfer_syntax == HTJ2KLosslessRPCL
+    for ds in (gray, rgb):
+        kind, data = frame(ds)
+        assert "image/jphc" in kind, kind
+        assert np.array_equal(tool_pixels("htj2k", data, pixel_spec(ds), tmp_path), decode_all(ds)[0])
+        if ds is gray:  # the stored copy's codestream as it is, not a new encoding
+            assert data == get_frame(read_dataset(stored.path).PixelData, 0, number_of_frames=1)
+        else:  # the transcode is cached for the viewer's next request
+            original = store.artifact(ds.SOPInstanceUID, "original")
+            assert _cache(store).get(f"{original.checksum}:frame:{FRAME_TYPES['image/jphc']}:1") == data
+    refused = http.get(f"{base}/dicom-web/studies/{ybr.StudyInstanceUID}/series/{ybr.SeriesInstanceUID}"
+                       f"/instances/{ybr.SOPInstanceUID}/frames/1", headers={"Accept": 'multipart/related; type="image/jphc"'})
+    assert refused.status_code == 406 and "YBR_FULL" in refused.json()["error"]
