@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Callable
 
-from .archive import Wanted, make_artifact, plan
+from .archive import Wanted, make_artifact, plan, storage_report
 from .compress import artifact_warning
 from .errors import RadPressError
 from .labjobs import run_lab_job
@@ -252,6 +252,10 @@ class Jobs:
             if not self._still_mine(job_id):
                 return self.get(job_id)
             self.store.remove_artifact(artifact)
+        try:  # warm the study's storage projection (a sample encode when it has no lossless copies): never in a request
+            storage_report(self.store, job["study_uid"])
+        except RadPressError:
+            pass
         job = self.get(job_id)
         state = "failed" if job["failed"] and not job["done"] else "done"
         message = f"{job['done']} instance(s) done, {job['failed']} failed, {len(todo.remove)} superseded artifact(s) removed"

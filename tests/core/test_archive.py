@@ -222,3 +222,20 @@ def test_a_storage_projection_encodes_its_sample_once_however_many_ask(store, mo
     assert storage_report(store)["studies"] == 2 and len(encodes) == 2  # the other study's sample, once
     storage_report(store)
     assert len(encodes) == 2
+
+
+def test_a_studys_job_warms_its_storage_projection_so_no_request_encodes(tmp_path, monkeypatch):
+    from core import archive
+    from tests.synthetic import write_kind
+
+    store = Store(tmp_path / "data")
+    [result] = list(ingest(store, [write_kind("s12", tmp_path)]))
+    store.set_study_strategy(result.study_uid, 4)  # original only: the lossless size is estimated from a sample
+    jobs = Jobs(store, workers=1)
+    jobs.submit(result.study_uid)  # as every entry point does after an ingest
+    assert [j["state"] for j in jobs.run_pending()] == ["done"]
+    encodes = []
+    monkeypatch.setattr(archive, "_encode", lambda *args: encodes.append(args))
+    report = storage_report(store, result.study_uid)
+    assert encodes == [] and report["strategies"][0]["estimated"]
+    assert storage_report(store)["studies"] == 1 and encodes == []
