@@ -35,10 +35,11 @@ DICOMWEB = "/dicom-web"
 STAMP = ".radpress-prepared"
 REVISION = 2  # of prepare(): a new one makes `make run` prepare the viewer again
 LOSSY_TEXT = "not for primary diagnosis"
-# Frames as the stored pixels decoded (little-endian bytes, same values as the file).  Not HTJ2K first:
-# OHIF 3.13.2 shows a YBR_FULL instance sent as HTJ2K as three stacked planes (tests/core/test_ohif.py),
-# and DICOMweb cannot make that choice per instance from one Accept header.
-FRAMES_ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+# Frames as HTJ2K lossless first (progressive display, from the stored lossless copy where one exists),
+# else the stored pixels decoded.  DICOMweb chooses per instance: a YBR_* image, which OHIF 3.13.2 shows
+# wrongly as HTJ2K (three stacked planes), gets the decoded pixels (core.dicomweb._frame_syntax).
+FRAMES_ACCEPT = ("multipart/related; type=image/jphc; transfer-syntax=1.2.840.10008.1.2.4.201, "
+                 "multipart/related; type=application/octet-stream; transfer-syntax=*")
 
 blueprint = Blueprint("ohif", __name__)
 
@@ -139,8 +140,8 @@ _REWRITES = {".html": _html, ".js": _js, ".css": _css, "manifest.json": _manifes
 def app_config(prefix: str = PREFIX) -> str:
     """OHIF's ``window.config``: RadPress's DICOMweb on this origin, and the lossy overlay.
 
-    Frames are asked for as the stored pixels decoded (:data:`FRAMES_ACCEPT`); the lossy overlay reads
-    the instance's own Lossy Image Compression.
+    Frames are asked for as HTJ2K lossless, else the stored pixels decoded (:data:`FRAMES_ACCEPT`);
+    the lossy overlay reads the instance's own Lossy Image Compression.
     """
     config = {
         "routerBasename": prefix.rstrip("/") or "/",
