@@ -29,7 +29,7 @@ from .pixels import PixelSpec, decode_frame, pixel_spec, read_dataset
 from .probe import measure_probes
 from .samples import BENCH_SAMPLES, sample
 
-__all__ = ["run_bench", "measure", "measure_accuracy", "measure_psnr_truth", "measure_dicomweb", "measure_cine"]
+__all__ = ["run_bench", "measure", "measure_accuracy", "measure_psnr_truth", "measure_dicomweb", "measure_cine", "read_pnm"]
 
 CODECS = ("j2k", "htj2k", "jpegls", "jxl")
 LOSSY_TARGETS = (10, 20, 50)
@@ -647,7 +647,7 @@ def _accuracy_table(acc: dict) -> str:
     return "\n".join(lines)
 
 
-def _pnm(path: Path) -> np.ndarray:
+def read_pnm(path: Path) -> np.ndarray:
     """A binary PGM/PPM as written by opj_decompress, ojph_expand and djxl."""
     data = path.read_bytes()
     fields, pos = [], 0
@@ -685,7 +685,7 @@ def _tool_frame(tool: str, codestream: bytes, spec: PixelSpec, tmp: Path) -> np.
     command = {"opj_decompress": [tool, "-i", str(source), "-o", str(pnm), "-quiet"],
                "ojph_expand": [tool, "-i", str(source), "-o", str(pnm)], "djxl": [tool, str(source), str(pnm)]}[tool]
     subprocess.run(command, check=True, capture_output=True, timeout=300)
-    values = _pnm(pnm)
+    values = read_pnm(pnm)
     if tool == "djxl" and spec.bits_allocated == 16 and spec.bits_stored < 16:
         values = np.round(values * ((1 << spec.bits_stored) - 1) / 65535).astype(np.int64)  # djxl widens to 16 bits
     return values

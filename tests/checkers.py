@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.bench import read_pnm  # noqa: F401  (the one PGM/PPM reader, also used by the bench)
 from core.codecs.codestream import parse_main_header
 from core.pixels import PixelSpec, decode_all, read_dataset
 
@@ -36,28 +37,6 @@ def gdcm_pixels(path: Path, tmp: Path) -> np.ndarray:
     run(require("gdcmconv"), "--raw", path, out)
     return decode_all(read_dataset(out))
 
-
-def read_pnm(path: Path) -> np.ndarray:
-    """PGM/PPM (binary, 8 or 16 bit big-endian)."""
-    data = path.read_bytes()
-    fields, pos = [], 0
-    while len(fields) < 4:
-        while data[pos : pos + 1].isspace():
-            pos += 1
-        if data[pos : pos + 1] == b"#":
-            pos = data.index(b"\n", pos)
-            continue
-        end = pos
-        while not data[end : end + 1].isspace():
-            end += 1
-        fields.append(data[pos:end])
-        pos = end
-    pos += 1
-    magic, width, height, maxval = fields[0], int(fields[1]), int(fields[2]), int(fields[3])
-    channels = 3 if magic == b"P6" else 1
-    dtype = np.dtype(">u2") if maxval > 255 else np.dtype(np.uint8)
-    arr = np.frombuffer(data, dtype=dtype, count=width * height * channels, offset=pos)
-    return arr.reshape((height, width, channels) if channels == 3 else (height, width)).astype(dtype.newbyteorder("="))
 
 
 def tool_pixels(codec: str, codestream: bytes, spec: PixelSpec, tmp: Path) -> np.ndarray:
