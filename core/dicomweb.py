@@ -32,7 +32,7 @@ from .codecs import CODECS, codec_for_uid
 from .compress import compress
 from .derive import LossyHistory
 from .errors import InvalidOptionError, RadPressError
-from .ingest import ingest_stream
+from .ingest import ingest_instance
 from .locks import item_lock
 from .pixels import decode_frame, pixel_spec, read_dataset
 from .query import INSTANCE_KEYS, SERIES_KEYS, STUDY_KEYS, as_json, find_instances, find_series, find_studies
@@ -775,8 +775,8 @@ def _stow_part(store: Store, study: str | None, n: int, headers: dict, path: Pat
         failed.append(_failed(uids, "wrong study"))
         reasons.append(f"part {n}: belongs to study {uids['StudyInstanceUID']}, not {study}")
         return
-    with open(path, "rb") as fh:
-        results = ingest_stream(store, fh, f"stow-part-{n}.dcm")
+    with open(path, "rb") as fh:  # a part is one instance, never an archive (a zip, or zeros read as an empty tar)
+        results = [ingest_instance(store, fh, f"stow-part-{n}.dcm")]
     for result in results:
         if result.status in ("stored", "duplicate"):
             row = store.instance(result.sop_uid)

@@ -451,3 +451,23 @@ def test_frames_choose_per_instance_htj2k_or_octet_stream(live_app, tmp_path):
     refused = http.get(f"{base}/dicom-web/studies/{ybr.StudyInstanceUID}/series/{ybr.SeriesInstanceUID}"
                        f"/instances/{ybr.SOPInstanceUID}/frames/1", headers={"Accept": 'multipart/related; type="image/jphc"'})
     assert refused.status_code == 406 and "YBR_FULL" in refused.json()["error"]
+
+
+def test_a_stow_part_is_one_instance_never_an_archive(live_app):
+    """A part of zeros (an empty tar to an archive reader) answered 200 with nothing stored or failed; a zip part was unpacked."""
+    import zipfile
+
+    base, _ = live_app(demo=False, run_jobs=False)
+    inner = make_dataset(**KINDS["u8_odd"])
+    dicom, zipped = io.BytesIO(), io.BytesIO()
+    inner.save_as(dicom, enforce_file_format=True)
+    with zipfile.ZipFile(zipped, "w") as archive:
+        archive.writestr("a.dcm", dicom.getvalue())
+    for payload in (bytes(10240), zipped.getvalue()):
+        body = b"--XX\r\nContent-Type: application/dicom\r\n\r\n" + payload + b"\r\n--XX--\r\n"
+        answer = requests.post(f"{base}/dicom-web/studies", auth=ADMIN, data=body,
+                               headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=XX'})
+        assert answer.status_code == 409 and len(answer.json()["00081198"]["Value"]) == 1, answer.text
+        assert "not DICOM" in answer.headers["Warning"]
+    found = requests.get(f"{base}/dicom-web/instances", params={"SOPInstanceUID": inner.SOPInstanceUID}, auth=ADMIN)
+    assert found.json() == []
