@@ -154,11 +154,14 @@ def _match(keyword: str, column: str, kind: str, value: str, inst: str) -> tuple
         return f"{column} IN ({','.join('?' * len(uids))})", uids
     if kind == "date":
         return _date_range(keyword, column, value)
-    if kind == "int":
+    if kind == "int":  # an IS value: -2^31 .. 2^31-1 (PS3.5 6.2); a larger one is 400, not SQLite's overflow (500)
         try:
-            return f"{column} = ?", [int(value)]
+            number = int(value)
         except ValueError:
-            raise InvalidOptionError(f"'{keyword}' must be a whole number, not '{value}'.") from None
+            number = None
+        if number is None or not -(1 << 31) <= number < 1 << 31:
+            raise InvalidOptionError(f"'{keyword}' must be a whole number (IS, 32-bit), not '{value[:40]}'.")
+        return f"{column} = ?", [number]
     if kind == "modality":
         values = [v.strip() for v in re.split(r"[\\,]", value) if v.strip()]
         return (f"EXISTS (SELECT 1 FROM series ms JOIN instances i USING (series_uid) WHERE ms.study_uid = st.study_uid "
@@ -202,8 +205,8 @@ def _page(limit, offset) -> tuple[int, int]:
         offset = 0 if offset in (None, "") else int(offset)
     except (TypeError, ValueError):
         raise InvalidOptionError(f"limit and offset must be whole numbers (got {limit!r}, {offset!r}).") from None
-    if limit < 0 or offset < 0:
-        raise InvalidOptionError(f"limit and offset must not be negative (got {limit}, {offset}).")
+    if limit < 0 or not 0 <= offset < 1 << 62:  # SQLite integers are 64-bit: a larger offset was a 500
+        raise InvalidOptionError(f"limit and offset must not be negative, offset below 2^62 (got {limit}, {offset}).")
     return min(limit, MAX_LIMIT), offset
 
 

@@ -82,7 +82,7 @@ def test_limit_and_offset(archive):
     assert [s["PatientID"] for s in find_studies(store, ADMIN, limit=2)] == ids[:2]
     assert [s["PatientID"] for s in find_studies(store, ADMIN, limit=2, offset=2)] == ids[2:]
     assert len(find_instances(store, ADMIN, limit=4, offset=3)) == 3
-    for bad in ({"limit": -1}, {"offset": "x"}):
+    for bad in ({"limit": -1}, {"offset": "x"}, {"offset": 10 ** 20}):  # 10**20 was SQLite's OverflowError (a 500)
         with pytest.raises(InvalidOptionError):
             find_studies(store, ADMIN, **bad)
 
@@ -95,8 +95,9 @@ def test_bad_keys_are_refused_with_the_rule(archive):
         find_studies(store, ADMIN, {"StudyInstanceUID": "1.2.abc"})
     with pytest.raises(InvalidOptionError, match="not a matching key"):
         find_studies(store, ADMIN, {"SOPInstanceUID": "1.2.3"})  # an instance key at study level
-    with pytest.raises(InvalidOptionError, match="whole number"):
-        find_series(store, ADMIN, {"SeriesNumber": "one"})
+    for number in ("one", "99999999999999999999999"):  # the second was SQLite's OverflowError (a 500)
+        with pytest.raises(InvalidOptionError, match="whole number"):
+            find_series(store, ADMIN, {"SeriesNumber": number})
     with pytest.raises(LoginRequired):
         find_studies(store, None)
 
