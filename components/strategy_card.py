@@ -3,13 +3,7 @@
 import dash_bootstrap_components as dbc
 from dash import html
 
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
+from core.present import human_size
 
 
 def make_strategy_card(strategy, cost: dict | None, current: bool) -> dbc.Card:

@@ -18,6 +18,7 @@ from .derive import format_ratio, lossy_history
 from .errors import InvalidOptionError, RadPressError
 from .files import write_dataset
 from .pixels import pixel_spec, read_dataset
+from .present import dimensions
 from .verify import verify
 
 __all__ = ["main"]
@@ -68,7 +69,7 @@ def cmd_info(args) -> int:
     else:
         for r in rows:
             print(
-                f"{r['file']}: {r['modality'] or '?'} {r['rows']}x{r['columns']} x{r['frames']} frame(s), "
+                f"{r['file']}: {r['modality'] or '?'} {dimensions(r['columns'], r['rows'])}, {r['frames']} frame(s), "
                 f"{r['bits_stored']}/{r['bits_allocated']} bits {'signed' if r['signed'] else 'unsigned'}, "
                 f"{r['photometric']}, {r['transfer_syntax_name']} ({r['transfer_syntax']}), "
                 f"{r['uncompressed_bytes']} bytes uncompressed"

@@ -18,6 +18,7 @@ from .derive import compressed_dataset
 from .errors import CodecError, InvalidOptionError
 from .pixels import PixelSpec, decode_frame, pixel_spec
 from .policy import check_bound, upper_bound
+from .present import dimensions
 
 __all__ = ["MODES", "OVER_BOUND", "Compressed", "RatioOutcome", "compress", "parse_mode", "ratio_outcome", "artifact_outcome",
            "artifact_warning"]
@@ -63,7 +64,7 @@ def ratio_outcome(target: float, achieved: float, codec: Codec, rows: int, colum
         if codec.name == "jpegls":
             cause = "JPEG-LS near-lossless moves in whole NEAR steps: the next one overshoots the target or is beyond the largest NEAR allowed"
         elif frame_bytes is not None and frame_bytes < SMALL_FRAME_BYTES:
-            cause = f"codestream headers are a large share of a {rows}×{columns} frame"
+            cause = f"codestream headers are a large share of a {dimensions(columns, rows)} frame"
         else:
             cause = "its strongest setting compresses this image no further"
         reason = f"{codec.label} cannot compress this image to {target:g}:1; kept the closest lower ratio, which loses less — {cause}"

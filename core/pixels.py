@@ -21,6 +21,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from .errors import CodecError, NoPixelDataError, NotDicomError, TruncatedError, UnsupportedError
+from .present import dimensions
 
 __all__ = ["PixelSpec", "read_dataset", "pixel_spec", "decode_frame", "iter_frames", "decode_all", "stored_values",
            "clip_to_stored"]
@@ -145,7 +146,7 @@ def _check_complete(ds: Dataset) -> None:
     if have < needed:
         raise TruncatedError(
             f"Pixel Data (7FE0,0010) holds {have} bytes but {needed} are needed "
-            f"for {ds.get('NumberOfFrames', 1)} frame(s) of {ds.Rows}x{ds.Columns}: the file is cut short."
+            f"for {ds.get('NumberOfFrames', 1)} frame(s) of {dimensions(ds.Columns, ds.Rows)}: the file is cut short."
         )
 
 

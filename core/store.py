@@ -86,6 +86,7 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE jobs ADD COLUMN lease REAL",  # when that lease ends unless renewed
     "ALTER TABLE instances ADD COLUMN lossy_ratio REAL",  # an already-lossy original: its cumulative ratio
     "ALTER TABLE instances ADD COLUMN lossy_methods TEXT",  # and its Lossy Image Compression Methods (\\-joined)
+    "ALTER TABLE patients ADD COLUMN sex TEXT",  # Patient's Sex (0010,0040), for the Studies list
 )
 
 
@@ -256,8 +257,9 @@ class Store:
         spec = pixel_spec(ds) if is_image(ds) else _NO_IMAGE  # a report, plan, PDF ...: rows 0, nothing to compress
         now = time.time()
         patient_key = f"{_text(ds, 'PatientID')}|{_text(ds, 'PatientName')}"
-        db.execute("INSERT OR IGNORE INTO patients (patient_key, patient_id, name, birth_date) VALUES (?,?,?,?)",
-                   (patient_key, _text(ds, "PatientID"), _text(ds, "PatientName"), _text(ds, "PatientBirthDate")))
+        db.execute("INSERT OR IGNORE INTO patients (patient_key, patient_id, name, birth_date, sex) VALUES (?,?,?,?,?)",
+                   (patient_key, _text(ds, "PatientID"), _text(ds, "PatientName"), _text(ds, "PatientBirthDate"),
+                    _text(ds, "PatientSex")))
         db.execute("INSERT OR IGNORE INTO studies (study_uid, patient_key, date, description, accession, strategy, created, "
                    "demo, ratio) VALUES (?,?,?,?,?,NULL,?,0,NULL)",
                    (_text(ds, "StudyInstanceUID"), patient_key, _text(ds, "StudyDate"), _text(ds, "StudyDescription"),
@@ -352,8 +354,9 @@ class Store:
 
     def studies(self) -> list[sqlite3.Row]:
         return self.query(
-            "SELECT st.*, p.name AS patient_name, p.patient_id, "
+            "SELECT st.*, p.name AS patient_name, p.patient_id, p.birth_date, p.sex, "
             "(SELECT group_concat(DISTINCT modality) FROM series s WHERE s.study_uid = st.study_uid) AS modalities, "
+            "(SELECT count(*) FROM series s WHERE s.study_uid = st.study_uid) AS series, "
             "(SELECT count(*) FROM instances i JOIN series s USING (series_uid) WHERE s.study_uid = st.study_uid) AS instances, "
             "(SELECT count(*) FROM instances i JOIN series s USING (series_uid) WHERE s.study_uid = st.study_uid "
             " AND i.lossy) AS lossy_originals, "  # originals that were already lossy when they came in

@@ -180,6 +180,7 @@ def visible_studies(store: Store, user: User) -> list[dict]:
         if user.sees_only_demo:
             rows = visible_instances(store, user, row["study_uid"])
             study["instances"] = len(rows)
+            study["series"] = len({r["series_uid"] for r in rows})
             study["modalities"] = ",".join(dict.fromkeys(r["modality"] for r in rows if r["modality"]))
             study["lossy_originals"] = sum(1 for r in rows if r["lossy"])
         out.append(study)

@@ -10,6 +10,7 @@ from .derive import LOSSLESS_SYNTAXES, LossyHistory, lossy_history
 from .errors import UnsupportedError
 from .metrics import Metrics, compare
 from .pixels import decode_all, pixel_spec
+from .present import dimensions
 
 __all__ = ["Verification", "verify", "claims_lossless", "encapsulated_bytes"]
 
@@ -44,8 +45,8 @@ def verify(original: Dataset, compressed: Dataset) -> Verification:
     a, b = pixel_spec(original), pixel_spec(compressed)
     if (a.rows, a.columns, a.samples, a.frames) != (b.rows, b.columns, b.samples, b.frames):
         raise UnsupportedError(
-            f"The images do not match: {a.frames} frame(s) of {a.rows}x{a.columns}x{a.samples} "
-            f"vs {b.frames} frame(s) of {b.rows}x{b.columns}x{b.samples}.",
+            f"The images do not match: {a.frames} frame(s) of {dimensions(a.columns, a.rows)} × {a.samples} sample(s) "
+            f"vs {b.frames} frame(s) of {dimensions(b.columns, b.rows)} × {b.samples} sample(s).",
             hint="Pass the original first and the file made from it second.",
         )
     metrics = compare(

@@ -4,12 +4,12 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, callback, dash_table, dcc, html
 
-from components.strategy_card import human_size
 from core.codecs.rate import RATIO_TOLERANCE
 from core.auth import current_user
 from core.context import open_store
 from core.derive import LossyHistory
 from core.ohif import viewer_url
+from core.present import copies_saving, dicom_date, human_size, person_name, sex
 from core.users import allowed, visible_instances, visible_studies
 
 dash.register_page(__name__, path="/", title="Studies — RadPress", name="Studies")
@@ -43,9 +43,11 @@ def layout(**_query):
         dash_table.DataTable(
             id=TABLE,
             columns=[{"name": n, "id": i, "presentation": "markdown"} if i == "open" else {"name": n, "id": i}
-                     for n, i in (("Patient", "patient"), ("Date", "date"), ("Description", "description"),
-                                  ("Modality", "modalities"), ("Instances", "instances"), ("Strategy", "strategy"),
-                                  ("Stored", "stored"), ("Saving vs originals", "saving"), ("Lossy ratio (achieved)", "lossy_ratio"),
+                     for n, i in (("Patient", "patient"), ("Patient ID", "patient_id"), ("Birth date", "birth_date"),
+                                  ("Sex", "sex"), ("Study date", "date"), ("Accession", "accession"),
+                                  ("Description", "description"), ("Modality", "modalities"), ("Series", "series"),
+                                  ("Instances", "instances"), ("Strategy", "strategy"), ("Originals", "originals"),
+                                  ("Stored (all copies)", "stored"), ("Copies vs originals", "saving"), ("Lossy ratio (achieved)", "lossy_ratio"),
                                   ("Already lossy originals", "lossy_originals"),
                                   ("", "open"))],
             sort_action="native", page_size=20, markdown_options={"link_target": "_self"},
@@ -84,14 +86,14 @@ def _rows(store, user):
         by_variant = {}
         for a in arts:
             by_variant[a.variant] = by_variant.get(a.variant, 0) + a.bytes
-        originals = by_variant.get("original", 0)
-        saving = ", ".join(f"{v} −{100 * (1 - by_variant[v] / originals):.0f} %" for v in ("lossless", "lossy") if v in by_variant and originals)
         rows.append({
-            "patient": f"{s['patient_name']} ({s['patient_id']})",
-            "date": s["date"], "description": s["description"], "modalities": s["modalities"],
-            "instances": s["instances"], "strategy": store.study_strategy(s["study_uid"]),
-            "stored": human_size(stored),
-            "saving": saving or "no compressed copy stored",
+            "patient": person_name(s["patient_name"]), "patient_id": s["patient_id"],
+            "birth_date": dicom_date(s["birth_date"]), "sex": sex(s["sex"]),
+            "date": dicom_date(s["date"]), "accession": s["accession"], "description": s["description"],
+            "modalities": s["modalities"], "series": s["series"], "instances": s["instances"],
+            "strategy": store.study_strategy(s["study_uid"]),
+            "originals": human_size(by_variant.get("original", 0)), "stored": human_size(stored),
+            "saving": copies_saving(by_variant),
             "lossy_ratio": _achieved([a for a in arts if a.variant == "lossy"]),
             "lossy_originals": _lossy_originals([r for r in instances if r["lossy"]]),
             "open": f"[Open](/study?uid={s['study_uid']}) · [Open in OHIF]({viewer_url(s['study_uid'])})",

@@ -5,7 +5,7 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, dcc, html
 
 from components.cine_player import make_cine_player
-from components.strategy_card import human_size
+from core.present import dimensions, human_size
 from core.archive import plan
 from core.auth import current_user
 from core.context import open_store
@@ -86,7 +86,7 @@ def layout(uid: str = "", **_query):
                 html.A(html.Img(src=f"/thumbnail/{row['sop_uid']}", className="card-img-top thumb", alt="thumbnail"),
                        href=f"/compare?sop={row['sop_uid']}"),
                 dbc.CardBody([
-                    html.Div(f"#{row['number'] or '?'} · {row['rows']}×{row['columns']} · {row['frames']} frame(s)", className="small"),
+                    html.Div(f"#{row['number'] or '?'} · {dimensions(row['columns'], row['rows'])} · {row['frames']} frame(s)", className="small"),
                     html.Div(arts, className="small text-muted artifacts"),
                     *_lossy_original(row, artifacts.get(row["sop_uid"], [])),
                     *warnings,

@@ -50,14 +50,14 @@ def _access_table(store):
     return dbc.Table([head, html.Tbody(rows)], size="sm", id="access-log")
 
 
-@callback(Output("users-body", "children"), Output("users-result", "children"),
+@callback(Output("users-body", "children"), Output("users-result", "children"), Output("new-user-password", "value"),
           Input("new-user-add", "n_clicks"), Input({"type": REMOVE, "name": ALL}, "n_clicks"),
           State("new-user-name", "value"), State("new-user-password", "value"), State("new-user-role", "value"),
           prevent_initial_call=True)
 def change(_add, removes, name, password, role):
     user = current_user()
     if not allowed(user, "users"):
-        return dash.no_update, dbc.Alert("Only an administrator can manage users.", color="danger")
+        return dash.no_update, dbc.Alert("Only an administrator can manage users.", color="danger"), ""
     store = open_store()
     authorize(store, user, "users")
     users = Users(store)
@@ -71,4 +71,5 @@ def change(_add, removes, name, password, role):
             message = dbc.Alert(f"Removed {ctx.triggered_id['name']}.", color="secondary")
     except RadPressError as exc:
         message = dbc.Alert(str(exc), color="danger")
-    return _table(users, user.name), message
+    # A typed password never stays in the form after Add, whether or not the user was added.
+    return _table(users, user.name), message, "" if ctx.triggered_id == "new-user-add" else dash.no_update

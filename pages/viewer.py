@@ -12,6 +12,7 @@ from core.comparison import lossless_header
 from core.context import open_store
 from core.derive import LossyHistory
 from core.errors import RadPressError
+from core.present import dimensions
 from core.render import IMAGE_DEFAULT, window_presets
 from core.users import authorize, record_access
 
@@ -30,7 +31,7 @@ def layout(sop: str = "", preset: str = IMAGE_DEFAULT, **_query):
     presets = window_presets(row["modality"] or "")
     preset = preset if preset in presets else IMAGE_DEFAULT
     return html.Div([
-        html.H2(f"{row['modality']} {row['series_description'] or ''} — {row['columns']} × {row['rows']} px"),
+        html.H2(f"{row['modality']} {row['series_description'] or ''} — {dimensions(row['columns'], row['rows'])} px"),
         # an already-lossy original is said so before any tile is seen
         *([make_lossy_banner(lossless_header(history), "viewer-lossy-original")] if history.lossy else []),
         html.P("The original's pixels, decoded tile by tile from lossless JPEG 2000 resolution levels, at the image's own "

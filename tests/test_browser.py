@@ -98,7 +98,7 @@ def test_login_upload_and_see_the_study(server, browser, tmp_path):
     wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".upload-table .progress-bar.bg-success")) == 2)
     results = browser.find_element(By.CSS_SELECTOR, ".upload-table").text
     assert results.count("stored") == 3 and "rejected" in results and "not DICOM" in results
-    wait(browser).until(EC.text_to_be_present_in_element((By.ID, "studies-table"), "CompressedSamples^RG3"))
+    wait(browser).until(EC.text_to_be_present_in_element((By.ID, "studies-table"), "CompressedSamples, RG3"))
 
 
 def test_change_strategy_and_see_the_job_finish(server, browser):

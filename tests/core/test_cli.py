@@ -29,7 +29,7 @@ def test_info_json(capsys):
 
 def test_info_text(capsys):
     code, out, _ = run_cli(capsys, "info", CT)
-    assert code == 0 and "CT 512x512" in out and "signed" in out
+    assert code == 0 and "CT 512 × 512, 1 frame(s)" in out and "signed" in out
 
 
 @pytest.mark.parametrize("codec", ["j2k", "htj2k", "jpegls", "jxl", "auto"])
