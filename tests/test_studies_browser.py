@@ -21,7 +21,7 @@ def _cells(driver, text: str) -> dict[str, str]:
 
 @pytest.fixture
 def clinic(live_app, tmp_path):
-    """An app with two uploaded studies: Jane Doe's CR study (two series) and one whose patient has no name."""
+    """An app with uploaded studies: Jane Doe's CR study (two series), one whose patient has no name, a tiny one."""
     base, app = live_app(demo=False)
     study = "1.2.826.0.1.3680043.8.498.7001"
     files = []
@@ -33,6 +33,9 @@ def clinic(live_app, tmp_path):
     nameless = make_dataset(rows=40, columns=30, bits_stored=12, modality="MR", seed=5)
     nameless.PatientName, nameless.PatientID, nameless.PatientSex = "", "PID-0", ""
     files.append(write(nameless, tmp_path / "nameless.dcm"))
+    tiny = make_dataset(rows=8, columns=8, bits_allocated=8, bits_stored=8, modality="CT", seed=6)  # copies outweigh 64 bytes
+    tiny.PatientName = "Tiny^Tim"
+    files.append(write(tiny, tmp_path / "tiny.dcm"))
     http = requests.Session()
     http.auth = ADMIN
     answer = http.post(f"{base}/api/upload", files=[("files", (f.name, f.read_bytes())) for f in files])
@@ -71,6 +74,7 @@ def test_studies_list_formats_each_cell(clinic, browser):
     nameless = _cells(browser, "(no name)")
     assert (nameless["patient"], nameless["sex"], nameless["patient_id"]) == ("(no name)", "", "PID-0")
     assert "()" not in browser.find_element(By.ID, "studies-table").text
+    assert re.fullmatch(r"lossless \+\d+ % larger, lossy \+\d+ % larger", _cells(browser, "Tiny, Tim")["saving"])
     browser.save_screenshot(str(ARTIFACTS / "studies-list.png"))
 
 
