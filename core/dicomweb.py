@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import os
 import re
 import uuid
@@ -28,7 +29,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from .archive import THUMBNAIL_SIZE, Forbidden, _cache, thumbnail_bytes, variant_file
 from .auth import client_address, current_user, require
-from .codecs import CODECS, codec_for_uid
+from .codecs import CODECS, JPEGXLJPEGRecompression, JPEGXLLossless, codec_for_uid
 from .compress import compress
 from .derive import LossyHistory
 from .errors import InvalidOptionError, RadPressError
@@ -243,6 +244,10 @@ class _Plan:
         elif codec is None:
             raise NotAcceptable(f"Transfer syntax {self.syntax} ({UID(self.syntax).name}) is not served.",
                                 hint="Ask for * (as stored), 1.2.840.10008.1.2.1, or a lossless JPEG 2000, JPEG-LS or HTJ2K syntax.")
+        elif self.syntax == JPEGXLJPEGRecompression:  # its codestream must be a recompressed JPEG file, not ours
+            raise NotAcceptable(f"Transfer syntax {self.syntax} (JPEG XL JPEG Recompression) holds a recompressed JPEG "
+                                "file; only an original stored so is served in it.",
+                                hint=f"Ask for {JPEGXLLossless} (JPEG XL lossless) or * (as stored).")
         elif not codec.lossy:
             self.kind, self.codec = "lossless", codec
             if not any(c.name == codec.name and not c.lossy and c.writes and c.is_available for c in CODECS):
@@ -577,8 +582,9 @@ def _window() -> tuple[float, float] | None:
         center, width = (float(v) for v in value.split(",")[:2])
     except ValueError:
         raise InvalidOptionError(f"window={value[:40]!r} is not center,width[,function].", hint="For example window=40,400.") from None
-    if width <= 0:
-        raise InvalidOptionError(f"The window width must be positive (got {width:g}).")
+    if not (math.isfinite(center) and math.isfinite(width)) or width <= 0:  # nan/inf rendered a blank picture (200)
+        raise InvalidOptionError(f"The window must be finite with a positive width (got {value[:40]!r}).",
+                                 hint="For example window=40,400.")
     return center, width
 
 

@@ -471,3 +471,17 @@ def test_a_stow_part_is_one_instance_never_an_archive(live_app):
         assert "not DICOM" in answer.headers["Warning"]
     found = requests.get(f"{base}/dicom-web/instances", params={"SOPInstanceUID": inner.SOPInstanceUID}, auth=ADMIN)
     assert found.json() == []
+
+
+def test_no_blank_rendering_and_no_mislabelled_jpeg_xl_recompression(live_app):
+    """window=nan,1 rendered a blank PNG (200); transfer-syntax .111 sent our lossless JPEG XL labelled as a recompressed JPEG."""
+    base, _ = live_app(demo=False, run_jobs=False)
+    multi = make_dataset(**KINDS["multiframe"])
+    DICOMwebClient(f"{base}/dicom-web", session=create_session_from_user_pass(*ADMIN)).store_instances([multi])
+    url = f"{base}/dicom-web/studies/{multi.StudyInstanceUID}/series/{multi.SeriesInstanceUID}/instances/{multi.SOPInstanceUID}"
+    for window in ("nan,1", "inf,inf", "40,nan"):
+        answer = requests.get(f"{url}/rendered", auth=ADMIN, params={"window": window})
+        assert answer.status_code == 400 and "finite" in answer.json()["error"], window
+    recompression = requests.get(url, auth=ADMIN, headers={
+        "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.111'})
+    assert recompression.status_code == 406 and "recompressed JPEG" in recompression.json()["error"]
