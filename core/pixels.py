@@ -197,7 +197,7 @@ def decode_frame(ds: Dataset, index: int = 0) -> np.ndarray:
 
     if is_large(spec.rows, spec.columns):
         raise UnsupportedError(
-            f"The image is {spec.columns} x {spec.rows} pixels, too large to decode whole.",
+            f"The image is {dimensions(spec.columns, spec.rows)} pixels, too large to decode whole.",
             hint="It is served tile by tile: open it in the Viewer (DeepZoom) or use /preview with a level.",
         )
     uid = ds.file_meta.TransferSyntaxUID
