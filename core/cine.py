@@ -352,6 +352,9 @@ def encode_hls(ds: Dataset, clip: Clip, options: CineOptions, folder: str | os.P
         raise CodecError(f"FFmpeg could not encode this cine as HLS: {exc}") from None
     playlist = (folder / "index.m3u8").read_text()
     segments = [folder / line for line in playlist.splitlines() if line and not line.startswith("#")]
+    # RFC 8216 4.3.3.1: a whole number of seconds at least every EXTINF; FFmpeg wrote 0 for a clip under 1 s
+    longest = max((float(line[8:].split(",")[0]) for line in playlist.splitlines() if line.startswith("#EXTINF:")), default=1.0)
+    playlist = re.sub(r"(?m)^#EXT-X-TARGETDURATION:\d+$", f"#EXT-X-TARGETDURATION:{max(1, math.ceil(longest))}", playlist)
     return playlist, segments
 
 

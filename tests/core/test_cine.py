@@ -233,6 +233,16 @@ def test_hls_segments_of_two_seconds_add_up_to_the_clip(tmp_path):
     assert all(p["codec_name"] == "h264" for p in probed)
 
 
+def test_hls_target_duration_covers_a_clip_under_a_second(tmp_path):
+    """A 5-frame 0.5 s cine got #EXT-X-TARGETDURATION:0 from FFmpeg (RFC 8216: whole seconds, at least every EXTINF)."""
+    ds = make_dataset(**KINDS["multiframe"])
+    clip = plan_clip(ds, CineOptions(), CONFIG)
+    playlist, _ = encode_hls(ds, clip, CineOptions(), tmp_path)
+    [target] = [int(line.split(":")[1]) for line in playlist.splitlines() if line.startswith("#EXT-X-TARGETDURATION:")]
+    extinf = [float(line.split(":")[1].rstrip(",")) for line in playlist.splitlines() if line.startswith("#EXTINF")]
+    assert extinf and target >= 1 and all(target >= d for d in extinf)
+
+
 # -- the routes ----------------------------------------------------------------------
 def _upload(session, base, path):
     with open(path, "rb") as fh:
