@@ -53,6 +53,7 @@ TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRB
                      JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
                      JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K, RLELossless]
 _UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian}
+_LITTLE_ENDIAN = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}  # pynetdicom converts between these only
 _AE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # PS3.5 AE VR: 16 characters, no backslash or control characters
 _MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1-255
 
@@ -371,7 +372,7 @@ class DicomNode:
             if artifact is None:
                 continue
             syntax = UID(artifact.transfer_syntax)
-            if syntax in syntaxes or (syntax in _UNCOMPRESSED and syntaxes & _UNCOMPRESSED):
+            if syntax in syntaxes or (syntax in _LITTLE_ENDIAN and syntaxes & _LITTLE_ENDIAN):
                 ds = read_dataset(artifact.path)
                 if ds.SOPInstanceUID == sop:  # a lossless copy is the same instance; anything else is not sent as it
                     return ds
@@ -379,6 +380,10 @@ class DicomNode:
         if syntaxes & _UNCOMPRESSED and ds.file_meta.TransferSyntaxUID.is_compressed:
             # the same instance decoded: its SOP Instance UID stays; an already-lossy one keeps Lossy Image Compression "01"
             ds.decompress(generate_instance_uid=False)
+        elif ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian and syntaxes & _LITTLE_ENDIAN:
+            from .dicomweb import _decoded  # pynetdicom never swaps bytes: a big-endian file for a little-endian receiver
+
+            ds = _decoded(ds)
         return ds
 
 

@@ -494,3 +494,38 @@ def test_port_from_environment_is_validated(monkeypatch):
         NodeConfig.from_env()
     monkeypatch.setenv("RADPRESS_DICOM_PORT", "0")
     assert NodeConfig.from_env().port == 0
+
+
+def test_get_of_a_big_endian_original_by_a_little_endian_receiver(node):
+    """pynetdicom never swaps bytes: a big-endian original sent to a receiver of little endian only failed (A702)."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from core.ingest import ingest_instance
+
+    ds = make_dataset(**KINDS["big_endian"])
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    assert ingest_instance(node.store, buffer, "be.dcm").status == "stored"
+    received = []
+
+    def on_store(event):
+        received.append(event.dataset)
+        return 0x0000
+
+    scu = AE(ae_title="LITTLE")
+    scu.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    scu.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian])
+    assoc = scu.associate("127.0.0.1", node.port, ae_title="RADPRESS", ext_neg=[build_role(ds.SOPClassUID, scp_role=True)],
+                          evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", ds.StudyInstanceUID
+    statuses = [s.Status for s, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet) if s]
+    assoc.release()
+    assert statuses[-1] == 0x0000 and len(received) == 1
+    [got] = received
+    got.file_meta = pydicom.dataset.FileMetaDataset()
+    got.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    assert got.SOPInstanceUID == ds.SOPInstanceUID and np.array_equal(decode_all(got), decode_all(ds))
