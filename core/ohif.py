@@ -268,7 +268,11 @@ def ohif_config():
 def ohif_file(path: str):
     """A file of the viewer, else (a route of OHIF's own, like /ohif/viewer) its index page."""
     folder = dist_dir()
-    if (folder / path).is_file() and path != STAMP:
+    try:
+        found = (folder / path).is_file() and path != STAMP
+    except OSError:  # a name too long for the file system (ENAMETOOLONG) was a 500: it is no file of the viewer
+        found = False
+    if found:
         response = send_from_directory(folder, path, max_age=365 * 86400 if _HASHED.search(path) else 0)
         return _isolated(response)
     if "." in path.rsplit("/", 1)[-1]:

@@ -139,6 +139,9 @@ def test_routes_serve_the_viewer_behind_the_login(live_app):
         for path in ("missing.js", STAMP, "..%2fsecret.key", "%2e%2e/%2e%2e/app.py"):
             answer = s.get(f"{base}/ohif/{path}", timeout=30)
             assert answer.status_code == 404, path
+        long_name = "x" * 300  # ENAMETOOLONG from the file system was a 500
+        assert s.get(f"{base}/ohif/{long_name}.js", timeout=30).status_code == 404
+        assert s.get(f"{base}/ohif/{long_name}", timeout=30).status_code == 200  # a route of OHIF's own: its page
 
 
 def test_viewer_not_installed_answers_503(live_app, tmp_path, monkeypatch):
