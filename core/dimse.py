@@ -88,6 +88,9 @@ def parse_peers(text: str) -> dict[str, Peer]:
             raise InvalidOptionError(f"DICOM peer {entry[:80]!r} is not AE@host:port.",
                                      hint="Example: RADPRESS_DICOM_PEERS=PACS@10.0.0.5:104,VIEWER@ws12:11112")
         title = _ae_title(match.group(1), "The peer's AE title")
+        if title in peers:  # the second used to replace the first silently: C-MOVE would go to a host nobody chose
+            raise InvalidOptionError(f"DICOM peer {title} is given twice ({format_peers({title: peers[title]})} and "
+                                     f"{entry[:80]}).", hint="Give each AE title once.")
         peers[title] = Peer(title, match.group(2).strip("[]"), int(match.group(3)))
     return peers
 

@@ -483,7 +483,8 @@ def test_a_taken_port_is_refused_with_a_message(node):
 
 def test_peers_are_validated():
     assert parse_peers("PACS@10.0.0.5:104, VIEW@ws-12:11112")["VIEW"].port == 11112
-    for bad in ("PACS@host", "PACS@host:0", "@host:104", "WAYTOOLONGAETITLE17@h:104", "P\\Q@h:104", "P@h/x:104"):
+    for bad in ("PACS@host", "PACS@host:0", "@host:104", "WAYTOOLONGAETITLE17@h:104", "P\\Q@h:104", "P@h/x:104",
+                "PACS@a:104,PACS@b:104"):  # the same AE twice: the second replaced the first silently
         with pytest.raises(InvalidOptionError):
             parse_peers(bad)
 
