@@ -43,15 +43,15 @@ def layout(**_query):
         dash_table.DataTable(
             id=TABLE,
             columns=[{"name": n, "id": i, "presentation": "markdown"} if i == "open" else {"name": n, "id": i}
-                     for n, i in (("Patient", "patient"), ("Patient ID", "patient_id"), ("Birth date", "birth_date"),
+                     for n, i in (("", "open"), ("Patient", "patient"), ("Patient ID", "patient_id"), ("Birth date", "birth_date"),
                                   ("Sex", "sex"), ("Study date", "date"), ("Accession", "accession"),
                                   ("Description", "description"), ("Modality", "modalities"), ("Series", "series"),
                                   ("Instances", "instances"), ("Strategy", "strategy"), ("Originals", "originals"),
                                   ("Stored (all copies)", "stored"), ("Copies vs originals", "saving"), ("Lossy ratio (achieved)", "lossy_ratio"),
-                                  ("Already lossy originals", "lossy_originals"),
-                                  ("", "open"))],
+                                  ("Already lossy originals", "lossy_originals"))],
             sort_action="native", page_size=20, markdown_options={"link_target": "_self"},
             style_cell={"fontFamily": "system-ui", "fontSize": "0.9rem", "textAlign": "left"},
+            style_table={"overflowX": "auto"},
         ),
         dcc.Interval(id=REFRESH, interval=3000),
     ])

@@ -42,7 +42,7 @@ def test_outcome_within_tolerance_is_reached_without_warning():
 
 def test_outcome_below_the_target_names_the_cause():
     outcome = ratio_outcome(50, 31.0, J2K, 64, 64, frame_bytes=64 * 64 * 2)
-    assert not outcome.reached and "headers" in outcome.reason and "64×64" in outcome.reason
+    assert not outcome.reached and "headers" in outcome.reason and "64 × 64" in outcome.reason
     assert "lower ratio" in outcome.reason
     assert outcome.warning.startswith("target 50:1 not reached: achieved 31.00:1")
     large = ratio_outcome(50, 31.0, J2K, 2000, 2000, frame_bytes=8_000_000)
