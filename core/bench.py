@@ -248,11 +248,6 @@ def _peak_rss_mb() -> float:
 
 def measure_archive(count: int = 300, workers: int = 2) -> dict:
     """Ingest a CT series built from the real 693 slice, materialise strategy 1, download it."""
-    import threading
-
-    import requests
-    from werkzeug.serving import make_server
-
     from .ingest import ingest
     from .jobs import Jobs
     from .samples import write_series
@@ -274,22 +269,7 @@ def measure_archive(count: int = 300, workers: int = 2) -> dict:
         materialise_s = time.perf_counter() - start
         worker_rss = job["peak_rss_mb"]
 
-        from flask import Flask
-
-        from .auth import init_auth
-        from .routes import init_archive
-        from .users import Users
-
-        server = Flask(__name__)
-        users = Users(store)
-        users.add("bench", "bench-password", "admin")
-        init_auth(server, users, b"bench", demo=False)
-        init_archive(server, store, jobs)
-        http = requests.Session()
-        http.auth = ("bench", "bench-password")
-        httpd = make_server("127.0.0.1", 0, server, threaded=True)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        base = f"http://127.0.0.1:{httpd.server_port}"
+        httpd, base, http = _serve_archive(store, jobs)
         try:
             start = time.perf_counter()
             size = 0
@@ -449,20 +429,12 @@ def measure_delivery(size: int = 30000, tiles: int = 40) -> dict:
     """Very large image ingest, DeepZoom tiles, DIMS and progressive previews, through HTTP on localhost."""
     import logging
     import random
-    import threading
 
-    import requests
-    from flask import Flask
-    from werkzeug.serving import make_server
-
-    from .auth import init_auth
     from .deepzoom import DeepZoom
     from .ingest import ingest
     from .jobs import Jobs
     from .policy import Policy
-    from .routes import init_archive
     from .store import Store
-    from .users import Users
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     out: dict = {"size": size}
@@ -484,16 +456,7 @@ def measure_delivery(size: int = 30000, tiles: int = 40) -> dict:
         out["peak_rss_mb"] = _peak_rss_mb()
         out["peak_worker_rss_mb"] = job["peak_rss_mb"]
         list(ingest(store, [sample("RG1_UNCR")]))
-        server = Flask(__name__)
-        users = Users(store)
-        users.add("bench", "bench-password", "admin")
-        init_auth(server, users, b"bench", demo=False)
-        init_archive(server, store, jobs)
-        httpd = make_server("127.0.0.1", 0, server, threaded=True)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        base = f"http://127.0.0.1:{httpd.server_port}"
-        http = requests.Session()
-        http.auth = ("bench", "bench-password")
+        httpd, base, http = _serve_archive(store, jobs)
         try:
             zoom = DeepZoom(size, size)
             rng = random.Random(0)
@@ -801,19 +764,11 @@ def measure_dicomweb(instances: int = 60, studies: int = 10_000) -> dict:
     """QIDO-RS search time over *studies* indexed studies, and WADO-RS study retrieval MB/s per transfer syntax
     (a CT series from the real 693 slice, strategy 1; cold = first request, transcodes included)."""
     import logging
-    import threading
 
-    import requests
-    from flask import Flask
-    from werkzeug.serving import make_server
-
-    from .auth import init_auth
     from .ingest import ingest
     from .jobs import Jobs
-    from .routes import init_archive
     from .samples import write_series
     from .store import Store
-    from .users import Users
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     out: dict = {"studies": studies, "instances": instances, "qido": [], "wado": []}
@@ -826,15 +781,8 @@ def measure_dicomweb(instances: int = 60, studies: int = 10_000) -> dict:
         jobs = Jobs(store, workers=2)
         jobs.submit(study)
         jobs.run_pending()
-        server = Flask(__name__)
-        Users(store).add("bench", "bench-password", "admin")
-        init_auth(server, Users(store), b"bench", demo=False)
-        init_archive(server, store, jobs)
-        httpd = make_server("127.0.0.1", 0, server, threaded=True)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        base = f"http://127.0.0.1:{httpd.server_port}/dicom-web"
-        http = requests.Session()
-        http.auth = ("bench", "bench-password")
+        httpd, base, http = _serve_archive(store, jobs)
+        base += "/dicom-web"
         try:
             _timed_get(http, f"{base}/studies", limit=1)  # the login is checked once (~100 ms by design), then remembered
             for label, filters in QIDO_SEARCHES.items():
@@ -927,3 +875,27 @@ def _dimse_table(d: dict) -> str:
     return (f"DICOM node: storescu C-STORE of {d['instances']} CT instances in {d['store_s']:.1f} s = "
             f"{d['instances_per_s']:.1f} instances/s, {d['mb_s']:.1f} MB/s ({d['jobs']} job); findscu C-FIND over {d['studies']} studies "
             f"{d['find_ms']:.0f} ms (process start included)")
+
+
+def _serve_archive(store, jobs):
+    """The archive's routes on a free localhost port, with a bench admin; returns (server, base URL, session)."""
+    import threading
+
+    import requests
+    from flask import Flask
+    from werkzeug.serving import make_server
+
+    from .auth import init_auth
+    from .routes import init_archive
+    from .users import Users
+
+    server = Flask(__name__)
+    users = Users(store)
+    users.add("bench", "bench-password", "admin")
+    init_auth(server, users, b"bench", demo=False)
+    init_archive(server, store, jobs)
+    httpd = make_server("127.0.0.1", 0, server, threaded=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    http = requests.Session()
+    http.auth = ("bench", "bench-password")
+    return httpd, f"http://127.0.0.1:{httpd.server_port}", http
