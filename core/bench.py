@@ -174,7 +174,7 @@ def measure(names=BENCH_SAMPLES, repeat: int = 3) -> dict:
 
 def _table(results: dict) -> str:
     lines = [f"{'image':<10} {'codec':<14} {'ratio':>7} {'enc MB/s':>9} {'enc 2T':>8} {'dec MB/s':>9} {'dec 2T':>8}"]
-    for r in results["codecs"] + results["tools"]:
+    for r in results.get("codecs", []) + results.get("tools", []):
         if "skipped" in r:
             lines.append(f"{r['image']:<10} {r['codec']:<14} skipped: {r['skipped'][:60]}")
             continue
@@ -182,8 +182,9 @@ def _table(results: dict) -> str:
                  (("encode_mb_s", 9, 1), ("encode_mb_s_2threads", 8, 1), ("decode_mb_s", 9, 1), ("decode_mb_s_2threads", 8, 1))]
         lines.append(f"{r['image']:<10} {r['codec']:<14} {r['ratio']:>7.3f} " + " ".join(cells))
     lines.append("")
-    lines.append("lossy j2k: " + ", ".join(f"{r['image']} {r['target']}:1->{r['ratio']:.2f}" for r in results["lossy"]))
-    lines.append("")
+    if "lossy" in results:
+        lines.append("lossy j2k: " + ", ".join(f"{r['image']} {r['target']}:1->{r['ratio']:.2f}" for r in results["lossy"]))
+        lines.append("")
     if "accuracy" in results:
         lines += [_accuracy_table(results["accuracy"]), "", _psnr_table(results["psnr_truth"]), ""]
     if "archive" in results:
@@ -198,14 +199,48 @@ def _table(results: dict) -> str:
         lines += [_dicomweb_table(results["dicomweb"]), ""]
     if "dimse" in results:
         lines += [_dimse_table(results["dimse"]), ""]
+    for name, section in results.get("sections", {}).items():
+        lines += [f"== {name} ==", section["table"], ""]
     for c in results["checks"]:
         verdict = ("ok" if c["ok"] else "below") if c.get("informative") else ("PASS" if c["ok"] else "FAIL")
         lines.append(f"[{verdict}] {c['target']}: {c['measured']}")
     return "\n".join(lines)
 
 
+# Side-by-side sections, one module each (``core/bench_<name>.py``): ``measure() -> dict`` with
+# "table" (text) and "checks" (list of {"target", "measured", "ok"}), run in this order.
+SECTIONS = ()
+
+
+def run_section(name: str) -> dict:
+    """Run one side-by-side section by name (``python -m core bench --section NAME``)."""
+    import importlib
+
+    if name not in SECTIONS:
+        raise UnsupportedError(f"No bench section {name!r}; there are: {', '.join(SECTIONS) or 'none'}.")
+    return importlib.import_module(f"core.bench_{name}").measure()
+
+
+def _run_sections(names, json_path: str | None, as_json: bool) -> int:
+    results = {"sections": {name: run_section(name) for name in names}}
+    results["checks"] = [c for section in results["sections"].values() for c in section["checks"]]
+    return _report(results, json_path, as_json)
+
+
+def _report(results: dict, json_path: str | None, as_json: bool) -> int:
+    text = json.dumps(results, indent=2)
+    if json_path:
+        with atomic_writer(json_path) as fh:
+            fh.write(text.encode())
+    print(text if as_json else _table(results))
+    return 0
+
+
 def run_bench(json_path: str | None = "bench-results.json", as_json: bool = False, repeat: int = 3,
-              archive_instances: int = 300, lab: bool = True, big: int = 30000, accuracy: bool = True) -> int:
+              archive_instances: int = 300, lab: bool = True, big: int = 30000, accuracy: bool = True,
+              sections: list[str] | None = None) -> int:
+    if sections:
+        return _run_sections(sections, json_path, as_json)
     results = measure(repeat=repeat)
     if accuracy:
         results["accuracy"] = measure_accuracy()
@@ -231,12 +266,9 @@ def run_bench(json_path: str | None = "bench-results.json", as_json: bool = Fals
         results["checks"] += results["dimse"]["checks"]
     results["probe"] = measure_probes()  # hostile inputs, upload races, callbacks x roles against a live app
     results["checks"] += results["probe"]["checks"]
-    text = json.dumps(results, indent=2)
-    if json_path:
-        with atomic_writer(json_path) as fh:
-            fh.write(text.encode())
-    print(text if as_json else _table(results))
-    return 0
+    results["sections"] = {name: run_section(name) for name in SECTIONS}
+    results["checks"] += [c for section in results["sections"].values() for c in section["checks"]]
+    return _report(results, json_path, as_json)
 
 
 def _peak_rss_mb() -> float:

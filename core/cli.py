@@ -313,7 +313,8 @@ def cmd_bench(args) -> int:
     from .bench import run_bench
 
     return run_bench(json_path=args.json_out, as_json=args.json, repeat=args.repeat, archive_instances=args.instances,
-                     lab=not args.no_lab, big=args.big, accuracy=not args.no_accuracy)
+                     lab=not args.no_lab, big=args.big, accuracy=not args.no_accuracy,
+                     sections=args.section)
 
 
 def _ratio(text: str) -> float:
@@ -387,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-accuracy", action="store_true",
                    help="skip lossy ratio accuracy over every pydicom-data image and the lab-PSNR check against other decoders")
     p.add_argument("--big", type=int, default=30000, help="side of the very large image benchmark (0: skip)")
+    p.add_argument("--section", action="append", help="run only this side-by-side section (repeatable)")
     p.set_defaults(run=cmd_bench)
     return parser
 
