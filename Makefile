@@ -11,8 +11,10 @@ export HOST PORT
 # glymur needs the OpenJPEG shared library; the tests use other projects' tools as independent checkers.
 RUN_DEBS := libopenjp2-7
 TEST_DEBS := $(RUN_DEBS) libopenjp2-tools openjph-tools libgdcm-tools dcmtk dicom3tools libjxl-tools chromium chromium-driver redis-server ffmpeg
+# The bench measures side by side with other archives' servers.
+BENCH_DEBS := $(TEST_DEBS) orthanc orthanc-gdcm
 
-.PHONY: run test bench venv sysdeps-run sysdeps-test ohif clean
+.PHONY: run test bench venv sysdeps-run sysdeps-test sysdeps-bench ohif clean
 
 # Install the Debian packages in $(1) that are missing (as root, or through sudo).
 define apt_ensure
@@ -40,6 +42,9 @@ sysdeps-run:
 sysdeps-test:
 	@$(call apt_ensure,$(TEST_DEBS))
 
+sysdeps-bench:
+	@$(call apt_ensure,$(BENCH_DEBS))
+
 # OHIF (the diagnostic viewer at /ohif/): the prebuilt @ohif/app from npm, version pinned in core/ohif.py
 # (OHIF_VERSION), prepared into the git-ignored .ohif/dist; a no-op once that version is there.
 ohif: venv
@@ -52,7 +57,7 @@ run: sysdeps-run venv ohif
 test: sysdeps-test venv ohif
 	$(PY) -m pytest -q tests
 
-bench: sysdeps-test venv
+bench: sysdeps-bench venv ohif
 	$(PY) -m core bench --json-out bench-results.json
 
 clean:
