@@ -73,6 +73,12 @@ CREATE TABLE IF NOT EXISTS access_log (
 CREATE INDEX IF NOT EXISTS login_failures_key ON login_failures(key, at);
 CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE INDEX IF NOT EXISTS studies_date ON studies(date);
+CREATE INDEX IF NOT EXISTS studies_accession ON studies(accession);
+CREATE INDEX IF NOT EXISTS studies_description ON studies(description COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS patients_name ON patients(name COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS patients_id ON patients(patient_id);
+CREATE INDEX IF NOT EXISTS patients_birth_date ON patients(birth_date);
 """
 
 # Changes to tables that already exist, applied in order once each: the index
