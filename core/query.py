@@ -24,7 +24,7 @@ from .users import User, authorize, visibility_sql
 from .validate import check_uid
 
 __all__ = ["STUDY_KEYS", "SERIES_KEYS", "INSTANCE_KEYS", "MAX_LIMIT", "find_studies", "find_series", "find_instances",
-           "as_dataset", "as_json"]
+           "study_where", "as_dataset", "as_json"]
 
 MAX_LIMIT = 5000  # one answer never holds more; ask again with offset
 
@@ -88,6 +88,12 @@ def find_instances(store: Store, user: User | None, filters: dict | None = None,
         f"WHERE {where} AND {inst} ORDER BY st.date DESC, s.study_uid, s.number, s.series_uid, i.number, i.sop_uid "
         "LIMIT ? OFFSET ?", (*params, limit, offset))
     return [_instance(r) for r in rows]
+
+
+def study_where(store: Store, user: User | None, filters: dict | None = None) -> tuple[str, list, str]:
+    """The WHERE clause of :func:`find_studies` (on ``st`` and ``p``) with its parameters, and the clause on ``i``
+    for the instances *user* may see: the same matching and rule for other views of a search (the Studies list)."""
+    return _where(store, user, filters, STUDY_KEYS)
 
 
 def as_dataset(match: dict) -> Dataset:

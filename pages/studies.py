@@ -1,21 +1,31 @@
-"""Studies: upload with per-file progress and results, and the table of studies."""
+"""Studies: upload with per-file progress and results, and the list of studies (searched, sorted and paged in SQL)."""
 
 import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, callback, dash_table, dcc, html
 
-from core.codecs.rate import RATIO_TOLERANCE
 from core.auth import current_user
 from core.context import open_store
-from core.derive import LossyHistory
+from core.errors import InvalidOptionError
 from core.ohif import viewer_url
-from core.present import copies_saving, dicom_date, human_size, person_name, sex
-from core.users import allowed, visible_instances, visible_studies
+from core.studylist import PAGE_SIZE, SORTABLE, list_filters, study_page, visible_modalities
+from core.users import allowed
 
 dash.register_page(__name__, path="/", title="Studies — RadPress", name="Studies")
 
 TABLE = "studies-table"
 REFRESH = "studies-refresh"
+CHANGED = "studies-changed"
+NAME, PATIENT_ID, ACCESSION = "studies-name", "studies-patient-id", "studies-accession"
+MODALITY, DATES = "studies-modality", "studies-dates"
+COUNT, ERROR = "studies-count", "studies-error"
+DEBOUNCE_MS = 400  # search as one types, once a pause says the word is done
+COLUMNS = (("", "open"), ("Patient", "patient"), ("Patient ID", "patient_id"), ("Birth date", "birth_date"),
+           ("Sex", "sex"), ("Study date", "date"), ("Accession", "accession"),
+           ("Description", "description"), ("Modality", "modalities"), ("Series", "series"),
+           ("Instances", "instances"), ("Strategy", "strategy"), ("Originals", "originals"),
+           ("Stored (all copies)", "stored"), ("Copies vs originals", "saving"), ("Lossy ratio (achieved)", "lossy_ratio"),
+           ("Already lossy originals", "lossy_originals"))
 
 
 def layout(**_query):
@@ -37,79 +47,56 @@ def layout(**_query):
         html.H2("Studies"),
         upload,
         dbc.Row([
-            dbc.Col(dbc.Input(id="studies-search", placeholder="Search patient, description, UID…", type="search"), md=6),
-            dbc.Col(dcc.Dropdown(id="studies-modality", placeholder="Modality", multi=True), md=3),
-        ], className="mb-2"),
+            dbc.Col(dbc.Input(id=NAME, placeholder="Patient name (Doe, Ja… or * ? wildcards)", type="search", debounce=DEBOUNCE_MS), md=3),
+            dbc.Col(dbc.Input(id=PATIENT_ID, placeholder="Patient ID (* ? wildcards)", type="search", debounce=DEBOUNCE_MS), md=2),
+            dbc.Col(dbc.Input(id=ACCESSION, placeholder="Accession (* ? wildcards)", type="search", debounce=DEBOUNCE_MS), md=2),
+            dbc.Col(dcc.Dropdown(id=MODALITY, placeholder="Modality", multi=True), md=2),
+            dbc.Col(dcc.DatePickerRange(id=DATES, start_date_placeholder_text="Study date from", end_date_placeholder_text="to",
+                                        display_format="YYYY-MM-DD", clearable=True, first_day_of_week=1), md=3),
+        ], className="mb-2 g-2"),
+        html.Div(id=COUNT, className="small text-muted mb-1"),
+        html.Div(id=ERROR),
         dash_table.DataTable(
             id=TABLE,
             columns=[{"name": n, "id": i, "presentation": "markdown"} if i == "open" else {"name": n, "id": i}
-                     for n, i in (("", "open"), ("Patient", "patient"), ("Patient ID", "patient_id"), ("Birth date", "birth_date"),
-                                  ("Sex", "sex"), ("Study date", "date"), ("Accession", "accession"),
-                                  ("Description", "description"), ("Modality", "modalities"), ("Series", "series"),
-                                  ("Instances", "instances"), ("Strategy", "strategy"), ("Originals", "originals"),
-                                  ("Stored (all copies)", "stored"), ("Copies vs originals", "saving"), ("Lossy ratio (achieved)", "lossy_ratio"),
-                                  ("Already lossy originals", "lossy_originals"))],
-            sort_action="native", page_size=20, markdown_options={"link_target": "_self"},
+                     for n, i in COLUMNS],
+            page_action="custom", page_current=0, page_size=PAGE_SIZE, page_count=1,
+            sort_action="custom", sort_mode="single", sort_by=[{"column_id": "date", "direction": "desc"}],
+            markdown_options={"link_target": "_self"},
             style_cell={"fontFamily": "system-ui", "fontSize": "0.9rem", "textAlign": "left"},
             style_table={"overflowX": "auto"},
+            # only indexed columns sort (server-side ORDER BY); the others show no sort button
+            css=[{"selector": f'th[data-dash-column="{i}"] .column-header--sort', "rule": "display: none"}
+                 for _n, i in COLUMNS if i not in SORTABLE],
         ),
+        dcc.Store(id=CHANGED),  # written by anything that changes the archive's studies (delete): the page reloads
         dcc.Interval(id=REFRESH, interval=3000),
     ])
 
 
-def _achieved(lossy) -> str:
-    """The ratios the stored lossy copies achieved (not the ones asked for), and how many missed their target."""
-    values = [a.achieved_ratio for a in lossy if a.achieved_ratio]
-    if not values:
-        return "—"
-    low, high = min(values), max(values)
-    text = f"{low:.1f}:1" if round(low, 1) == round(high, 1) else f"{low:.1f}–{high:.1f}:1"
-    missed = sum(1 for a in lossy if a.achieved_ratio and abs(a.achieved_ratio / a.ratio - 1) > RATIO_TOLERANCE)
-    return text + (f" ({missed} missed the target)" if missed else "")
+@callback(Output(TABLE, "data"), Output(TABLE, "page_count"), Output(TABLE, "page_current"), Output(COUNT, "children"),
+          Output(ERROR, "children"),
+          Input(REFRESH, "n_intervals"), Input(CHANGED, "data"), Input(NAME, "value"), Input(PATIENT_ID, "value"),
+          Input(ACCESSION, "value"), Input(MODALITY, "value"), Input(DATES, "start_date"), Input(DATES, "end_date"),
+          Input(TABLE, "page_current"), Input(TABLE, "sort_by"))
+def refresh(_n, _changed, name, patient_id, accession, modalities, date_from, date_to, page, sort_by):
+    """One page of the search, sorted in SQL; a new search or sort starts again at the first page."""
+    if dash.ctx.triggered_id in (NAME, PATIENT_ID, ACCESSION, MODALITY, DATES) or "sort_by" in str(dash.ctx.triggered_prop_ids):
+        page = 0
+    sort = (sort_by or [{}])[0]
+    try:
+        result = study_page(open_store(), current_user(),
+                            list_filters(patient_id, name, accession, modalities, date_from, date_to),
+                            sort.get("column_id", "date"), sort.get("direction", "desc") == "desc",
+                            page if isinstance(page, int) else 0, PAGE_SIZE)
+    except InvalidOptionError as exc:
+        return [], 1, 0, "", dbc.Alert(str(exc), color="warning", className="py-1")
+    rows = [{**r, "open": f"[Open](/study?uid={r['uid']}) · [Open in OHIF]({viewer_url(r['uid'])})"} for r in result.rows]
+    count = f"{result.total} {'study' if result.total == 1 else 'studies'}" + (
+        f" · page {result.page + 1} of {result.pages}" if result.pages > 1 else "")
+    return rows, result.pages, result.page, count, None
 
 
-def _lossy_originals(rows) -> str:
-    """Instances that were already lossy when they came in, with their cumulative ratios."""
-    if not rows:
-        return ""
-    ratios = sorted({LossyHistory.from_index(r).compressed for r in rows})
-    return f"⚠ {len(rows)} ({'; '.join(ratios)})"
-
-
-def _rows(store, user):
-    rows = []
-    for s in visible_studies(store, user):
-        instances = visible_instances(store, user, s["study_uid"])
-        visible = {r["sop_uid"] for r in instances}
-        arts = [a for a in store.artifacts(study_uid=s["study_uid"]) if a.sop_uid in visible]
-        stored = sum(a.bytes for a in arts)
-        by_variant = {}
-        for a in arts:
-            by_variant[a.variant] = by_variant.get(a.variant, 0) + a.bytes
-        rows.append({
-            "patient": person_name(s["patient_name"]), "patient_id": s["patient_id"],
-            "birth_date": dicom_date(s["birth_date"]), "sex": sex(s["sex"]),
-            "date": dicom_date(s["date"]), "accession": s["accession"], "description": s["description"],
-            "modalities": s["modalities"], "series": s["series"], "instances": s["instances"],
-            "strategy": store.study_strategy(s["study_uid"]),
-            "originals": human_size(by_variant.get("original", 0)), "stored": human_size(stored),
-            "saving": copies_saving(by_variant),
-            "lossy_ratio": _achieved([a for a in arts if a.variant == "lossy"]),
-            "lossy_originals": _lossy_originals([r for r in instances if r["lossy"]]),
-            "open": f"[Open](/study?uid={s['study_uid']}) · [Open in OHIF]({viewer_url(s['study_uid'])})",
-            "uid": s["study_uid"],
-        })
-    return rows
-
-
-@callback(Output(TABLE, "data"), Output("studies-modality", "options"),
-          Input(REFRESH, "n_intervals"), Input("studies-search", "value"), Input("studies-modality", "value"))
-def refresh(_n, search, modalities):
-    rows = _rows(open_store(), current_user())
-    options = sorted({m for r in rows for m in (r["modalities"] or "").split(",") if m})
-    if search:
-        needle = search.lower()
-        rows = [r for r in rows if needle in " ".join(str(v) for v in r.values()).lower()]
-    if modalities:
-        rows = [r for r in rows if set((r["modalities"] or "").split(",")) & set(modalities)]
-    return rows, options
+@callback(Output(MODALITY, "options"), Input(REFRESH, "n_intervals"), Input(CHANGED, "data"))
+def modalities(_n, _changed):
+    return visible_modalities(open_store(), current_user())
