@@ -25,7 +25,7 @@ from .locks import item_lock
 from .pixels import read_dataset
 from .policy import Policy, check_bound, get_strategy, lossy_setting
 from .render import thumbnail_png
-from .store import Artifact, Store
+from .store import Artifact, Store, StoreError
 
 __all__ = ["Wanted", "Plan", "plan", "make_artifact", "variant_file", "storage_report", "Forbidden", "CACHE_LIMIT"]
 
@@ -102,12 +102,18 @@ def _encode(original: Path, variant: str, ratio: float, codec: str) -> tuple[byt
 
 
 def make_artifact(store: Store, wanted: Wanted) -> Artifact:
-    original = store.artifact(wanted.sop_uid, "original")
-    row = store.instance(wanted.sop_uid)
-    if is_large(row["rows"], row["columns"]):
-        return _make_large(store, wanted, original)
-    data, syntax, achieved = _encode(original.path, wanted.variant, wanted.ratio, wanted.codec)
-    return store.put_artifact(wanted.sop_uid, wanted.variant, wanted.ratio, wanted.codec, syntax, data, achieved)
+    """Under the instance's lock, which resolving a conflict takes too: a copy is never made from an original being replaced."""
+    with item_lock(store.root, f"instance:{wanted.sop_uid}"):
+        row = store.instance(wanted.sop_uid)
+        original = store.artifact(wanted.sop_uid, "original")
+        if original is None:
+            raise StoreError(f"Instance {wanted.sop_uid} was deleted.")
+        if wanted.variant == "master":  # strategy 5: the original replaced by its checked lossless master
+            return make_master(store, wanted.sop_uid)
+        if is_large(row["rows"], row["columns"]):
+            return _make_large(store, wanted, original)
+        data, syntax, achieved = _encode(original.path, wanted.variant, wanted.ratio, wanted.codec)
+        return store.put_artifact(wanted.sop_uid, wanted.variant, wanted.ratio, wanted.codec, syntax, data, achieved)
 
 
 def _pyramid(store: Store, original: Artifact, ratio: float | None) -> tuple[Path, float | None]:
@@ -172,7 +178,8 @@ def _make_large(store: Store, wanted: Wanted, original: Artifact) -> Artifact:
 def _codestream_cache(store: Store, checksum: str, frame: int, ratio: float | None) -> tuple[Path, Path]:
     """Where the codestream of a frame (lossless, or lossy at *ratio*) is kept, and its ratio note."""
     key = hashlib.sha256(f"{checksum}:{frame}:{'lossy' if ratio else 'lossless'}:{ratio}".encode()).hexdigest()
-    path = store.root / "cache" / "codestreams" / f"{key}.j2k"
+    # named after the original's checksum first: deleting an instance finds every codestream made from it
+    path = store.root / "cache" / "codestreams" / f"{checksum}-{key[:32]}.j2k"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path, path.with_suffix(".ratio")
 

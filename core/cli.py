@@ -1,4 +1,4 @@
-"""``python -m core``: info, compress, verify, ingest, check, users, lab, bench.
+"""``python -m core``: info, compress, verify, ingest, check, users, delete, lab, bench.
 
 Every failure the user can cause ends as one line on stderr and exit code 2;
 ``verify`` exits 1 when a file claims to be lossless and is not.
@@ -233,6 +233,38 @@ def cmd_users(args) -> int:
     return EXIT_OK
 
 
+def cmd_delete(args) -> int:
+    """Delete a study or one of its series, after confirmation (typed UID on a terminal, else --yes); audited."""
+    import getpass
+    import os
+
+    from .housekeeping import delete_series, delete_study
+    from .present import human_size
+    from .store import Store
+    from .users import User
+
+    store = Store(args.data or os.environ.get("RADPRESS_DATA", "var"))
+    uid = args.series or args.study
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise InvalidOptionError("Deleting removes the originals for good; nothing was deleted.",
+                                     hint="Pass --yes, or run the command in a terminal to confirm by typing the UID.")
+        if input(f"Type {uid} to delete it with every copy made from it: ").strip() != uid:
+            raise InvalidOptionError("Not confirmed: nothing was deleted.")
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = str(os.getuid())
+    user = User(f"cli:{who}", "admin")  # whoever may open the data directory administers the archive; audited by name
+    result = delete_series(store, user, args.study, args.series) if args.series else delete_study(store, user, args.study)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"deleted {result.instances} instance(s) in {len(result.series_uids)} series, {result.files} file(s), "
+              f"{human_size(result.bytes_freed)} freed" + ("; the study is gone" if result.study_removed else ""))
+    return EXIT_OK
+
+
 def _print_progress(job: dict) -> None:
     print(f"job {job['id']}: {job['done'] + job['failed']}/{job['total']} instance(s), {job['mb_per_s']:.1f} MB/s", file=sys.stderr)
 
@@ -369,6 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password", help="default: $RADPRESS_PASSWORD, a prompt, or one line on standard input")
     p.add_argument("--data", help="data directory (default: $RADPRESS_DATA or ./var)")
     p.set_defaults(run=cmd_users)
+
+    p = sub.add_parser("delete", help="delete a study or a series with its originals and every copy (audited)")
+    p.add_argument("study", help="Study Instance UID")
+    p.add_argument("--series", help="delete only this Series Instance UID of the study")
+    p.add_argument("--yes", action="store_true", help="confirmed: do not ask (required when not run in a terminal)")
+    p.add_argument("--data", help="data directory (default: $RADPRESS_DATA or ./var)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_delete)
 
     p = sub.add_parser("lab", help="rate-distortion and task-agreement sweep with a recommended ratio")
     p.add_argument("target", help="a DICOM file, a folder of them, or a study UID in the archive")

@@ -117,7 +117,9 @@ def _admit(store: Store, staged: Path, name: str) -> IngestResult:
         return IngestResult(name, "rejected", _reason(exc, staged))
     finally:
         staged.unlink(missing_ok=True)
-    return IngestResult(name, status, "", str(ds.SOPInstanceUID), str(ds.StudyInstanceUID))
+    reason = ("same SOP Instance UID as a stored instance, other content: kept aside until an administrator "
+              "resolves it (Conflicts page)") if status == "conflict" else ""
+    return IngestResult(name, status, reason, str(ds.SOPInstanceUID), str(ds.StudyInstanceUID))
 
 
 def _admit_member(store: Store, staged: Path, name: str) -> IngestResult:

@@ -26,6 +26,7 @@ from .derive import LossyHistory
 from .errors import InvalidOptionError, RadPressError
 from .dicomweb import blueprint as dicomweb_blueprint
 from .ingest import ingest_stream
+from .housekeeping import conflict_detail, conflict_file, conflicts, delete_series, delete_study, resolve_conflict
 from .jobs import Jobs
 from .pixels import read_dataset
 from .policy import STRATEGIES, Policy, ratio_warning
@@ -197,6 +198,68 @@ def study_storage(study_uid):
     store, _ = archive()
     _check_study(store, study_uid)
     return jsonify(storage_report(store, study_uid))
+
+
+# -- housekeeping (administrators): delete, conflicts (core.housekeeping) --------
+def _confirmed(uid: str) -> None:
+    """Deleting loses originals: the request repeats the UID it deletes (``?confirm=<uid>``), as the UI's dialog does."""
+    if request.args.get("confirm") != uid:
+        raise InvalidOptionError("Deleting removes the originals for good; confirm it by repeating the UID.",
+                                 hint=f"Send DELETE {request.path}?confirm={uid[:64]}")
+
+
+@blueprint.delete("/api/studies/<study_uid>")
+@require("housekeeping")
+def delete_study_route(study_uid):
+    store, _ = archive()
+    _confirmed(study_uid)
+    return jsonify(delete_study(store, current_user(), study_uid).to_dict())
+
+
+@blueprint.delete("/api/studies/<study_uid>/series/<series_uid>")
+@require("housekeeping")
+def delete_series_route(study_uid, series_uid):
+    store, _ = archive()
+    _confirmed(series_uid)
+    return jsonify(delete_series(store, current_user(), study_uid, series_uid).to_dict())
+
+
+@blueprint.get("/api/conflicts")
+@require("housekeeping")
+def conflicts_route():
+    store, _ = archive()
+    return jsonify(conflicts(store, current_user()))
+
+
+@blueprint.get("/api/conflicts/<sop_uid>/<checksum>")
+@require("housekeeping")
+def conflict_route(sop_uid, checksum):
+    store, _ = archive()
+    return jsonify(conflict_detail(store, current_user(), sop_uid, checksum))
+
+
+@blueprint.get("/api/conflicts/<sop_uid>/<which>/thumbnail")
+@require("housekeeping")
+def conflict_thumbnail(sop_uid, which):
+    """A preview of one side: ``stored`` or the conflicting copy's checksum."""
+    from .render import thumbnail_png
+
+    store, _ = archive()
+    path = conflict_file(store, current_user(), sop_uid, which)
+    return Response(thumbnail_png(read_dataset(path), 256), mimetype="image/png")
+
+
+@blueprint.post("/api/conflicts/<sop_uid>/<checksum>/resolve")
+@require("housekeeping")
+def resolve_route(sop_uid, checksum):
+    """``{"keep": "stored" | "other"}``; keeping the other copy queues the job that makes its copies."""
+    store, jobs = archive()
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or "keep" not in body:
+        raise InvalidOptionError('Send JSON {"keep": "stored"} or {"keep": "other"}.')
+    result = resolve_conflict(store, current_user(), sop_uid, checksum, body["keep"])
+    result["job"] = jobs.submit(result["rebuild"]) if result["rebuild"] else None
+    return jsonify(result)
 
 
 @blueprint.get("/api/storage")

@@ -93,6 +93,7 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE instances ADD COLUMN lossy_ratio REAL",  # an already-lossy original: its cumulative ratio
     "ALTER TABLE instances ADD COLUMN lossy_methods TEXT",  # and its Lossy Image Compression Methods (\\-joined)
     "ALTER TABLE patients ADD COLUMN sex TEXT",  # Patient's Sex (0010,0040), for the Studies list
+    "ALTER TABLE conflicts ADD COLUMN reason TEXT",  # what differs from the stored original (core.housekeeping), JSON
 )
 
 
@@ -307,6 +308,9 @@ class Store:
     def _index_artifact(self, sop_uid, variant, ratio, codec, transfer_syntax, path: Path, achieved_ratio) -> Artifact:
         size, checksum = path.stat().st_size, sha256_file(path)
         with self.connect() as db:
+            if not db.execute("SELECT 1 FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone():
+                path.unlink(missing_ok=True)  # deleted while this copy was made (core.housekeeping): nothing may bring it back
+                raise StoreError(f"Instance {sop_uid} was deleted while its {variant} copy was made.")
             db.execute(_INSERT_ARTIFACT,
                        (sop_uid, variant, ratio, codec, transfer_syntax, size, checksum, str(path), time.time(), achieved_ratio))
         return Artifact(sop_uid, variant, ratio, codec, transfer_syntax, size, checksum, path, achieved_ratio)

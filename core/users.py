@@ -37,10 +37,12 @@ PERMISSIONS = {
     "users": {"admin"},
     "jobs": {"admin"},  # cancel jobs
     "access_log": {"admin"},
+    "housekeeping": {"admin"},  # delete studies and series, resolve conflicts: the deliberate losses of originals
 }
 _DOING = {"view": "open studies", "download": "download images", "lab": "run the quality lab",
           "storage": "see the clinic's storage", "upload": "upload studies", "policy": "change the storage policy",
-          "users": "manage users", "jobs": "cancel jobs", "access_log": "read the access log"}
+          "users": "manage users", "jobs": "cancel jobs", "access_log": "read the access log",
+          "housekeeping": "delete studies or resolve conflicts"}
 DEMO_USER = "demo"
 # The demo login is open to anyone: its lab sweeps stay small and short.
 DEMO_LAB_LIMITS = {"codecs": 2, "ratios": 4, "seconds": 60.0}

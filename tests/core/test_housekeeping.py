@@ -1,0 +1,317 @@
+"""Deleting studies and series, and resolving conflicts: every file and row goes, only administrators, audited."""
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from core.archive import codestream_path, make_artifact, plan, thumbnail_bytes, variant_file, _cache
+from core.errors import InvalidOptionError
+from core.housekeeping import conflict_detail, conflicts, delete_series, delete_study, resolve_conflict
+from core.ingest import ingest
+from core.jobs import Jobs, _make_for_instance
+from core.store import Store, StoreError, sha256_file, uid_key
+from core.workers import WorkerPool
+from core.users import AccessDenied, LoginRequired, User, Users, mark_demo
+from tests.conftest import ADMIN
+from tests.synthetic import make_dataset, write
+
+ROOT = User("boss", "admin")
+RAD = User("rad", "radiologist")
+DEMO = User("demo", "demo")
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "data")
+
+
+def _files(store: Store) -> list[Path]:
+    """Every file the archive holds outside the index, locks and caches."""
+    return sorted(p for sub in ("originals", "artifacts", "conflicts", "tmp") for p in (store.root / sub).rglob("*") if p.is_file())
+
+
+def _disk(store: Store) -> int:
+    """Bytes in files, but SQLite databases (the index, the cache's own index: pages are reused, not returned)."""
+    return sum(p.stat().st_size for p in store.root.rglob("*") if p.is_file() and ".sqlite" not in p.name
+               and not p.name.startswith("cache.db") and "locks" not in p.parts)
+
+
+def _study(store: Store, tmp_path: Path, series: int = 2, per_series: int = 2, kind: dict | None = None, strategy: int = 1):
+    """A study with copies (strategy 1), cached renderings and a codestream: everything a delete must remove."""
+    study_uid = make_dataset(rows=8, columns=8).StudyInstanceUID
+    kind = kind or dict(rows=40, columns=36, bits_stored=12, modality="MR")
+    paths = []
+    for s in range(series):
+        series_uid = make_dataset(rows=8, columns=8).SeriesInstanceUID
+        for n in range(per_series):
+            ds = make_dataset(**kind, study_uid=study_uid, series_uid=series_uid, seed=10 * s + n)
+            ds.SeriesNumber, ds.InstanceNumber = s + 1, n + 1
+            paths.append(write(ds, tmp_path / "in" / f"{s}-{n}.dcm"))
+    assert all(r.status == "stored" for r in ingest(store, paths))
+    store.set_study_strategy(study_uid, strategy)
+    for wanted in plan(store, study_uid).make:
+        make_artifact(store, wanted)
+    for row in store.instances(study_uid):
+        variant_file(store, row["sop_uid"], "lossy", 12).close()  # an on-demand copy in the cache
+        codestream_path(store, row["sop_uid"], 0, "lossless")
+        thumbnail_bytes(store, row["sop_uid"])
+    return study_uid
+
+
+def _cache_keys_of(store: Store, checksums: set[str]) -> list[str]:
+    return [k for k in _cache(store).iterkeys() if isinstance(k, str) and any(c in k for c in checksums)]
+
+
+def test_delete_study_removes_every_file_and_row_and_frees_the_space(store, tmp_path):
+    keep = _study(store, tmp_path / "keep", series=1, per_series=1)
+    uid = _study(store, tmp_path / "gone")
+    sops = [r["sop_uid"] for r in store.instances(uid)]
+    checksums = {store.artifact(s, "original").checksum for s in sops}
+    mark_demo(store, sops[:1])
+    Jobs(store).submit(uid)
+    assert {a.variant for a in store.artifacts(study_uid=uid)} >= {"original", "lossless", "lossy", "thumbnail"}
+    assert _cache_keys_of(store, checksums) and list((store.root / "cache" / "codestreams").glob(f"{min(checksums)}-*"))
+    before_files, before_disk = _files(store), _disk(store)
+
+    result = delete_study(store, ROOT, uid)
+
+    assert (result.instances, result.study_removed, len(result.series_uids)) == (4, True, 2)
+    assert result.files == 16  # 4 originals + lossless, lossy and thumbnail copies of each
+    freed = before_disk - _disk(store)
+    assert freed > 0 and abs(result.bytes_freed - freed) <= 0.1 * freed  # what it says it freed was freed
+    left = _files(store)
+    assert len(before_files) - len(left) == 16 and not any(uid_key(s) in str(p) for p in left for s in sops)
+    assert not _cache_keys_of(store, checksums)
+    assert not any(p.name.startswith(tuple(checksums)) for p in (store.root / "cache" / "codestreams").iterdir())
+    marks = ",".join("?" * len(sops))
+    for table in ("instances", "artifacts", "demo_instances", "conflicts"):
+        assert not store.query(f"SELECT 1 FROM {table} WHERE sop_uid IN ({marks})", sops), table
+    assert not store.query("SELECT 1 FROM series WHERE study_uid=?", (uid,))
+    assert not store.query("SELECT 1 FROM jobs WHERE study_uid=?", (uid,))
+    with pytest.raises(StoreError):
+        store.study(uid)
+    audit = store.query("SELECT * FROM audit WHERE what=?", (f"delete study {uid}",))
+    assert len(audit) == 1 and audit[0]["user"] == "boss" and json.loads(audit[0]["new"])["bytes_freed"] > 0
+    # the other study is untouched and the archive is consistent
+    assert len(store.artifacts(study_uid=keep)) == 4 and all(a.path.exists() for a in store.artifacts(study_uid=keep))
+    report = store.check(verify=True)
+    assert not any(report[k] for k in ("missing_files", "missing_originals", "replaced_originals", "reindexed_originals"))
+
+
+def test_delete_series_keeps_the_rest_and_the_last_series_takes_the_study(store, tmp_path):
+    uid = _study(store, tmp_path, series=2, per_series=1)
+    first, second = [r["series_uid"] for r in store.query("SELECT series_uid FROM series WHERE study_uid=? ORDER BY number", (uid,))]
+    result = delete_series(store, ROOT, uid, first)
+    assert (result.instances, result.study_removed, result.series_uids) == (1, False, (first,))
+    assert [r["series_uid"] for r in store.instances(uid)] == [second]
+    assert all(a.path.exists() for a in store.artifacts(study_uid=uid))
+    result = delete_series(store, ROOT, uid, second)
+    assert result.study_removed and not store.query("SELECT 1 FROM studies WHERE study_uid=?", (uid,))
+    assert not _files(store)
+
+
+@pytest.mark.parametrize("user, error", [(RAD, AccessDenied), (DEMO, AccessDenied), (None, LoginRequired)])
+def test_only_an_administrator_may_delete_or_resolve(store, tmp_path, user, error):
+    uid = _study(store, tmp_path, series=1, per_series=1, strategy=4)
+    series = store.instances(uid)[0]["series_uid"]
+    before = _files(store)
+    for call in (lambda: delete_study(store, user, uid), lambda: delete_series(store, user, uid, series),
+                 lambda: conflicts(store, user)):
+        with pytest.raises(error) as caught:
+            call()
+        assert caught.value.http_status == (403 if user else 401)
+    assert _files(store) == before and store.study(uid)
+
+
+@pytest.mark.parametrize("uid", ["../../etc/passwd", "1.2.3' OR 1=1 --", "", "1.2." + "3" * 70, "1..2", "1.2.3\x00", "１.２"])
+def test_hostile_uids_are_refused_before_the_index(store, tmp_path, uid):
+    keep = _study(store, tmp_path, series=1, per_series=1, strategy=4)
+    with pytest.raises(InvalidOptionError) as caught:
+        delete_study(store, ROOT, uid)
+    assert caught.value.http_status == 400 and "UID" in str(caught.value)
+    with pytest.raises(InvalidOptionError):
+        delete_series(store, ROOT, keep, uid)
+    assert store.instances(keep) and len(_files(store)) == 1
+
+
+def test_unknown_or_foreign_uids_are_404(store, tmp_path):
+    one = _study(store, tmp_path / "a", series=1, per_series=1, strategy=4)
+    two = _study(store, tmp_path / "b", series=1, per_series=1, strategy=4)
+    with pytest.raises(StoreError) as caught:
+        delete_study(store, ROOT, "1.2.3.4.5")
+    assert caught.value.http_status == 404
+    with pytest.raises(StoreError):  # a series of another study is not deleted through this one
+        delete_series(store, ROOT, one, store.instances(two)[0]["series_uid"])
+    assert len(_files(store)) == 2
+
+
+def test_a_running_job_is_cancelled_and_its_late_copies_are_refused(store, tmp_path):
+    uid = _study(store, tmp_path, series=1, per_series=2, strategy=4)
+    store.set_study_strategy(uid, 1)
+    jobs = Jobs(store)
+    job_id = jobs.submit(uid)
+    assert jobs.claim()["id"] == job_id  # a runner is working on it
+    todo = plan(store, uid).make
+    result = delete_study(store, ROOT, uid)
+    assert result.jobs_cancelled == (job_id,) and jobs.get(job_id)["cancel"] == 1
+    # a worker that was still encoding writes its copy now: refused, and nothing is left behind
+    written, error, _rss, _warning = _make_for_instance(str(store.root), list(todo[:2]))
+    assert written == 0 and ("deleted" in error or "No instance" in error)
+    with pytest.raises(StoreError, match="deleted"):
+        store.put_artifact(todo[0].sop_uid, "thumbnail", 0, "png", "", b"late")
+    assert not _files(store) and not store.query("SELECT 1 FROM artifacts")
+    with WorkerPool(1) as pool:  # the runner that holds the job ends it as cancelled, without re-creating anything
+        assert jobs._run(jobs.get(job_id), pool, None)["state"] == "cancelled"
+    assert not _files(store)
+
+
+def test_a_delete_during_an_upload_leaves_no_half_state(store, tmp_path):
+    uid = make_dataset(rows=8, columns=8).StudyInstanceUID
+    paths = [write(make_dataset(rows=32, columns=32, study_uid=uid, seed=n), tmp_path / f"{n}.dcm") for n in range(40)]
+    done = threading.Event()
+    results = []
+
+    def upload():
+        results.extend(ingest(store, paths))
+        done.set()
+
+    threading.Thread(target=upload).start()
+    deletes = 0
+    while not done.is_set():
+        try:
+            delete_study(store, ROOT, uid)
+            deletes += 1
+        except StoreError:
+            pass  # not stored yet, or just deleted
+    assert deletes and all(r.status == "stored" for r in results)
+    rows = {r["sop_uid"] for r in store.query("SELECT sop_uid FROM instances")}
+    originals = {a.sop_uid: a.path for a in store.artifacts() if a.variant == "original"}
+    assert set(originals) == rows and all(p.exists() for p in originals.values())
+    assert len(_files(store)) == len(rows)  # no file without its row, none staged and left
+    report = store.check(verify=True)
+    assert not any(report[k] for k in ("missing_originals", "replaced_originals", "reindexed_originals", "orphan_files"))
+
+
+def _conflicting(store, tmp_path, **change):
+    """A stored instance and a second file with its SOP Instance UID and other content (stored as a conflict)."""
+    ds = make_dataset(rows=30, columns=28, bits_stored=12, modality="CR")
+    first, study_uid = write(ds, tmp_path / "first.dcm"), ds.StudyInstanceUID
+    for keyword, value in change.items():
+        setattr(ds, keyword, value)
+    if "PixelData" not in change:
+        pixels = bytearray(ds.PixelData)
+        pixels[100:104] = b"\x07\x00\x09\x00"
+        ds.PixelData = bytes(pixels)
+    second = write(ds, tmp_path / "second.dcm")
+    assert [r.status for r in ingest(store, [first, second])] == ["stored", "conflict"]
+    store.set_study_strategy(study_uid, 1)
+    for wanted in plan(store, study_uid).make:
+        make_artifact(store, wanted)
+    return ds, sha256_file(first), sha256_file(second)
+
+
+def test_a_conflict_says_what_differs(store, tmp_path):
+    ds, _, other = _conflicting(store, tmp_path, PatientName="Other^Name", StudyDescription="Re-sent")
+    [listed] = conflicts(store, ROOT)
+    assert listed["sop_uid"] == ds.SOPInstanceUID and listed["checksum"] == other and listed["source"].endswith("second.dcm")
+    assert "pixels differ: 2 of 840 values, by up to" in listed["reason"] and "PatientName" in listed["reason"]
+    assert "StudyDescription" in listed["reason"]
+    detail = conflict_detail(store, ROOT, ds.SOPInstanceUID, other)
+    names = {a["keyword"]: a for a in detail["attributes"]}
+    assert names["PatientName"]["stored"] == "Synthetic^Kind" and names["PatientName"]["other"] == "Other^Name"
+    assert detail["pixels"]["changed"] == 2
+    assert (detail["stored"]["bytes"], detail["other"]["bytes"]) == tuple(p.stat().st_size for p in (
+        tmp_path / "first.dcm", tmp_path / "second.dcm")) and f"{detail['sizes'][0]:,} vs" in listed["reason"]
+    with pytest.raises(InvalidOptionError):
+        conflict_detail(store, ROOT, ds.SOPInstanceUID, "../" + other[3:])
+    with pytest.raises(StoreError):
+        conflict_detail(store, ROOT, ds.SOPInstanceUID, "0" * 64)
+
+
+def test_resolve_keeping_the_stored_original(store, tmp_path):
+    ds, first, other = _conflicting(store, tmp_path)
+    copies = {a.variant: a.checksum for a in store.artifacts(ds.SOPInstanceUID)}
+    result = resolve_conflict(store, ROOT, ds.SOPInstanceUID, other, "stored")
+    assert result["rebuild"] is None and not store.query("SELECT 1 FROM conflicts")
+    assert not list((store.root / "conflicts").iterdir())
+    assert sha256_file(store.artifact(ds.SOPInstanceUID, "original").path) == first
+    assert {a.variant: a.checksum for a in store.artifacts(ds.SOPInstanceUID)} == copies
+    assert store.query("SELECT user FROM audit WHERE what LIKE 'conflict of instance %kept the stored%'")[0]["user"] == "boss"
+
+
+def test_resolve_keeping_the_other_copy_rebuilds_from_it(store, tmp_path):
+    moved = make_dataset(rows=8, columns=8).StudyInstanceUID  # the re-sent file names another study
+    ds, first, other = _conflicting(store, tmp_path, StudyInstanceUID=moved)
+    old_study = store.instance(ds.SOPInstanceUID)["study_uid"]
+    variant_file(store, ds.SOPInstanceUID, "lossy", 12).close()
+    result = resolve_conflict(store, ROOT, ds.SOPInstanceUID, other, "other")
+    assert result == {"kept": "other", "sop_uid": ds.SOPInstanceUID, "study_uid": moved, "rebuild": moved}
+    original = store.artifact(ds.SOPInstanceUID, "original")
+    assert original.checksum == other and sha256_file(original.path) == other
+    assert [a.variant for a in store.artifacts(ds.SOPInstanceUID)] == ["original"]  # copies of the old one are gone
+    assert store.instance(ds.SOPInstanceUID)["study_uid"] == moved
+    assert not store.query("SELECT 1 FROM studies WHERE study_uid=?", (old_study,))  # left empty: gone
+    assert not _cache_keys_of(store, {first}) and not store.query("SELECT 1 FROM conflicts")
+    assert _files(store) == [original.path]
+    for wanted in plan(store, moved).make:  # the job the route queues
+        make_artifact(store, wanted)
+    lossless = store.artifact(ds.SOPInstanceUID, "lossless")
+    from core.pixels import decode_all, read_dataset
+
+    assert (decode_all(read_dataset(lossless.path)) == decode_all(read_dataset(original.path))).all()
+    assert store.query("SELECT 1 FROM audit WHERE what LIKE 'conflict of instance %kept the copy received%'")
+    with pytest.raises(StoreError):
+        resolve_conflict(store, ROOT, ds.SOPInstanceUID, other, "other")  # already resolved
+    with pytest.raises(InvalidOptionError):
+        resolve_conflict(store, ROOT, ds.SOPInstanceUID, other, "both")
+
+
+def test_http_delete_and_resolve(live_app, tmp_path):
+    base, app = live_app()
+    store = app.server.extensions["radpress"]["store"]
+    Users(store).add("rad", "radiologist-pw", "radiologist")
+    admin, rad = requests.Session(), requests.Session()
+    admin.auth, rad.auth = ADMIN, ("rad", "radiologist-pw")
+    uid = _study(store, tmp_path, series=1, per_series=1, strategy=4)
+    assert rad.delete(f"{base}/api/studies/{uid}?confirm={uid}").status_code == 403
+    answer = admin.delete(f"{base}/api/studies/{uid}")
+    assert answer.status_code == 400 and "confirm" in answer.json()["error"]
+    assert admin.delete(f"{base}/api/studies/1.2.3.4?confirm=1.2.3.4").status_code == 404
+    assert admin.delete(f"{base}/api/studies/1.2.x?confirm=1.2.x").status_code == 400
+    answer = admin.delete(f"{base}/api/studies/{uid}?confirm={uid}")
+    assert answer.status_code == 200 and answer.json()["bytes_freed"] > 0 and answer.json()["study_removed"]
+    assert admin.get(f"{base}/api/studies/{uid}").status_code == 404
+
+    ds, _, other = _conflicting(store, tmp_path / "c")
+    assert rad.get(f"{base}/api/conflicts").status_code == 403
+    listed = admin.get(f"{base}/api/conflicts").json()
+    assert listed[0]["checksum"] == other and "pixels differ" in listed[0]["reason"]
+    for which in ("stored", other):
+        picture = admin.get(f"{base}/api/conflicts/{ds.SOPInstanceUID}/{which}/thumbnail")
+        assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
+    assert admin.post(f"{base}/api/conflicts/{ds.SOPInstanceUID}/{other}/resolve", json={"keep": "x"}).status_code == 400
+    answer = admin.post(f"{base}/api/conflicts/{ds.SOPInstanceUID}/{other}/resolve", json={"keep": "other"})
+    assert answer.status_code == 200 and answer.json()["job"]
+    assert store.artifact(ds.SOPInstanceUID, "original").checksum == other
+
+
+def test_cli_delete_asks_for_confirmation(store, tmp_path):
+    uid = _study(store, tmp_path, series=1, per_series=1, strategy=4)
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "core", "delete", *args, "--data", str(store.root)],
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+
+    refused = run(uid)
+    assert refused.returncode == 2 and "--yes" in refused.stderr and store.study(uid)
+    assert run("1.2.3.9", "--yes").returncode == 2
+    assert run("../x", "--yes").returncode == 2
+    done = run(uid, "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["instances"] == 1 and not _files(store)
+    assert store.query("SELECT user FROM audit WHERE what=?", (f"delete study {uid}",))[0]["user"].startswith("cli:")
