@@ -4,7 +4,8 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import dcc, html
 
-NAV = [("Studies", "/"), ("Compare", "/compare"), ("Lab", "/lab"), ("Policy", "/policy"), ("Jobs", "/jobs"), ("Users", "/users")]
+NAV = [("Studies", "/"), ("Compare", "/compare"), ("Viewer", "/viewer"), ("Lab", "/lab"), ("Policy", "/policy"), ("Jobs", "/jobs"),
+       ("Users", "/users")]
 
 
 def make_shell() -> html.Div:

@@ -21,6 +21,10 @@ dash.register_page(__name__, path="/viewer", title="Viewer — RadPress", name="
 
 def layout(sop: str = "", preset: str = IMAGE_DEFAULT, **_query):
     store, user = open_store(), current_user()
+    if not sop:  # opened from the top menu: the image is chosen on a study's page
+        return dbc.Alert(["The Viewer shows one image at full resolution. Open a study from the ",
+                          html.A("Studies", href="/"), " list and press Zoom on one of its images."],
+                         color="info", id="viewer-choose")
     try:
         authorize(store, user, "view", sop_uid=sop)
         row = store.instance(sop)
@@ -39,6 +43,8 @@ def layout(sop: str = "", preset: str = IMAGE_DEFAULT, **_query):
         dbc.ButtonGroup([dbc.Button(name, href=f"/viewer?{urlencode({'sop': sop, 'preset': name})}", size="sm",
                                     color="secondary", outline=name != preset, active=name == preset) for name in presets],
                         id="viewer-presets", className="mb-2"),
-        # assets/viewer.js starts OpenSeadragon on this element; it repeats the .dzi query on every tile.
-        html.Div(id="osd-viewer", className="osd-viewer", **{"data-dzi": f"/deepzoom/{sop}.dzi?{urlencode({'preset': preset})}"}),
+        # assets/viewer.js starts OpenSeadragon on this element; it repeats the .dzi query on every tile, so v (the
+        # original's checksum) makes every tile URL name its content: the browser keeps them (core.serving.versioned).
+        html.Div(id="osd-viewer", className="osd-viewer", **{"data-dzi": f"/deepzoom/{sop}.dzi?" + urlencode(
+            {'preset': preset, 'v': store.artifact(sop, "original").checksum[:32]})}),
     ])

@@ -1,0 +1,158 @@
+"""Compare in headless Chromium: the ratio and frame boxes, the progress bar, a codec that fails, the sticky banner."""
+
+import time
+
+import diskcache
+import requests
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as EC
+
+from tests.conftest import ADMIN
+from tests.synthetic import KINDS, make_dataset, write
+from tests.test_browser import ARTIFACTS, browser, login, wait  # noqa: F401  (browser is a fixture)
+
+# every text the progress bar shows, in order, recorded in the page as it changes
+RECORD_LABELS = """
+window.__labels = [];
+const bar = document.getElementById("compare-progress");
+new MutationObserver(() => {
+  const text = bar.textContent;
+  if (window.__labels[window.__labels.length - 1] !== text) window.__labels.push(text);
+}).observe(bar, {subtree: true, childList: true, characterData: true});
+"""
+
+
+def _upload(base, app, *datasets, tmp_path):
+    http = requests.Session()
+    http.auth = ADMIN
+    files = [write(ds, tmp_path / f"{n}.dcm") for n, ds in enumerate(datasets)]
+    answer = http.post(f"{base}/api/upload", files=[("files", (f.name, f.read_bytes())) for f in files])
+    assert answer.ok, answer.text
+    jobs = app.server.extensions["radpress"]["jobs"]
+    deadline = time.time() + 120
+    while any(jobs.get(j)["state"] not in ("done", "failed") for j in answer.json()["jobs"]):
+        assert time.time() < deadline, "the ingest jobs did not finish"
+        time.sleep(0.2)
+
+
+def _slider(driver, element_id: str) -> dict:
+    thumb = driver.find_element(By.CSS_SELECTOR, f"#{element_id} [role=slider]")
+    return {k: thumb.get_attribute(f"aria-value{k}") for k in ("now", "min", "max")}
+
+
+def _type(driver, element_id: str, text: str, key=Keys.ENTER) -> None:
+    box = driver.find_element(By.ID, element_id)
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(text, key)
+
+
+def _label(driver) -> str:
+    return driver.find_element(By.ID, "compare-progress").text
+
+
+def _labels_since(driver, start: int) -> list[str]:
+    return driver.execute_script("return window.__labels;")[start:]
+
+
+def _encode_done(driver, start: int) -> list[str]:
+    """Wait for the encoding asked for after label *start* to be drawn; the labels it went through."""
+    wait(driver, 60).until(lambda d: "done" in _labels_since(d, start) or "failed" in _labels_since(d, start))
+    return _labels_since(driver, start)
+
+
+def test_ratio_and_frame_boxes_progress_and_sticky_banner(live_app, browser, tmp_path):
+    base, app = live_app(demo=False)
+    ds = make_dataset(rows=96, columns=96, bits_stored=12, frames=5, modality="MR")
+    _upload(base, app, ds, tmp_path=tmp_path)
+    sop = str(ds.SOPInstanceUID)
+    cache = diskcache.Cache(str(app.server.extensions["radpress"]["store"].root / "cache" / "compare"))
+    login(browser, base, ADMIN)
+    browser.get(f"{base}/compare?sop={sop}")
+    wait(browser).until(EC.text_to_be_present_in_element((By.ID, "compare-progress"), "done"))
+    browser.execute_script(RECORD_LABELS)
+
+    # the ratio box acts on Enter, and on Tab, and the slider follows; the bar says "encoding…" until the new picture is drawn
+    for value, key in (("25", Keys.ENTER), ("30", Keys.TAB)):
+        start = len(_labels_since(browser, 0))
+        _type(browser, "compare-ratio-box", value, key)
+        wait(browser, 10).until(lambda d: _slider(d, "compare-ratio")["now"] == value)
+        labels = _encode_done(browser, start)
+        assert labels[0] == "encoding…" and labels[-1] == "done" and labels.count("done") == 1, labels
+        assert f"{sop}:0:j2k:{value}" in cache or any(k.startswith(f"{sop}:0:") and k.endswith(f":{value}") for k in cache)
+
+    # a ratio outside 2–200 is refused with a message; nothing is encoded and the slider keeps 30
+    for value in ("500", "1"):
+        start = len(_labels_since(browser, 0))
+        _type(browser, "compare-ratio-box", value)
+        wait(browser, 10).until(EC.text_to_be_present_in_element((By.ID, "compare-ratio-message"), "out of range"))
+        assert "Choose between 2:1 and 200:1" in browser.find_element(By.ID, "compare-ratio-message").text
+        assert "is-invalid" in browser.find_element(By.ID, "compare-ratio-box").get_attribute("class")
+        time.sleep(1.5)
+        assert _slider(browser, "compare-ratio")["now"] == "30" and _labels_since(browser, start) == []
+    browser.save_screenshot(str(ARTIFACTS / "compare-ratio-refused.png"))
+    _type(browser, "compare-ratio-box", "30")  # a good value clears the message
+    wait(browser, 10).until(lambda d: d.find_element(By.ID, "compare-ratio-message").text == "")
+
+    # frames are numbered 1..5 on the slider, its marks and its box; frame 5 is the file's fifth frame (index 4)
+    assert _slider(browser, "compare-frame") == {"now": "1", "min": "1", "max": "5"}
+    assert browser.find_element(By.ID, "compare-frame-box").get_attribute("value") == "1"
+    marks = [m.text for m in browser.find_elements(By.CSS_SELECTOR, "#compare-frame .dash-slider-mark")]
+    assert marks == ["1", "5"]
+    start = len(_labels_since(browser, 0))
+    _type(browser, "compare-frame-box", "5")
+    wait(browser, 10).until(lambda d: _slider(d, "compare-frame")["now"] == "5")
+    assert _encode_done(browser, start)[-1] == "done"
+    assert any(k.startswith(f"{sop}:4:") for k in cache) and not any(k.startswith(f"{sop}:5:") for k in cache)
+    for value in ("6", "0"):
+        _type(browser, "compare-frame-box", value)
+        wait(browser, 10).until(EC.text_to_be_present_in_element((By.ID, "compare-frame-message"), "Frames are numbered 1 to 5"))
+        assert _slider(browser, "compare-frame")["now"] == "5"
+    _type(browser, "compare-frame-box", "5")
+    wait(browser, 10).until(lambda d: d.find_element(By.ID, "compare-frame-message").text == "")
+
+    # the lossy banner stays on screen while the lossy pane and its metrics scroll by
+    browser.set_window_size(1600, 800)
+    browser.execute_script("window.scrollTo(0, 650);")
+    time.sleep(0.5)
+    banner = browser.execute_script("const r = document.getElementById('lossy-banner').getBoundingClientRect(); return [r.top, r.bottom];")
+    metrics = browser.execute_script("const r = document.getElementById('metrics-lossy').getBoundingClientRect(); return r.top;")
+    assert browser.execute_script("return window.scrollY;") > 300
+    assert 0 <= banner[0] <= 2 and banner[1] < metrics, (banner, metrics)
+    assert "LOSSY — compressed" in browser.find_element(By.ID, "lossy-banner").text
+    browser.save_screenshot(str(ARTIFACTS / "compare-sticky-banner.png"))
+
+
+def test_a_codec_error_clears_the_stale_lossy_image(live_app, browser, tmp_path):
+    base, app = live_app(demo=False)
+    ct = make_dataset(**KINDS["s12"])  # signed CT: JPEG XL cannot store it
+    _upload(base, app, ct, tmp_path=tmp_path)
+    login(browser, base, ADMIN)
+    browser.get(f"{base}/compare?sop={ct.SOPInstanceUID}")
+    wait(browser).until(EC.text_to_be_present_in_element((By.ID, "compare-progress"), "done"))
+    assert browser.find_elements(By.CSS_SELECTOR, "#metrics-lossy table")
+    browser.execute_script(RECORD_LABELS)
+
+    _pick_codec(browser, "JPEG XL")
+    wait(browser, 60).until(EC.text_to_be_present_in_element((By.ID, "compare-error"), "JPEG XL cannot store signed pixel data"))
+    wait(browser, 10).until(lambda d: _label(d) == "failed")
+    assert _labels_since(browser, 0)[0] == "encoding…" and "done" not in _labels_since(browser, 0)
+    assert "no lossy image" in browser.find_element(By.ID, "lossy-banner").text
+    assert "compressed" not in browser.find_element(By.ID, "lossy-banner").text
+    assert browser.find_element(By.ID, "metrics-lossy").text == "" and browser.find_element(By.ID, "metrics-lossless").text == ""
+    for pane in ("pane-lossy", "pane-lossless"):
+        wait(browser, 10).until(EC.text_to_be_present_in_element((By.ID, pane), "no image — see the message above"))
+    browser.save_screenshot(str(ARTIFACTS / "compare-codec-error.png"))
+
+    _pick_codec(browser, "HTJ2K")  # a codec that can: the error goes, the picture and its banner come back
+    wait(browser, 60).until(lambda d: _label(d) == "done")
+    assert browser.find_element(By.ID, "compare-error").text == ""
+    assert "LOSSY — compressed" in browser.find_element(By.ID, "lossy-banner").text
+    assert browser.find_elements(By.CSS_SELECTOR, "#metrics-lossy table")
+
+
+def _pick_codec(driver, label: str) -> None:
+    driver.find_element(By.CSS_SELECTOR, "#compare-codec").click()
+    option = wait(driver, 10).until(EC.element_to_be_clickable(
+        (By.XPATH, f"//*[@role='option' and contains(normalize-space(.), '{label}')]")))
+    option.click()
