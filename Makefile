@@ -10,11 +10,13 @@ export HOST PORT
 
 # glymur needs the OpenJPEG shared library; the tests use other projects' tools as independent checkers.
 RUN_DEBS := libopenjp2-7
-TEST_DEBS := $(RUN_DEBS) libopenjp2-tools openjph-tools libgdcm-tools dcmtk dicom3tools libjxl-tools chromium chromium-driver redis-server ffmpeg
+# `make run-https`: nginx terminates TLS with HTTP/2 in front of gunicorn (core/launcher.py).
+HTTPS_DEBS := nginx openssl
+TEST_DEBS := $(RUN_DEBS) $(HTTPS_DEBS) libopenjp2-tools openjph-tools libgdcm-tools dcmtk dicom3tools libjxl-tools chromium chromium-driver redis-server ffmpeg
 # The bench measures side by side with other archives' servers.
 BENCH_DEBS := $(TEST_DEBS) orthanc orthanc-gdcm
 
-.PHONY: run test bench venv sysdeps-run sysdeps-test sysdeps-bench ohif clean
+.PHONY: run run-https test bench venv sysdeps-run sysdeps-https sysdeps-test sysdeps-bench ohif clean
 
 # Install the Debian packages in $(1) that are missing (as root, or through sudo).
 define apt_ensure
@@ -39,6 +41,9 @@ venv: $(STAMP)
 sysdeps-run:
 	@$(call apt_ensure,$(RUN_DEBS))
 
+sysdeps-https:
+	@$(call apt_ensure,$(RUN_DEBS) $(HTTPS_DEBS))
+
 sysdeps-test:
 	@$(call apt_ensure,$(TEST_DEBS))
 
@@ -51,8 +56,13 @@ ohif: venv
 	@command -v npm >/dev/null 2>&1 || { $(call apt_ensure,npm); }
 	$(PY) -m core.ohif install
 
+# gunicorn (RADPRESS_WEB_WORKERS x RADPRESS_WEB_THREADS) on HOST:PORT; `.venv/bin/python app.py --dev` is Werkzeug's.
 run: sysdeps-run venv ohif
 	$(PY) app.py
+
+# https://HOST:HTTPS_PORT (default 8443) with HTTP/2: nginx in front of gunicorn, self-signed certificate on first start.
+run-https: sysdeps-https venv ohif
+	$(PY) app.py --https
 
 test: sysdeps-test venv ohif
 	$(PY) -m pytest -q tests

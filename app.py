@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import secrets
 import sys
 from pathlib import Path
 
@@ -15,43 +14,39 @@ from flask import request
 
 from components.shell import make_shell
 from core.auth import current_user, init_auth, secret_key
-from core.demo import load_demo
 from core.dimse import DicomNode, NodeConfig
 from core.dims import DimsConfig
 from core.errors import InvalidOptionError, RadPressError
 from core.jobs import Jobs
+from core.launcher import prepare as prepare_archive, serve, start_job_runner
 from core.ohif import blueprint as ohif_viewer
 from core.routes import init_archive
+from core.serving import HEARTBEAT_ENV, Background, LauncherBackground, init_serving
 from core.store import Store
-from core.users import DEMO_USER, Users
+from core.users import Users
 
-__all__ = ["create_app", "main"]
+__all__ = ["create_app", "main", "wsgi", "make_jobs"]
 
 
 def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = True, demo: bool | None = None,
-               dicom_port: int | None = None) -> dash.Dash:
+               dicom_port: int | None = None, prepare: bool = True) -> dash.Dash:
     """Build the app on a data directory; *run_jobs* starts the background job thread, *dicom_port* the DICOM node
-    (0: any free port; None: no node)."""
+    (0: any free port; None: no node); *prepare* repairs the archive and loads the demo and the administrator
+    (the production launcher does that once, before its web workers build the app with prepare=False)."""
     store = Store(Path(data_dir or os.environ.get("RADPRESS_DATA", "var")))
-    store.check()
     os.environ["RADPRESS_DATA"] = str(store.root)  # background-callback workers open the same archive
-    jobs = Jobs(store, workers=int(os.environ.get("RADPRESS_WORKERS", "2")))
+    jobs = make_jobs(store)
     users = Users(store)
     demo = demo if demo is not None else os.environ.get("RADPRESS_DEMO", "1") == "1"
-    if demo:
-        users.ensure(DEMO_USER, secrets.token_urlsafe(16), "demo")
-        for result in load_demo(store):
-            if result.status == "stored":
-                jobs.submit(result.study_uid)
-    admin = os.environ.get("RADPRESS_ADMIN_USER")
-    if admin:
-        users.ensure(admin, os.environ.get("RADPRESS_ADMIN_PASSWORD", ""), "admin")
-    elif not any(u.role == "admin" for u in users.list()):
-        _first_admin(users, store.root)
+    if prepare:
+        store.check()
+        prepare_archive(store, jobs, users, demo)
     app = dash.Dash(__name__, use_pages=True, title="RadPress", suppress_callback_exceptions=True,
                     background_callback_manager=background_manager(store.root))
     init_auth(app.server, users, secret_key(store.root), demo, callbacks=lambda: app.callback_map)
     init_archive(app.server, store, jobs, dims_config())
+    init_serving(app.server)  # compression, static assets' cache headers (core.serving)
+    node = None
     if dicom_port is not None:
         node = app.server.extensions["radpress"]["dicom"] = DicomNode(store, jobs, NodeConfig.from_env(dicom_port))
         node.start()
@@ -65,9 +60,17 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
         user = current_user()
         return f"{user.name} ({user.role})" if user else ""
 
-    if run_jobs:
-        jobs.start()
+    runs_jobs = run_jobs and start_job_runner(jobs)
+    heartbeat = os.environ.get(HEARTBEAT_ENV)  # a web worker of core.launcher: the launcher runs jobs and the node
+    app.server.extensions["radpress"]["background"] = (
+        LauncherBackground(heartbeat) if heartbeat and not runs_jobs and node is None
+        else Background(jobs if runs_jobs else None, node))
     return app
+
+
+def make_jobs(store: Store) -> Jobs:
+    """The archive's job runner, built the same way in the web app and in the production launcher."""
+    return Jobs(store, workers=int(os.environ.get("RADPRESS_WORKERS", "2")))
 
 
 def _wrap_view(server, rule: str, guarded) -> None:
@@ -128,17 +131,6 @@ def dims_config() -> DimsConfig:
         return DimsConfig(**json.load(fh))
 
 
-def _first_admin(users: Users, root: Path) -> None:
-    """No administrator yet and none configured: make one, and say where its password is."""
-    password = secrets.token_urlsafe(12)
-    users.add("admin", password, "admin")
-    path = root / "initial-admin-password.txt"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(password + "\n")
-    print(f"RadPress: created the administrator 'admin' with password {password} (also in {path}).", flush=True)
-
-
 def background_manager(root: Path):
     """Celery with Redis when REDIS_URL is set, else a diskcache in the data directory."""
     if os.environ.get("REDIS_URL"):
@@ -185,9 +177,22 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def main() -> None:
+def wsgi():
+    """A gunicorn web worker (``app:wsgi()``, started by core.launcher): it serves requests only."""
+    return create_app(run_jobs=False, dicom_port=None, prepare=False).server
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``app.py``: production (core.launcher: gunicorn); ``--https``: behind nginx with TLS and HTTP/2;
+    ``--dev``: Werkzeug's development server in this one process, for debugging."""
+    args = sys.argv[1:] if argv is None else argv
+    if set(args) - {"--dev", "--https"} or {"--dev", "--https"} <= set(args):
+        print("usage: app.py [--dev | --https]", file=sys.stderr)
+        raise SystemExit(2)
     os.umask(0o077)  # every file the service writes later is private too
     try:
+        if "--dev" not in args:
+            raise SystemExit(serve(make_jobs, https="--https" in args))
         app = create_app(dicom_port=NodeConfig.from_env().port or None)  # RADPRESS_DICOM_PORT=0: no DICOM node
     except RadPressError as exc:  # a bad setting (e.g. RADPRESS_ADMIN_PASSWORD too short): one line, exit 2
         print(f"RadPress: {exc}", file=sys.stderr)

@@ -22,6 +22,7 @@ from .compress import compress
 from .errors import InvalidOptionError, RadPressError
 from .files import atomic_writer
 from .locks import item_lock
+from .master import MASTER_CODEC, make_master, master_of, masters, not_mastered_reason
 from .pixels import read_dataset
 from .policy import Policy, check_bound, get_strategy, lossy_setting
 from .render import thumbnail_png
@@ -72,6 +73,8 @@ def wanted_for(policy: Policy, strategy: int, row) -> set[Wanted]:
             wanted.add(Wanted(row["sop_uid"], "lossy", setting.ratio, setting.codec))
         elif variant == "thumbnail":
             wanted.add(Wanted(row["sop_uid"], "thumbnail", 0, "png"))
+        elif variant == "master" and not_mastered_reason(row) is None:  # strategy 5 (core.master)
+            wanted.add(Wanted(row["sop_uid"], "master", 0, MASTER_CODEC))
     if strategy == 1 and rendered_at_ingest(row):  # "everything ready": a US/XA loop's video too
         wanted.add(Wanted(row["sop_uid"], "cine", 0, "h264"))
     return wanted
@@ -83,6 +86,9 @@ def plan(store: Store, study_uid: str) -> Plan:
     wanted = set()
     for row in store.instances(study_uid):
         wanted |= wanted_for(policy, strategy, row)
+    if any(w.variant == "master" for w in wanted):  # an instance decided on (mastered, or kept with a reason) is done
+        decided = masters(store, study_uid)
+        wanted = {w for w in wanted if w.variant != "master" or w.sop_uid not in decided}
     keys = {(w.sop_uid, w.variant, w.ratio, w.codec) for w in wanted}
     make = tuple(sorted((w for w in wanted if (w.sop_uid, w.variant, w.ratio, w.codec) not in have), key=lambda w: (w.sop_uid, w.variant)))
     remove = tuple(a for k, a in have.items() if k not in keys)
@@ -210,6 +216,16 @@ class VariantFile:
         self.stream.close()
 
 
+def _original_file(store: Store, original: Artifact) -> VariantFile:
+    """The stored original (or its lossless master); read again if its master replaced it since the row was read."""
+    try:
+        stream = open(original.path, "rb")
+    except FileNotFoundError:
+        original = store.artifact(original.sop_uid, "original")
+        stream = open(original.path, "rb")
+    return VariantFile(stream, original.checksum[:32], original.bytes, original.transfer_syntax, False)
+
+
 def variant_file(store: Store, sop_uid: str, variant: str, ratio: float | None = None) -> VariantFile:
     """A variant of an instance: stored when the strategy keeps it, else made once and cached (LRU)."""
     row = store.instance(sop_uid)
@@ -220,7 +236,7 @@ def variant_file(store: Store, sop_uid: str, variant: str, ratio: float | None =
         raise Forbidden("Lossy images are switched off for this clinic.", hint="An administrator can enable them on the Policy page.")
     original = store.artifact(sop_uid, "original")
     if variant == "original" or not row["rows"]:  # a non-image (report, plan, PDF) is served as it came, whatever the variant
-        return VariantFile(open(original.path, "rb"), original.checksum[:32], original.bytes, original.transfer_syntax, False)
+        return _original_file(store, original)
     lossy = variant == "lossy"
     codec = lossy_setting(policy, row).codec if lossy else policy.lossless_codec
     ratio = check_ratio(float(ratio) if ratio is not None else _ratio(policy, row), True) if lossy else 0.0
@@ -228,6 +244,8 @@ def variant_file(store: Store, sop_uid: str, variant: str, ratio: float | None =
     art = store.artifact(sop_uid, variant, ratio)
     if art is not None and art.codec == codec:
         return VariantFile(open(art.path, "rb"), art.checksum[:32], art.bytes, art.transfer_syntax, False, art.achieved_ratio, method)
+    if not lossy and (done := master_of(store, sop_uid)) and done.mastered:  # strategy 5: the master is the lossless copy
+        return _original_file(store, original)
     key = f"{original.checksum}:{variant}:{ratio:g}:{codec}"
     cache = _cache(store)
     handle, tag = cache.get(key, read=True, tag=True)
@@ -257,13 +275,19 @@ def storage_report(store: Store, study_uid: str | None = None) -> dict:
     now: dict[str, int] = {}
     cost = {s.number: 0.0 for s in STRATEGIES}
     estimated = {s.number: False for s in STRATEGIES}
+    received = 0  # the originals as they came in (a lossless master's original counted at its recorded size)
     for uid in studies:
         rows = store.instances(uid)
         arts = store.artifacts(study_uid=uid)
+        mastered = {sop: m for sop, m in masters(store, uid).items() if m.mastered}
         for a in arts:
-            now[a.variant] = now.get(a.variant, 0) + a.bytes
+            variant = "master" if a.variant == "original" and a.sop_uid in mastered else a.variant
+            now[variant] = now.get(variant, 0) + a.bytes
+        received += sum(a.bytes for a in arts if a.variant == "original" and a.sop_uid not in mastered)
+        received += sum(m.original_bytes for m in mastered.values())
         by_key = {(a.sop_uid, a.variant): a for a in arts}
         lossless_ratio = _sample_lossless_ratio(store, rows, by_key, policy)
+        master_sizes = _master_sizes(store, rows, by_key, lossless_ratio)
         for row in rows:
             original = by_key[(row["sop_uid"], "original")].bytes
             sizes = {"original": original}
@@ -273,6 +297,7 @@ def storage_report(store: Store, study_uid: str | None = None) -> dict:
             sizes["lossy"] = lossy.bytes if lossy else row["uncompressed_bytes"] / _ratio(policy, row)
             thumb = by_key.get((row["sop_uid"], "thumbnail"))
             sizes["thumbnail"] = thumb.bytes if thumb else 20_000
+            sizes["master"] = master_sizes[row["sop_uid"]]
             for strategy in STRATEGIES:
                 for variant in strategy.stored:
                     if variant == "lossy" and not policy.lossy_enabled:
@@ -280,7 +305,7 @@ def storage_report(store: Store, study_uid: str | None = None) -> dict:
                     cost[strategy.number] += sizes[variant]
                     if variant != "original" and not by_key.get((row["sop_uid"], variant)):
                         estimated[strategy.number] = True
-    originals = now.get("original", 0)
+    originals = received
     return {
         "study_uid": study_uid,
         "studies": len(studies),
@@ -314,6 +339,31 @@ def _sample_lossless_ratio(store: Store, rows, by_key, policy: Policy) -> float:
                 ratio = achieved or 1.0
                 cache.set(key, ratio)
     return ratio
+
+
+def _master_sizes(store: Store, rows, by_key, lossless_ratio: float) -> dict[str, float]:
+    """Strategy 5 per instance: the master where made, the original where it is kept, else an estimate.
+
+    The estimate takes the ratio of the study's masters, else of its JPEG-LS copies, else *lossless_ratio*
+    (the policy's sample): no further encode for a projection.
+    """
+    decided = masters(store, rows[0]["study_uid"]) if rows else {}
+    sizes, todo, measured = {}, [], []
+    for row in rows:
+        sop = row["sop_uid"]
+        if sop in decided or not_mastered_reason(row):
+            sizes[sop] = by_key[(sop, "original")].bytes
+            by_key[(sop, "master")] = by_key[(sop, "original")]  # measured, not estimated
+            if sop in decided and decided[sop].mastered:
+                measured.append((row["uncompressed_bytes"], sizes[sop]))
+        else:
+            todo.append(row)
+            if (copy := by_key.get((sop, "lossless"))) and copy.codec == MASTER_CODEC:
+                measured.append((row["uncompressed_bytes"], copy.bytes))
+    ratio = sum(u for u, _ in measured) / sum(c for _, c in measured) if measured else lossless_ratio
+    for row in todo:
+        sizes[row["sop_uid"]] = min(by_key[(row["sop_uid"], "original")].bytes, row["uncompressed_bytes"] / ratio)
+    return sizes
 
 
 def thumbnail_bytes(store: Store, sop_uid: str) -> tuple[bytes, str]:

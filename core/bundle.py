@@ -1,4 +1,4 @@
-"""Study bundles streamed as they are produced: zip (stored, ZIP64) and tar.
+"""Study bundles streamed as they are produced: zip (stored, or deflated on request; ZIP64) and tar.
 
 Nothing is built whole in memory or on disk: each member is copied in 1 MiB
 chunks and the bytes are handed on as soon as they exist.
@@ -16,6 +16,9 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 __all__ = ["Member", "zip_stream", "tar_stream", "safe_name"]
 
 CHUNK = 1 << 20
+# zlib level 1: ~37 MB/s per core here for 2.5:1 on uncompressed CT (level 6: 7 MB/s for 2.7:1), so a deflated zip
+# still streams faster than most links carry it.
+DEFLATE_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class Member:
     name: str  # path inside the bundle
     open: Callable[[], BinaryIO]
     size: int | None = None  # needed up front by tar; zip does not need it
+    compressed: bool = False  # already compressed pixel data: deflate would only spend time
 
 
 def safe_name(text: str, fallback: str) -> str:
@@ -49,13 +53,14 @@ class _Sink:
         yield from (c for c in chunks if c)
 
 
-def zip_stream(members: Iterable[Member]) -> Iterator[bytes]:
+def zip_stream(members: Iterable[Member], *, deflate: bool = False) -> Iterator[bytes]:
+    """A zip whose entries are stored, or with *deflate* those not already compressed are deflated."""
     sink = _Sink()
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True, compresslevel=DEFLATE_LEVEL) as archive:
         for member in members:
-            info = zipfile.ZipInfo(member.name, date_time=time.localtime()[:6])
-            info.compress_type = zipfile.ZIP_STORED
-            with member.open() as src, archive.open(info, "w", force_zip64=True) as dst:
+            # an entry opened by name takes the archive's compression (and level) and the current time
+            archive.compression = zipfile.ZIP_DEFLATED if deflate and not member.compressed else zipfile.ZIP_STORED
+            with member.open() as src, archive.open(member.name, "w", force_zip64=True) as dst:
                 for chunk in iter(lambda: src.read(CHUNK), b""):
                     dst.write(chunk)
                     yield from sink.drain()

@@ -212,6 +212,11 @@ class DicomNode:
         log.info("DICOM node %s listening on %s:%d", self.config.ae_title, self.config.host, self.port)
         return self.port
 
+    @property
+    def listening(self) -> bool:
+        """True while the node's socket is open (``/api/health``)."""
+        return self._server is not None and self._server.socket.fileno() != -1
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()

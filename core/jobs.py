@@ -332,6 +332,10 @@ class Jobs:
         self._thread = threading.Thread(target=self._loop, name="radpress-jobs", daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        """True while this runner's thread runs (``/api/health``)."""
+        return bool(self._thread and self._thread.is_alive())
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()

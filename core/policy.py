@@ -53,8 +53,14 @@ STRATEGIES: tuple[Strategy, ...] = (
              "Cheap, fast web viewing.", "Lossless transfers are compressed on demand.",
              "Teleradiology and web viewing on slow links."),
     Strategy(4, "Original only", ("original",), ("lossless", "lossy"),
-             "Least disk.", "Everything is compressed on the fly at download.",
+             "Least disk of the strategies that keep the original file.", "Everything is compressed on the fly at download.",
              "Small archives, rare downloads."),
+    Strategy(5, "Lossless master", ("master",), ("lossy",),
+             "Least disk: each image once, as a JPEG-LS lossless master that a second decoder confirmed bit-exact "
+             "(every other attribute and the SOP Instance UID kept); it is the lossless copy too.",
+             "The original file is replaced by its master (audited); downloads of the original are the master. "
+             "Lossy copies are made on first request. Already-lossy originals stay as they came.",
+             "Archives short of disk that still need every image bit-exact."),
 )
 
 
@@ -62,7 +68,7 @@ def get_strategy(number: int) -> Strategy:
     for strategy in STRATEGIES:
         if strategy.number == number:
             return strategy
-    raise InvalidOptionError(f"Storage strategy {number!r} does not exist.", hint="Choose 1, 2, 3 or 4.")
+    raise InvalidOptionError(f"Storage strategy {number!r} does not exist.", hint="Choose 1, 2, 3, 4 or 5.")
 
 
 # German radiology consensus (Loose et al., RöFo 2009; endorsed by the German
@@ -113,7 +119,7 @@ class Policy:
     def validated(self) -> "Policy":
         # JSON from the API: "false" or 1 where a boolean goes would silently leave lossy copies switched on.
         if isinstance(self.strategy, bool) or not isinstance(self.strategy, int):
-            raise InvalidOptionError(f"Storage strategy {self.strategy!r} is not a number.", hint="Choose 1, 2, 3 or 4.")
+            raise InvalidOptionError(f"Storage strategy {self.strategy!r} is not a number.", hint="Choose 1, 2, 3, 4 or 5.")
         if not isinstance(self.lossy_enabled, bool):
             raise InvalidOptionError(f"lossy_enabled {self.lossy_enabled!r} is not true or false.",
                                      hint="Send a JSON boolean, not a string or a number.")

@@ -12,6 +12,7 @@ from dataclasses import asdict
 
 from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file, stream_with_context
 from werkzeug.exceptions import HTTPException
+from pydicom.uid import UID
 from werkzeug.wsgi import wrap_file
 
 from .archive import Forbidden, codestream_path, plan, storage_report, variant_file
@@ -28,6 +29,7 @@ from .dicomweb import blueprint as dicomweb_blueprint
 from .ingest import ingest_stream
 from .housekeeping import conflict_detail, conflict_file, conflicts, delete_series, delete_study, resolve_conflict
 from .jobs import Jobs
+from .master import master_of, masters
 from .pixels import read_dataset
 from .policy import STRATEGIES, Policy, ratio_warning
 from .render import IMAGE_DEFAULT, IMAGE_TYPES, encode_image, modality_values, preset_window, to_display, window_presets
@@ -344,7 +346,7 @@ def set_ratio(study_uid):
 def set_strategy(study_uid):
     store, jobs = archive()
     _check_study(store, study_uid, "policy")
-    strategy = _override("strategy", (int,), "1-4", "a number 1-4")
+    strategy = _override("strategy", (int,), "1-5", "a number 1-5")
     store.set_study_strategy(study_uid, strategy, user=current_user().name)
     todo = plan(store, study_uid)
     job = jobs.submit(study_uid) if todo.make or todo.remove else None
@@ -475,6 +477,8 @@ def download_instance(sop_uid):
     # Range, If-Range, If-None-Match: 206, 416 and 304 as HTTP asks.
     response.make_conditional(request, accept_ranges=True, complete_length=vf.size)
     _lossy_header(response, _history(store, sop_uid, vf.lossy_ratio, vf.method))
+    if variant == "original" and (master := master_of(store, sop_uid)) and master.mastered:
+        response.headers["X-RadPress-Original"] = master.header()  # strategy 5: the original's pixels, in its master
     return response
 
 
@@ -494,7 +498,8 @@ def _bundle_members(store: Store, study_uid: str, variant: str, ratio: float | N
         while name in used:
             name = name[:-4] + "_.dcm"
         used.add(name)
-        members.append(Member(name, _opener(store, row["sop_uid"], variant, ratio)))
+        compressed = variant != "original" or UID(row["transfer_syntax"] or "").is_compressed
+        members.append(Member(name, _opener(store, row["sop_uid"], variant, ratio), compressed=compressed))
     return members
 
 
@@ -516,6 +521,10 @@ def download_study(study_uid, fmt):
         raise InvalidOptionError(f"Unknown variant {variant!r}.", hint="Use original, lossless or lossy.")
     if ratio is not None:
         check_ratio(ratio, True)  # before the first byte is streamed: an error later would cut the archive short
+    deflate = request.args.get("deflate", "0")
+    if deflate not in ("0", "1") or (deflate == "1" and fmt != "zip"):
+        raise InvalidOptionError(f"deflate={deflate!r} is not offered for .{fmt}.",
+                                 hint="Use deflate=1 (a zip with uncompressed images deflated) or deflate=0 (stored).")
     _check_study(store, study_uid, "download")
     members = _bundle_members(store, study_uid, variant, ratio)
     _logged("download", study_uid)
@@ -523,13 +532,16 @@ def download_study(study_uid, fmt):
         body = tar_stream(members)
         mimetype = "application/x-tar"
     else:
-        body = zip_stream(members)
+        body = zip_stream(members, deflate=deflate == "1")
         mimetype = "application/zip"
     response = Response(stream_with_context(body), mimetype=mimetype)
     response.headers["Content-Disposition"] = f'attachment; filename="{safe_name(study_uid, "study")}.{variant}.{fmt}"'
     lossy = len(members) if variant == "lossy" else sum(bool(r["lossy"]) for r in visible_instances(store, current_user(), study_uid))
     if lossy:
         response.headers["X-Lossy-Compression"] = f"instances={lossy}/{len(members)}"
+    done = {sop for sop, m in masters(store, study_uid).items() if m.mastered} if variant == "original" else set()
+    if mastered := sum(r["sop_uid"] in done for r in visible_instances(store, current_user(), study_uid)):
+        response.headers["X-RadPress-Original"] = f"lossless-master instances={mastered}/{len(members)}"
     return response
 
 

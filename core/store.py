@@ -68,6 +68,9 @@ CREATE TABLE IF NOT EXISTS demo_instances (sop_uid TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS study_readers (study_uid TEXT, user TEXT, PRIMARY KEY (study_uid, user));
 CREATE TABLE IF NOT EXISTS sessions (digest TEXT PRIMARY KEY, user TEXT, created REAL);
 CREATE TABLE IF NOT EXISTS login_failures (key TEXT, at REAL);
+CREATE TABLE IF NOT EXISTS masters (
+    sop_uid TEXT PRIMARY KEY, state TEXT, reason TEXT, codec TEXT, transfer_syntax TEXT, original_transfer_syntax TEXT,
+    original_bytes INTEGER, original_checksum TEXT, pixel_digest TEXT, checked_by TEXT, created REAL);
 CREATE TABLE IF NOT EXISTS access_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL, user TEXT, role TEXT, action TEXT, study_uid TEXT, sop_uid TEXT, address TEXT);
 CREATE INDEX IF NOT EXISTS login_failures_key ON login_failures(key, at);
@@ -430,7 +433,8 @@ class Store:
         indexed unless its row appeared meanwhile, and never deleted.
         """
         report = {key: [] for key in ("orphan_files", "missing_files", "missing_originals", "replaced_originals",
-                                      "reindexed_originals", "unindexed_originals", "in_flight")}
+                                      "reindexed_originals", "unindexed_originals", "in_flight",
+                                      "mastered_originals_removed", "master_mismatches")}
         known = set()
         for row in self.query("SELECT * FROM artifacts"):
             path = Path(row["path"])
@@ -456,7 +460,11 @@ class Store:
                 else:
                     report["orphan_files"].append(str(path))
                     path.unlink(missing_ok=True)
-        for key in ("missing_originals", "replaced_originals", "unindexed_originals"):
+        if verify:  # strategy 5: each lossless master still decodes (independently) to its original's pixels
+            from .master import verify_masters
+
+            report["master_mismatches"] = verify_masters(self)
+        for key in ("missing_originals", "replaced_originals", "unindexed_originals", "master_mismatches"):
             for item in report[key]:
                 log.error("archive check: %s: %s", key.replace("_", " "), item)
         return report
@@ -486,6 +494,8 @@ class Store:
             if taken is None:
                 self._index_original(db, path, ds, checksum)
                 report["reindexed_originals"].append(str(path))
+            elif Path(taken["path"]) != path and _leftover_of_master(db, ds, path, checksum):
+                report["mastered_originals_removed"].append(str(path))  # a crash came between the switch and the unlink
             elif Path(taken["path"]) != path:
                 report["unindexed_originals"].append(f"{path}: its SOP Instance UID is stored at {taken['path']}")
 
@@ -496,6 +506,12 @@ _NO_IMAGE = PixelSpec(rows=0, columns=0, samples=0, bits_allocated=0, bits_store
 def _casefold(text):
     """Patient names match case-insensitively in every script (MÜLLER finds Müller; SQLite's LIKE folds ASCII only)."""
     return text.casefold() if isinstance(text, str) else text
+
+
+def _leftover_of_master(db: sqlite3.Connection, ds: Dataset, path: Path, checksum: str) -> bool:
+    from .master import leftover_original
+
+    return leftover_original(db, str(ds.SOPInstanceUID), path, checksum)
 
 
 def _refuse_original(variant: str) -> None:

@@ -6,7 +6,7 @@ from dash import Input, Output, State, callback, dcc, html
 
 from components.cine_player import make_cine_player
 from core.present import dimensions, human_size
-from core.archive import plan
+from core.archive import plan, thumbnail_version
 from core.auth import current_user
 from core.context import open_store
 from core.errors import RadPressError
@@ -83,7 +83,8 @@ def layout(uid: str = "", **_query):
             warnings = [html.Div(w, className="small text-danger lossy-warning")
                         for a in artifacts.get(row["sop_uid"], []) if (w := artifact_warning(row, a))]
             cards.append(dbc.Col(dbc.Card([
-                html.A(html.Img(src=f"/thumbnail/{row['sop_uid']}", className="card-img-top thumb", alt="thumbnail"),
+                html.A(html.Img(src=f"/thumbnail/{row['sop_uid']}?v={thumbnail_version(store, row['sop_uid'])}",
+                                className="card-img-top thumb", alt="thumbnail"),
                        href=f"/compare?sop={row['sop_uid']}"),
                 dbc.CardBody([
                     html.Div(f"#{row['number'] or '?'} · {dimensions(row['columns'], row['rows'])} · {row['frames']} frame(s)", className="small"),

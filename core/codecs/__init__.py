@@ -32,6 +32,9 @@ __all__ = [
     "Codec",
     "AutoRule",
     "OHIF_RULE",
+    "SMALLEST_RULE",
+    "LOSSLESS_RULES",
+    "get_rule",
     "CODECS",
     "CODEC_NAMES",
     "MIN_RATIO",
@@ -151,21 +154,24 @@ def codec_for_uid(uid: str) -> Codec | None:
 
 @dataclass(frozen=True)
 class AutoRule:
-    """Which codec ``auto`` means, by image kind: (small grayscale, large grayscale, colour).
+    """Which codec a rule means, by image kind: (small grayscale, large grayscale, colour).
 
-    Lossy copies follow the rule the OHIF team uses for web delivery (small
-    grayscale → JPEG-LS, large grayscale → HTJ2K, colour → JPEG XL), where
-    decode speed matters.  Lossless copies are archived and paid for every
-    day, so large grayscale goes to JPEG XL, which the benchmark measures
-    smallest on the CR/MR images (HTJ2K is 6–9 % larger there).  When the
-    preferred codec cannot take an image (signed data in JPEG XL, say), the
-    fallbacks are tried in order.
+    ``auto`` means :data:`SMALLEST_RULE`: lossy copies follow the OHIF team's
+    web-delivery rule (small grayscale → JPEG-LS, large grayscale → HTJ2K,
+    colour → JPEG XL), where decode speed matters; lossless goes to the
+    smallest file, JPEG XL for large grayscale (HTJ2K is 6–9 % larger on the
+    CR/MR images, but encodes and decodes several times slower and has no
+    resolution levels).  The archive's copies follow :data:`OHIF_RULE` unless
+    the policy says otherwise.  When the preferred codec cannot take an image
+    (signed data in JPEG XL, say), the fallbacks are tried in order.
     """
 
     small_side: int = 1000
     lossy: tuple[str, str, str] = ("jpegls", "htj2k", "jxl")
     lossless: tuple[str, str, str] = ("jpegls", "jxl", "jxl")
     fallbacks: tuple[str, ...] = ("jpegls", "htj2k", "j2k")
+    name: str = "smallest"
+    label: str = "Smallest file (JPEG-LS < 1000 px, else JPEG XL)"
 
     def preferred(self, spec: PixelSpec, lossy: bool) -> str:
         small, large, colour = self.lossy if lossy else self.lossless
@@ -174,12 +180,37 @@ class AutoRule:
         return small if max(spec.rows, spec.columns) < self.small_side else large
 
 
-# OHIF's web-delivery rule for both modes.
-OHIF_RULE = AutoRule(lossless=AutoRule.lossy)
+SMALLEST_RULE = AutoRule()
+# OHIF's web-delivery rule for both modes: HTJ2K (RPCL) lets a viewer show a low resolution level first.
+OHIF_RULE = AutoRule(lossless=AutoRule.lossy, name="ohif",
+                     label="Web delivery, OHIF rule (JPEG-LS < 1000 px, else HTJ2K RPCL; colour JPEG XL)")
 
 
-def choose_codec(name: str, lossy: bool, spec: PixelSpec, rule: AutoRule = AutoRule()) -> Codec:
-    """Resolve *name* (``auto`` included) to a codec that accepts *spec*, or raise why not."""
+def _fixed(codec: str, label: str) -> AutoRule:
+    return AutoRule(lossy=(codec,) * 3, lossless=(codec,) * 3, name=codec, label=f"{label} for every image")
+
+
+# The choices a policy has for lossless copies (per modality too): the two rules, then one codec for everything.
+LOSSLESS_RULES: tuple[AutoRule, ...] = (OHIF_RULE, SMALLEST_RULE) + tuple(
+    _fixed(c.name, c.label) for c in CODECS if not c.lossy and c.writes)
+
+
+def get_rule(name: str) -> AutoRule:
+    """The lossless choice called *name* (``auto`` is :data:`SMALLEST_RULE`)."""
+    for rule in LOSSLESS_RULES:
+        if rule.name == ("smallest" if name == "auto" else name):
+            return rule
+    known = ", ".join(r.name for r in LOSSLESS_RULES)
+    raise InvalidOptionError(f"Unknown lossless codec choice {name!r}.", hint=f"Choose one of: {known}.")
+
+
+def choose_codec(name: str, lossy: bool, spec: PixelSpec, rule: AutoRule = SMALLEST_RULE) -> Codec:
+    """Resolve *name* (``auto``, or a rule's name such as ``ohif``) to a codec that accepts *spec*, or raise why not.
+
+    A codec named outright must take the image; a rule falls back to the next codec that does.
+    """
+    if name in (OHIF_RULE.name, SMALLEST_RULE.name):
+        name, rule = "auto", get_rule(name)
     if name != "auto":
         codec = get_codec(name, lossy)
         codec.check(spec)

@@ -102,7 +102,7 @@ def test_downloads_for_each_variant(http, server):
     assert "attachment" in original.headers["Content-Disposition"]
     lossless = http.get(f"{base}/download/instance/{sop}", params={"variant": "lossless"})
     ds = dcmread(io.BytesIO(lossless.content))
-    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.202"  # 1024² grayscale: HTJ2K RPCL (the OHIF rule)
     assert np.array_equal(decode_all(ds), decode_all(read_dataset(MR2)))
     lossy = http.get(f"{base}/download/instance/{sop}", params={"variant": "lossy"})
     ds = dcmread(io.BytesIO(lossy.content))

@@ -1,0 +1,327 @@
+"""Strategy 5, the lossless master: the original's pixel data replaced by a bit-exact JPEG-LS copy.
+
+This is the only way an original ever leaves the archive, so it is done in an
+order where a crash never leaves zero copies: the master (a complete DICOM file,
+every other attribute and the SOP Instance UID kept) is written under a
+temporary name and renamed beside the artifacts; a second decoder from another
+project (libjpeg through pylibjpeg — CharLS encoded it) must return the
+original's pixels exactly, and the master must keep every other attribute; then
+one transaction points the instance's original row at the master, records the
+original's checksum, size, transfer syntax and pixel digest (and the audit
+log); only then is the original's file unlinked.  A crash before the switch
+leaves an orphan master (removed by :meth:`Store.check`), one after it leaves
+the original's file, which the check removes once it sees the recorded switch.
+
+An image the master cannot hold exactly is kept as it came, with the reason:
+already lossy-compressed originals (a lossless label would hide the loss;
+uncompressed ones marked lossy are mastered and keep Lossy Image Compression
+"01" and their history), data in the bits above Bits Stored, very large tiled
+images, non-images, and masters no smaller than the original.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRBigEndian, JPEGLSLossless
+
+from .bigimage import is_large
+from .codecs import get_codec
+from .compress import compress
+from .derive import LOSSLESS_SYNTAXES
+from .errors import CodecError, RadPressError
+from .files import write_dataset
+from .locks import item_lock
+from .pixels import decode_all, pixel_spec, read_dataset, stored_values
+from .store import Artifact, Store, sha256_file, uid_key
+
+__all__ = ["MASTER_CODEC", "CHECKER", "Master", "MasterCheckFailed", "not_mastered_reason", "master_of", "masters",
+           "make_master", "independent_pixels", "pixel_digest", "verify_masters", "leftover_original"]
+
+MASTER_CODEC = "jpegls"  # the smallest lossless codec for grayscale CT/MR here, and fast (CharLS)
+CHECKER = "pylibjpeg"  # pydicom's pylibjpeg plugin: libjpeg (Thomas Richter), another JPEG-LS implementation
+# Attributes a master may change: the pixel data and its offset tables, and the colour-by-pixel order encapsulation needs.
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00001, 0x7FE00002, 0x00280006}
+
+
+class MasterCheckFailed(CodecError):
+    """The second decoder did not return the original's pixels (or an attribute changed): the original stays."""
+
+
+@dataclass(frozen=True)
+class Master:
+    sop_uid: str
+    state: str  # "master": the original was replaced; "kept": it stays, for *reason*
+    reason: str
+    codec: str
+    transfer_syntax: str
+    original_transfer_syntax: str
+    original_bytes: int
+    original_checksum: str
+    pixel_digest: str
+    checked_by: str
+    created: float
+
+    @property
+    def mastered(self) -> bool:
+        return self.state == "master"
+
+    def header(self) -> str:
+        """The X-RadPress-Original value of a download of this instance's "original"."""
+        return (f"lossless-master; codec={self.codec}; transfer-syntax={self.transfer_syntax}; "
+                f"original-transfer-syntax={self.original_transfer_syntax}; original-bytes={self.original_bytes}; "
+                f"original-sha256={self.original_checksum}; checked-by={self.checked_by}")
+
+
+def _master(row) -> Master:
+    return Master(*(row[k] for k in Master.__dataclass_fields__))
+
+
+def master_of(store: Store, sop_uid: str) -> Master | None:
+    rows = store.query("SELECT * FROM masters WHERE sop_uid=?", (sop_uid,))
+    return _master(rows[0]) if rows else None
+
+
+def masters(store: Store, study_uid: str | None = None) -> dict[str, Master]:
+    """Every instance decided on (mastered or kept with a reason), by SOP Instance UID."""
+    if study_uid is None:
+        rows = store.query("SELECT * FROM masters")
+    else:
+        rows = store.query("SELECT m.* FROM masters m JOIN instances i USING (sop_uid) JOIN series s USING (series_uid) "
+                           "WHERE s.study_uid=?", (study_uid,))
+    return {r["sop_uid"]: _master(r) for r in rows}
+
+
+def not_mastered_reason(row) -> str | None:
+    """Why an indexed instance keeps its original under strategy 5 (None: it gets a master), from the index alone."""
+    syntax = UID(row["transfer_syntax"] or "")
+    if not row["rows"]:
+        return "no pixel data: stored as it came"
+    if is_large(row["rows"], row["columns"]):
+        return "a very large image: kept as it came, served tile by tile"
+    if syntax not in LOSSLESS_SYNTAXES:
+        return f"already lossy-compressed ({syntax.name or syntax}): kept as it came, never relabelled lossless"
+    if syntax == JPEGLSLossless:
+        return "already stored as JPEG-LS lossless"
+    if row["bits_allocated"] not in (8, 16) or row["samples"] not in (1, 3) or (row["bits_stored"] or 0) < 2:
+        return (f"Bits Allocated {row['bits_allocated']}, Bits Stored {row['bits_stored']}, Samples per Pixel "
+                f"{row['samples']}: JPEG-LS holds 2-16 bit samples, 1 or 3 per pixel")
+    return None
+
+
+def pixel_digest(pixels: np.ndarray) -> str:
+    """SHA-256 of the decoded pixels (shape, type and little-endian values): what the master must always decode to."""
+    pixels = np.ascontiguousarray(pixels)
+    head = f"{pixels.shape}|{pixels.dtype.kind}{pixels.dtype.itemsize}|".encode()
+    return hashlib.sha256(head + pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes()).hexdigest()
+
+
+def independent_pixels(path: Path) -> np.ndarray:
+    """Every frame of a JPEG-LS master decoded by libjpeg (pylibjpeg), not by CharLS that encoded it."""
+    from pydicom.pixels import get_decoder
+
+    ds = read_dataset(path)
+    spec = pixel_spec(ds)
+    decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
+    if CHECKER not in decoder.available_plugins:
+        raise CodecError(f"The independent JPEG-LS decoder ({CHECKER}: pylibjpeg-libjpeg) is not installed.",
+                         hint="make run installs it (requirements.txt).")
+    try:
+        frames = [decoder.as_array(ds, index=i, decoding_plugin=CHECKER, as_rgb=False)[0] for i in range(spec.frames)]
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise MasterCheckFailed(f"The independent decoder could not read the master: {exc}.") from None
+    return np.stack([np.asarray(f).reshape(spec.shape) for f in frames])
+
+
+def _changed_attributes(original: Dataset, master: Dataset) -> list[str]:
+    """Attributes of *original* the master lost or changed (pixel data and its encapsulation aside)."""
+    big_endian = not original.is_little_endian if original.is_little_endian is not None else False
+    changed = []
+    for tag in set(original.keys()) | set(master.keys()):
+        if tag in _PIXEL_TAGS:
+            continue
+        if tag not in original or tag not in master:
+            changed.append(str(tag))
+            continue
+        a, b = original[tag], master[tag]
+        if big_endian and a.VR in ("OW", "OL", "OF", "OD", "OV", "SQ"):
+            continue  # words swapped to little endian on purpose (core.derive); their values are compared as pixels are not
+        if a.value != b.value:
+            changed.append(a.keyword or str(tag))
+    return sorted(changed)
+
+
+def _unused_bits(ds: Dataset, spec) -> bool:
+    """True when the stored words' bits above Bits Stored hold data (overlays, noise) a Bits Stored codestream drops.
+
+    Read from the file's own words: decoders hand back values already masked to Bits Stored.
+    """
+    if spec.bits_stored >= spec.bits_allocated or ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        return False
+    order = ">" if ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian else "<"
+    count = spec.rows * spec.columns * spec.samples * spec.frames
+    words = np.frombuffer(ds.PixelData, np.dtype(spec.dtype).newbyteorder(order), count=count).astype(spec.dtype)
+    return not np.array_equal(words, stored_values(words, spec))
+
+
+def _audit(store: Store, what: str, old, new) -> None:
+    with store.connect() as db:
+        db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
+                   (time.time(), "system", what, json.dumps(old), json.dumps(new)))
+
+
+def _keep(store: Store, original: Artifact, reason: str) -> Artifact:
+    """Record that this instance keeps its original under strategy 5, and why (shown on the Study page)."""
+    with store.connect() as db:
+        db.execute("INSERT OR REPLACE INTO masters (sop_uid, state, reason, codec, transfer_syntax, original_transfer_syntax, "
+                   "original_bytes, original_checksum, pixel_digest, checked_by, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                   (original.sop_uid, "kept", reason, "", original.transfer_syntax, original.transfer_syntax,
+                    original.bytes, original.checksum, "", "", time.time()))
+    return original
+
+
+def master_path(store: Store, sop_uid: str) -> Path:
+    key = uid_key(sop_uid)
+    return store.root / "artifacts" / key[:2] / key / f"master.{MASTER_CODEC}.dcm"
+
+
+def make_master(store: Store, sop_uid: str) -> Artifact:
+    """Replace the original of *sop_uid* by its checked lossless master; returns the instance's original row as it is now.
+
+    Raises :class:`MasterCheckFailed` (the original untouched, the refusal audited) when the
+    independent decoder disagrees.
+    """
+    with item_lock(store.root, f"master:{uid_key(sop_uid)}"):  # once, however many jobs ask
+        original = store.artifact(sop_uid, "original")
+        if master_of(store, sop_uid) is not None:
+            return original
+        reason = not_mastered_reason(store.instance(sop_uid))
+        if reason:
+            return _keep(store, original, reason)
+        ds = read_dataset(original.path)
+        spec = pixel_spec(ds)
+        try:
+            get_codec(MASTER_CODEC, False).check(spec)
+        except RadPressError as exc:
+            return _keep(store, original, exc.message)
+        if _unused_bits(ds, spec):
+            return _keep(store, original, f"the bits above Bits Stored ({spec.bits_stored} of {spec.bits_allocated}) "
+                                          "hold data that a lossless codestream of Bits Stored precision would drop")
+        before = decode_all(ds)
+        staged = store.tmp_path(".dcm")
+        try:
+            write_dataset(compress(ds, MASTER_CODEC, "lossless").dataset, staged)
+            if staged.stat().st_size >= original.bytes:
+                return _keep(store, original, f"the JPEG-LS master ({staged.stat().st_size} bytes) is not smaller than "
+                                              f"the original ({original.bytes} bytes)")
+            target = master_path(store, sop_uid)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _rename(staged, target)
+        finally:
+            staged.unlink(missing_ok=True)
+        try:
+            _check(store, original, ds, before, target)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        return _switch(store, original, target, pixel_digest(before))
+
+
+def _check(store: Store, original: Artifact, ds: Dataset, before: np.ndarray, target: Path) -> None:
+    """The master on disk, read back by the independent decoder, must hold the original's pixels and attributes."""
+    problems = []
+    try:
+        after = independent_pixels(target)
+    except MasterCheckFailed as exc:
+        problems.append(exc.message)
+    else:
+        if after.shape != before.shape or after.dtype != before.dtype:
+            problems.append(f"decoded {after.shape} {after.dtype}, the original {before.shape} {before.dtype}")
+        elif not np.array_equal(after, before):
+            problems.append(f"{int(np.count_nonzero(after != before))} sample(s) differ")
+    if changed := _changed_attributes(ds, read_dataset(target, pixels=False)):
+        problems.append("attributes changed: " + ", ".join(changed[:10]))
+    if problems:
+        message = f"The lossless master of {original.sop_uid} failed the independent check ({CHECKER}): {'; '.join(problems)}."
+        _audit(store, f"lossless master of {original.sop_uid} refused", None, message)
+        raise MasterCheckFailed(message, hint="The original is kept unchanged.")
+
+
+def _rename(staged: Path, target: Path) -> None:
+    os.replace(staged, target)  # staged was fsynced by write_dataset; same file system (the data directory)
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _switch(store: Store, original: Artifact, target: Path, digest: str) -> Artifact:
+    """One transaction: the original row now names the master, the switch is recorded; then the original's file goes."""
+    size, checksum = target.stat().st_size, sha256_file(target)
+    syntax = str(get_codec(MASTER_CODEC, False).transfer_syntax)
+    now = time.time()
+    with store.connect() as db:
+        switched = db.execute("UPDATE artifacts SET path=?, bytes=?, checksum=?, transfer_syntax=?, codec=? "
+                              "WHERE sop_uid=? AND variant='original' AND checksum=?",
+                              (str(target), size, checksum, syntax, MASTER_CODEC, original.sop_uid, original.checksum)).rowcount
+        if switched != 1:
+            raise CodecError(f"The original of {original.sop_uid} changed while its master was made; nothing was replaced.")
+        db.execute("UPDATE instances SET transfer_syntax=? WHERE sop_uid=?", (syntax, original.sop_uid))
+        db.execute("INSERT OR REPLACE INTO masters (sop_uid, state, reason, codec, transfer_syntax, original_transfer_syntax, "
+                   "original_bytes, original_checksum, pixel_digest, checked_by, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                   (original.sop_uid, "master", "", MASTER_CODEC, syntax, original.transfer_syntax, original.bytes,
+                    original.checksum, digest, CHECKER, now))
+        db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
+                   (now, "system", f"original of {original.sop_uid} replaced by its lossless master (strategy 5)",
+                    json.dumps({"path": str(original.path), "bytes": original.bytes, "sha256": original.checksum,
+                                "transfer_syntax": original.transfer_syntax}),
+                    json.dumps({"path": str(target), "bytes": size, "sha256": checksum, "transfer_syntax": syntax,
+                                "checked_by": CHECKER, "pixel_sha256": digest})))
+    _remove_original(original.path)
+    return store.artifact(original.sop_uid, "original")
+
+
+def _remove_original(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def leftover_original(db, sop_uid: str, path: Path, checksum: str) -> bool:
+    """A crash after the switch left the original's file: remove it when the index recorded exactly it as replaced.
+
+    Called by :meth:`Store.check` inside its write transaction.
+    """
+    row = db.execute("SELECT original_checksum FROM masters WHERE sop_uid=? AND state='master'", (sop_uid,)).fetchone()
+    if row is None or row["original_checksum"] != checksum:
+        return False
+    _remove_original(path)
+    return True
+
+
+def verify_masters(store: Store) -> list[str]:
+    """``check --verify``: every master decoded again by the independent decoder still gives the original's pixels."""
+    problems = []
+    for master in masters(store).values():
+        if not master.mastered:
+            continue
+        artifact = store.artifact(master.sop_uid, "original")
+        try:
+            digest = pixel_digest(independent_pixels(artifact.path))
+        except RadPressError as exc:
+            problems.append(f"{master.sop_uid}: {exc}")
+            continue
+        if digest != master.pixel_digest:
+            problems.append(f"{master.sop_uid}: the master no longer decodes to the original's pixels")
+    return problems

@@ -1,0 +1,214 @@
+"""Strategy 5, the lossless master: bit-exact by another project's decoder, or the original stays."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import requests
+
+import core.master as master_module
+from core.archive import plan, storage_report, variant_file
+from core.ingest import ingest
+from core.jobs import Jobs
+from core.master import CHECKER, MasterCheckFailed, make_master, master_of
+from core.pixels import decode_all, read_dataset
+from core.samples import write_series
+from core.store import Store, sha256_file
+from tests.checkers import gdcm_pixels
+from tests.conftest import ADMIN
+from tests.synthetic import write_kind
+
+MASTERED = ["u8_odd", "u10", "u12_odd", "u16", "s12", "s16", "mono1", "rgb", "ybr_full", "multiframe", "enhanced_ct",
+            "big_endian", "already_lossy"]
+
+
+def _stored(tmp_path, kind: str, **overrides):
+    """A store holding one synthetic instance; returns the store, its SOP Instance UID and the source file."""
+    source = write_kind(kind, tmp_path / "in", **overrides)
+    store = Store(tmp_path / "data")
+    [result] = list(ingest(store, [source]))
+    assert result.status == "stored", result
+    return store, str(read_dataset(source).SOPInstanceUID), source
+
+
+def _audit(store: Store) -> list[str]:
+    return [r["what"] for r in store.query("SELECT what FROM audit ORDER BY id")]
+
+
+@pytest.mark.parametrize("kind", MASTERED)
+def test_master_replaces_the_original_bit_exact(tmp_path, kind):
+    store, sop, source = _stored(tmp_path, kind)
+    original = store.artifact(sop, "original")
+    after = make_master(store, sop)
+    record = master_of(store, sop)
+    assert record.mastered and record.checked_by == CHECKER
+    assert not original.path.exists() and after.path.exists()  # the original's file is gone, the master is the original row
+    assert (record.original_checksum, record.original_bytes) == (original.checksum, original.bytes)
+    assert after.transfer_syntax == "1.2.840.10008.1.2.4.80" and after.bytes < original.bytes
+    expected = decode_all(read_dataset(source))
+    master = read_dataset(after.path)
+    assert str(master.SOPInstanceUID) == sop  # lossless and bit-exact: the same instance
+    # two decoders of other projects than the encoder (CharLS): libjpeg (pylibjpeg) and GDCM's command line
+    assert np.array_equal(master_module.independent_pixels(after.path), expected)
+    assert np.array_equal(gdcm_pixels(after.path, tmp_path), expected)
+    assert master_module._changed_attributes(read_dataset(source), master) == []
+    assert any("replaced by its lossless master" in what for what in _audit(store))
+
+
+def test_an_already_lossy_original_keeps_its_lossy_marking(tmp_path):
+    store, sop, source = _stored(tmp_path, "already_lossy")
+    make_master(store, sop)
+    master = read_dataset(store.artifact(sop, "original").path)
+    assert master.LossyImageCompression == "01"
+    assert list(master.LossyImageCompressionMethod) == list(read_dataset(source).LossyImageCompressionMethod)
+    assert store.instance(sop)["lossy"]  # still reported as lossy everywhere
+
+
+def test_a_lossy_compressed_original_is_kept_as_it_came(tmp_path):
+    from core.compress import compress
+
+    lossy = compress(read_dataset(write_kind("u12_odd", tmp_path / "src")), "j2k", "lossy", 8).dataset
+    path = tmp_path / "in" / "lossy.dcm"
+    path.parent.mkdir()
+    lossy.save_as(path, enforce_file_format=True)
+    store = Store(tmp_path / "data")
+    list(ingest(store, [path]))
+    sop = str(lossy.SOPInstanceUID)
+    before = store.artifact(sop, "original")
+    assert make_master(store, sop) == before and before.path.exists()
+    record = master_of(store, sop)
+    assert record.state == "kept" and "already lossy-compressed" in record.reason
+
+
+def test_data_above_bits_stored_keeps_the_original(tmp_path):
+    store, sop, source = _stored(tmp_path, "u12_dirty")
+    before = store.artifact(sop, "original")
+    assert make_master(store, sop) == before and sha256_file(before.path) == sha256_file(source)
+    assert "above Bits Stored" in master_of(store, sop).reason
+
+
+def test_a_failing_independent_check_keeps_the_original_and_reports(tmp_path, monkeypatch):
+    """An encoder that changes one sample (simulated): libjpeg sees it, the original stays, the refusal is audited."""
+    store, sop, source = _stored(tmp_path, "s12")
+    real = master_module.compress
+
+    def corrupting(ds, *args, **kwargs):
+        damaged = ds.copy()
+        pixels = decode_all(ds)[0]
+        pixels[3, 5] += 1
+        damaged.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+        return real(damaged, *args, **kwargs)
+
+    monkeypatch.setattr(master_module, "compress", corrupting)
+    before = store.artifact(sop, "original")
+    with pytest.raises(MasterCheckFailed, match="1 sample"):
+        make_master(store, sop)
+    assert store.artifact(sop, "original") == before and sha256_file(before.path) == before.checksum
+    assert master_of(store, sop) is None  # not decided: a later job tries again
+    assert not master_module.master_path(store, sop).exists()
+    assert any("refused" in what for what in _audit(store))
+    assert not list((store.root / "tmp").iterdir())
+
+
+def test_a_crash_before_the_switch_leaves_the_original(tmp_path, monkeypatch):
+    store, sop, source = _stored(tmp_path, "u12_odd")
+    before = store.artifact(sop, "original")
+
+    def killed(*_args):
+        raise KeyboardInterrupt("killed between the check and the switch")
+
+    monkeypatch.setattr(master_module, "_switch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        make_master(store, sop)
+    monkeypatch.undo()
+    stray = master_module.master_path(store, sop)
+    assert stray.exists() and store.artifact(sop, "original") == before  # two copies, the index names the original
+    assert np.array_equal(decode_all(read_dataset(variant_file(store, sop, "original").stream)), decode_all(read_dataset(source)))
+    old = stray.stat().st_mtime - 3600
+    os.utime(stray, (old, old))
+    assert str(stray) in store.check()["orphan_files"]
+    assert make_master(store, sop).path == stray and master_of(store, sop).mastered
+
+
+def test_a_crash_after_the_switch_is_finished_by_check(tmp_path, monkeypatch):
+    store, sop, source = _stored(tmp_path, "mono1")
+    before = store.artifact(sop, "original")
+    monkeypatch.setattr(master_module, "_remove_original", lambda path: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        make_master(store, sop)
+    monkeypatch.undo()
+    assert before.path.exists() and master_of(store, sop).mastered  # two copies; the index names the master
+    with variant_file(store, sop, "original").stream as fh:
+        assert np.array_equal(decode_all(read_dataset(fh)), decode_all(read_dataset(source)))
+    report = store.check(verify=True)
+    assert report["mastered_originals_removed"] == [str(before.path)] and not before.path.exists()
+    assert report["unindexed_originals"] == [] and report["master_mismatches"] == []
+
+
+def test_check_verify_decodes_every_master_again(tmp_path):
+    store, sop, _source = _stored(tmp_path, "u10")
+    make_master(store, sop)
+    assert store.check(verify=True)["master_mismatches"] == []
+    with store.connect() as db:  # as if the master's pixels had changed since: the digest no longer matches
+        db.execute("UPDATE masters SET pixel_digest='0' WHERE sop_uid=?", (sop,))
+    assert store.check(verify=True)["master_mismatches"] == [f"{sop}: the master no longer decodes to the original's pixels"]
+
+
+def test_strategy_5_by_job_and_its_storage_projection(tmp_path):
+    store = Store(tmp_path / "data")
+    files = [write_kind(kind, tmp_path / "in", study_uid="1.2.826.0.1.3680043.8.498.5") for kind in ("s12", "u12_dirty", "rgb")]
+    list(ingest(store, files))
+    study = "1.2.826.0.1.3680043.8.498.5"
+    projected = {s["strategy"]: s for s in storage_report(store, study)["strategies"]}[5]
+    assert projected["estimated"]
+    store.set_study_strategy(study, 5)
+    assert {w.variant for w in plan(store, study).make} == {"master"}
+    jobs = Jobs(store, workers=1)
+    jobs.submit(study)
+    [job] = jobs.run_pending()
+    assert job["state"] == "done", job
+    assert plan(store, study).make == ()  # mastered or kept: nothing left to do
+    report = storage_report(store, study)
+    now = {s["strategy"]: s for s in report["strategies"]}[5]
+    assert not now["estimated"] and now["bytes"] == sum(a.bytes for a in store.artifacts(study_uid=study) if a.variant == "original")
+    assert now["bytes"] < sum(f.stat().st_size for f in files) and report["bytes_now"]["master"] > 0
+    assert abs(projected["bytes"] - now["bytes"]) < 0.25 * now["bytes"]
+
+
+def test_download_of_a_mastered_original_and_deflated_zips(tmp_path, live_app):
+    base, app = live_app(demo=False)
+    store = app.server.extensions["radpress"]["store"]
+    files = write_series("693_UNCR", 3, tmp_path / "ct")
+    list(ingest(store, files))
+    study = str(read_dataset(files[0]).StudyInstanceUID)
+    http = requests.Session()
+    http.auth = ADMIN
+    stored = http.get(f"{base}/download/study/{study}.zip")
+    deflated = http.get(f"{base}/download/study/{study}.zip", params={"deflate": 1})
+    assert stored.ok and deflated.ok
+    with zipfile.ZipFile(io.BytesIO(stored.content)) as a, zipfile.ZipFile(io.BytesIO(deflated.content)) as b:
+        assert a.testzip() is None and b.testzip() is None
+        assert {i.compress_type for i in b.infolist()} == {zipfile.ZIP_DEFLATED}
+        assert {n: a.read(n) for n in a.namelist()} == {n: b.read(n) for n in b.namelist()}
+    assert len(deflated.content) < 0.6 * len(stored.content)
+    assert http.get(f"{base}/download/study/{study}.zip", params={"deflate": "yes"}).status_code == 400
+    assert http.get(f"{base}/download/study/{study}.tar", params={"deflate": 1}).status_code == 400
+
+    sop = str(read_dataset(files[0]).SOPInstanceUID)
+    make_master(store, sop)
+    answer = http.get(f"{base}/download/instance/{sop}", params={"variant": "original"})
+    assert answer.ok and answer.headers["X-RadPress-Original"].startswith("lossless-master; codec=jpegls")
+    assert answer.headers["X-Transfer-Syntax"] == "1.2.840.10008.1.2.4.80"
+    got = read_dataset(io.BytesIO(answer.content))
+    assert str(got.SOPInstanceUID) == sop
+    assert np.array_equal(decode_all(got), decode_all(read_dataset(files[0])))
+    lossless = http.get(f"{base}/download/instance/{sop}", params={"variant": "lossless"})
+    assert lossless.content == answer.content  # the master is the lossless copy
+    bundle = http.get(f"{base}/download/study/{study}.zip", params={"deflate": 1})
+    assert bundle.headers["X-RadPress-Original"] == "lossless-master instances=1/3"
+    with zipfile.ZipFile(io.BytesIO(bundle.content)) as z:  # the master is stored, the uncompressed ones deflated
+        assert sorted(i.compress_type for i in z.infolist()) == [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_DEFLATED]
