@@ -6,10 +6,13 @@ storage API and the Policy page alike.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, replace
+from typing import Mapping
 
-from .codecs import MAX_RATIO, MIN_RATIO, get_codec
-from .errors import InvalidOptionError
+from .codecs import LOSSLESS_RULES, MAX_RATIO, MIN_RATIO, choose_codec, get_codec, get_rule
+from .errors import InvalidOptionError, UnsupportedError
+from .pixels import PixelSpec
 
 __all__ = [
     "Strategy",
@@ -23,9 +26,15 @@ __all__ = [
     "codec_for",
     "ratio_for",
     "lossy_setting",
+    "lossless_codec_for",
     "upper_bound",
     "check_bound",
     "ratio_warning",
+    "MODALITIES",
+    "LOSSLESS_CHOICES",
+    "parse_ratio",
+    "ratio_fallback",
+    "check_modality",
 ]
 
 VARIANTS = ("original", "lossless", "lossy", "thumbnail")
@@ -53,22 +62,36 @@ STRATEGIES: tuple[Strategy, ...] = (
              "Cheap, fast web viewing.", "Lossless transfers are compressed on demand.",
              "Teleradiology and web viewing on slow links."),
     Strategy(4, "Original only", ("original",), ("lossless", "lossy"),
-             "Least disk of the strategies that keep the original file.", "Everything is compressed on the fly at download.",
+             "Least disk.", "Everything is compressed on the fly at download.",
              "Small archives, rare downloads."),
-    Strategy(5, "Lossless master", ("master",), ("lossy",),
-             "Least disk: each image once, as a JPEG-LS lossless master that a second decoder confirmed bit-exact "
-             "(every other attribute and the SOP Instance UID kept); it is the lossless copy too.",
-             "The original file is replaced by its master (audited); downloads of the original are the master. "
-             "Lossy copies are made on first request. Already-lossy originals stay as they came.",
-             "Archives short of disk that still need every image bit-exact."),
 )
+
+
+def _strategy_hint() -> str:
+    numbers = [str(s.number) for s in STRATEGIES]
+    return f"Choose {', '.join(numbers[:-1])} or {numbers[-1]}."
 
 
 def get_strategy(number: int) -> Strategy:
     for strategy in STRATEGIES:
         if strategy.number == number:
             return strategy
-    raise InvalidOptionError(f"Storage strategy {number!r} does not exist.", hint="Choose 1, 2, 3, 4 or 5.")
+    raise InvalidOptionError(f"Storage strategy {number!r} does not exist.", hint=_strategy_hint())
+
+
+# What lossless copies may be made with, clinic-wide or per modality: (name, label), from the codec registry.
+LOSSLESS_CHOICES: tuple[tuple[str, str], ...] = tuple((r.name, r.label) for r in LOSSLESS_RULES)
+# Modalities the Policy page offers a row for (any other valid code may be set through the API).
+MODALITIES: tuple[str, ...] = ("CR", "DX", "CT", "MR", "MG", "US", "XA", "RF", "NM", "PT", "OT")
+_MODALITY = re.compile(r"[A-Z0-9_ ]{1,16}")
+
+
+def check_modality(code) -> str:
+    """A Modality (0008,0060) code as a policy key: CS, upper case, at most 16 characters."""
+    if not isinstance(code, str) or not _MODALITY.fullmatch(code) or code != code.strip():
+        raise InvalidOptionError(f"{code!r} is not a Modality (0008,0060) code.",
+                                 hint="Use the DICOM defined term in capitals, e.g. CT, MR, CR, DX.")
+    return code
 
 
 # German radiology consensus (Loose et al., RöFo 2009; endorsed by the German
@@ -109,27 +132,42 @@ class Policy:
     lossy_enabled: bool = True
     default_ratio: float = 10.0
     ratios: dict[str, float] = field(default_factory=lambda: {_key(k): v for k, v in RECOMMENDED_RATIOS.items()})
-    lossless_codec: str = "j2k"
+    # Lossless copies: a rule or a codec from LOSSLESS_CHOICES; the web-delivery rule by default.  A policy
+    # stored by an older version keeps the codec it was saved with (JPEG 2000), so an upgrade re-encodes nothing.
+    lossless_codec: str = "ohif"
     lossy_codec: str = "j2k"
     # A ratio is chosen for one codec (the lab measures codec and ratio together):
     # keys of ``ratios`` whose ratio was chosen for another codec than lossy_codec.
     lossy_codecs: dict[str, str] = field(default_factory=dict)
     lossy_banner: str = "LOSSY — compressed {ratio}:1 ({codec}, {method}) — not for primary diagnosis"  # clinic's wording
+    # Per modality, between the clinic default and a study's own override: a strategy number, a lossless choice.
+    strategies: dict[str, int] = field(default_factory=dict)
+    lossless_codecs: dict[str, str] = field(default_factory=dict)
 
     def validated(self) -> "Policy":
         # JSON from the API: "false" or 1 where a boolean goes would silently leave lossy copies switched on.
         if isinstance(self.strategy, bool) or not isinstance(self.strategy, int):
-            raise InvalidOptionError(f"Storage strategy {self.strategy!r} is not a number.", hint="Choose 1, 2, 3, 4 or 5.")
+            raise InvalidOptionError(f"Storage strategy {self.strategy!r} is not a number.", hint="Choose 1, 2, 3 or 4.")
         if not isinstance(self.lossy_enabled, bool):
             raise InvalidOptionError(f"lossy_enabled {self.lossy_enabled!r} is not true or false.",
                                      hint="Send a JSON boolean, not a string or a number.")
         if not isinstance(self.lossy_banner, str):
             raise InvalidOptionError(f"The lossy banner {self.lossy_banner!r} is not text.")
         get_strategy(self.strategy)
+        if not isinstance(self.strategies, dict) or not isinstance(self.lossless_codecs, dict):
+            raise InvalidOptionError("strategies and lossless_codecs are objects keyed by modality.", hint='For example {"CT": 2}.')
+        for modality, number in self.strategies.items():
+            check_modality(modality)
+            if isinstance(number, bool) or not isinstance(number, int):
+                raise InvalidOptionError(f"Storage strategy {number!r} for {modality} is not a number.", hint=_strategy_hint())
+            get_strategy(number)
+        get_rule(self.lossless_codec)
+        for modality, choice in self.lossless_codecs.items():
+            check_modality(modality)
+            get_rule(choice)
         if "{ratio}" not in self.lossy_banner:
             raise InvalidOptionError("The lossy banner must show the ratio.", hint="Keep {ratio} in the wording.")
         _check_banner(self.lossy_banner)
-        get_codec(self.lossless_codec, False)
         get_codec(self.lossy_codec, True)
         for codec in self.lossy_codecs.values():
             get_codec(codec, True)
@@ -146,6 +184,18 @@ class Policy:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def strategy_for(self, modalities: Mapping[str, int]) -> int:
+        """A study's strategy when it has no override: that of its most frequent image modality (counts of
+        instances with pixels), else the clinic default."""
+        if modalities:
+            main = min(modalities, key=lambda m: (-modalities[m], m))
+            return self.strategies.get(main, self.strategy)
+        return self.strategy
+
+    def lossless_choice(self, modality: str) -> str:
+        """The rule or codec lossless copies of this modality's images are made with."""
+        return self.lossless_codecs.get(modality, self.lossless_codec)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Policy":
@@ -210,6 +260,29 @@ def codec_for(policy: Policy, modality: str, body_part: str = "", description: s
     return policy.lossy_codec
 
 
+def parse_ratio(text, label: str) -> float | None:
+    """A ratio typed into a form: None when empty (the ratio then follows the next one in :func:`ratio_for`'s
+    order), else a number within MIN_RATIO–MAX_RATIO, or InvalidOptionError saying what is wrong."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    try:
+        value = float(text.strip().replace(",", ".")) if isinstance(text, str) else float(text)
+    except (TypeError, ValueError):
+        raise InvalidOptionError(f"The {label} ratio {text!r} is not a number.", hint="For example 10 (meaning 10:1).") from None
+    if not MIN_RATIO <= value <= MAX_RATIO:  # NaN fails this too
+        raise InvalidOptionError(f"The {label} ratio {value:g}:1 is out of range.",
+                                 hint=f"Choose between {MIN_RATIO:g}:1 and {MAX_RATIO:g}:1.")
+    return value
+
+
+def ratio_fallback(policy: Policy, key: str) -> tuple[float, str]:
+    """The ratio an empty field for *key* ("CT BRAIN", "CT") means, and where it comes from."""
+    modality = key.split()[0]
+    if modality != key and modality in policy.ratios:
+        return float(policy.ratios[modality]), modality
+    return float(policy.default_ratio), "the default"
+
+
 def upper_bound(modality: str, body_part: str = "", description: str = "") -> float | None:
     """The CAR 2008 upper bound for this kind of image, or None where CAR sets none."""
     region = anatomy(body_part, description)
@@ -267,3 +340,19 @@ def lossy_setting(policy: Policy, row) -> LossySetting:
         requested, codec = ratio_for(policy, *kind), codec_for(policy, *kind)
     ratio, note = check_bound(requested, *kind, cap=True)
     return LossySetting(codec, ratio, requested, upper_bound(*kind), note)
+
+
+def lossless_codec_for(policy: Policy, row, signed: bool | None = None) -> str:
+    """The codec of an instance's lossless copy: its modality's choice (a rule or a codec) applied to its kind.
+
+    *row* is an instance row of the index; *signed* overrides its Pixel Representation (rows indexed before
+    it was recorded have none).  When no codec takes the image, the choice's own codec is named and making
+    the copy fails with the reason.
+    """
+    rule = get_rule(policy.lossless_choice(row["modality"] or ""))
+    spec = PixelSpec(row["rows"], row["columns"], row["samples"], row["bits_allocated"], row["bits_stored"],
+                     bool(row["signed"]) if signed is None else signed, row["photometric"] or "", row["frames"] or 1)
+    try:
+        return choose_codec("auto", False, spec, rule).name
+    except UnsupportedError:
+        return rule.preferred(spec, False)

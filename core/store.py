@@ -247,7 +247,9 @@ class Store:
                         raise
                     return "stored"
                 if row["checksum"] == checksum or db.execute(
-                        "SELECT 1 FROM conflicts WHERE sop_uid=? AND checksum=?", (sop_uid, checksum)).fetchone():
+                        "SELECT 1 FROM conflicts WHERE sop_uid=? AND checksum=?", (sop_uid, checksum)).fetchone() or db.execute(
+                        "SELECT 1 FROM masters WHERE sop_uid=? AND state='master' AND original_checksum=?",  # strategy 5
+                        (sop_uid, checksum)).fetchone():
                     return "duplicate"
                 target = self.conflict_path(sop_uid, checksum)
                 if not target.exists():  # else these very bytes were placed just before a crash

@@ -212,3 +212,12 @@ def test_download_of_a_mastered_original_and_deflated_zips(tmp_path, live_app):
     assert bundle.headers["X-RadPress-Original"] == "lossless-master instances=1/3"
     with zipfile.ZipFile(io.BytesIO(bundle.content)) as z:  # the master is stored, the uncompressed ones deflated
         assert sorted(i.compress_type for i in z.infolist()) == [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_DEFLATED]
+
+
+def test_the_original_sent_again_after_mastering_is_a_duplicate(tmp_path):
+    store, sop, source = _stored(tmp_path, "u12_odd")
+    make_master(store, sop)
+    master = store.artifact(sop, "original")
+    [again] = list(ingest(store, [source]))
+    assert again.status == "duplicate" and store.artifact(sop, "original") == master
+    assert not store.original_path(sop).exists() and store.check()["unindexed_originals"] == []
