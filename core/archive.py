@@ -385,6 +385,16 @@ def thumbnail_bytes(store: Store, sop_uid: str) -> tuple[bytes, str]:
     return data, hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+def thumbnail_version(store: Store, sop_uid: str) -> str:
+    """The ETag :func:`thumbnail_bytes` answers with, without making the thumbnail: pages link
+    ``/thumbnail/<sop>?v=<version>``, a URL that names its content (cached by the browser as immutable)."""
+    stored = store.artifact(sop_uid, "thumbnail")
+    if stored is not None:
+        return stored.checksum[:32]
+    original = store.artifact(sop_uid, "original")
+    return hashlib.sha256(f"{original.checksum}:thumbnail:{THUMBNAIL_SIZE}".encode()).hexdigest()[:32]
+
+
 def lab_key(store: Store, study_uid: str, config=None, sop_uids: set[str] | None = None) -> str:
     """The cache key of a quality-lab sweep: the instances, the settings and the clinic's current codec and ratio
     (which the sweep judges too).  One key, one sweep, however many ask (:mod:`core.labjobs`)."""
