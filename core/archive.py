@@ -24,11 +24,11 @@ from .files import atomic_writer
 from .locks import item_lock
 from .master import MASTER_CODEC, make_master, master_of, masters, not_mastered_reason
 from .pixels import read_dataset
-from .policy import Policy, check_bound, get_strategy, lossy_setting
+from .policy import Policy, check_bound, get_strategy, lossless_codec_for, lossy_setting
 from .render import thumbnail_png
 from .store import Artifact, Store, StoreError
 
-__all__ = ["Wanted", "Plan", "plan", "make_artifact", "variant_file", "storage_report", "Forbidden", "CACHE_LIMIT"]
+__all__ = ["Wanted", "Plan", "plan", "study_wanted", "changed_studies", "save_policy", "make_artifact", "variant_file", "storage_report", "Forbidden", "CACHE_LIMIT"]
 
 CACHE_LIMIT = 2 << 30
 THUMBNAIL_SIZE = 256
@@ -59,18 +59,20 @@ def _ratio(policy: Policy, row) -> float:
     return lossy_setting(policy, row).ratio
 
 
-def wanted_for(policy: Policy, strategy: int, row) -> set[Wanted]:
+def wanted_for(policy: Policy, strategy: int, row, signed: bool | None = None) -> set[Wanted]:
     """The artifacts one instance keeps under *strategy* (originals are implied; a non-image keeps only that)."""
     wanted = set()
     if not row["rows"]:  # a report, RT plan, PDF, key object ...: no pixels to compress
         return wanted
+    large = is_large(row["rows"], row["columns"])  # made tile by tile as JPEG 2000 (_make_large), whatever the policy says
     for variant in get_strategy(strategy).stored:
         if variant == "lossless":
-            wanted.add(Wanted(row["sop_uid"], "lossless", 0, policy.lossless_codec))
+            codec = "j2k" if large else lossless_codec_for(policy, row, signed)
+            wanted.add(Wanted(row["sop_uid"], "lossless", 0, codec))
         elif variant == "lossy" and policy.lossy_enabled and row["photometric"] != "PALETTE COLOR":
             # (palette indices are never compressed lossily: a small error is another colour, so none is planned)
             setting = lossy_setting(policy, row)  # codec and ratio chosen together
-            wanted.add(Wanted(row["sop_uid"], "lossy", setting.ratio, setting.codec))
+            wanted.add(Wanted(row["sop_uid"], "lossy", setting.ratio, "j2k" if large else setting.codec))
         elif variant == "thumbnail":
             wanted.add(Wanted(row["sop_uid"], "thumbnail", 0, "png"))
         elif variant == "master" and not_mastered_reason(row) is None:  # strategy 5 (core.master)
@@ -80,19 +82,73 @@ def wanted_for(policy: Policy, strategy: int, row) -> set[Wanted]:
     return wanted
 
 
-def plan(store: Store, study_uid: str) -> Plan:
-    policy, strategy = store.policy(), store.study_strategy(study_uid)
-    have = {(a.sop_uid, a.variant, a.ratio, a.codec): a for a in store.artifacts(study_uid=study_uid) if a.variant != "original"}
+def _signed(store: Store, rows) -> dict[str, bool]:
+    """Pixel Representation of instances indexed before it was recorded: read once from the original's header."""
+    from pydicom import dcmread
+
+    found = {}
+    for row in rows:
+        if row["rows"] and row["signed"] is None and (original := store.artifact(row["sop_uid"], "original")):
+            found[row["sop_uid"]] = bool(dcmread(original.path, stop_before_pixels=True).get("PixelRepresentation", 0))
+    if found:
+        with store.connect() as db:
+            db.executemany("UPDATE instances SET signed=? WHERE sop_uid=?", [(int(v), k) for k, v in found.items()])
+    return found
+
+
+def study_wanted(store: Store, study_uid: str, policy: Policy | None = None) -> tuple[int, set[Wanted]]:
+    """The strategy a study follows under *policy* (the stored one by default) and the artifacts it then keeps."""
+    rows = store.instances(study_uid)
+    return _wanted(policy or store.policy(), store.study(study_uid)["strategy"], rows, _signed(store, rows))
+
+
+def _wanted(policy: Policy, override: int | None, rows, signed: dict[str, bool]) -> tuple[int, set[Wanted]]:
+    """A study's own strategy, else its modality's (store.study_strategy), and what its instances keep under it."""
+    modalities: dict[str, int] = {}
+    for row in rows:
+        if row["rows"]:
+            modalities[row["modality"] or ""] = modalities.get(row["modality"] or "", 0) + 1
+    strategy = int(override) if override else policy.strategy_for(modalities)
     wanted = set()
-    for row in store.instances(study_uid):
-        wanted |= wanted_for(policy, strategy, row)
+    for row in rows:
+        wanted |= wanted_for(policy, strategy, row, signed.get(row["sop_uid"]))
+    return strategy, wanted
+
+
+def plan(store: Store, study_uid: str) -> Plan:
+    strategy, wanted = study_wanted(store, study_uid)
     if any(w.variant == "master" for w in wanted):  # an instance decided on (mastered, or kept with a reason) is done
         decided = masters(store, study_uid)
         wanted = {w for w in wanted if w.variant != "master" or w.sop_uid not in decided}
+    have = {(a.sop_uid, a.variant, a.ratio, a.codec): a for a in store.artifacts(study_uid=study_uid) if a.variant != "original"}
     keys = {(w.sop_uid, w.variant, w.ratio, w.codec) for w in wanted}
     make = tuple(sorted((w for w in wanted if (w.sop_uid, w.variant, w.ratio, w.codec) not in have), key=lambda w: (w.sop_uid, w.variant)))
     remove = tuple(a for k, a in have.items() if k not in keys)
     return Plan(study_uid, strategy, make, remove)
+
+
+def changed_studies(store: Store, old: Policy, new: Policy) -> list[str]:
+    """The studies whose artifacts differ between two policies (what each would keep, compared per study).
+
+    Reads the index in two queries, so that saving the policy of a large archive stays quick."""
+    rows = store.instances(None)
+    signed = _signed(store, rows)
+    by_study: dict[str, list] = {}
+    for row in rows:
+        by_study.setdefault(row["study_uid"], []).append(row)
+    changed = []
+    for study in store.query("SELECT study_uid, strategy FROM studies ORDER BY study_uid"):
+        mine = by_study.get(study["study_uid"], [])
+        if _wanted(old, study["strategy"], mine, signed)[1] != _wanted(new, study["strategy"], mine, signed)[1]:
+            changed.append(study["study_uid"])
+    return changed
+
+
+def save_policy(store: Store, jobs, policy: Policy, user: str) -> list[int]:
+    """Save the clinic's policy (validated, audited) and queue a job for each study whose artifacts change: only those."""
+    old = store.policy()
+    store.set_policy(policy, user=user)
+    return [jobs.submit(uid) for uid in changed_studies(store, old, policy.validated())]
 
 
 def _encode(original: Path, variant: str, ratio: float, codec: str) -> tuple[bytes, str, float | None]:
@@ -238,7 +294,7 @@ def variant_file(store: Store, sop_uid: str, variant: str, ratio: float | None =
     if variant == "original" or not row["rows"]:  # a non-image (report, plan, PDF) is served as it came, whatever the variant
         return _original_file(store, original)
     lossy = variant == "lossy"
-    codec = lossy_setting(policy, row).codec if lossy else policy.lossless_codec
+    codec = lossy_setting(policy, row).codec if lossy else lossless_codec_for(policy, row)
     ratio = check_ratio(float(ratio) if ratio is not None else _ratio(policy, row), True) if lossy else 0.0
     method = get_codec(codec, True).method if lossy else None
     art = store.artifact(sop_uid, variant, ratio)
@@ -267,7 +323,8 @@ def variant_file(store: Store, sop_uid: str, variant: str, ratio: float | None =
 
 
 def storage_report(store: Store, study_uid: str | None = None) -> dict:
-    """Bytes per variant now, and what each strategy would cost (measured, or estimated from a sample)."""
+    """Bytes per variant now, what each strategy would cost (measured, or estimated from a sample), and what the
+    policy costs: each study under the strategy it follows (its own, its modality's or the clinic's)."""
     from .policy import STRATEGIES
 
     studies = [study_uid] if study_uid else [r["study_uid"] for r in store.studies()]
@@ -276,7 +333,10 @@ def storage_report(store: Store, study_uid: str | None = None) -> dict:
     cost = {s.number: 0.0 for s in STRATEGIES}
     estimated = {s.number: False for s in STRATEGIES}
     received = 0  # the originals as they came in (a lossless master's original counted at its recorded size)
+    followed = {"bytes": 0.0, "estimated": False, "studies": {}}
     for uid in studies:
+        strategy_now = store.study_strategy(uid, policy)
+        followed["studies"][strategy_now] = followed["studies"].get(strategy_now, 0) + 1
         rows = store.instances(uid)
         arts = store.artifacts(study_uid=uid)
         mastered = {sop: m for sop, m in masters(store, uid).items() if m.mastered}
@@ -305,6 +365,9 @@ def storage_report(store: Store, study_uid: str | None = None) -> dict:
                     cost[strategy.number] += sizes[variant]
                     if variant != "original" and not by_key.get((row["sop_uid"], variant)):
                         estimated[strategy.number] = True
+                    if strategy.number == strategy_now:  # the same sums as the strategy's card, for this study
+                        followed["bytes"] += sizes[variant]
+                        followed["estimated"] |= variant != "original" and not by_key.get((row["sop_uid"], variant))
     originals = received
     return {
         "study_uid": study_uid,
@@ -316,6 +379,9 @@ def storage_report(store: Store, study_uid: str | None = None) -> dict:
              "vs_originals": (cost[s.number] / originals) if originals else None}
             for s in STRATEGIES
         ],
+        "policy": {"bytes": int(followed["bytes"]), "estimated": followed["estimated"],
+                   "vs_originals": (followed["bytes"] / originals) if originals else None,
+                   "studies_per_strategy": followed["studies"]},
     }
 
 
@@ -327,13 +393,14 @@ def _sample_lossless_ratio(store: Store, rows, by_key, policy: Policy) -> float:
     if not rows:
         return 1.0
     original = by_key[(rows[len(rows) // 2]["sop_uid"], "original")]
-    key = f"{original.checksum}:lossless-ratio:{policy.lossless_codec}"  # an encode is ~0.1 s: once per sample, not per request
+    codec = lossless_codec_for(policy, rows[len(rows) // 2])
+    key = f"{original.checksum}:lossless-ratio:{codec}"  # an encode is ~0.1 s: once per sample, not per request
     cache = _cache(store)
     if (ratio := cache.get(key)) is None:
         with item_lock(store.root, f"variant:{key}"):
             if (ratio := cache.get(key)) is None:
                 try:
-                    _data, _syntax, achieved = _encode(original.path, "lossless", 0, policy.lossless_codec)
+                    _data, _syntax, achieved = _encode(original.path, "lossless", 0, codec)
                 except RadPressError:
                     achieved = None
                 ratio = achieved or 1.0
@@ -383,16 +450,6 @@ def thumbnail_bytes(store: Store, sop_uid: str) -> tuple[bytes, str]:
                 data = thumbnail_png(read_dataset(original.path), THUMBNAIL_SIZE)
                 cache.set(key, data)
     return data, hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-def thumbnail_version(store: Store, sop_uid: str) -> str:
-    """The ETag :func:`thumbnail_bytes` answers with, without making the thumbnail: pages link
-    ``/thumbnail/<sop>?v=<version>``, a URL that names its content (cached by the browser as immutable)."""
-    stored = store.artifact(sop_uid, "thumbnail")
-    if stored is not None:
-        return stored.checksum[:32]
-    original = store.artifact(sop_uid, "original")
-    return hashlib.sha256(f"{original.checksum}:thumbnail:{THUMBNAIL_SIZE}".encode()).hexdigest()[:32]
 
 
 def lab_key(store: Store, study_uid: str, config=None, sop_uids: set[str] | None = None) -> str:

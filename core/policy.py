@@ -62,8 +62,14 @@ STRATEGIES: tuple[Strategy, ...] = (
              "Cheap, fast web viewing.", "Lossless transfers are compressed on demand.",
              "Teleradiology and web viewing on slow links."),
     Strategy(4, "Original only", ("original",), ("lossless", "lossy"),
-             "Least disk.", "Everything is compressed on the fly at download.",
+             "Least disk of the strategies that keep the original file.", "Everything is compressed on the fly at download.",
              "Small archives, rare downloads."),
+    Strategy(5, "Lossless master", ("master",), ("lossy",),
+             "Least disk: each image once, as a JPEG-LS lossless master that a second decoder confirmed bit-exact "
+             "(every other attribute and the SOP Instance UID kept); it is the lossless copy too.",
+             "The original file is replaced by its master (audited); downloads of the original are the master. "
+             "Lossy copies are made on first request. Already-lossy originals stay as they came.",
+             "Archives short of disk that still need every image bit-exact."),
 )
 
 

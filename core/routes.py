@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 from pydicom.uid import UID
 from werkzeug.wsgi import wrap_file
 
-from .archive import Forbidden, codestream_path, plan, storage_report, variant_file
+from .archive import Forbidden, codestream_path, plan, save_policy, storage_report, variant_file
 from .auth import client_address, current_user, require
 from .bundle import Member, safe_name, tar_stream, zip_stream
 from .codecs import CODECS, check_ratio, get_codec
@@ -32,7 +32,6 @@ from .jobs import Jobs
 from .master import master_of, masters
 from .pixels import read_dataset
 from .policy import STRATEGIES, Policy, ratio_warning
-from .serving import versioned
 from .render import IMAGE_DEFAULT, IMAGE_TYPES, encode_image, modality_values, preset_window, to_display, window_presets
 from .store import Store, StoreError
 from .labjobs import cancel_lab, start_lab
@@ -109,15 +108,8 @@ def _row(row) -> dict:
 # -- status -------------------------------------------------------------------
 @blueprint.get("/api/health")
 def health():
-    """Liveness and readiness (no login): 200 when every check passes, 503 otherwise (core.serving.health)."""
-    from .serving import Background, health as check
-
     store, _ = archive()
-    body, status = check(store, current_app.extensions["radpress"].get("background") or Background())
-    response = jsonify(**body, data_dir=str(store.root), codecs=sorted({c.name for c in CODECS if c.is_available}))
-    response.status_code = status
-    response.cache_control.no_store = True
-    return response
+    return jsonify(status="ok", data_dir=str(store.root), codecs=sorted({c.name for c in CODECS if c.is_available}))
 
 
 # -- ingest -------------------------------------------------------------------
@@ -385,9 +377,8 @@ def put_policy():
         policy = Policy.from_dict({**store.policy().to_dict(), **body})
     except (TypeError, ValueError) as exc:
         raise InvalidOptionError(f"The policy is not valid: {exc}") from None
-    store.set_policy(policy, user=current_user().name)
+    job_ids = save_policy(store, jobs, policy, current_user().name)  # jobs only for studies whose artifacts change
     warnings = [w for m, r in policy.ratios.items() if (w := ratio_warning(m.split()[0], float(r), *m.split()[1:2]))]
-    job_ids = [jobs.submit(s["study_uid"]) for s in store.studies()]
     return jsonify(policy=policy.to_dict(), warnings=warnings, jobs=job_ids)
 
 
@@ -485,7 +476,6 @@ def download_instance(sop_uid):
     # Range, If-Range, If-None-Match: 206, 416 and 304 as HTTP asks.
     response.make_conditional(request, accept_ranges=True, complete_length=vf.size)
     _lossy_header(response, _history(store, sop_uid, vf.lossy_ratio, vf.method))
-    versioned(response, vf.etag)  # ?v=<the copy's ETag>: that copy, for good
     if variant == "original" and (master := master_of(store, sop_uid)) and master.mastered:
         response.headers["X-RadPress-Original"] = master.header()  # strategy 5: the original's pixels, in its master
     return response
@@ -563,7 +553,7 @@ def thumbnail(sop_uid):
     _check_instance(store, sop_uid)
     data, etag = thumbnail_bytes(store, sop_uid)
     response = send_file(io.BytesIO(data), mimetype="image/png", etag=etag, conditional=True, max_age=3600)
-    return versioned(_lossy_header(response, _history(store, sop_uid)), etag)  # ?v=<etag>: immutable (core.archive.thumbnail_version)
+    return _lossy_header(response, _history(store, sop_uid))
 
 
 # -- images: progressive previews and DeepZoom ---------------------------------
@@ -594,12 +584,9 @@ def preview(sop_uid):
     path, achieved = codestream_path(store, sop_uid, frame, variant, ratio)
     source = Codestream(path)
     pixels = source.region(level, 0, source.height, 0, source.width)
-    original = store.artifact(sop_uid, "original")
-    ds = read_dataset(original.path)
+    ds = read_dataset(store.artifact(sop_uid, "original").path)
     method = get_codec("j2k", True).method if variant == "lossy" else None
-    response = _image_response(to_display(pixels, ds, index=frame), "png", f"{path.stem}-{level}", _history(store, sop_uid, achieved, method))
-    # lossless and original previews are the original's pixels (?v=<its checksum>); a lossy one follows the policy
-    return versioned(response, original.checksum[:32] if variant != "lossy" else None)
+    return _image_response(to_display(pixels, ds, index=frame), "png", f"{path.stem}-{level}", _history(store, sop_uid, achieved, method))
 
 
 def _deepzoom(store: Store, sop_uid: str) -> tuple[Codestream, DeepZoom]:
@@ -615,8 +602,7 @@ def deepzoom_descriptor(sop_uid):
     store, _ = archive()
     _check_instance(store, sop_uid)
     _source, zoom = _deepzoom(store, sop_uid)
-    response = _lossy_header(Response(zoom.dzi(), mimetype="application/xml"), _history(store, sop_uid))
-    return versioned(response, store.artifact(sop_uid, "original").checksum[:32])  # tiles of the lossless codestream
+    return _lossy_header(Response(zoom.dzi(), mimetype="application/xml"), _history(store, sop_uid))
 
 
 @blueprint.get("/deepzoom/<sop_uid>_files/<int:level>/<int:col>_<int:row>.<fmt>")
@@ -647,7 +633,7 @@ def deepzoom_tile(sop_uid, level, col, row, fmt):
     response = Response(data, mimetype=IMAGE_TYPES[fmt])
     response.set_etag(key.split(":", 1)[1].replace(":", "-").replace(" ", "_"))
     response.cache_control.max_age = 3600
-    return versioned(_lossy_header(response, _history(store, sop_uid)).make_conditional(request), original.checksum[:32])
+    return _lossy_header(response, _history(store, sop_uid)).make_conditional(request)
 
 
 @functools.lru_cache(maxsize=256)

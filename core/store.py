@@ -97,6 +97,7 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE instances ADD COLUMN lossy_methods TEXT",  # and its Lossy Image Compression Methods (\\-joined)
     "ALTER TABLE patients ADD COLUMN sex TEXT",  # Patient's Sex (0010,0040), for the Studies list
     "ALTER TABLE conflicts ADD COLUMN reason TEXT",  # what differs from the stored original (core.housekeeping), JSON
+    "ALTER TABLE instances ADD COLUMN signed INTEGER",  # Pixel Representation (0028,0103): which lossless codec can take it
 )
 
 
@@ -282,11 +283,11 @@ class Store:
                     _int(ds.get("SeriesNumber")), _text(ds, "SeriesDescription"), _text(ds, "BodyPartExamined")))
         db.execute("INSERT INTO instances (sop_uid, series_uid, sop_class, number, rows, columns, frames, samples, "
                    "bits_allocated, bits_stored, photometric, transfer_syntax, uncompressed_bytes, lossy, lossy_ratio, "
-                   "lossy_methods, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                   "lossy_methods, created, signed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                    (sop_uid, _text(ds, "SeriesInstanceUID"), _text(ds, "SOPClassUID"), _int(ds.get("InstanceNumber")),
                     spec.rows, spec.columns, spec.frames, spec.samples, spec.bits_allocated, spec.bits_stored,
                     _text(ds, "PhotometricInterpretation"), str(ds.file_meta.TransferSyntaxUID),
-                    spec.frame_bytes * spec.frames, *lossy_history(ds).to_index(), now))
+                    spec.frame_bytes * spec.frames, *lossy_history(ds).to_index(), now, int(spec.signed)))
         db.execute(_INSERT_ARTIFACT.replace("INSERT OR REPLACE", "INSERT"),
                    (sop_uid, "original", 0, "", str(ds.file_meta.TransferSyntaxUID), target.stat().st_size,
                     checksum, str(target), now, None))
@@ -352,12 +353,14 @@ class Store:
             raise StoreError(f"No instance with SOP Instance UID {sop_uid} in the archive.")
         return rows[0]
 
-    def instances(self, study_uid: str) -> list[sqlite3.Row]:
+    def instances(self, study_uid: str | None) -> list[sqlite3.Row]:
+        """A study's instances in display order; every study's (ordered by study) when *study_uid* is None."""
         return self.query(
             "SELECT i.*, s.study_uid, s.modality, s.body_part, s.description AS series_description, "
             "st.description AS study_description, st.ratio AS study_ratio, st.lossy_codec AS study_codec, p.name AS patient_name, p.patient_id FROM instances i "
             "JOIN series s USING (series_uid) JOIN studies st USING (study_uid) JOIN patients p USING (patient_key) "
-            "WHERE s.study_uid=? ORDER BY s.number, s.series_uid, i.number, i.sop_uid", (study_uid,))
+            + ("WHERE s.study_uid=? " if study_uid is not None else "")
+            + "ORDER BY s.study_uid, s.number, s.series_uid, i.number, i.sop_uid", (study_uid,) if study_uid is not None else ())
 
     def study(self, study_uid: str) -> sqlite3.Row:
         rows = self.query(
@@ -393,9 +396,16 @@ class Store:
             db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
                        (time.time(), user, "policy", json.dumps(old.to_dict()), json.dumps(policy.to_dict())))
 
-    def study_strategy(self, study_uid: str) -> int:
+    def study_strategy(self, study_uid: str, policy: Policy | None = None) -> int:
+        """The study's own strategy, else the policy's for its modality (Policy.strategy_for), else the clinic's."""
         override = self.study(study_uid)["strategy"]
-        return int(override) if override else self.policy().strategy
+        return int(override) if override else (policy or self.policy()).strategy_for(self.study_modalities(study_uid))
+
+    def study_modalities(self, study_uid: str) -> dict[str, int]:
+        """Instances with pixels per modality: what a per-modality policy goes by."""
+        rows = self.query("SELECT s.modality, count(*) AS n FROM instances i JOIN series s USING (series_uid) "
+                          "WHERE s.study_uid=? AND i.rows > 0 GROUP BY s.modality", (study_uid,))
+        return {r["modality"] or "": r["n"] for r in rows}
 
     def set_study_strategy(self, study_uid: str, strategy: int | None, user: str = "system") -> None:
         if strategy is not None:
