@@ -16,6 +16,7 @@ from components.shell import make_shell
 from core.auth import current_user, init_auth, secret_key
 from core.dimse import DicomNode, NodeConfig
 from core.dims import DimsConfig
+from core import engine
 from core.errors import InvalidOptionError, RadPressError
 from core.jobs import Jobs
 from core.launcher import prepare as prepare_archive, serve, start_job_runner
@@ -70,7 +71,7 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
 
 def make_jobs(store: Store) -> Jobs:
     """The archive's job runner, built the same way in the web app and in the production launcher."""
-    return Jobs(store, workers=int(os.environ.get("RADPRESS_WORKERS", "2")))
+    return Jobs(store, workers=int(os.environ.get("RADPRESS_WORKERS", "2")), pool=engine.pool_factory())
 
 
 def _wrap_view(server, rule: str, guarded) -> None:
@@ -134,10 +135,7 @@ def dims_config() -> DimsConfig:
 def background_manager(root: Path):
     """Celery with Redis when REDIS_URL is set, else a diskcache in the data directory."""
     if os.environ.get("REDIS_URL"):
-        from celery import Celery
-
-        celery = Celery(__name__, broker=os.environ["REDIS_URL"], backend=os.environ["REDIS_URL"])
-        return dash.CeleryManager(celery)
+        return dash.CeleryManager(engine.celery_app())  # the archive's jobs use the same app (core.engine)
     import diskcache
 
     return _AppBoundDiskcacheManager(diskcache.Cache(str(root / "cache" / "callbacks")))

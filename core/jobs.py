@@ -76,8 +76,10 @@ def _runner_gone(owner: str | None) -> bool:
 
 
 class Jobs:
-    def __init__(self, store: Store, workers: int = 2, lease: float = LEASE_SECONDS, kinds: tuple[str, ...] | None = None):
+    def __init__(self, store: Store, workers: int = 2, lease: float = LEASE_SECONDS, kinds: tuple[str, ...] | None = None,
+                 pool: Callable[[int], WorkerPool] = WorkerPool):
         self.store = store
+        self.pool = pool  # where instances are made: local processes, or Celery (core.engine.pool_factory)
         self.kinds = kinds  # the kinds this runner claims (None: every kind but those its lanes run)
         self._lanes: list[Jobs] = []
         self.workers = workers
@@ -209,7 +211,7 @@ class Jobs:
     def run_pending(self, progress: Callable[[dict], None] | None = None) -> list[dict]:
         """Claim and run jobs until none is left for this runner (the CLI and tests call this directly)."""
         finished = []
-        with WorkerPool(self.workers) as pool:  # workers start with the first task and serve every job of this run
+        with self.pool(self.workers) as pool:  # workers start with the first task and serve every job of this run
             while not self._stop.is_set():
                 job = self.claim()
                 if job is None:
@@ -326,7 +328,7 @@ class Jobs:
         self.resume()
         self._stop.clear()
         if self.kinds is None and not self._lanes:
-            self._lanes = [Jobs(self.store, workers=1, lease=self.lease, kinds=(kind,)) for kind in TASKS]
+            self._lanes = [Jobs(self.store, workers=1, lease=self.lease, kinds=(kind,), pool=self.pool) for kind in TASKS]
         for lane in self._lanes:
             lane.start()
         self._thread = threading.Thread(target=self._loop, name="radpress-jobs", daemon=True)

@@ -1,0 +1,180 @@
+"""One job engine: with REDIS_URL the archive's per-instance work runs on Celery workers (real redis-server, two
+worker processes, one SIGKILLed mid-job); without it, in local worker processes."""
+
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from core.archive import plan
+from core.engine import CeleryPool, celery_app, pool_factory, worker_lost
+from core.ingest import ingest
+from core.jobs import Jobs, _make_for_instance
+from core.pixels import read_dataset
+from core.samples import write_series
+from core.store import Store
+from core.users import Users
+from core.workers import WorkerPool
+from tests.checkers import require
+from tests.conftest import ADMIN
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def strategy_1_study(tmp_path, count: int) -> tuple[Store, str]:
+    store = Store(tmp_path / "data")
+    study = list(ingest(store, write_series("693_UNCR", count, tmp_path / "series")))[0].study_uid  # CT 512 × 512, signed
+    store.set_study_strategy(study, 1)
+    return store, study
+
+
+def assert_artifacts_correct(store: Store, study: str) -> None:
+    """Every instance has its lossless copy (same SOP Instance UID, pixels bit-exact), a lossy copy marked lossy, a thumbnail."""
+    for row in store.instances(study):
+        original = read_dataset(store.artifact(row["sop_uid"], "original").path)
+        kinds = {a.variant: a for a in store.artifacts(row["sop_uid"])}
+        assert {"lossless", "lossy", "thumbnail"} <= kinds.keys(), (row["sop_uid"], sorted(kinds))
+        lossless = read_dataset(kinds["lossless"].path)
+        assert lossless.SOPInstanceUID == original.SOPInstanceUID
+        assert np.array_equal(lossless.pixel_array, original.pixel_array)
+        lossy = read_dataset(kinds["lossy"].path)
+        assert lossy.LossyImageCompression == "01" and lossy.SOPInstanceUID != original.SOPInstanceUID
+        assert lossy.file_meta.TransferSyntaxUID.is_compressed and lossy.pixel_array.shape == original.pixel_array.shape
+        assert kinds["thumbnail"].path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def redis_url():
+    port = free_port()
+    redis = subprocess.Popen([require("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        yield url
+    finally:
+        redis.terminate()
+        redis.wait(timeout=30)
+
+
+def start_worker(name: str, url: str, data) -> subprocess.Popen:
+    """``celery -A app:celery_app worker`` as deployed (the same command serves Dash's background callbacks), own session."""
+    env = {**os.environ, "REDIS_URL": url, "RADPRESS_DATA": str(data), "RADPRESS_ADMIN_USER": ADMIN[0],
+           "RADPRESS_ADMIN_PASSWORD": ADMIN[1]}
+    return subprocess.Popen([sys.executable, "-m", "celery", "-A", "app:celery_app", "worker", "-n", f"{name}@%h",
+                             "--pool", "prefork", "--concurrency", "1", "--without-mingle", "--without-gossip",
+                             "--loglevel", "warning"], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_a_killed_celery_worker_loses_no_instance(tmp_path, redis_url):
+    """Two workers share a strategy-1 job; one is SIGKILLed (with its pool process) while it holds an instance: the job
+    still ends done with every artifact correct, the killed worker's instance made by the other."""
+    store, study = strategy_1_study(tmp_path, 8)
+    Users(store).ensure(*ADMIN, "admin")  # before the workers start: none of them creates users
+    app = celery_app(redis_url)
+    workers = {name: start_worker(name, redis_url, store.root) for name in ("w1", "w2")}
+    try:
+        host = socket.gethostname()
+        deadline = time.monotonic() + 40
+        while {f"w1@{host}", f"w2@{host}"} - {n for reply in app.control.ping(timeout=0.5) for n in reply}:
+            assert time.monotonic() < deadline, "the Celery workers did not start"
+        jobs = Jobs(store, workers=4, pool=pool_factory(redis_url))
+        job_id = jobs.submit(study)
+        finished = []
+        runner = threading.Thread(target=lambda: finished.extend(jobs.run_pending()), daemon=True)
+        runner.start()
+
+        victim = None
+        deadline = time.monotonic() + 40
+        while victim is None:
+            assert time.monotonic() < deadline, "no worker was seen holding an instance"
+            active = app.control.inspect(timeout=0.5).active() or {}
+            victim = next((node.split("@")[0] for node, tasks in active.items() if tasks), None)
+        held = store.query("SELECT done FROM jobs WHERE id=?", (job_id,))[0]["done"]
+        os.killpg(workers[victim].pid, signal.SIGKILL)  # the worker and its pool process, mid-instance
+        workers[victim].wait()
+
+        runner.join(timeout=60)
+        assert not runner.is_alive(), "the job did not finish after a worker died"
+        [job] = finished
+        assert held < 8  # it was killed mid-job
+        assert job["id"] == job_id and job["state"] == "done" and job["done"] == 8 and job["failed"] == 0, job
+        assert_artifacts_correct(store, study)
+        survivor = workers["w2" if victim == "w1" else "w1"]
+        assert survivor.poll() is None
+    finally:
+        for proc in workers.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_without_redis_url_jobs_run_in_local_worker_processes(tmp_path, monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert pool_factory() is WorkerPool
+    store, study = strategy_1_study(tmp_path, 2)
+    jobs = Jobs(store, workers=2, pool=pool_factory())
+    jobs.submit(study)
+    [job] = jobs.run_pending()
+    assert job["state"] == "done" and job["done"] == 2 and job["failed"] == 0
+    assert_artifacts_correct(store, study)
+
+
+def test_the_app_picks_the_engine_from_redis_url(tmp_path, monkeypatch):
+    from app import create_app
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    local = create_app(tmp_path / "a", run_jobs=False, demo=False)
+    assert local.server.extensions["radpress"]["jobs"].pool is WorkerPool
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # never contacted: building the app connects to nothing
+    celery = create_app(tmp_path / "b", run_jobs=False, demo=False)
+    pool = celery.server.extensions["radpress"]["jobs"].pool(3)
+    assert isinstance(pool, CeleryPool) and pool.size == 3
+    assert celery._background_manager.handle is celery_app("redis://127.0.0.1:1/0")  # one Celery app for both
+
+
+def test_a_started_task_is_lost_only_when_its_worker_is_gone():
+    host, now = socket.gethostname(), time.time()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert not worker_lost({"host": host, "pid": os.getpid(), "worker": os.getpid(), "beat": now}, now)
+    assert not worker_lost({"host": host, "pid": dead.pid, "worker": os.getpid(), "beat": now}, now)  # its worker requeues it
+    assert worker_lost({"host": host, "pid": dead.pid, "worker": dead.pid, "beat": now}, now)
+    assert not worker_lost({"host": "elsewhere", "pid": dead.pid, "worker": dead.pid, "beat": now}, now)  # not our pids
+    assert worker_lost({"host": "elsewhere", "pid": 1, "worker": 1, "beat": now - 31}, now)  # no heartbeat
+    assert not worker_lost({"pid": 12}, now) and not worker_lost(None, now)  # not started by our task
+
+
+def test_a_task_delivered_twice_makes_nothing_twice(tmp_path):
+    from core.engine import _make_missing
+
+    store, study = strategy_1_study(tmp_path, 1)
+    sop = store.instances(study)[0]["sop_uid"]
+    wanted = [w for w in plan(store, study).make if w.variant in ("lossless", "thumbnail")]
+    assert len(wanted) == 2 and {w.sop_uid for w in wanted} == {sop}
+    written, error, _rss, _warning = _make_for_instance(str(store.root), wanted)
+    assert error is None and written > 0
+    before = {a.variant: (a.checksum, a.path.stat().st_mtime_ns) for a in store.artifacts(sop)}
+    again = _make_missing(str(store.root), [dataclasses.asdict(w) for w in wanted])
+    assert again[:2] == (0, None)
+    assert {a.variant: (a.checksum, a.path.stat().st_mtime_ns) for a in store.artifacts(sop)} == before
