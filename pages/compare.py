@@ -137,7 +137,7 @@ def sync_ratio(slider, box):
         ratio = check_ratio(float(box), True)
     except InvalidOptionError as exc:
         return no_update, no_update, True, html.Div(str(exc), className="small text-danger", id="compare-ratio-refused")
-    return ratio, no_update, False, None
+    return (no_update if ratio == slider else ratio), no_update, False, None  # the same ratio again encodes nothing
 
 
 @callback(Output("compare-frame", "value"), Output("compare-frame-box", "value", allow_duplicate=True),
@@ -152,7 +152,7 @@ def sync_frame(slider, box, frames):
         return (no_update, no_update, True,
                 html.Div(f"Frames are numbered 1 to {frames or 1}; {box if box is not None else 'an empty box'} is not one of them.",
                          className="small text-danger"))
-    return int(box), no_update, False, None
+    return (no_update if int(box) == slider else int(box)), no_update, False, None
 
 
 @callback(Output("compare-center", "value"), Output("compare-width", "value"),
@@ -188,6 +188,7 @@ def pick_window(preset, sop, frame):
     Input("compare-codec", "value"),
     Input("compare-ratio", "value"),
     background=True,
+    interval=250,  # the browser asks for progress and the result 4 times a second (the default waits a whole second)
     running=[(Output("compare-cancel", "disabled"), False, True)],
     cancel=[Input("compare-cancel", "n_clicks")],
     progress=[Output("compare-progress", "value", allow_duplicate=True), Output("compare-progress", "label", allow_duplicate=True),

@@ -61,9 +61,9 @@ def _encode_done(driver, start: int) -> list[str]:
     return _labels_since(driver, start)
 
 
-def test_ratio_and_frame_boxes_progress_and_sticky_banner(live_app, browser, tmp_path):
+def test_compare_boxes_progress_codec_error_and_sticky_banner(live_app, browser, tmp_path):
     base, app = live_app(demo=False)
-    ds = make_dataset(rows=96, columns=96, bits_stored=12, frames=5, modality="MR")
+    ds = make_dataset(**{**KINDS["enhanced_ct"], "rows": 96, "columns": 90})  # signed, 3 frames: JPEG XL cannot store it
     _upload(base, app, ds, tmp_path=tmp_path)
     sop = str(ds.SOPInstanceUID)
     cache = diskcache.Cache(str(app.server.extensions["radpress"]["store"].root / "cache" / "compare"))
@@ -72,71 +72,58 @@ def test_ratio_and_frame_boxes_progress_and_sticky_banner(live_app, browser, tmp
     wait(browser).until(EC.text_to_be_present_in_element((By.ID, "compare-progress"), "done"))
     browser.execute_script(RECORD_LABELS)
 
-    # the ratio box acts on Enter, and on Tab, and the slider follows; the bar says "encoding…" until the new picture is drawn
-    for value, key in (("25", Keys.ENTER), ("30", Keys.TAB)):
-        start = len(_labels_since(browser, 0))
-        _type(browser, "compare-ratio-box", value, key)
-        wait(browser, 10).until(lambda d: _slider(d, "compare-ratio")["now"] == value)
-        labels = _encode_done(browser, start)
-        assert labels[0] == "encoding…" and labels[-1] == "done" and labels.count("done") == 1, labels
-        assert f"{sop}:0:j2k:{value}" in cache or any(k.startswith(f"{sop}:0:") and k.endswith(f":{value}") for k in cache)
-
-    # a ratio outside 2–200 is refused with a message; nothing is encoded and the slider keeps 30
-    for value in ("500", "1"):
-        start = len(_labels_since(browser, 0))
-        _type(browser, "compare-ratio-box", value)
-        wait(browser, 10).until(EC.text_to_be_present_in_element((By.ID, "compare-ratio-message"), "out of range"))
-        assert "Choose between 2:1 and 200:1" in browser.find_element(By.ID, "compare-ratio-message").text
-        assert "is-invalid" in browser.find_element(By.ID, "compare-ratio-box").get_attribute("class")
-        time.sleep(1.5)
-        assert _slider(browser, "compare-ratio")["now"] == "30" and _labels_since(browser, start) == []
-    browser.save_screenshot(str(ARTIFACTS / "compare-ratio-refused.png"))
-    _type(browser, "compare-ratio-box", "30")  # a good value clears the message
-    wait(browser, 10).until(lambda d: d.find_element(By.ID, "compare-ratio-message").text == "")
-
-    # frames are numbered 1..5 on the slider, its marks and its box; frame 5 is the file's fifth frame (index 4)
-    assert _slider(browser, "compare-frame") == {"now": "1", "min": "1", "max": "5"}
-    assert browser.find_element(By.ID, "compare-frame-box").get_attribute("value") == "1"
-    marks = [m.text for m in browser.find_elements(By.CSS_SELECTOR, "#compare-frame .dash-slider-mark")]
-    assert marks == ["1", "5"]
+    # the ratio box acts on Enter, the slider follows; the bar says "encoding…" until the new picture is drawn
     start = len(_labels_since(browser, 0))
-    _type(browser, "compare-frame-box", "5")
-    wait(browser, 10).until(lambda d: _slider(d, "compare-frame")["now"] == "5")
+    _type(browser, "compare-ratio-box", "25")
+    wait(browser, 10).until(lambda d: _slider(d, "compare-ratio")["now"] == "25")
+    labels = _encode_done(browser, start)
+    assert labels[0] == "encoding…" and labels[-1] == "done" and labels.count("done") == 1, labels
+    assert any(k.startswith(f"{sop}:0:") and k.endswith(":25") for k in cache)
+
+    # frames are numbered 1..3 on the slider, its marks and its box; Tab applies frame 3, the file's third frame (index 2)
+    assert _slider(browser, "compare-frame") == {"now": "1", "min": "1", "max": "3"}
+    assert browser.find_element(By.ID, "compare-frame-box").get_attribute("value") == "1"
+    assert [m.text for m in browser.find_elements(By.CSS_SELECTOR, "#compare-frame .dash-slider-mark")] == ["1", "3"]
+    start = len(_labels_since(browser, 0))
+    _type(browser, "compare-frame-box", "3", Keys.TAB)
+    wait(browser, 10).until(lambda d: _slider(d, "compare-frame")["now"] == "3")
     assert _encode_done(browser, start)[-1] == "done"
-    assert any(k.startswith(f"{sop}:4:") for k in cache) and not any(k.startswith(f"{sop}:5:") for k in cache)
-    for value in ("6", "0"):
-        _type(browser, "compare-frame-box", value)
-        wait(browser, 10).until(EC.text_to_be_present_in_element((By.ID, "compare-frame-message"), "Frames are numbered 1 to 5"))
-        assert _slider(browser, "compare-frame")["now"] == "5"
-    _type(browser, "compare-frame-box", "5")
-    wait(browser, 10).until(lambda d: d.find_element(By.ID, "compare-frame-message").text == "")
+    assert any(k.startswith(f"{sop}:2:") for k in cache) and not any(k.startswith(f"{sop}:3:") for k in cache)
+
+    # a ratio outside 2–200 or a frame the image lacks is refused with a message; nothing is encoded
+    start = len(_labels_since(browser, 0))
+    for box, value, words in (("compare-ratio-box", "500", "Choose between 2:1 and 200:1"), ("compare-ratio-box", "1", "out of range"),
+                              ("compare-frame-box", "4", "Frames are numbered 1 to 3"), ("compare-frame-box", "0", "numbered 1 to 3")):
+        _type(browser, box, value)
+        message = box.replace("-box", "-message")
+        wait(browser, 10).until(EC.text_to_be_present_in_element((By.ID, message), words))
+        assert "is-invalid" in browser.find_element(By.ID, box).get_attribute("class")
+    time.sleep(0.5)
+    assert (_slider(browser, "compare-ratio")["now"], _slider(browser, "compare-frame")["now"]) == ("25", "3")
+    assert _labels_since(browser, start) == []
+    browser.save_screenshot(str(ARTIFACTS / "compare-refused.png"))
+    _type(browser, "compare-ratio-box", "25")  # a good value clears the message
+    wait(browser, 10).until(lambda d: d.find_element(By.ID, "compare-ratio-message").text == "")
 
     # the lossy banner stays on screen while the lossy pane and its metrics scroll by
     browser.set_window_size(1600, 800)
     browser.execute_script("window.scrollTo(0, 650);")
     time.sleep(0.5)
     banner = browser.execute_script("const r = document.getElementById('lossy-banner').getBoundingClientRect(); return [r.top, r.bottom];")
-    metrics = browser.execute_script("const r = document.getElementById('metrics-lossy').getBoundingClientRect(); return r.top;")
+    metrics = browser.execute_script("return document.getElementById('metrics-lossy').getBoundingClientRect().top;")
     assert browser.execute_script("return window.scrollY;") > 300
     assert 0 <= banner[0] <= 2 and banner[1] < metrics, (banner, metrics)
     assert "LOSSY — compressed" in browser.find_element(By.ID, "lossy-banner").text
     browser.save_screenshot(str(ARTIFACTS / "compare-sticky-banner.png"))
+    browser.execute_script("window.scrollTo(0, 0);")
+    browser.set_window_size(1600, 1100)
 
-
-def test_a_codec_error_clears_the_stale_lossy_image(live_app, browser, tmp_path):
-    base, app = live_app(demo=False)
-    ct = make_dataset(**KINDS["s12"])  # signed CT: JPEG XL cannot store it
-    _upload(base, app, ct, tmp_path=tmp_path)
-    login(browser, base, ADMIN)
-    browser.get(f"{base}/compare?sop={ct.SOPInstanceUID}")
-    wait(browser).until(EC.text_to_be_present_in_element((By.ID, "compare-progress"), "done"))
-    assert browser.find_elements(By.CSS_SELECTOR, "#metrics-lossy table")
-    browser.execute_script(RECORD_LABELS)
-
+    # a codec that cannot take the image: its message, nothing stale (panes, banner, metrics), the bar says "failed"
+    start = len(_labels_since(browser, 0))
     _pick_codec(browser, "JPEG XL")
     wait(browser, 60).until(EC.text_to_be_present_in_element((By.ID, "compare-error"), "JPEG XL cannot store signed pixel data"))
     wait(browser, 10).until(lambda d: _label(d) == "failed")
-    assert _labels_since(browser, 0)[0] == "encoding…" and "done" not in _labels_since(browser, 0)
+    assert _labels_since(browser, start)[0] == "encoding…" and "done" not in _labels_since(browser, start)
     assert "no lossy image" in browser.find_element(By.ID, "lossy-banner").text
     assert "compressed" not in browser.find_element(By.ID, "lossy-banner").text
     assert browser.find_element(By.ID, "metrics-lossy").text == "" and browser.find_element(By.ID, "metrics-lossless").text == ""
