@@ -16,6 +16,7 @@ from core.users import authorize, record_access, visible_instances, visible_stud
 from core.errors import InvalidOptionError, RadPressError
 from core.pixels import read_dataset
 from core.policy import ratio_for
+from core.present import person_name
 from core.preview import decode_level, supports_levels
 from core.render import IMAGE_DEFAULT, modality_values, preset_window, to_display, window_presets
 
@@ -38,7 +39,7 @@ def _instances(store, user):
     options = []
     for study in visible_studies(store, user):
         for row in visible_instances(store, user, study["study_uid"]):
-            options.append({"label": f"{row['patient_name']} — {row['modality']} {row['series_description'] or row['study_description'] or ''} #{row['number'] or ''}",
+            options.append({"label": f"{person_name(row['patient_name'])} — {row['modality']} {row['series_description'] or row['study_description'] or ''} #{row['number'] or ''}",
                             "value": row["sop_uid"]})
     return options
 

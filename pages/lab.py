@@ -1,5 +1,7 @@
 """Quality lab: PSNR, SSIM and Dice against bits per pixel, latency table, recommended ratio."""
 
+import math
+
 import dash
 import dash_bootstrap_components as dbc
 import plotly.graph_objects as go
@@ -11,6 +13,7 @@ from core.context import open_store
 from core.errors import RadPressError
 from core.lab import apply_choice
 from core.labjobs import cancel_lab, lab_result, lab_state, start_lab
+from core.present import person_name
 from core.users import allowed, authorize, visible_studies
 
 dash.register_page(__name__, path="/lab", title="Quality lab — RadPress", name="Quality lab")
@@ -28,7 +31,7 @@ def layout(uid: str = "", **_query):
                "and a segmentation is run on the original and on the decoded image (Dice = task agreement).", className="text-muted"),
         dbc.Row([
             dbc.Col(dcc.Dropdown(id="lab-study", value=uid, clearable=False,
-                                 options=[{"label": f"{s['patient_name']} — {s['modalities']} {s['description'] or ''}", "value": s["study_uid"]}
+                                 options=[{"label": f"{person_name(s['patient_name'])} — {s['modalities']} {s['description'] or ''}", "value": s["study_uid"]}
                                           for s in studies]), md=6),
             dbc.Col(dbc.Button("Run the sweep", id="lab-run", color="primary"), width="auto"),
             dbc.Col(dbc.Button("Cancel", id="lab-cancel", color="danger", outline=True, disabled=True), width="auto"),
@@ -114,9 +117,12 @@ def show(uid):
     if mark:
         for col in (1, 2, 3):
             fig.add_vline(x=mark["bpp"], line_dash="dash", line_color="red", row=1, col=col)
-        fig.add_annotation(x=mark["bpp"], y=1, yref="paper", text=f"current {current['ratio']:g}:1", showarrow=False, font_color="red")
+        # an annotation on a log axis is placed by log10 of its value (shapes take the value itself): placed at the
+        # raw bpp it sat at 10^bpp and stretched the axis far past the data
+        fig.add_annotation(x=math.log10(mark["bpp"]), y=1, yref="paper", text=f"current {current['ratio']:g}:1", showarrow=False,
+                           font_color="red")
     fig.add_hline(y=0.98, line_dash="dot", line_color="grey", row=1, col=3)
-    fig.update_xaxes(title_text="bits per pixel", type="log")
+    fig.update_xaxes(title_text="bits per pixel", type="log", range=_log_range([r["bpp"] for r in result["sweep"] if r["mode"] == "lossy"]))
     fig.update_layout(margin=dict(l=40, r=10, t=40, b=40))
     keep = {"uncompressed"} | {f"{c} lossless" for c in result["recommendation"]}
     if current:
@@ -175,3 +181,13 @@ def export(_clicks, uid):
     if not uid:
         return no_update
     return dict(content=to_csv(_result(uid)), filename=f"quality-lab-{uid[-12:]}.csv")
+
+
+def _log_range(bpps: list[float]) -> list[float] | None:
+    """The bits-per-pixel axis (log scale) spanning the sweep's points with a small margin, so the curves fill the plot."""
+    values = [b for b in bpps if b and b > 0]
+    if not values:
+        return None
+    low, high = math.log10(min(values)), math.log10(max(values))
+    margin = max(0.05, 0.05 * (high - low))
+    return [low - margin, high + margin]

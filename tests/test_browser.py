@@ -1,5 +1,6 @@
 """End-to-end tests in headless Chromium (Debian's chromium + chromium-driver) against the app on localhost."""
 
+import math
 import re
 import threading
 import time
@@ -201,6 +202,13 @@ def test_quality_lab_page(server, browser):
     assert "current ratio" in browser.find_element(By.ID, "lab-current").text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#lab-curves .scatterlayer .trace")) == 9
     assert "uncompressed" in browser.find_element(By.ID, "lab-latency-table").text
+    # each bits-per-pixel axis is log scale and fits its points (the "current" label once stretched one to 10^bpp)
+    axes, xs = browser.execute_script(
+        "const gd = document.querySelector('#lab-curves .js-plotly-plot'); const l = gd._fullLayout;"
+        "return [['xaxis', 'xaxis2', 'xaxis3'].map(a => [l[a].type, l[a].range]), gd.data.flatMap(t => t.x)];")
+    low, high = math.log10(min(xs)), math.log10(max(xs))
+    for kind, (start, end) in axes:
+        assert kind == "log" and start < low and end > high and (end - start) - (high - low) < 0.4, (axes, low, high)
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "lab.png"))
 
