@@ -26,7 +26,6 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterable, Iterator
 
 from .errors import InvalidHeaderError, NoPixelDataError, NotDicomError, RadPressError, TruncatedError, UnsupportedError
-from .files import atomic_writer
 from .store import Store
 from .validate import read_checked
 
@@ -98,9 +97,13 @@ def _is_dicomdir(name: str) -> bool:
 
 
 def _stage_stream(store: Store, stream: BinaryIO, limit: int, what: str) -> Path:
+    """Copy *stream* to a private staging file (pid in its name, so :meth:`Store.check` leaves it alone while we run).
+
+    Not fsynced here: a staged file is nothing until the store places it, and placing fsyncs it first.
+    """
     staged = store.tmp_path(".dcm")
     try:
-        with atomic_writer(staged) as out:
+        with open(staged, "xb") as out:
             shutil.copyfileobj(_LimitedReader(stream, limit, what), out, 1 << 20)
     except BaseException:
         staged.unlink(missing_ok=True)

@@ -97,6 +97,10 @@ class Jobs:
         With *key* (single flight), a queued or running job of this kind with that key is joined instead.
         """
         self.store.study(study_uid)
+        if key is None:  # once per upload request: a job already queued is found without taking the write lock
+            queued = self.store.query("SELECT id FROM jobs WHERE study_uid=? AND state='queued' AND kind=?", (study_uid, kind))
+            if queued:
+                return int(queued[0]["id"])
         with self.store.connect() as db:
             if key is None:
                 queued = db.execute("SELECT id FROM jobs WHERE study_uid=? AND state='queued' AND kind=?", (study_uid, kind)).fetchone()

@@ -226,25 +226,39 @@ class Store:
     def add_original(self, staged: Path, ds: Dataset, source: str) -> str:
         """Move a staged, validated file into the archive; returns stored / duplicate / conflict.
 
-        Deciding and placing are one write transaction: two uploads of one SOP
-        Instance UID cannot both be "stored", and the file kept is the one
-        whose row was committed.  A file is never placed over another one.
+        The file is linked at its place first (fsynced, never over another
+        file: whoever links first holds the place), outside the write lock, so
+        the lock is held for the rows only.  Deciding is one write transaction:
+        two uploads of one SOP Instance UID cannot both be "stored", and the
+        file kept is the one whose row was committed.
         """
         sop_uid = check_uid(_text(ds, "SOPInstanceUID"), "SOP Instance UID (0008,0018)")
         checksum = sha256_file(staged)
+        target = self.original_path(sop_uid)
         try:
+            placed = _place_if_free(staged, target)
             with self.connect() as db:
-                row = db.execute("SELECT checksum FROM artifacts WHERE sop_uid=? AND variant='original'", (sop_uid,)).fetchone()
-                target = self.original_path(sop_uid)
-                if row is None and target.exists():  # placed just before a crash, never indexed
-                    self._index_original(db, target, read_dataset(target), sha256_file(target))
-                    row = db.execute("SELECT checksum FROM artifacts WHERE sop_uid=? AND variant='original'", (sop_uid,)).fetchone()
-                if row is None:
-                    _place_new(staged, target)
+                row = db.execute("SELECT checksum, path FROM artifacts WHERE sop_uid=? AND variant='original'", (sop_uid,)).fetchone()
+                if row is None and placed:
                     try:
                         self._index_original(db, target, ds, checksum)
                     except BaseException:
                         target.unlink()  # never acknowledged: the transaction rolls back with it
+                        raise
+                    return "stored"
+                if row is not None and placed:
+                    if Path(row["path"]) == target and row["checksum"] == checksum:
+                        return "stored"  # a concurrent ingest of these bytes found our file first and indexed it
+                    target.unlink()  # the place was free, yet the original is stored elsewhere: not ours to fill
+                if row is None and target.exists():  # placed by an ingest not committed yet, or just before a crash
+                    self._index_original(db, target, read_dataset(target), sha256_file(target))
+                    row = db.execute("SELECT checksum FROM artifacts WHERE sop_uid=? AND variant='original'", (sop_uid,)).fetchone()
+                if row is None:  # its file vanished between our attempt and the lock
+                    _place_new(staged, target)
+                    try:
+                        self._index_original(db, target, ds, checksum)
+                    except BaseException:
+                        target.unlink()
                         raise
                     return "stored"
                 if row["checksum"] == checksum or db.execute(
@@ -552,8 +566,7 @@ def _place_new(staged: Path, target: Path) -> None:
     complete copy beside it first, linked the same way.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(staged, "rb+") as fh:
-        os.fsync(fh.fileno())
+    _fsync_file(staged)
     try:
         os.link(staged, target)
     except OSError as exc:
@@ -569,6 +582,22 @@ def _place_new(staged: Path, target: Path) -> None:
         finally:
             copy.unlink(missing_ok=True)
     _fsync_dir(target.parent)
+
+
+def _place_if_free(staged: Path, target: Path) -> bool:
+    """:func:`_place_new`, False instead of an error when a file is already at *target*."""
+    if target.exists():  # the usual duplicate or conflict: no copy made only to be refused
+        return False
+    try:
+        _place_new(staged, target)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -241,3 +241,43 @@ def test_originals_on_another_file_system_are_copied_then_linked(store, tmp_path
     assert calls == ["tmp", store.original_path(uid).parent.name, "tmp", "conflicts"]
     assert store.artifact(uid, "original").path.read_bytes() == first.read_bytes()
     assert not [p for p in store.root.rglob("*.part")] and not list((store.root / "tmp").iterdir())
+
+
+def test_a_file_linked_then_indexed_by_a_concurrent_ingest_is_still_stored_once(store, tmp_path, monkeypatch):
+    """The original is linked before the write lock: an ingest of the same bytes that comes in between finds
+    the file, indexes it and says duplicate; the one that placed it says stored."""
+    import core.store as store_module
+
+    data = write(make_dataset(rows=32, columns=32), tmp_path / "one.dcm").read_bytes()
+    real, second = store_module._place_if_free, []
+
+    def place_then_let_another_in(staged, target):
+        placed = real(staged, target)
+        if placed and not second:
+            monkeypatch.setattr(store_module, "_place_if_free", real)
+            other = threading.Thread(target=lambda: second.append(ingest_stream(store, io.BytesIO(data), "b")[0].status))
+            other.start()
+            other.join()
+        return placed
+
+    monkeypatch.setattr(store_module, "_place_if_free", place_then_let_another_in)
+    [first] = ingest_stream(store, io.BytesIO(data), "a")
+    assert (first.status, second) == ("stored", ["duplicate"])
+    assert store.artifact(first.sop_uid, "original").path.read_bytes() == data
+    assert len(store.query("SELECT * FROM artifacts WHERE variant='original'")) == 1
+    assert not store.query("SELECT * FROM conflicts") and not list((store.root / "tmp").iterdir())
+
+
+def test_a_free_place_is_not_filled_when_the_original_is_stored_elsewhere(store, tmp_path):
+    """An original whose row names another path (moved on purpose): the same bytes again are a duplicate and
+    leave nothing at the usual place."""
+    path = write(make_dataset(rows=32, columns=32), tmp_path / "one.dcm")
+    [result] = ingest(store, [path])
+    usual = store.original_path(result.sop_uid)
+    moved = usual.with_name("moved.dcm")
+    os.link(usual, moved)
+    usual.unlink()
+    with store.connect() as db:
+        db.execute("UPDATE artifacts SET path=? WHERE sop_uid=? AND variant='original'", (str(moved), result.sop_uid))
+    assert [r.status for r in ingest(store, [path])] == ["duplicate"]
+    assert not usual.exists() and moved.read_bytes() == path.read_bytes()
