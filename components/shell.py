@@ -5,7 +5,8 @@ import dash_bootstrap_components as dbc
 from dash import dcc, html
 
 NAV = [("Studies", "/"), ("Compare", "/compare"), ("Viewer", "/viewer"), ("Lab", "/lab"), ("Policy", "/policy"), ("Jobs", "/jobs"),
-       ("Users", "/users")]
+       ("Users", "/users"),
+       ("Conflicts", "/conflicts")]
 
 
 def make_shell() -> html.Div:

@@ -35,7 +35,7 @@ from .store import Store, StoreError, _place_new, sha256_file
 from .users import User, authorize
 from .validate import check_uid
 
-__all__ = ["Deleted", "delete_study", "delete_series", "conflicts", "conflict_detail", "conflict_file",
+__all__ = ["Deleted", "delete_study", "delete_series", "conflicts", "conflict_detail", "conflict_preview",
            "resolve_conflict", "RESOLVE_LOCK_TIMEOUT"]
 
 RESOLVE_LOCK_TIMEOUT = 30.0  # waiting for a copy of the instance being made, at most (then 503: try again)
@@ -101,7 +101,7 @@ def _delete(store: Store, user: User, study_uid: str, series_uid: str | None) ->
         checksums = {r[0] for chunk in _chunks(sops) for r in db.execute(
             f"SELECT checksum FROM artifacts WHERE variant='original' AND sop_uid IN ({_marks(chunk)})", chunk)}
         for chunk in _chunks(sops):
-            for table in ("artifacts", "conflicts", "demo_instances", "instances", "job_items"):
+            for table in _instance_tables(db):
                 db.execute(f"DELETE FROM {table} WHERE sop_uid IN ({_marks(chunk)})", chunk)
         db.execute(f"DELETE FROM series WHERE series_uid IN ({_marks(series)})", series)
         cancelled: tuple[int, ...] = ()
@@ -122,6 +122,13 @@ def _delete(store: Store, user: User, study_uid: str, series_uid: str | None) ->
     _remove_empty_dirs(store, sops)
     freed = sizes + _purge_caches(store, checksums, study_uid)
     return Deleted(study_uid, tuple(series), len(sops), len(paths), freed, whole, cancelled)
+
+
+def _instance_tables(db: sqlite3.Connection) -> list[str]:
+    """Every table with rows about an instance (a table added later included), but the access log: who saw it stays."""
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    return [t for t in tables if t != "access_log" and
+            any(c[1] == "sop_uid" for c in db.execute("SELECT * FROM pragma_table_info(?)", (t,)))]
 
 
 def _marks(items) -> str:
@@ -261,12 +268,21 @@ def conflict_detail(store: Store, user: User | None, sop_uid: str, checksum: str
             **reason}
 
 
-def conflict_file(store: Store, user: User | None, sop_uid: str, which: str) -> Path:
-    """The file of one side ("stored", or a conflicting copy's checksum), for its preview."""
+def conflict_preview(store: Store, user: User | None, sop_uid: str, which: str, size: int = 256) -> bytes:
+    """A PNG of one side ("stored", or a conflicting copy's checksum), both drawn with the stored original's window:
+    a difference in brightness between the two is a difference in the values, never in the display."""
+    from .pixels import decode_frame, pixel_spec, read_dataset
+    from .render import display_frame, modality_values, shrink_png, window_of
+
     if which == "stored":
         authorize(store, user, "housekeeping", sop_uid=_uid(sop_uid, "SOP Instance UID"))
-        return store.artifact(sop_uid, "original").path
-    return Path(_conflict(store, user, sop_uid, which)["path"])
+    path = store.artifact(sop_uid, "original").path if which == "stored" else Path(_conflict(store, user, sop_uid, which)["path"])
+    stored, side = read_dataset(store.artifact(sop_uid, "original").path), read_dataset(path)
+    middle = pixel_spec(stored).frames // 2
+    window = None
+    if pixel_spec(stored).samples == 1 and pixel_spec(side).samples == 1:
+        window = window_of(stored, modality_values(decode_frame(stored, middle), stored, middle), middle)
+    return shrink_png(display_frame(side, min(middle, pixel_spec(side).frames - 1), window), size)
 
 
 def _conflict(store: Store, user: User | None, sop_uid: str, checksum: str):
@@ -396,8 +412,8 @@ def _keep_other(store: Store, user: User, row, path: Path, now: float) -> dict:
         with store.connect() as db:
             paths = [Path(r[0]) for r in db.execute("SELECT path FROM artifacts WHERE sop_uid=?", (sop_uid,))]
             sizes = sum(_size(p) for p in paths)
-            db.execute("DELETE FROM artifacts WHERE sop_uid=?", (sop_uid,))
-            db.execute("DELETE FROM instances WHERE sop_uid=?", (sop_uid,))
+            for table in set(_instance_tables(db)) - {"conflicts", "demo_instances", "job_items"}:  # what was made from the old one
+                db.execute(f"DELETE FROM {table} WHERE sop_uid=?", (sop_uid,))
             db.execute("DELETE FROM conflicts WHERE sop_uid=? AND checksum=?", (sop_uid, checksum))
             db.execute("UPDATE conflicts SET reason=NULL WHERE sop_uid=?", (sop_uid,))  # now measured against the new one
             staged = _stage_all(store, paths)

@@ -27,7 +27,7 @@ from .derive import LossyHistory
 from .errors import InvalidOptionError, RadPressError
 from .dicomweb import blueprint as dicomweb_blueprint
 from .ingest import ingest_stream
-from .housekeeping import conflict_detail, conflict_file, conflicts, delete_series, delete_study, resolve_conflict
+from .housekeeping import conflict_detail, conflict_preview, conflicts, delete_series, delete_study, resolve_conflict
 from .jobs import Jobs
 from .master import master_of, masters
 from .pixels import read_dataset
@@ -243,12 +243,9 @@ def conflict_route(sop_uid, checksum):
 @blueprint.get("/api/conflicts/<sop_uid>/<which>/thumbnail")
 @require("housekeeping")
 def conflict_thumbnail(sop_uid, which):
-    """A preview of one side: ``stored`` or the conflicting copy's checksum."""
-    from .render import thumbnail_png
-
+    """A preview of one side: ``stored`` or the conflicting copy's checksum (both in the stored original's window)."""
     store, _ = archive()
-    path = conflict_file(store, current_user(), sop_uid, which)
-    return Response(thumbnail_png(read_dataset(path), 256), mimetype="image/png")
+    return Response(conflict_preview(store, current_user(), sop_uid, which), mimetype="image/png")
 
 
 @blueprint.post("/api/conflicts/<sop_uid>/<checksum>/resolve")

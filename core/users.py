@@ -289,6 +289,14 @@ def access_log(store: Store, study_uid: str | None = None, user: str | None = No
     return [dict(r) for r in store.query(sql + " ORDER BY id DESC LIMIT ?", (*params, max(1, min(int(limit), 5000))))]
 
 
+def _keep_an_admin(db, name: str, role: str, new_role: str | None) -> None:
+    """Refuse to remove or demote the last administrator (inside the caller's write transaction)."""
+    if role == "admin" and new_role != "admin" and not db.execute(
+            "SELECT 1 FROM users WHERE role='admin' AND name!=?", (name,)).fetchone():
+        raise InvalidOptionError(f"{name} is the last administrator; nobody could manage users or the policy without one.",
+                                 hint="Make another user an administrator first.")
+
+
 class Users:
     def __init__(self, store: Store):
         self.store = store
@@ -306,11 +314,46 @@ class Users:
             db.execute("INSERT INTO users VALUES (?,?,?,?)", (name, generate_password_hash(password), role, time.time()))
         return User(name, role)
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, by: str = "system") -> None:
         with self.store.connect() as db:
-            if not db.execute("DELETE FROM users WHERE name=?", (name,)).rowcount:
+            row = db.execute("SELECT role FROM users WHERE name=?", (name,)).fetchone()
+            if row is None:
                 raise StoreError(f"No user {name!r}.")
+            _keep_an_admin(db, name, row["role"], None)
+            db.execute("DELETE FROM users WHERE name=?", (name,))
             db.execute("DELETE FROM sessions WHERE user=?", (name,))
+            db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
+                       (time.time(), by, f"user {name} removed", json.dumps(row["role"]), json.dumps(None)))
+
+    def set_role(self, name: str, role: str, by: str) -> User:
+        """Change a user's role; the last administrator keeps theirs (nobody could manage users any more)."""
+        if role not in ROLES:
+            raise InvalidOptionError(f"Role {role!r} does not exist.", hint=f"Choose one of: {', '.join(ROLES)}.")
+        with self.store.connect() as db:
+            row = db.execute("SELECT role FROM users WHERE name=?", (name,)).fetchone()
+            if row is None:
+                raise StoreError(f"No user {name!r}.")
+            _keep_an_admin(db, name, row["role"], role)
+            db.execute("UPDATE users SET role=? WHERE name=?", (role, name))
+            db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
+                       (time.time(), by, f"role of user {name}", json.dumps(row["role"]), json.dumps(role)))
+        return User(name, role)
+
+    def change_password(self, name: str, old: str, new: str) -> None:
+        """A user changes their own password: the current one is asked for, so an unattended session cannot."""
+        rows = self.store.query("SELECT password_hash, role FROM users WHERE name=?", (name or "",))
+        if not rows or rows[0]["role"] == "demo":
+            raise InvalidOptionError("This login has no password of its own to change.")
+        if not check_password_hash(rows[0]["password_hash"], old or ""):
+            raise InvalidOptionError("The current password is wrong; the password was not changed.")
+        if len(new or "") < 8:
+            raise InvalidOptionError("The new password is too short.", hint="Use at least 8 characters.")
+        if new == old:
+            raise InvalidOptionError("The new password is the current one.", hint="Choose another.")
+        with self.store.connect() as db:
+            db.execute("UPDATE users SET password_hash=? WHERE name=?", (generate_password_hash(new), name))
+            db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
+                       (time.time(), name, f"password of user {name}", "null", '"changed"'))
 
     def list(self) -> list[User]:
         return [User(r["name"], r["role"]) for r in self.store.query("SELECT name, role FROM users ORDER BY name")]

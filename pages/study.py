@@ -2,14 +2,16 @@
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import Input, Output, State, callback, dcc, html
+from dash import ALL, Input, Output, State, callback, ctx, dcc, html
 
 from components.cine_player import make_cine_player
+from components.housekeeping import DELETE_OPEN, make_confirm_dialog, make_delete_button
 from core.present import dimensions, human_size
 from core.archive import plan, thumbnail_version
 from core.auth import current_user
 from core.context import open_store
 from core.errors import RadPressError
+from core.housekeeping import delete_series, delete_study
 from core.ohif import viewer_url
 from core.compress import artifact_warning
 from core.derive import LossyHistory
@@ -98,7 +100,9 @@ def layout(uid: str = "", **_query):
                 ], className="p-2"),
             ], className="h-100"), md=3, className="mb-3"))
         first = rows[0]
-        blocks += [html.H5(f"Series {first['series_uid'][-12:]} — {first['modality']} {first['series_description'] or ''}"), dbc.Row(cards)]
+        delete = [make_delete_button("series", first["series_uid"], "Delete series")] if allowed(user, "housekeeping") else []
+        blocks += [html.H5([f"Series {first['series_uid'][-12:]} — {first['modality']} {first['series_description'] or ''}", *delete]),
+                   dbc.Row(cards)]
     override = study["strategy"]
     strategy_picker = dbc.Row([
         dbc.Col(html.Label("Storage strategy for this study", htmlFor=STRATEGY), width="auto"),
@@ -107,10 +111,12 @@ def layout(uid: str = "", **_query):
                                      [{"label": f"{s.number}. {s.name}", "value": s.number} for s in STRATEGIES]), md=4),
         dbc.Col(html.Div(id="study-strategy-result")),
     ], className="mb-3 align-items-center") if allowed(user, "policy") else html.P(f"Storage strategy: {store.study_strategy(uid)}")
-    return html.Div([
+    return html.Div(id="study-page", children=[
         dcc.Store(id="study-uid", data=uid),
         html.H2(f"{study['patient_name']} — {study['description'] or 'study'} ({study['date']})"),
         html.P(f"Study Instance UID {uid}", className="text-muted small"),
+        *([make_delete_button("study", uid, "Delete study…"), make_confirm_dialog("delete", "Delete for good?", "Delete")]
+          if allowed(user, "housekeeping") else []),
         dbc.Button("Open in OHIF", href=viewer_url(uid), external_link=True, target="_blank", color="primary",
                    size="sm", className="mb-3", id="open-ohif"),
         strategy_picker,
@@ -150,3 +156,42 @@ def change_strategy(value, uid):
     job = jobs.submit(uid)
     return dbc.Alert([f"Job {job} queued: {len(todo.make)} artifact(s) to make, {len(todo.remove)} to remove. ",
                       html.A("See Jobs", href="/jobs")], color="info", className="py-1 mb-0", id="strategy-job")
+
+@callback(Output("delete-dialog", "is_open"), Output("delete-dialog-body", "children"), Output("delete-target", "data"),
+          Input({"type": DELETE_OPEN, "kind": ALL, "uid": ALL}, "n_clicks"), Input("delete-cancel", "n_clicks"),
+          State("study-uid", "data"), prevent_initial_call=True)
+def ask_delete(clicks, _cancel, uid):
+    """What a delete would remove, said before anything is removed."""
+    trigger = ctx.triggered_id
+    if not isinstance(trigger, dict) or not any(clicks or []):
+        return False, dash.no_update, None
+    store, user = open_store(), current_user()
+    authorize(store, user, "housekeeping", study_uid=uid)
+    rows = [r for r in store.instances(uid) if trigger["kind"] == "study" or r["series_uid"] == trigger["uid"]]
+    sops = {r["sop_uid"] for r in rows}
+    arts = [a for a in store.artifacts(study_uid=uid) if a.sop_uid in sops]
+    originals = sum(a.bytes for a in arts if a.variant == "original")
+    what = "this study" if trigger["kind"] == "study" else f"this {rows[0]['modality'] if rows else ''} series".replace("  ", " ")
+    body = [*([html.P(f"Series Instance UID {trigger['uid']}", className="small text-muted")] if trigger["kind"] == "series" else []),
+            html.P([html.Strong(f"Delete {what}?"), f" {len(rows)} instance(s) in {len({r['series_uid'] for r in rows})} series: "
+                    f"the originals ({human_size(originals)}) and every copy made from them "
+                    f"({human_size(sum(a.bytes for a in arts) - originals)})."]),
+            html.P("Originals are not kept anywhere else in RadPress: this cannot be undone. It is recorded in the audit log.",
+                   className="text-danger mb-0")]
+    return True, html.Div(body, id="delete-dialog-text"), {"kind": trigger["kind"], "uid": trigger["uid"]}
+
+
+@callback(Output("study-page", "children"), Input("delete-confirm", "n_clicks"), State("delete-target", "data"),
+          State("study-uid", "data"), prevent_initial_call=True)
+def confirm_delete(_n, target, uid):
+    store, user = open_store(), current_user()
+    if not isinstance(target, dict) or target.get("kind") not in ("study", "series"):
+        return dash.no_update
+    try:
+        result = delete_study(store, user, uid) if target["kind"] == "study" else delete_series(store, user, uid, target["uid"])
+    except RadPressError as exc:
+        return [dbc.Alert(str(exc), color="danger", id="delete-result")]
+    text = (f"Deleted {result.instances} instance(s) in {len(result.series_uids)} series: {result.files} file(s), "
+            f"{human_size(result.bytes_freed)} freed" + (" — the study is gone." if result.study_removed else "."))
+    link = html.A("Back to the studies", href="/") if result.study_removed else html.A("Show the rest of the study", href=f"/study?uid={uid}")
+    return [dbc.Alert([text, " ", link], color="success", id="delete-result")]

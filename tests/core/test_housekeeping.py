@@ -1,17 +1,20 @@
 """Deleting studies and series, and resolving conflicts: every file and row goes, only administrators, audited."""
 
+import io
 import json
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 from core.archive import codestream_path, make_artifact, plan, thumbnail_bytes, variant_file, _cache
 from core.errors import InvalidOptionError
-from core.housekeeping import conflict_detail, conflicts, delete_series, delete_study, resolve_conflict
+from core.housekeeping import conflict_detail, conflict_preview, conflicts, delete_series, delete_study, resolve_conflict
 from core.ingest import ingest
 from core.jobs import Jobs, _make_for_instance
 from core.store import Store, StoreError, sha256_file, uid_key
@@ -227,6 +230,12 @@ def test_a_conflict_says_what_differs(store, tmp_path):
     assert detail["pixels"]["changed"] == 2
     assert (detail["stored"]["bytes"], detail["other"]["bytes"]) == tuple(p.stat().st_size for p in (
         tmp_path / "first.dcm", tmp_path / "second.dcm")) and f"{detail['sizes'][0]:,} vs" in listed["reason"]
+    # both previews in the stored original's window: the pictures differ exactly where the values do
+    stored_png, other_png = (np.asarray(Image.open(io.BytesIO(conflict_preview(store, ROOT, ds.SOPInstanceUID, w))))
+                             for w in ("stored", other))
+    assert stored_png.shape == other_png.shape == (30, 28) and 1 <= np.count_nonzero(stored_png != other_png) <= 2
+    with pytest.raises(AccessDenied):
+        conflict_preview(store, RAD, ds.SOPInstanceUID, "stored")
     with pytest.raises(InvalidOptionError):
         conflict_detail(store, ROOT, ds.SOPInstanceUID, "../" + other[3:])
     with pytest.raises(StoreError):

@@ -6,6 +6,7 @@ import pytest
 
 from core import users as users_module
 from core.ingest import ingest
+from core.errors import RadPressError
 from core.store import Store, StoreError
 from core.users import (LOGIN_LIMIT, AccessDenied, LoginRequired, User, Users, authorize, mark_demo, set_readers,
                         visible_instances, visible_jobs, visible_studies)
@@ -145,3 +146,28 @@ def test_identifiers_must_be_text(archive):
         with pytest.raises(InvalidOptionError, match="SOP Instance UID must be text"):
             authorize(store, RAD, "view", sop_uid=bad)
     authorize(store, ADMIN, "view", study_uid=clinic.StudyInstanceUID)
+
+
+def test_own_password_roles_and_the_last_administrator(tmp_path):
+    store = Store(tmp_path / "data")
+    users = Users(store)
+    users.add("boss", "boss-password", "admin")
+    users.add("rad", "rad-password", "radiologist")
+    with pytest.raises(RadPressError, match="current password is wrong"):
+        users.change_password("rad", "guess-password", "new-password-1")
+    with pytest.raises(RadPressError, match="too short"):
+        users.change_password("rad", "rad-password", "short")
+    users.change_password("rad", "rad-password", "new-password-1")
+    assert users.authenticate("rad", "rad-password") is None and users.authenticate("rad", "new-password-1") == User("rad", "radiologist")
+    for refused in (lambda: users.remove("boss"), lambda: users.set_role("boss", "radiologist", by="boss")):
+        with pytest.raises(RadPressError, match="last administrator"):
+            refused()
+    with pytest.raises(RadPressError, match="does not exist"):
+        users.set_role("rad", "root", by="boss")
+    assert users.set_role("rad", "admin", by="boss") == User("rad", "admin")
+    users.set_role("boss", "radiologist", by="rad")  # another administrator is left now
+    users.remove("boss", by="rad")
+    assert [u.name for u in users.list()] == ["rad"]
+    audit = [r["what"] for r in store.query("SELECT what FROM audit ORDER BY id")]
+    assert audit == ["password of user rad", "role of user rad", "role of user boss", "user boss removed"]
+    assert all("password" not in (r["old"] + r["new"]) for r in store.query("SELECT old, new FROM audit"))
