@@ -1,11 +1,16 @@
-"""The CAR upper bounds, and codec and ratio chosen together."""
+"""The CAR upper bounds, codec and ratio chosen together, the lossless codec per image kind and modality, the
+strategy per modality, the form's checks, and jobs only for studies whose copies change."""
 
 import re
 
+import numpy as np
 import pytest
 
+from core.codecs import LOSSLESS_RULES, OHIF_RULE, SMALLEST_RULE, choose_codec, get_rule
 from core.errors import InvalidOptionError
+from core.pixels import PixelSpec
 from core.policy import Policy, check_bound, codec_for, lossy_setting, ratio_for, upper_bound
+from tests.synthetic import KINDS, make_dataset, write
 
 
 def test_upper_bounds_by_modality_and_anatomy():
@@ -108,3 +113,191 @@ def test_the_banner_template_has_plain_fields_only(banner, words):
         Policy.from_dict({**Policy().to_dict(), "lossy_banner": banner})
     fine = Policy.from_dict({**Policy().to_dict(), "lossy_banner": "LOSSY {{{ratio}:1}} {codec} {method}"})
     assert lossy_banner(10, get_codec("j2k", True), fine.lossy_banner).startswith("LOSSY {10:1} ")
+
+
+# -- lossless codec per image kind, strategy per modality, the form's checks, jobs only where copies change -------
+
+
+def spec(rows, columns, samples=1, signed=False, bits=12):
+    return PixelSpec(rows, columns, samples, 8 if samples == 3 else 16, 8 if samples == 3 else bits, signed,
+                     "RGB" if samples == 3 else "MONOCHROME2")
+
+
+@pytest.mark.parametrize("kind, ohif, smallest", [
+    (spec(512, 512), "jpegls", "jpegls"),  # CT 512²
+    (spec(999, 999), "jpegls", "jpegls"),  # both sides under 1000 px
+    (spec(512, 1000), "htj2k", "jxl"),  # one side at 1000 px is large
+    (spec(2048, 2500), "htj2k", "jxl"),  # CR/DX
+    (spec(2048, 2500, signed=True), "htj2k", "jpegls"),  # JPEG XL cannot take signed data: the next that can
+    (spec(480, 640, samples=3), "jxl", "jxl"),  # colour
+])
+def test_each_rule_picks_a_lossless_codec_per_image_kind(kind, ohif, smallest):
+    assert choose_codec("ohif", False, kind).name == ohif
+    assert choose_codec("smallest", False, kind).name == smallest
+    assert choose_codec("auto", False, kind).name == smallest  # the CLI's auto keeps its rule
+
+
+def test_the_lossless_choices_come_from_the_codec_registry():
+    from core.codecs import CODECS
+
+    names = [r.name for r in LOSSLESS_RULES]
+    assert names[:2] == ["ohif", "smallest"] and get_rule("ohif") is OHIF_RULE and get_rule("auto") is SMALLEST_RULE
+    assert set(names[2:]) == {c.name for c in CODECS if not c.lossy and c.writes}
+    from core.policy import LOSSLESS_CHOICES
+
+    assert [name for name, _label in LOSSLESS_CHOICES] == names and all(label for _name, label in LOSSLESS_CHOICES)
+    with pytest.raises(InvalidOptionError, match="Unknown lossless codec choice 'webp'"):
+        get_rule("webp")
+
+
+def instance(modality="CT", rows=512, columns=512, samples=1, signed=0, bits=12):
+    return {"modality": modality, "rows": rows, "columns": columns, "samples": samples, "bits_allocated": 16,
+            "bits_stored": bits, "signed": signed, "photometric": "MONOCHROME2", "frames": 1}
+
+
+def test_the_lossless_codec_follows_the_modality_then_the_clinic():
+    from core.policy import lossless_codec_for
+
+    policy = Policy(lossless_codecs={"MR": "smallest", "CR": "j2k"})
+    assert lossless_codec_for(policy, instance("CT")) == "jpegls"
+    assert lossless_codec_for(policy, instance("CT", 1024, 1024)) == "htj2k"
+    assert lossless_codec_for(policy, instance("MR", 1024, 1024)) == "jxl"
+    assert lossless_codec_for(policy, instance("MR", 1024, 1024, signed=1)) == "jpegls"
+    assert lossless_codec_for(policy, instance("MR", 1024, 1024), signed=True) == "jpegls"  # a row indexed before `signed`
+    assert lossless_codec_for(policy, instance("CR", 2048, 2048)) == "j2k"
+    assert lossless_codec_for(Policy(lossless_codec="htj2k"), instance("CT")) == "htj2k"
+
+
+def test_a_large_grayscale_copy_is_htj2k_rpcl_read_back_two_ways(tmp_path):
+    """The stored copy of a 1024² MR: HTJ2K, progression RPCL in COD (our parser and glymur's), bit-exact by ojph_expand."""
+    import glymur
+    from pydicom.encaps import generate_fragmented_frames
+    from pydicom.uid import HTJ2KLosslessRPCL
+
+    from core.archive import make_artifact, plan
+    from core.codecs.codestream import parse_main_header
+    from core.ingest import ingest
+    from core.pixels import decode_all, pixel_spec, read_dataset
+    from core.store import Store
+    from tests.checkers import tool_pixels
+
+    store = Store(tmp_path / "data")
+    ds = make_dataset(rows=1024, columns=1024, bits_stored=12, modality="MR")
+    [result] = ingest(store, [write(ds, tmp_path / "mr.dcm")])
+    [wanted] = [w for w in plan(store, result.study_uid).make if w.variant == "lossless"]
+    assert wanted.codec == "htj2k"
+    copy = make_artifact(store, wanted)
+    assert copy.transfer_syntax == HTJ2KLosslessRPCL
+    codestream = b"".join(next(generate_fragmented_frames(read_dataset(copy.path).PixelData)))
+    assert parse_main_header(codestream).progression == "RPCL" and parse_main_header(codestream).htj2k
+    (tmp_path / "frame.jph").write_bytes(codestream)
+    cod = [s for s in glymur.codestream.Codestream(open(tmp_path / "frame.jph", "rb"), len(codestream), header_only=True).segment
+           if s.marker_id == "COD"][0]
+    assert cod.prog_order == glymur.core.RPCL
+    assert np.array_equal(tool_pixels("htj2k", codestream, pixel_spec(ds), tmp_path), decode_all(ds)[0])
+
+
+def test_a_study_follows_its_modality_strategy_between_clinic_default_and_its_own():
+    policy = Policy(strategy=1, strategies={"CR": 4, "CT": 2})
+    assert policy.strategy_for({"CT": 300}) == 2 and policy.strategy_for({"MR": 20}) == 1
+    assert policy.strategy_for({"CT": 3, "CR": 1}) == 2  # the most frequent image modality
+    assert policy.strategy_for({"CR": 2, "CT": 2}) == 4  # a tie goes to the first code in order
+    assert policy.strategy_for({}) == 1  # a study of reports only
+
+
+@pytest.fixture
+def archive_of_three(tmp_path):
+    """A CT, a CR and an MR study, indexed (no copies made)."""
+    from core.ingest import ingest
+    from core.store import Store
+
+    store = Store(tmp_path / "data")
+    paths = [write(make_dataset(**{**KINDS[k], "seed": n}), tmp_path / f"{k}.dcm") for n, k in enumerate(("s12", "u12_odd", "u16"))]
+    results = list(ingest(store, paths))
+    return store, {r["modalities"]: r["study_uid"] for r in store.studies()}, results
+
+
+def test_the_plan_and_the_projection_follow_the_modality_strategy(archive_of_three):
+    from core.archive import plan, storage_report
+
+    store, study, _ = archive_of_three
+    store.set_policy(Policy(strategies={"CR": 4, "CT": 2}))
+    assert store.study_strategy(study["CR"]) == 4 and store.study_strategy(study["CT"]) == 2
+    assert store.study_strategy(study["MR"]) == 1
+    assert plan(store, study["CR"]).make == () and {w.variant for w in plan(store, study["CT"]).make} == {"lossless"}
+    store.set_study_strategy(study["CR"], 1)  # the study's own strategy wins
+    assert store.study_strategy(study["CR"]) == 1
+    store.set_study_strategy(study["CR"], None)
+    report = storage_report(store)
+    cost = {uid: {c["strategy"]: c["bytes"] for c in storage_report(store, uid)["strategies"]} for uid in study.values()}
+    expected = cost[study["CR"]][4] + cost[study["CT"]][2] + cost[study["MR"]][1]
+    assert abs(report["policy"]["bytes"] - expected) <= 2 and report["policy"]["studies_per_strategy"] == {4: 1, 2: 1, 1: 1}
+    store.set_policy(Policy(strategies={"CR": 1, "CT": 1}))
+    assert storage_report(store)["policy"]["bytes"] > report["policy"]["bytes"]
+
+
+def test_a_policy_stored_by_an_older_version_loads_and_keeps_its_codec(tmp_path):
+    """Saved before per-modality settings existed: no strategies, lossless_codec "j2k" (or "auto"): loads, nothing re-encoded."""
+    import json
+
+    from core.store import Store
+
+    store = Store(tmp_path / "data")
+    old = {k: v for k, v in Policy().to_dict().items() if k not in ("strategies", "lossless_codecs")}
+    for codec, rule in (("j2k", "j2k"), ("auto", "smallest")):
+        with store.connect() as db:
+            db.execute("INSERT OR REPLACE INTO settings VALUES ('policy', ?)", (json.dumps({**old, "lossless_codec": codec}),))
+        policy = store.policy()
+        assert policy.strategies == {} and policy.lossless_codecs == {} and policy.lossless_codec == codec
+        assert get_rule(policy.lossless_choice("CT")).name == rule
+    assert Policy().lossless_codec == "ohif"  # a new archive follows the web-delivery rule
+
+
+@pytest.mark.parametrize("text, words", [
+    ("500", "The CT ratio 500:1 is out of range. Choose between 2:1 and 200:1."),
+    ("1.5", "1.5:1 is out of range"),
+    ("abc", "The CT ratio 'abc' is not a number."),
+    ("nan", "is out of range"),
+])
+def test_a_typed_ratio_is_refused_with_its_reason(text, words):
+    from core.policy import parse_ratio
+
+    with pytest.raises(InvalidOptionError, match=re.escape(words)):
+        parse_ratio(text, "CT")
+    assert parse_ratio(" 8,5 ", "CT") == 8.5 and parse_ratio("", "CT") is None and parse_ratio(None, "CT") is None
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"strategies": {"CT": 9}}, "Storage strategy 9 does not exist"),
+    ({"strategies": {"CT": "2"}}, "Storage strategy '2' for CT is not a number"),
+    ({"strategies": {"ct": 2}}, "'ct' is not a Modality (0008,0060) code"),
+    ({"strategies": {"../x": 2}}, "is not a Modality"),
+    ({"lossless_codecs": {"CT": "webp"}}, "Unknown lossless codec choice 'webp'"),
+    ({"lossless_codec": "png"}, "Unknown lossless codec choice 'png'"),
+    ({"strategies": ["CT", 2]}, "objects keyed by modality"),
+    ({"ratios": {"CT": 500}}, "Lossy ratio 500:1 for CT is out of range"),
+])
+def test_bad_per_modality_values_are_refused_with_reasons(change, words):
+    with pytest.raises(InvalidOptionError, match=re.escape(words)):
+        Policy.from_dict({**Policy().to_dict(), **change})
+
+
+def test_only_studies_whose_copies_change_get_a_job(archive_of_three):
+    from dataclasses import replace
+
+    from core.archive import changed_studies, save_policy
+    from core.jobs import Jobs
+
+    store, study, _ = archive_of_three
+    base = store.policy()
+    assert changed_studies(store, base, replace(base, lossy_banner="LOSSY {ratio}:1")) == []
+    assert changed_studies(store, base, replace(base, ratios={**base.ratios, "CT": 9})) == [study["CT"]]
+    assert changed_studies(store, base, replace(base, lossless_codecs={"MR": "j2k"})) == [study["MR"]]
+    assert changed_studies(store, base, replace(base, strategies={"CR": 3})) == [study["CR"]]
+    assert changed_studies(store, base, replace(base, ratios={**base.ratios, "MG": 20})) == []  # no MG study here
+    jobs = Jobs(store, workers=1)
+    assert save_policy(store, jobs, replace(base, lossy_banner="LOSSY {ratio}:1 here"), "admin") == []
+    assert store.policy().lossy_banner == "LOSSY {ratio}:1 here"  # saved (and audited) even though no job was needed
+    queued = save_policy(store, jobs, replace(store.policy(), strategies={"CT": 4, "CR": 4}), "admin")
+    assert sorted(j["study_uid"] for j in map(jobs.get, queued)) == sorted([study["CT"], study["CR"]])
+    assert store.query("SELECT count(*) FROM audit WHERE what='policy'")[0][0] == 2

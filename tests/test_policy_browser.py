@@ -1,0 +1,87 @@
+"""The Policy page in headless Chromium: ratios checked as they are typed, nothing saved while one is wrong, the CAR
+warning before saving, a strategy per modality saved with the projection and the audit log following."""
+
+import json
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import Select
+
+from core.ingest import ingest
+from tests.conftest import ADMIN
+from tests.synthetic import make_dataset, write
+from tests.test_browser import ARTIFACTS, browser, login, wait  # noqa: F401  (browser is a fixture)
+
+
+def _field(driver, kind: str, **key):
+    """A pattern-matching component by its id (Dash writes the id as JSON with sorted keys)."""
+    return driver.find_element(By.XPATH, f"//*[@id='{json.dumps({**key, 'type': kind}, separators=(',', ':'), sort_keys=True)}']")
+
+
+def _type(driver, element, text: str) -> None:
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+    element.send_keys(Keys.CONTROL, "a")
+    element.send_keys(Keys.BACKSPACE)
+    element.send_keys(text)
+
+
+def _click(driver, element_id: str) -> None:
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();",
+                          driver.find_element(By.ID, element_id))
+
+
+@pytest.fixture
+def clinic(live_app, tmp_path):
+    """A CT and a CR study, indexed; no copies made yet."""
+    base, app = live_app(demo=False)
+    store = app.server.extensions["radpress"]["store"]
+    files = [write(make_dataset(rows=96, columns=80, bits_stored=12, modality=m, seed=n), tmp_path / f"{m}.dcm")
+             for n, m in enumerate(("CT", "CR"))]
+    list(ingest(store, files))
+    return base, store
+
+
+def test_bad_ratio_refused_before_saving_then_a_modality_strategy_saved(clinic, browser):
+    base, store = clinic
+    login(browser, base, ADMIN)
+    browser.get(f"{base}/policy")
+    wait(browser).until(EC.presence_of_element_located((By.ID, "policy-projection")))
+    projection = browser.find_element(By.ID, "policy-projection").text
+    assert "under this policy: 2 on strategy 1" in projection, projection
+
+    ct = _field(browser, "policy-ratio", key="CT")
+    _type(browser, ct, "500")
+    wait(browser).until(lambda d: "is-invalid" in ct.get_attribute("class"))
+    reason = _field(browser, "policy-ratio-msg", key="CT")
+    wait(browser).until(lambda d: "out of range" in reason.text)
+    assert reason.text == "The CT ratio 500:1 is out of range. Choose between 2:1 and 200:1."
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center', behavior: 'instant'});", ct)
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "policy-ratio-500-refused.png"))
+    _click(browser, "policy-save")
+    refused = wait(browser).until(EC.visibility_of_element_located((By.ID, "policy-not-saved")))
+    assert "Not saved — nothing was changed." in refused.text and "500:1 is out of range" in refused.text
+    assert store.policy().ratios["CT"] == 8  # the stored policy is untouched
+
+    _type(browser, ct, "20")
+    warning = _field(browser, "policy-ratio-warn", key="CT")
+    wait(browser).until(lambda d: "upper bound of 15:1" in warning.text)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center', behavior: 'instant'});", ct)
+    assert "is-invalid" not in ct.get_attribute("class") and "capped at 15:1" in warning.text
+    browser.save_screenshot(str(ARTIFACTS / "policy-car-warning.png"))
+    _type(browser, ct, "8")
+    wait(browser).until(lambda d: warning.text == "")
+
+    Select(_field(browser, "policy-modality-strategy", modality="CR")).select_by_value("4")
+    _click(browser, "policy-save")
+    wait(browser).until(EC.presence_of_element_located((By.ID, "policy-saved")))
+    assert "1 study gets new copies" in browser.find_element(By.ID, "policy-result").text
+    assert store.policy().strategies == {"CR": 4}
+    wait(browser).until(EC.text_to_be_present_in_element((By.ID, "policy-projection"), "1 on strategy 1, 1 on strategy 4"))
+    assert browser.find_element(By.ID, "policy-projection").text != projection
+    wait(browser).until(EC.text_to_be_present_in_element((By.ID, "audit-log"), "strategies: {} → {'CR': 4}"))
+    browser.save_screenshot(str(ARTIFACTS / "policy-modality-saved.png"))  # the result under the Save button
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start', behavior: 'instant'});", browser.find_element(By.ID, "policy-projection"))
+    browser.save_screenshot(str(ARTIFACTS / "policy-modality-projection.png"))  # the projection and cards above
