@@ -157,6 +157,7 @@ def change_strategy(value, uid):
     return dbc.Alert([f"Job {job} queued: {len(todo.make)} artifact(s) to make, {len(todo.remove)} to remove. ",
                       html.A("See Jobs", href="/jobs")], color="info", className="py-1 mb-0", id="strategy-job")
 
+
 @callback(Output("delete-dialog", "is_open"), Output("delete-dialog-body", "children"), Output("delete-target", "data"),
           Input({"type": DELETE_OPEN, "kind": ALL, "uid": ALL}, "n_clicks"), Input("delete-cancel", "n_clicks"),
           State("study-uid", "data"), prevent_initial_call=True)

@@ -1,5 +1,6 @@
 """Housekeeping in headless Chromium: deleting with a confirmation dialog, the conflict view, the Users page's actions."""
 
+import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 
@@ -11,6 +12,27 @@ from tests.synthetic import make_dataset, write
 from tests.test_browser import ARTIFACTS, browser, login, wait  # noqa: F401 - browser is a fixture
 
 
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """One app for the module (no job runner: nothing here needs copies); the password test runs last."""
+    import os
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from app import create_app
+
+    os.environ["RADPRESS_ADMIN_USER"], os.environ["RADPRESS_ADMIN_PASSWORD"] = ADMIN
+    try:
+        app = create_app(tmp_path_factory.mktemp("housekeeping") / "data", demo=False, run_jobs=False)
+    finally:
+        del os.environ["RADPRESS_ADMIN_USER"], os.environ["RADPRESS_ADMIN_PASSWORD"]
+    httpd = make_server("127.0.0.1", 0, app.server, threaded=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}", app
+    httpd.shutdown()
+
+
 def _click(driver, element):
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", element)
 
@@ -19,8 +41,8 @@ def _dialog_text(driver, prefix):
     return wait(driver, 20).until(EC.visibility_of_element_located((By.ID, f"{prefix}-dialog-text"))).text
 
 
-def test_delete_a_series_then_the_study_after_confirming(live_app, browser, tmp_path):  # noqa: F811
-    base, app = live_app(demo=False, run_jobs=False)
+def test_delete_a_series_then_the_study_after_confirming(served, browser, tmp_path):  # noqa: F811
+    base, app = served
     store = app.server.extensions["radpress"]["store"]
     study = make_dataset(rows=8, columns=8).StudyInstanceUID
     paths = []
@@ -59,8 +81,8 @@ def test_delete_a_series_then_the_study_after_confirming(live_app, browser, tmp_
     assert not store.query("SELECT 1 FROM studies WHERE study_uid=?", (study,))
 
 
-def test_conflict_view_shows_both_and_keeps_one(live_app, browser, tmp_path):  # noqa: F811
-    base, app = live_app(demo=False, run_jobs=False)
+def test_conflict_view_shows_both_and_keeps_one(served, browser, tmp_path):  # noqa: F811
+    base, app = served
     store = app.server.extensions["radpress"]["store"]
     ds = make_dataset(rows=64, columns=64, bits_stored=12, modality="CR")
     first = write(ds, tmp_path / "first.dcm")
@@ -87,8 +109,8 @@ def test_conflict_view_shows_both_and_keeps_one(live_app, browser, tmp_path):  #
     browser.save_screenshot(str(ARTIFACTS / "housekeeping-conflict-kept.png"))
 
 
-def test_users_change_role_remove_after_confirming_and_own_password(live_app, browser):  # noqa: F811
-    base, app = live_app(demo=False, run_jobs=False)
+def test_users_change_role_remove_after_confirming_and_own_password(served, browser):  # noqa: F811
+    base, app = served
     users = Users(app.server.extensions["radpress"]["store"])
     users.add("rad", "rad-password", "radiologist")
     login(browser, base, ADMIN)
