@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+
 from .bigimage import is_large
 from .cine import default_mp4, rendered_at_ingest
 from .codecs import check_ratio, choose_codec, get_codec
@@ -23,12 +25,12 @@ from .errors import InvalidOptionError, RadPressError
 from .files import atomic_writer
 from .locks import item_lock
 from .master import MASTER_CODEC, make_master, master_of, masters, not_mastered_reason
-from .pixels import read_dataset
+from .pixels import decode_frame, pixel_spec, read_dataset
 from .policy import Policy, check_bound, get_strategy, lossless_codec_for, lossy_setting
-from .render import thumbnail_png
+from .render import shrink_png, thumbnail_png, to_display
 from .store import Artifact, Store, StoreError
 
-__all__ = ["Wanted", "Plan", "plan", "study_wanted", "changed_studies", "save_policy", "make_artifact", "variant_file", "storage_report", "Forbidden", "CACHE_LIMIT"]
+__all__ = ["Wanted", "Plan", "plan", "study_wanted", "changed_studies", "save_policy", "make_artifact", "make_artifacts", "variant_file", "storage_report", "Forbidden", "CACHE_LIMIT"]
 
 CACHE_LIMIT = 2 << 30
 THUMBNAIL_SIZE = 256
@@ -152,12 +154,19 @@ def save_policy(store: Store, jobs, policy: Policy, user: str) -> list[int]:
 
 
 def _encode(original: Path, variant: str, ratio: float, codec: str) -> tuple[bytes, str, float | None]:
-    ds = read_dataset(original)
+    return _encode_dataset(read_dataset(original), None, variant, ratio, codec)
+
+
+def _encode_dataset(ds, frames: "_Frames | None", variant: str, ratio: float, codec: str) -> tuple[bytes, str, float | None]:
+    """One variant of *ds*, from its frames already decoded when *frames* is given (:func:`make_artifacts`)."""
     if variant == "thumbnail":
-        return thumbnail_png(ds, THUMBNAIL_SIZE), "", None
+        if frames is None:
+            return thumbnail_png(ds, THUMBNAIL_SIZE), "", None
+        middle = pixel_spec(ds).frames // 2  # the frame and the rendering of render.thumbnail_png
+        return shrink_png(to_display(frames[middle], ds, None, middle), THUMBNAIL_SIZE), "", None
     if variant == "cine":
         return default_mp4(ds), "", None
-    result = compress(ds, codec, "lossy" if variant == "lossy" else "lossless", ratio or None, over_bound="cap")
+    result = compress(ds, codec, "lossy" if variant == "lossy" else "lossless", ratio or None, over_bound="cap", decoded=frames)
     buffer = io.BytesIO()
     result.dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue(), str(result.codec.transfer_syntax), result.ratio
@@ -176,6 +185,66 @@ def make_artifact(store: Store, wanted: Wanted) -> Artifact:
             return _make_large(store, wanted, original)
         data, syntax, achieved = _encode(original.path, wanted.variant, wanted.ratio, wanted.codec)
         return store.put_artifact(wanted.sop_uid, wanted.variant, wanted.ratio, wanted.codec, syntax, data, achieved)
+
+
+# What make_artifacts encodes from one decode; anything else goes through make_artifact.
+SHARED_DECODE = ("thumbnail", "lossless", "lossy")  # cheapest first: their writes overlap the lossy encode
+FRAME_BUDGET = 256 << 20  # decoded frames kept for the next variant; beyond it a frame is decoded again
+
+
+class _Frames:
+    """An instance's decoded frames by index, each decoded once for every variant made from it (within
+    :data:`FRAME_BUDGET`: a long multi-frame instance is never held whole)."""
+
+    def __init__(self, ds, budget: int = FRAME_BUDGET):
+        self.ds = ds
+        self._kept: dict[int, np.ndarray] = {}
+        self._room = budget
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        frame = self._kept.get(index)
+        if frame is None:
+            frame = decode_frame(self.ds, index)
+            if frame.nbytes <= self._room:
+                self._kept[index] = frame
+                self._room -= frame.nbytes
+        return frame
+
+
+def make_artifacts(store: Store, items: list[Wanted]) -> list[Artifact]:
+    """One instance's artifacts (*items* all name it), the thumbnail and the lossless and lossy copies made
+    from one read and one decode of its original.
+
+    Each file is written (fsync and index) by a second thread while the next
+    variant is encoded.  On an error the artifacts already written stay and the
+    error is raised.  A very large image, a cine or a lossless master goes
+    through :func:`make_artifact`.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not items:
+        return []
+    sop_uid = items[0].sop_uid
+    row = store.instance(sop_uid)
+    shared = [] if is_large(row["rows"], row["columns"]) else [w for w in items if w.variant in SHARED_DECODE]
+    made = [make_artifact(store, w) for w in items if w not in shared]
+    if not shared:
+        return made
+    with item_lock(store.root, f"instance:{sop_uid}"):  # as make_artifact: never from an original being replaced
+        original = store.artifact(sop_uid, "original")
+        if original is None:
+            raise StoreError(f"Instance {sop_uid} was deleted.")
+        ds = read_dataset(original.path)
+        frames = _Frames(ds)
+        with ThreadPoolExecutor(1, thread_name_prefix="radpress-write") as writer:
+            pending = []
+            try:
+                for w in sorted(shared, key=lambda w: SHARED_DECODE.index(w.variant)):
+                    data, syntax, achieved = _encode_dataset(ds, frames, w.variant, w.ratio, w.codec)
+                    pending.append(writer.submit(store.put_artifact, w.sop_uid, w.variant, w.ratio, w.codec, syntax, data, achieved))
+            finally:
+                written = [f.result() for f in pending]  # a failed write raises here
+    return made + written
 
 
 def _pyramid(store: Store, original: Artifact, ratio: float | None) -> tuple[Path, float | None]:
@@ -450,6 +519,16 @@ def thumbnail_bytes(store: Store, sop_uid: str) -> tuple[bytes, str]:
                 data = thumbnail_png(read_dataset(original.path), THUMBNAIL_SIZE)
                 cache.set(key, data)
     return data, hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def thumbnail_version(store: Store, sop_uid: str) -> str:
+    """The ETag :func:`thumbnail_bytes` answers with, without making the thumbnail: pages link
+    ``/thumbnail/<sop>?v=<version>``, a URL that names its content (cached by the browser as immutable)."""
+    stored = store.artifact(sop_uid, "thumbnail")
+    if stored is not None:
+        return stored.checksum[:32]
+    original = store.artifact(sop_uid, "original")
+    return hashlib.sha256(f"{original.checksum}:thumbnail:{THUMBNAIL_SIZE}".encode()).hexdigest()[:32]
 
 
 def lab_key(store: Store, study_uid: str, config=None, sop_uids: set[str] | None = None) -> str:

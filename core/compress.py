@@ -145,6 +145,7 @@ def compress(
     *,
     rule: AutoRule = AutoRule(),
     over_bound: str = "allow",
+    decoded=None,
 ) -> Compressed:
     """Encode every frame of *ds* and return the new dataset; *ds* is not modified.
 
@@ -152,7 +153,9 @@ def compress(
     image's modality does: ``refuse`` (an :class:`InvalidOptionError`),
     ``cap`` (lowered to the bound, noted in the result) or ``allow``
     (measurements such as the lab and the benchmark); an achieved ratio above
-    the bound is reported in every case.
+    the bound is reported in every case.  *decoded*, when given, holds the
+    frames of *ds* already decoded (indexable by frame number), so that one
+    decode serves every copy made of an instance.
     """
     lossy = parse_mode(mode)
     ratio = check_ratio(ratio, lossy)
@@ -169,7 +172,7 @@ def compress(
     frames = []
     seconds = 0.0
     for index in range(spec.frames):
-        pixels = decode_frame(ds, index)
+        pixels = decoded[index] if decoded is not None else decode_frame(ds, index)
         start = time.perf_counter()
         try:
             frames.append(chosen.encode(pixels, spec, ratio))

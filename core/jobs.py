@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Callable
 
-from .archive import Wanted, make_artifact, plan, storage_report
+from .archive import Wanted, make_artifacts, plan, storage_report
 from .compress import artifact_warning
 from .errors import RadPressError
 from .labjobs import run_lab_job
@@ -38,15 +38,28 @@ LEASE_SECONDS = 30.0
 TASKS: dict[str, Callable] = {"lab": run_lab_job}
 
 
+_STORES: dict[str, Store] = {}
+
+
+def _worker_store(root: str) -> Store:
+    """The archive at *root*, opened once per worker process: opening checks the schema under a write lock,
+    which every instance would otherwise queue for behind the runner's own writes."""
+    store = _STORES.get(root)
+    if store is None:
+        store = _STORES[root] = Store(root)
+    return store
+
+
 def _make_for_instance(root: str, wanted: list[Wanted]) -> tuple[int, str | None, float, str | None]:
-    """Worker: make one instance's missing artifacts; returns (bytes written, error, worker peak RSS in MB, warning)."""
-    store = Store(root)
+    """Worker: make one instance's missing artifacts (one decode for all, :func:`make_artifacts`); returns
+    (bytes written, error, worker peak RSS in MB, warning)."""
+    store = _worker_store(root)
     written, error, warning = 0, None, None
     try:
-        for item in wanted:
-            artifact = make_artifact(store, item)
+        row = store.instance(wanted[0].sop_uid) if wanted else None
+        for artifact in make_artifacts(store, wanted):
             written += artifact.bytes
-            warning = artifact_warning(store.instance(item.sop_uid), artifact) or warning
+            warning = artifact_warning(row, artifact) or warning
     except RadPressError as exc:
         error = str(exc)
     except Exception as exc:  # noqa: BLE001 - one bad instance must not stop the job

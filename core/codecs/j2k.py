@@ -3,9 +3,13 @@
 glymur (OpenJPEG) writes RPCL with native rate control, but only as 8- or
 16-bit unsigned samples; signed and 10/12-bit data are written through
 :func:`~.codestream.container_samples` and the codestream then declares Bits
-Stored and the sign (:func:`~.codestream.declare_precision`).  OpenJPEG's rate
-target counts the declared (container) precision, i.e. Bits Allocated, which is
-also what RadPress's ratio counts.
+Stored and the sign (:func:`~.codestream.declare_precision`).
+
+Lossy frames are encoded at Bits Stored itself (:class:`_StoredPrecision`):
+samples scaled up to 16 bits cost OpenJPEG 2-4 more bit-planes to code for the
+same file (a third more time on 12/14-bit CT and MR).  Its rate target then
+counts Bits Stored, so the first guess converts RadPress's ratio (Bits
+Allocated) to it and the search trims the header.
 """
 
 from __future__ import annotations
@@ -68,13 +72,41 @@ def samples_for(frame: np.ndarray, spec: PixelSpec, lossy: bool) -> np.ndarray:
 
 
 def knob(spec: PixelSpec) -> Knob:
-    """OpenJPEG's own ratio: it counts Bits Allocated (the container), as RadPress's ratio does,
-    and leaves out the headers, which the search trims."""
-    return Knob(low=1.0, high=4000.0, guess=lambda r: r)
+    """OpenJPEG's own ratio, which counts Bits Stored (the precision lossy frames are encoded at) and
+    leaves out the headers: the first guess converts the target from Bits Allocated, the search trims."""
+    return Knob(low=1.0, high=4000.0, guess=lambda r: max(1.0, r * spec.bits_stored / spec.bits_allocated))
+
+
+def stored_samples(frame: np.ndarray, spec: PixelSpec) -> np.ndarray:
+    """Unsigned Bits Stored wide samples whose wavelet coefficients are those of the (signed) stored values.
+
+    OpenJPEG shifts unsigned samples down by 2^(B-1); signed values are offset
+    up by as much here and the codestream is declared signed afterwards.
+    """
+    values = stored_values(frame, spec).astype(np.int64) + ((1 << (spec.bits_stored - 1)) if spec.signed else 0)
+    return values.astype(np.uint8 if spec.bits_allocated == 8 else np.uint16)
+
+
+def _writer():
+    import glymur
+
+    class _StoredPrecision(glymur.Jp2k):
+        """glymur's writer declaring Bits Stored as the precision (glymur itself declares 8 or 16 bits)."""
+
+        def __init__(self, path: str, data: np.ndarray, bits: int, **options):
+            self._bits = bits
+            super().__init__(path, data=data, **options)
+
+        def _populate_comptparms(self, img_array):
+            super()._populate_comptparms(img_array)
+            for component in self._comptparms:
+                component.prec = component.bpp = self._bits
+
+    return _StoredPrecision
 
 
 def encode_at(frame: np.ndarray, spec: PixelSpec, cratio: float | None) -> bytes:
-    """One encoding: reversible when *cratio* is None, else irreversible at OpenJPEG's rate *cratio*."""
+    """One encoding: reversible when *cratio* is None, else irreversible at OpenJPEG's rate *cratio* (Bits Stored)."""
     import glymur
 
     lossy = cratio is not None
@@ -83,8 +115,9 @@ def encode_at(frame: np.ndarray, spec: PixelSpec, cratio: float | None) -> bytes
         options = {"prog": "RPCL", "numres": decompositions(spec) + 1, "mct": _mct(spec),
                    "cbsize": (codeblock(spec, lossy),) * 2}
         if lossy:
-            options.update(cratios=[cratio], irreversible=True)
-        glymur.Jp2k(path, data=samples_for(frame, spec, lossy), **options)
+            _writer()(path, stored_samples(frame, spec), spec.bits_stored, cratios=[cratio], irreversible=True, **options)
+        else:
+            glymur.Jp2k(path, data=samples_for(frame, spec, lossy), **options)
         with open(path, "rb") as fh:
             return declare_precision(fh.read(), spec.bits_stored, spec.signed)
 

@@ -239,3 +239,59 @@ def test_a_studys_job_warms_its_storage_projection_so_no_request_encodes(tmp_pat
     report = storage_report(store, result.study_uid)
     assert encodes == [] and report["strategies"][0]["estimated"]
     assert storage_report(store)["studies"] == 1 and encodes == []
+
+
+def _pixel_data(artifact):
+    return read_dataset(artifact.path).PixelData
+
+
+@pytest.mark.parametrize("kind", ["multiframe", "s12", "rgb", "already_lossy"])
+def test_make_artifacts_decodes_each_frame_once_and_makes_what_one_by_one_makes(kind, tmp_path, monkeypatch):
+    """Strategy 1 from one decode: the same codestreams and thumbnail as each variant made on its own, lossless bit-exact."""
+    from core import archive
+    from tests.synthetic import write_kind
+
+    path = write_kind(kind, tmp_path)
+    together, alone = Store(tmp_path / "together"), Store(tmp_path / "alone")
+    [result] = list(ingest(together, [path]))
+    list(ingest(alone, [path]))
+    wanted = list(plan(together, result.study_uid).make)
+    assert sorted(w.variant for w in wanted) == ["lossless", "lossy", "thumbnail"]
+    decodes, real = [], archive.decode_frame
+    monkeypatch.setattr(archive, "decode_frame", lambda ds, index: decodes.append(index) or real(ds, index))
+    made = {a.variant: a for a in archive.make_artifacts(together, wanted)}
+    frames = together.instance(result.sop_uid)["frames"]
+    assert sorted(decodes) == list(range(frames))  # every frame once, for the three of them
+    for w in wanted:
+        single = archive.make_artifact(alone, w)
+        if w.variant == "thumbnail":
+            assert made["thumbnail"].path.read_bytes() == single.path.read_bytes()
+        else:
+            assert _pixel_data(made[w.variant]) == _pixel_data(single), w.variant
+            assert made[w.variant].achieved_ratio == single.achieved_ratio
+    assert {a.variant for a in together.artifacts(result.sop_uid)} == {"original", "lossless", "lossy", "thumbnail"}
+    original = decode_all(read_dataset(together.artifact(result.sop_uid, "original").path))
+    assert np.array_equal(decode_all(read_dataset(made["lossless"].path)), original)
+    assert read_dataset(made["lossy"].path).LossyImageCompression == "01"
+
+
+def test_make_artifacts_keeps_what_was_written_before_an_encoder_fails(tmp_path, monkeypatch):
+    from core import archive
+    from core.errors import CodecError
+    from tests.synthetic import write_kind
+
+    store = Store(tmp_path / "data")
+    [result] = list(ingest(store, [write_kind("u12_odd", tmp_path)]))
+    wanted = list(plan(store, result.study_uid).make)
+    real = archive.compress
+
+    def failing(ds, codec, mode, *args, **kwargs):
+        if mode == "lossy":
+            raise CodecError("the encoder failed")
+        return real(ds, codec, mode, *args, **kwargs)
+
+    monkeypatch.setattr(archive, "compress", failing)
+    with pytest.raises(CodecError, match="the encoder failed"):
+        archive.make_artifacts(store, wanted)
+    assert sorted(a.variant for a in store.artifacts(result.sop_uid)) == ["lossless", "original", "thumbnail"]
+    assert not list((store.root / "artifacts").rglob("*.part"))  # no half-written file

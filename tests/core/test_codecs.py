@@ -324,3 +324,30 @@ def test_j2k_code_blocks_read_back(kind, lossy, side, load):
     mr = load("MR2_UNCR")
     assert parse_main_header(codec.encode(decode_frame(mr, 0), pixel_spec(mr), 10 if lossy else None)).codeblock == (64, 64)
 
+
+
+@pytest.mark.parametrize("name, ratio", [("693_UNCR", 8), ("693_UNCR", 15), ("MR2_UNCR", 7), ("MR2_UNCR", 20)])
+def test_j2k_lossy_reaches_its_target_in_one_or_two_encodes_at_bits_stored(name, ratio, load, monkeypatch):
+    """OpenJPEG's own rate control at the Bits Stored precision: the first guess lands, a second trims the header."""
+    from core.codecs import j2k
+
+    calls, real = [], j2k.encode_at
+    monkeypatch.setattr(j2k, "encode_at", lambda *args: calls.append(args[2]) or real(*args))
+    source = load(name)
+    spec = pixel_spec(source)
+    result = compress(source, "j2k", "lossy", ratio)
+    assert len(calls) <= 2 and abs(result.ratio / ratio - 1) <= RATIO_TOLERANCE, (calls, result.ratio)
+    assert calls[0] == pytest.approx(ratio * spec.bits_stored / spec.bits_allocated)
+    info = parse_main_header(frames_of(result.dataset)[0])
+    assert (info.precision, info.signed, info.reversible) == (spec.bits_stored, spec.signed, False)
+
+
+def test_j2k_lossy_samples_are_the_stored_values_at_bits_stored():
+    from core.codecs.j2k import stored_samples
+
+    ds = make_dataset(**KINDS["s12"])
+    spec = pixel_spec(ds)
+    frame = decode_frame(ds, 0)
+    samples = stored_samples(frame, spec)
+    assert samples.dtype == np.uint16 and samples.max() < 1 << 12
+    assert np.array_equal(samples.astype(np.int64) - (1 << 11), frame.astype(np.int64))
