@@ -36,7 +36,7 @@ from .users import User, authorize
 from .validate import check_uid
 
 __all__ = ["Deleted", "delete_study", "delete_series", "conflicts", "conflict_detail", "conflict_preview",
-           "resolve_conflict", "RESOLVE_LOCK_TIMEOUT"]
+           "resolve_conflict", "note_sender", "RESOLVE_LOCK_TIMEOUT"]
 
 RESOLVE_LOCK_TIMEOUT = 30.0  # waiting for a copy of the instance being made, at most (then 503: try again)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -245,6 +245,14 @@ def conflicts(store: Store, user: User | None) -> list[dict]:
                     "study_description": row["study_description"], "stored_bytes": row["stored_bytes"],
                     "stored_received": row["stored_at"], "reason": reason["summary"]})
     return out
+
+
+def note_sender(store: Store, results, sender: str) -> None:
+    """Say who sent the conflicting copies among an upload's *results* (ingest knows file names only)."""
+    rows = [(f" (uploaded by {sender})", r.sop_uid, r.name) for r in results if r.status == "conflict"]
+    if rows:
+        with store.connect() as db:
+            db.executemany("UPDATE conflicts SET source = source || ? WHERE sop_uid=? AND source=?", rows)
 
 
 def _remember_reason(store: Store, row) -> dict:

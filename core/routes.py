@@ -27,7 +27,8 @@ from .derive import LossyHistory
 from .errors import InvalidOptionError, RadPressError
 from .dicomweb import blueprint as dicomweb_blueprint
 from .ingest import ingest_stream
-from .housekeeping import conflict_detail, conflict_preview, conflicts, delete_series, delete_study, resolve_conflict
+from .housekeeping import (conflict_detail, conflict_preview, conflicts, delete_series, delete_study, note_sender,
+                           resolve_conflict)
 from .jobs import Jobs
 from .master import master_of, masters
 from .pixels import read_dataset
@@ -129,6 +130,7 @@ def upload():
         results += ingest_stream(store, request.stream, name)
     if not results:
         raise InvalidOptionError("The upload is empty.", hint="Send DICOM files, a folder's files or a zip/tar archive.")
+    note_sender(store, results, current_user().name)
     studies = sorted({r.study_uid for r in results if r.status == "stored"})
     job_ids = [jobs.submit(uid) for uid in studies]
     accepted = any(r.status in ("stored", "duplicate", "conflict") for r in results)

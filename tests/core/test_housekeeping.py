@@ -296,10 +296,14 @@ def test_http_delete_and_resolve(live_app, tmp_path):
     assert answer.status_code == 200 and answer.json()["bytes_freed"] > 0 and answer.json()["study_removed"]
     assert admin.get(f"{base}/api/studies/{uid}").status_code == 404
 
-    ds, _, other = _conflicting(store, tmp_path / "c")
+    ds, _, _ = _conflicting(store, tmp_path / "c")
+    ds.PatientName = "Third^Copy"
+    upload = admin.post(f"{base}/api/upload", files={"file": ("third.dcm", write(ds, tmp_path / "third.dcm").read_bytes())})
+    assert upload.json()["results"][0]["status"] == "conflict" and "Conflicts page" in upload.json()["results"][0]["reason"]
     assert rad.get(f"{base}/api/conflicts").status_code == 403
     listed = admin.get(f"{base}/api/conflicts").json()
-    assert listed[0]["checksum"] == other and "pixels differ" in listed[0]["reason"]
+    assert listed[0]["source"] == "third.dcm (uploaded by admin)" and "PatientName" in listed[0]["reason"]
+    other = listed[0]["checksum"]
     for which in ("stored", other):
         picture = admin.get(f"{base}/api/conflicts/{ds.SOPInstanceUID}/{which}/thumbnail")
         assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
