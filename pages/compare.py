@@ -15,7 +15,7 @@ from core.derive import LossyHistory
 from core.users import authorize, record_access, visible_instances, visible_studies
 from core.errors import InvalidOptionError, RadPressError
 from core.pixels import read_dataset
-from core.policy import ratio_for
+from core.policy import lossless_codec_for, ratio_for
 from core.present import person_name
 from core.preview import decode_level, supports_levels
 from core.render import IMAGE_DEFAULT, modality_values, preset_window, to_display, window_presets
@@ -209,7 +209,7 @@ def encode(set_progress, sop, frame, codec, ratio):
     index = _index(frame)
     try:
         ds = read_dataset(store.artifact(sop, "original").path)
-        result = compare_frame(ds, index, codec, float(ratio), store.policy().lossless_codec)
+        result = compare_frame(ds, index, codec, float(ratio), lossless_codec_for(store.policy(), store.instance(sop)))
     except RadPressError as exc:
         history = LossyHistory.from_index(store.instance(sop))
         return (FAILED, None, None, [html.Strong("⚠ "), html.Span("LOSSY — no lossy image: the encoding failed", id="lossy-banner-text")],

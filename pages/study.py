@@ -12,6 +12,7 @@ from core.auth import current_user
 from core.context import open_store
 from core.errors import RadPressError
 from core.housekeeping import delete_series, delete_study
+from core.master import masters
 from core.ohif import viewer_url
 from core.compress import artifact_warning
 from core.derive import LossyHistory
@@ -49,6 +50,16 @@ def _lossy_original(row, arts) -> list:
     return [html.Div(text + "".join(f"; its lossy copy: {t} in total" for t in totals), className="small lossy-original-badge")]
 
 
+def _master_line(decided) -> list:
+    """Strategy 5: say that "original" is the lossless master now (or why this original was kept)."""
+    if decided is None:
+        return []
+    if not decided.mastered:
+        return [html.Div(f"Original kept as it came: {decided.reason}", className="small text-muted master-note")]
+    return [html.Div(f"Original = lossless master ({decided.codec}, bit-exact, checked by {decided.checked_by}); "
+                     f"the file received ({human_size(decided.original_bytes)}) was replaced", className="small master-note")]
+
+
 def _lossy_line(policy, rows):
     """Which codec and ratio this study's lossy copies are made with, and whether the CAR bound capped it."""
     if not rows or not policy.lossy_enabled:
@@ -71,6 +82,8 @@ def layout(uid: str = "", **_query):
     artifacts = {}
     for a in store.artifacts(study_uid=uid):
         artifacts.setdefault(a.sop_uid, []).append(a)
+    decided = masters(store, uid)
+    mastered = sum(decided[r["sop_uid"]].mastered for r in instances if r["sop_uid"] in decided)
     series = {}
     for row in instances:
         series.setdefault(row["series_uid"], []).append(row)
@@ -92,6 +105,7 @@ def layout(uid: str = "", **_query):
                     html.Div(f"#{row['number'] or '?'} · {dimensions(row['columns'], row['rows'])} · {row['frames']} frame(s)", className="small"),
                     html.Div(arts, className="small text-muted artifacts"),
                     *_lossy_original(row, artifacts.get(row["sop_uid"], [])),
+                    *_master_line(decided.get(row["sop_uid"])),
                     *warnings,
                     *([make_cine_player(row["sop_uid"])] if (row["frames"] or 0) > 1 else []),
                     _downloads(f"/download/instance/{row['sop_uid']}", "⬇", policy.lossy_enabled),
@@ -107,7 +121,7 @@ def layout(uid: str = "", **_query):
     strategy_picker = dbc.Row([
         dbc.Col(html.Label("Storage strategy for this study", htmlFor=STRATEGY), width="auto"),
         dbc.Col(dcc.Dropdown(id=STRATEGY, clearable=False, value=override or 0,
-                             options=[{"label": f"Clinic default ({policy.strategy})", "value": 0}] +
+                             options=[{"label": f"Policy default ({policy.strategy_for(store.study_modalities(uid))})", "value": 0}] +
                                      [{"label": f"{s.number}. {s.name}", "value": s.number} for s in STRATEGIES]), md=4),
         dbc.Col(html.Div(id="study-strategy-result")),
     ], className="mb-3 align-items-center") if allowed(user, "policy") else html.P(f"Storage strategy: {store.study_strategy(uid)}")
@@ -121,8 +135,14 @@ def layout(uid: str = "", **_query):
                    size="sm", className="mb-3", id="open-ohif"),
         strategy_picker,
         _lossy_line(policy, instances),
+        *([html.P(f"{mastered} of {len(instances)} originals are lossless masters: downloads of \"original\" return the "
+                  "master (same pixels, every other attribute kept; header X-RadPress-Original).",
+                  className="small", id="study-master-note")] if mastered else []),
         html.Div([_downloads(f"/download/study/{uid}.zip", "zip", policy.lossy_enabled),
-                  _downloads(f"/download/study/{uid}.tar", "tar", policy.lossy_enabled)], className="mb-3"),
+                  _downloads(f"/download/study/{uid}.tar", "tar", policy.lossy_enabled),
+                  dbc.Button("zip original, deflated", href=f"/download/study/{uid}.zip?variant=original&deflate=1",
+                             external_link=True, size="sm", color="secondary", outline=True, className="mb-1")],
+                 className="mb-3"),
         *blocks,
     ])
 
