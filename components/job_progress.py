@@ -1,11 +1,31 @@
-"""Jobs with progress, throughput, errors and a cancel button."""
+"""Jobs with the study they serve, progress, duration, throughput, errors and a cancel button."""
 
 import time
 
 import dash_bootstrap_components as dbc
 from dash import html
 
+from core.present import dicom_date, duration, person_name
+
 CANCEL = "job-cancel"
+
+
+def _study_cell(job: dict) -> html.Td:
+    """Patient and study description (the UID on hover); a study no longer in the index keeps the tail of its UID."""
+    uid = job["study_uid"]
+    if not job.get("study_indexed"):
+        return html.Td(uid[-20:], title=uid, className="job-study")
+    about = " · ".join(t for t in (job.get("study_description") or "", dicom_date(job.get("study_date"))) if t)
+    return html.Td([html.Div(person_name(job["patient_name"]), className="job-patient"),
+                    html.Div(about or "(no description)", className="small text-muted job-description")],
+                   title=uid, className="job-study")
+
+
+def _speed(job: dict) -> str:
+    if not job.get("started"):
+        return ""
+    mb = job["mb_per_s"]
+    return f"{job['instances_per_s']:.1f} inst/s, {mb:.{1 if mb >= 1 else 2}f} MB/s"  # a small job's 0.04 MB/s is not 0.0
 
 
 def make_job_table(jobs: list[dict], can_cancel: bool) -> html.Div:
@@ -22,15 +42,16 @@ def make_job_table(jobs: list[dict], can_cancel: bool) -> html.Div:
                   if can_cancel and job["state"] in ("queued", "running") else None)
         rows.append(html.Tr([
             html.Td(job["id"]),
-            html.Td(job["study_uid"][-20:], title=job["study_uid"]),
+            _study_cell(job),
             html.Td(dbc.Badge(job["state"], color={"done": "success", "failed": "danger", "running": "info"}.get(job["state"], "secondary"),
                               className=f"job-state job-state-{job['state']}")),
             html.Td(dbc.Progress(value=percent, label=f"{finished}/{total}", style={"minWidth": "8rem"})),
-            html.Td(f"{job['mb_per_s']:.1f} MB/s"),
-            html.Td(time.strftime("%H:%M:%S", time.localtime(job["created"]))),
+            html.Td(duration(job["duration_s"]) if job.get("started") else "", className="job-duration"),
+            html.Td(_speed(job), className="job-speed"),
+            html.Td(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["created"]))),
             html.Td([job.get("message") or "", html.Ul(errors, className="mb-0 small text-danger") if errors else None,
                      html.Ul(warnings, className="mb-0 small text-warning job-warnings") if warnings else None]),
             html.Td(action),
         ], id=f"job-row-{job['id']}"))
-    header = html.Thead(html.Tr([html.Th(h) for h in ("#", "Study", "State", "Progress", "Throughput", "Created", "Result", "")]))
+    header = html.Thead(html.Tr([html.Th(h) for h in ("#", "Study", "State", "Progress", "Duration", "Throughput", "Created", "Result", "")]))
     return dbc.Table([header, html.Tbody(rows)], size="sm", hover=True, id="jobs-table")

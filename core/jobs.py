@@ -162,6 +162,8 @@ class Jobs:
         end = job["finished"] or time.time()
         elapsed = end - job["started"] if job["started"] else 0
         job["mb_per_s"] = job["bytes"] / 1e6 / elapsed if elapsed > 0 else 0.0
+        job["duration_s"] = elapsed  # since it first started, to its end or now
+        job["instances_per_s"] = (job["done"] + job["failed"]) / elapsed if elapsed > 0 else 0.0
         job["errors"] = [dict(e) for e in self.store.query(
             "SELECT sop_uid, error FROM job_items WHERE job_id=? AND state='failed'", (job["id"],))]
         job["warnings"] = [dict(w) for w in self.store.query(

@@ -10,7 +10,7 @@ import re
 
 from pydicom.valuerep import PersonName
 
-__all__ = ["person_name", "dicom_date", "sex", "human_size", "saving", "copies_saving", "dimensions", "NO_NAME"]
+__all__ = ["person_name", "dicom_date", "sex", "human_size", "saving", "copies_saving", "dimensions", "duration", "NO_NAME"]
 
 NO_NAME = "(no name)"
 
@@ -76,3 +76,15 @@ def copies_saving(by_variant: dict[str, int]) -> str:
 def dimensions(columns, rows) -> str:
     """Image size as columns × rows (width × height), the order DICOM viewers and the Viewer page use."""
     return f"{columns} × {rows}"
+
+
+def duration(seconds: float) -> str:
+    """A span of time as 0.4 s, 12 s, 3 min 05 s or 2 h 07 min: the unit a person reads at a glance."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"

@@ -3,7 +3,7 @@
 import pytest
 from pydicom.valuerep import PersonName
 
-from core.present import NO_NAME, copies_saving, dicom_date, dimensions, human_size, person_name, saving, sex
+from core.present import NO_NAME, copies_saving, dicom_date, dimensions, duration, human_size, person_name, saving, sex
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -51,3 +51,8 @@ def test_copies_saving_lists_each_copy_against_the_originals():
 def test_human_size_and_dimensions():
     assert human_size(512) == "512.0 B" and human_size(1536) == "1.5 KB" and human_size(3 * 1024 ** 3) == "3.0 GB"
     assert dimensions(640, 480) == "640 × 480"  # columns (width) first
+
+
+def test_duration_in_the_unit_a_person_reads():
+    assert [duration(s) for s in (0.42, 9.94, 12.4, 59.4, 185, 3599.4, 7620)] == [
+        "0.4 s", "9.9 s", "12 s", "59 s", "3 min 05 s", "59 min 59 s", "2 h 07 min"]

@@ -1,0 +1,63 @@
+"""The Jobs page's data: paged in SQL, newest first, the study's patient and description, only studies the user may open."""
+
+import time
+
+from core.ingest import ingest
+from core.joblist import job_page
+from core.jobs import Jobs
+from core.store import Store
+from core.users import User, Users, set_readers
+from tests.synthetic import make_dataset, write
+
+
+def _study(store, tmp_path, name: str, description: str, seed: int) -> str:
+    ds = make_dataset(rows=16, columns=16, modality="CR", seed=seed)
+    ds.PatientName, ds.StudyDescription, ds.StudyDate = name, description, "20240131"
+    [result] = ingest(store, [write(ds, tmp_path / f"{seed}.dcm")])
+    return result.study_uid
+
+
+def _finished_jobs(store, study: str, count: int) -> list[int]:
+    """Job history rows as the runner leaves them: 10 instances, 4 MB, in 2 s."""
+    with store.connect() as db:
+        return [db.execute("INSERT INTO jobs (kind, study_uid, state, total, done, failed, bytes, params, created, started, finished) "
+                           "VALUES ('materialize', ?, 'done', 10, 9, 1, 4000000, '{}', ?, ?, ?)",
+                           (study, time.time(), 100.0, 102.0)).lastrowid for _ in range(count)]
+
+
+def test_pages_hold_50_newest_first_with_patient_and_description(tmp_path):
+    store = Store(tmp_path / "data")
+    jane = _study(store, tmp_path, "Doe^Jane", "CHEST PA", 1)
+    ids = _finished_jobs(store, jane, 120)
+    jobs = Jobs(store)
+    admin = User("admin", "admin")
+    first = job_page(jobs, admin, 1)
+    assert (first.page, first.pages, first.total) == (1, 3, 120)
+    assert [j["id"] for j in first.jobs] == ids[::-1][:50]
+    job = first.jobs[0]
+    assert (job["patient_name"], job["study_description"], job["study_date"], job["study_indexed"]) == ("Doe^Jane", "CHEST PA", "20240131", 1)
+    assert job["duration_s"] == 2.0 and job["instances_per_s"] == 5.0 and job["mb_per_s"] == 2.0
+    last = job_page(jobs, admin, 3)
+    assert [j["id"] for j in last.jobs] == ids[::-1][100:]
+    assert job_page(jobs, admin, 99).page == 3 and job_page(jobs, admin, -4).page == 1 and job_page(jobs, admin, "2").page == 1
+
+
+def test_a_reader_pages_through_the_jobs_of_studies_they_may_open_only(tmp_path):
+    store = Store(tmp_path / "data")
+    open_study = _study(store, tmp_path, "Open^Olga", "", 2)
+    closed = _study(store, tmp_path, "Closed^Carl", "", 3)
+    Users(store).add("rita", "a-long-password-1", "radiologist")
+    Users(store).add("other", "a-long-password-2", "radiologist")
+    set_readers(store, closed, ["other"], "admin")
+    mine = _finished_jobs(store, open_study, 3)
+    _finished_jobs(store, closed, 60)
+    shown = job_page(Jobs(store), User("rita", "radiologist"), 1)
+    assert (shown.total, shown.pages) == (3, 1) and [j["id"] for j in shown.jobs] == mine[::-1]
+    assert job_page(Jobs(store), User("other", "radiologist"), 2).total == 63
+
+
+def test_a_job_of_a_study_no_longer_indexed_is_still_listed(tmp_path):
+    store = Store(tmp_path / "data")
+    _finished_jobs(store, "1.2.3.4", 1)
+    [job] = job_page(Jobs(store), User("admin", "admin")).jobs
+    assert job["study_uid"] == "1.2.3.4" and not job["study_indexed"] and job["patient_name"] is None
