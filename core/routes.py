@@ -32,7 +32,9 @@ from .housekeeping import (conflict_detail, conflict_preview, conflicts, delete_
 from .jobs import Jobs
 from .master import master_of, masters
 from .pixels import read_dataset
+from .preview import preview_pixels
 from .policy import STRATEGIES, Policy, ratio_warning
+from .serving import versioned
 from .render import IMAGE_DEFAULT, IMAGE_TYPES, encode_image, modality_values, preset_window, to_display, window_presets
 from .store import Store, StoreError
 from .labjobs import cancel_lab, start_lab
@@ -580,12 +582,12 @@ def preview(sop_uid):
     _check_instance(store, sop_uid)
     variant, ratio = _variant_args()
     level, frame = _int_arg("level", 0), _int_arg("frame", 1) - 1
-    path, achieved = codestream_path(store, sop_uid, frame, variant, ratio)
-    source = Codestream(path)
-    pixels = source.region(level, 0, source.height, 0, source.width)
-    ds = read_dataset(store.artifact(sop_uid, "original").path)
+    pixels, etag, achieved = preview_pixels(store, sop_uid, frame, level, variant, ratio)
+    original = store.artifact(sop_uid, "original")
     method = get_codec("j2k", True).method if variant == "lossy" else None
-    return _image_response(to_display(pixels, ds, index=frame), "png", f"{path.stem}-{level}", _history(store, sop_uid, achieved, method))
+    response = _image_response(pixels, "png", etag, _history(store, sop_uid, achieved, method))
+    # lossless and original previews are the original's pixels (?v=<its checksum>); a lossy one follows the policy
+    return versioned(response, original.checksum[:32] if variant != "lossy" else None)
 
 
 def _deepzoom(store: Store, sop_uid: str) -> tuple[Codestream, DeepZoom]:
