@@ -110,6 +110,16 @@ _INSERT_ARTIFACT = ("INSERT OR REPLACE INTO artifacts (sop_uid, variant, ratio, 
                     "path, created, achieved_ratio) VALUES (?,?,?,?,?,?,?,?,?,?)")
 
 
+def index_journal() -> str:
+    """RADPRESS_INDEX_JOURNAL: WAL (default; every process on the index's host) or DELETE, for an archive whose Celery
+    workers on other machines open it over NFS (WAL's shared memory does not cross hosts)."""
+    journal = os.environ.get("RADPRESS_INDEX_JOURNAL", "WAL").upper()
+    if journal not in ("WAL", "DELETE"):
+        raise InvalidOptionError(f"RADPRESS_INDEX_JOURNAL={journal!r} is not a journal mode the index uses.",
+                                 hint="Use WAL (one host) or DELETE (workers on other hosts, over NFS).")
+    return journal
+
+
 class StoreError(RadPressError):
     http_status = 404
 
@@ -182,8 +192,9 @@ class Store:
         if conn is None:
             conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            journal = index_journal()
+            conn.execute(f"PRAGMA journal_mode={journal}")
+            conn.execute(f"PRAGMA synchronous={'NORMAL' if journal == 'WAL' else 'FULL'}")
             conn.execute("PRAGMA foreign_keys=OFF")
             conn.create_function("casefold", 1, _casefold, deterministic=True)  # SQLite's lower() folds ASCII only
             self._local.conn = conn

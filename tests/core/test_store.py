@@ -281,3 +281,25 @@ def test_a_free_place_is_not_filled_when_the_original_is_stored_elsewhere(store,
         db.execute("UPDATE artifacts SET path=? WHERE sop_uid=? AND variant='original'", (str(moved), result.sop_uid))
     assert [r.status for r in ingest(store, [path])] == ["duplicate"]
     assert not usual.exists() and moved.read_bytes() == path.read_bytes()
+
+
+def test_the_index_journal_is_delete_for_workers_on_other_hosts(tmp_path, monkeypatch):
+    """RADPRESS_INDEX_JOURNAL=DELETE (an index opened over NFS by Celery workers elsewhere): no WAL, and jobs still run."""
+    from core.errors import InvalidOptionError
+    from core.ingest import ingest
+    from core.jobs import Jobs
+    from core.store import Store
+    from tests.synthetic import make_dataset, write
+
+    monkeypatch.setenv("RADPRESS_INDEX_JOURNAL", "delete")
+    store = Store(tmp_path / "data")
+    assert store.query("PRAGMA journal_mode")[0][0] == "delete"
+    [result] = ingest(store, [write(make_dataset(rows=16, columns=16), tmp_path / "a.dcm")])
+    jobs = Jobs(store, workers=1)
+    jobs.submit(result.study_uid)
+    [job] = jobs.run_pending()  # its worker process opens the index in the same mode
+    assert job["state"] == "done" and job["done"] == 1
+    assert not (store.root / "index.sqlite-wal").exists() or (store.root / "index.sqlite-wal").stat().st_size == 0
+    monkeypatch.setenv("RADPRESS_INDEX_JOURNAL", "memory")
+    with pytest.raises(InvalidOptionError, match="RADPRESS_INDEX_JOURNAL='MEMORY'"):
+        Store(tmp_path / "other")
