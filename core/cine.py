@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 from .errors import CodecError, InvalidOptionError, RadPressError
 from .locks import item_lock
 from .pixels import decode_frame, pixel_spec, read_dataset
+from .present import dimensions
 from .render import IMAGE_DEFAULT, modality_values, preset_window, to_display
 
 __all__ = [
@@ -199,7 +200,7 @@ def plan_clip(ds: Dataset, options: CineOptions, config: CineConfig) -> Clip:
         raise NotACineError(f"This instance has {frames} frame{'s' if frames != 1 else ''}: a cine needs a multi-frame image.",
                             hint="Open it as an image (Viewer or /dims).")
     if rows * columns > config.max_pixels:
-        raise CineLimitError(f"Frames of {columns}×{rows} pixels are above the cine limit of {config.max_pixels} pixels.")
+        raise CineLimitError(f"Frames of {dimensions(columns, rows)} pixels are above the cine limit of {config.max_pixels} pixels.")
     fps, source = frame_rate(ds)
     duration = frames / fps
     indices: list[int] = []
