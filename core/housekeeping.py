@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidOptionError, RadPressError
+from .errors import InvalidOptionError, RadPressError, UnsupportedError
 from .locks import item_lock
 from .store import Store, StoreError, _place_new, sha256_file
 from .users import User, authorize
@@ -51,7 +51,7 @@ class Deleted:
     series_uids: tuple[str, ...]
     instances: int
     files: int
-    bytes_freed: int  # originals, copies, conflict copies and cached renderings made from them
+    bytes_freed: int  # originals, copies, conflict copies, codestreams and cached renderings made from them
     study_removed: bool
     jobs_cancelled: tuple[int, ...] = field(default=())
 
@@ -60,20 +60,24 @@ class Deleted:
 
 
 # -- deleting -------------------------------------------------------------------------------------------------------
-def delete_study(store: Store, user: User | None, study_uid: str) -> Deleted:
-    """Delete a study: its originals, every copy and cache made from them, its index rows; returns what was freed."""
+def delete_study(store: Store, user: User | None, study_uid: str, *, background: bool = False) -> Deleted:
+    """Delete a study: its originals, every copy and cache made from them, its index rows; returns what was freed.
+
+    With *background* (a web request) the files, already renamed away and no
+    longer indexed, are unlinked by a thread after the answer.
+    """
     study_uid = _uid(study_uid, "Study Instance UID")
     authorize(store, user, "housekeeping", study_uid=study_uid)
-    return _delete(store, user, study_uid, None)
+    return _delete(store, user, study_uid, None, background)
 
 
-def delete_series(store: Store, user: User | None, study_uid: str, series_uid: str) -> Deleted:
+def delete_series(store: Store, user: User | None, study_uid: str, series_uid: str, *, background: bool = False) -> Deleted:
     """Delete one series of a study (the study too when it was its last series)."""
     study_uid, series_uid = _uid(study_uid, "Study Instance UID"), _uid(series_uid, "Series Instance UID")
     authorize(store, user, "housekeeping", study_uid=study_uid)
     if not store.query("SELECT 1 FROM series WHERE series_uid=? AND study_uid=?", (series_uid, study_uid)):
         raise StoreError(f"Study {study_uid} has no series {series_uid}.")
-    return _delete(store, user, study_uid, series_uid)
+    return _delete(store, user, study_uid, series_uid, background)
 
 
 def _uid(value, what: str) -> str:
@@ -84,7 +88,7 @@ def _uid(value, what: str) -> str:
         raise InvalidOptionError(exc.message, hint="Copy the UID from the Study page or GET /api/studies.") from None
 
 
-def _delete(store: Store, user: User, study_uid: str, series_uid: str | None) -> Deleted:
+def _delete(store: Store, user: User, study_uid: str, series_uid: str | None, background: bool) -> Deleted:
     staged: list[Path] = []
     now = time.time()
     with store.connect() as db:
@@ -112,16 +116,26 @@ def _delete(store: Store, user: User, study_uid: str, series_uid: str | None) ->
             db.execute("DELETE FROM studies WHERE study_uid=?", (study_uid,))
             db.execute("DELETE FROM patients WHERE patient_key=? AND NOT EXISTS "
                        "(SELECT 1 FROM studies WHERE patient_key=?)", (patient, patient))
-        sizes = sum(_size(p) for p in paths)
+        codestreams = _codestreams(store, checksums)
+        sizes = sum(_size(p) for p in paths) + sum(_size(p) for p in codestreams)
         what = f"delete study {study_uid}" if series_uid is None else f"delete series {series_uid} of study {study_uid}"
         db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
                    (now, user.name, what, json.dumps({"series": series, "instances": len(sops), "files": len(paths)}),
                     json.dumps({"bytes_freed": sizes, "study_removed": whole, "jobs_cancelled": list(cancelled)})))
         staged = _stage_all(store, paths)  # last: a failure before this rolls the rows back with every file in place
-    _unlink(staged)
-    _remove_empty_dirs(store, sops)
-    freed = sizes + _purge_caches(store, checksums, study_uid)
-    return Deleted(study_uid, tuple(series), len(sops), len(paths), freed, whole, cancelled)
+    cached = _purge_caches(store, checksums, study_uid)
+
+    def reclaim():
+        _unlink(staged)
+        for path in codestreams:
+            path.unlink(missing_ok=True)
+        _remove_empty_dirs(store, sops)
+
+    if background:
+        threading.Thread(target=reclaim, name="radpress-delete", daemon=True).start()
+    else:
+        reclaim()
+    return Deleted(study_uid, tuple(series), len(sops), len(paths), sizes + cached, whole, cancelled)
 
 
 def _instance_tables(db: sqlite3.Connection) -> list[str]:
@@ -204,26 +218,25 @@ def _remove_empty_dirs(store: Store, sops: list[str]) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _codestreams(store: Store, checksums: set[str]) -> list[Path]:
+    """The cached codestreams made from these originals (named after the original's checksum first)."""
+    folder = store.root / "cache" / "codestreams"
+    return [p for p in folder.iterdir() if p.name[:64] in checksums] if checksums and folder.is_dir() else []
+
+
 def _purge_caches(store: Store, checksums: set[str], study_uid: str) -> int:
-    """Renderings, transcodes, codestreams and lab sweeps made from these originals; returns bytes freed (about)."""
+    """Renderings, transcodes and lab sweeps made from these originals, in one transaction; returns bytes freed (about)."""
     from .archive import _cache
 
-    freed = 0
-    folder = store.root / "cache" / "codestreams"
-    for checksum in checksums:
-        for path in folder.glob(f"{checksum}-*"):
-            freed += _size(path)
-            path.unlink(missing_ok=True)
     cache = _cache(store)
     before = cache.volume()
-    for key in list(cache.iterkeys()):
-        if not isinstance(key, str):
-            continue
-        if checksums & set(_HEX64.findall(key)):
+    doomed = [key for key in cache.iterkeys() if isinstance(key, str) and (
+        checksums & set(_HEX64.findall(key))
+        or key.startswith("lab:") and (cache.get(key) or {}).get("study_uid") == study_uid)]  # a sweep of what changed
+    with cache.transact():
+        for key in doomed:
             cache.delete(key)
-        elif key.startswith("lab:") and (cache.get(key) or {}).get("study_uid") == study_uid:
-            cache.delete(key)  # a sweep over a study that changed is not the study any more
-    return freed + max(0, before - cache.volume())
+    return max(0, before - cache.volume())
 
 
 # -- conflicts ------------------------------------------------------------------------------------------------------
@@ -279,6 +292,7 @@ def conflict_detail(store: Store, user: User | None, sop_uid: str, checksum: str
 def conflict_preview(store: Store, user: User | None, sop_uid: str, which: str, size: int = 256) -> bytes:
     """A PNG of one side ("stored", or a conflicting copy's checksum), both drawn with the stored original's window:
     a difference in brightness between the two is a difference in the values, never in the display."""
+    from .bigimage import is_large
     from .pixels import decode_frame, pixel_spec, read_dataset
     from .render import display_frame, modality_values, shrink_png, window_of
 
@@ -286,6 +300,9 @@ def conflict_preview(store: Store, user: User | None, sop_uid: str, which: str, 
         authorize(store, user, "housekeeping", sop_uid=_uid(sop_uid, "SOP Instance UID"))
     path = store.artifact(sop_uid, "original").path if which == "stored" else Path(_conflict(store, user, sop_uid, which)["path"])
     stored, side = read_dataset(store.artifact(sop_uid, "original").path), read_dataset(path)
+    if any(is_large(pixel_spec(ds).rows, pixel_spec(ds).columns) for ds in (stored, side)):
+        raise UnsupportedError("This image is too large for a preview here.",
+                               hint="The differences are listed; download both files to look at them in a viewer.")
     middle = pixel_spec(stored).frames // 2
     window = None
     if pixel_spec(stored).samples == 1 and pixel_spec(side).samples == 1:
@@ -445,6 +462,8 @@ def _keep_other(store: Store, user: User, row, path: Path, now: float) -> dict:
     path.unlink(missing_ok=True)
     _remove_empty_dirs(store, [sop_uid])
     _purge_caches(store, {old_original.checksum}, old["study_uid"])
+    for path in _codestreams(store, {old_original.checksum}):
+        path.unlink(missing_ok=True)
     study_uid = str(ds.StudyInstanceUID)
     return {"kept": "other", "sop_uid": sop_uid, "study_uid": study_uid, "rebuild": study_uid}
 

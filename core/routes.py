@@ -219,7 +219,7 @@ def _confirmed(uid: str) -> None:
 def delete_study_route(study_uid):
     store, _ = archive()
     _confirmed(study_uid)
-    return jsonify(delete_study(store, current_user(), study_uid).to_dict())
+    return jsonify(delete_study(store, current_user(), study_uid, background=True).to_dict())
 
 
 @blueprint.delete("/api/studies/<study_uid>/series/<series_uid>")
@@ -227,7 +227,7 @@ def delete_study_route(study_uid):
 def delete_series_route(study_uid, series_uid):
     store, _ = archive()
     _confirmed(series_uid)
-    return jsonify(delete_series(store, current_user(), study_uid, series_uid).to_dict())
+    return jsonify(delete_series(store, current_user(), study_uid, series_uid, background=True).to_dict())
 
 
 @blueprint.get("/api/conflicts")

@@ -209,7 +209,8 @@ def confirm_delete(_n, target, uid):
     if not isinstance(target, dict) or target.get("kind") not in ("study", "series"):
         return dash.no_update
     try:
-        result = delete_study(store, user, uid) if target["kind"] == "study" else delete_series(store, user, uid, target["uid"])
+        result = (delete_study(store, user, uid, background=True) if target["kind"] == "study"
+                  else delete_series(store, user, uid, target["uid"], background=True))
     except RadPressError as exc:
         return [dbc.Alert(str(exc), color="danger", id="delete-result")]
     text = (f"Deleted {result.instances} instance(s) in {len(result.series_uids)} series: {result.files} file(s), "

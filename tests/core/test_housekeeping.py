@@ -258,7 +258,9 @@ def test_resolve_keeping_the_other_copy_rebuilds_from_it(store, tmp_path):
     ds, first, other = _conflicting(store, tmp_path, StudyInstanceUID=moved)
     old_study = store.instance(ds.SOPInstanceUID)["study_uid"]
     variant_file(store, ds.SOPInstanceUID, "lossy", 12).close()
+    codestream, _ = codestream_path(store, ds.SOPInstanceUID, 0, "lossless")
     result = resolve_conflict(store, ROOT, ds.SOPInstanceUID, other, "other")
+    assert not codestream.exists()
     assert result == {"kept": "other", "sop_uid": ds.SOPInstanceUID, "study_uid": moved, "rebuild": moved}
     original = store.artifact(ds.SOPInstanceUID, "original")
     assert original.checksum == other and sha256_file(original.path) == other
@@ -287,6 +289,7 @@ def test_http_delete_and_resolve(live_app, tmp_path):
     admin, rad = requests.Session(), requests.Session()
     admin.auth, rad.auth = ADMIN, ("rad", "radiologist-pw")
     uid = _study(store, tmp_path, series=1, per_series=1, strategy=4)
+    keep = _study(store, tmp_path / "keep", series=1, per_series=1, strategy=4)
     assert rad.delete(f"{base}/api/studies/{uid}?confirm={uid}").status_code == 403
     answer = admin.delete(f"{base}/api/studies/{uid}")
     assert answer.status_code == 400 and "confirm" in answer.json()["error"]
@@ -295,6 +298,7 @@ def test_http_delete_and_resolve(live_app, tmp_path):
     answer = admin.delete(f"{base}/api/studies/{uid}?confirm={uid}")
     assert answer.status_code == 200 and answer.json()["bytes_freed"] > 0 and answer.json()["study_removed"]
     assert admin.get(f"{base}/api/studies/{uid}").status_code == 404
+    assert ["delete-open" in _page(s, base, f"?uid={keep}") for s in (admin, rad)] == [True, False]  # the buttons: admins only
 
     ds, _, _ = _conflicting(store, tmp_path / "c")
     ds.PatientName = "Third^Copy"
@@ -311,6 +315,18 @@ def test_http_delete_and_resolve(live_app, tmp_path):
     answer = admin.post(f"{base}/api/conflicts/{ds.SOPInstanceUID}/{other}/resolve", json={"keep": "other"})
     assert answer.status_code == 200 and answer.json()["job"]
     assert store.artifact(ds.SOPInstanceUID, "original").checksum == other
+
+
+def _page(http, base, search: str) -> str:
+    """The Study page as the browser gets it (Dash's page callback), logged in as *http*'s user."""
+    answer = http.post(f"{base}/_dash-update-component", json={
+        "output": ".._pages_content.children..._pages_store.data..",
+        "outputs": [{"id": "_pages_content", "property": "children"}, {"id": "_pages_store", "property": "data"}],
+        "inputs": [{"id": "_pages_location", "property": "pathname", "value": "/study"},
+                   {"id": "_pages_location", "property": "search", "value": search}],
+        "state": [], "changedPropIds": ["_pages_location.pathname"]})
+    assert answer.status_code == 200 and "study-uid" in answer.text
+    return answer.text
 
 
 def test_cli_delete_asks_for_confirmation(store, tmp_path):
