@@ -129,8 +129,8 @@ def layout(uid: str = "", **_query):
         dcc.Store(id="study-uid", data=uid),
         html.H2(f"{study['patient_name']} — {study['description'] or 'study'} ({study['date']})"),
         html.P(f"Study Instance UID {uid}", className="text-muted small"),
-        *([make_delete_button("study", uid, "Delete study…"), make_confirm_dialog("delete", "Delete for good?", "Delete")]
-          if allowed(user, "housekeeping") else []),
+        *([make_delete_button("study", uid, "Delete study…"), make_confirm_dialog("delete", "Delete for good?", "Delete"),
+           *_conflicts_note(store, uid)] if allowed(user, "housekeeping") else []),
         dbc.Button("Open in OHIF", href=viewer_url(uid), external_link=True, target="_blank", color="primary",
                    size="sm", className="mb-3", id="open-ohif"),
         strategy_picker,
@@ -145,6 +145,15 @@ def layout(uid: str = "", **_query):
                  className="mb-3"),
         *blocks,
     ])
+
+
+def _conflicts_note(store, uid: str) -> list:
+    """Files that came with the UID of an instance of this study but other content, waiting for an administrator."""
+    count = store.query("SELECT count(*) AS n FROM conflicts c JOIN instances i USING (sop_uid) JOIN series s USING (series_uid) "
+                        "WHERE s.study_uid=?", (uid,))[0]["n"]
+    return [dbc.Alert([f"{count} conflicting cop{'y' if count == 1 else 'ies'} of instances in this study: ",
+                       html.A("see what differs and keep one", href="/conflicts")], color="warning", className="py-1 mt-2",
+                      id="study-conflicts")] if count else []
 
 
 def _document_card(row):

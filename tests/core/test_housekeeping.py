@@ -305,6 +305,7 @@ def test_http_delete_and_resolve(live_app, tmp_path):
     upload = admin.post(f"{base}/api/upload", files={"file": ("third.dcm", write(ds, tmp_path / "third.dcm").read_bytes())})
     assert upload.json()["results"][0]["status"] == "conflict" and "Conflicts page" in upload.json()["results"][0]["reason"]
     assert rad.get(f"{base}/api/conflicts").status_code == 403
+    assert "2 conflicting copies of instances in this study" in _page(admin, base, f"?uid={store.instance(ds.SOPInstanceUID)['study_uid']}")
     listed = admin.get(f"{base}/api/conflicts").json()
     assert listed[0]["source"] == "third.dcm (uploaded by admin)" and "PatientName" in listed[0]["reason"]
     other = listed[0]["checksum"]
