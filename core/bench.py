@@ -209,7 +209,7 @@ def _table(results: dict) -> str:
 
 # Side-by-side sections, one module each (``core/bench_<name>.py``): ``measure() -> dict`` with
 # "table" (text) and "checks" (list of {"target", "measured", "ok"}), run in this order.
-SECTIONS = ("studylist", "codecrule", "throughput")
+SECTIONS = ("master", "studylist", "serving", "throughput", "codecrule", "ingest")
 
 
 def run_section(name: str) -> dict:

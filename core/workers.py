@@ -25,6 +25,9 @@ from typing import Any, Callable, Hashable
 __all__ = ["WorkerPool", "Outcome"]
 
 _PR_SET_PDEATHSIG = 1
+# Background work runs behind the web requests sharing its cores (an upload burst, a doctor's preview):
+# it takes the CPU they leave, all of it when they are idle.
+JOB_NICE = 10
 
 
 def _die_with_parent(parent: int) -> None:
@@ -38,6 +41,7 @@ def _die_with_parent(parent: int) -> None:
 def _serve(tasks: Connection, parent: int) -> None:
     """A worker's life: run tasks until told to stop or until the app's end of the pipe closes."""
     _die_with_parent(parent)
+    os.nice(JOB_NICE)
     while True:
         try:
             task = tasks.recv()
