@@ -7,6 +7,7 @@ codec choice appears without a page edit.  A save is all or nothing: one bad fie
 
 import json
 import time
+from dataclasses import replace
 
 import dash
 import dash_bootstrap_components as dbc
@@ -15,10 +16,11 @@ from dash import ALL, MATCH, Input, Output, State, callback, html
 from components import make_strategy_card
 from core.archive import save_policy, storage_report
 from core.auth import current_user
+from core.codecs import get_rule
 from core.context import open_store
 from core.errors import InvalidOptionError, RadPressError
-from core.policy import (LOSSLESS_CHOICES, MODALITIES, RECOMMENDED_RATIOS, STRATEGIES, UPPER_BOUNDS, Policy, parse_ratio,
-                         ratio_fallback, ratio_warning)
+from core.policy import (LOSSLESS_CHOICES, MODALITIES, RECOMMENDED_RATIOS, STRATEGIES, UPPER_BOUNDS, Policy, check_bound,
+                         parse_ratio, ratio_fallback, ratio_for, ratio_warning)
 from core.present import human_size
 from core.users import allowed, authorize
 
@@ -67,6 +69,14 @@ def _text(value) -> str:
     return "" if value is None else f"{float(value):g}"
 
 
+def _placeholder(policy: Policy, key: str) -> str:
+    """What an empty ratio field means: the ratio it follows, and the CAR cap where that ratio is above the bound."""
+    follows, source = ratio_fallback(policy, key)
+    modality, *anatomy = key.split()
+    capped = check_bound(follows, modality, *anatomy[:1], cap=True)[0]
+    return f"empty: as {source} ({follows:g}:1" + (f", capped at {capped:g}:1 by CAR)" if capped < follows else ")")
+
+
 def _ratio_rows(policy: Policy):
     keys = sorted({f"{m} {a}".strip() for m, a in set(RECOMMENDED_RATIOS) | set(UPPER_BOUNDS)} | set(policy.ratios))
     rows = []
@@ -74,10 +84,9 @@ def _ratio_rows(policy: Policy):
         modality, *anatomy = key.split()
         recommended = RECOMMENDED_RATIOS.get((modality, " ".join(anatomy)))
         bound = UPPER_BOUNDS.get((modality, " ".join(anatomy)))
-        follows, source = ratio_fallback(policy, key)
         rows.append(html.Tr([
             html.Td(_label(key)),
-            html.Td(_ratio_field(key, _text(policy.ratios.get(key)), f"empty: as {source} ({follows:g}:1)")),
+            html.Td(_ratio_field(key, _text(policy.ratios.get(key)), _placeholder(policy, key))),
             html.Td(f"{recommended:g}:1" if recommended else "—"),
             html.Td(f"{bound:g}:1" if bound else "—"),
         ]))
@@ -94,7 +103,7 @@ def _modality_rows(policy: Policy, present: set[str]):
         html.Td(dbc.Select(id={"type": MOD_STRATEGY, "modality": m}, options=strategies, size="sm",
                            value=str(policy.strategies[m]) if m in policy.strategies else FOLLOW)),
         html.Td(dbc.Select(id={"type": MOD_LOSSLESS, "modality": m}, options=choices, size="sm",
-                           value=policy.lossless_codecs.get(m, FOLLOW))),
+                           value=get_rule(policy.lossless_codecs[m]).name if m in policy.lossless_codecs else FOLLOW)),
     ]) for m in modalities]
 
 
@@ -143,7 +152,7 @@ def layout(**_query):
                 dbc.Col([dbc.Label("Banner wording"), dbc.Input(id="policy-banner", value=policy.lossy_banner)], md=5),
             ], className="mb-3"),
             dbc.Row([dbc.Col([dbc.Label("Lossless copies"), dbc.Select(
-                id="policy-lossless", value=policy.lossless_codec,
+                id="policy-lossless", value=get_rule(policy.lossless_codec).name,  # an older policy's "auto" is "smallest"
                 options=[{"label": label, "value": name} for name, label in LOSSLESS_CHOICES])], md=6)], className="mb-3"),
             html.H6("Per modality (a study follows its most frequent image modality; its own strategy wins)"),
             dbc.Table([html.Thead(html.Tr([html.Th("Modality"), html.Th("Strategy"), html.Th("Lossless copies")])),
@@ -167,6 +176,23 @@ def layout(**_query):
 def check_ratio(value, ident):
     """Each ratio is checked as it is typed: out of 2–200 or not a number is marked with the reason, above the CAR bound warned."""
     return _check(ident["key"], value)
+
+
+@callback(Output({"type": RATIO, "key": ALL}, "placeholder"), Input(DEFAULT_RATIO, "value"),
+          Input({"type": RATIO, "key": ALL}, "value"), State({"type": RATIO, "key": ALL}, "id"), prevent_initial_call=True)
+def follow_placeholders(default, values, ids):
+    """An empty field says what it follows as the ratios it follows are typed (valid values only)."""
+    ratios = {}
+    for ident, text in [(DEFAULT, default), *((i["key"], v) for i, v in zip(ids, values))]:
+        try:
+            if (value := parse_ratio(text, _label(ident))) is not None:
+                ratios[ident] = value
+        except InvalidOptionError:
+            pass
+    if DEFAULT not in ratios:
+        return ["empty: as the default (not valid yet)" for _ in ids]
+    typed = replace(Policy(), default_ratio=ratios.pop(DEFAULT), ratios=ratios)
+    return [_placeholder(typed, i["key"]) for i in ids]
 
 
 @callback(Output(DEFAULT_RATIO, "invalid"), Output(f"{DEFAULT_RATIO}-msg", "children"), Output(f"{DEFAULT_RATIO}-warn", "children"),
@@ -275,6 +301,7 @@ def save(_clicks, strategy, lossy, lossless, banner, default, ratios, ratio_ids,
     report = storage_report(store)
     done = (f"Saved. {len(job_ids)} {'study gets' if len(job_ids) == 1 else 'studies get'} new copies (see Jobs)." if job_ids
             else "Saved. No study's copies change, so no job was queued.")
-    warnings = [w for k, v in policy.ratios.items() if (w := ratio_warning(k.split()[0], float(v), *k.split()[1:2]))]
+    # every kind with a CAR bound, at the ratio it gets (its own, or the one it follows)
+    warnings = [w for m, a in sorted(UPPER_BOUNDS) if (w := ratio_warning(m, ratio_for(policy, m, a), a))]
     return ([dbc.Alert(done, color="success", id="policy-saved"), *[dbc.Alert(w, color="warning") for w in warnings]],
             _projection(report), _cards(policy, report), _audit(store))

@@ -75,10 +75,14 @@ def test_bad_ratio_refused_before_saving_then_a_modality_strategy_saved(clinic, 
     wait(browser).until(lambda d: warning.text == "")
 
     Select(_field(browser, "policy-modality-strategy", modality="CR")).select_by_value("4")
+    _type(browser, browser.find_element(By.ID, "policy-default-ratio"), "20")  # US and NM follow it: above their bounds
+    us = _field(browser, "policy-ratio", key="US")
+    wait(browser).until(lambda d: us.get_attribute("placeholder") == "empty: as the default (20:1, capped at 12:1 by CAR)")
     _click(browser, "policy-save")
     wait(browser).until(EC.presence_of_element_located((By.ID, "policy-saved")))
-    assert "1 study gets new copies" in browser.find_element(By.ID, "policy-result").text
-    assert store.policy().strategies == {"CR": 4}
+    result = browser.find_element(By.ID, "policy-result").text
+    assert "1 study gets new copies" in result and "upper bound of 12:1 for US" in result and "11:1 for NM" in result
+    assert store.policy().strategies == {"CR": 4} and store.policy().default_ratio == 20
     wait(browser).until(EC.text_to_be_present_in_element((By.ID, "policy-projection"), "1 on strategy 1, 1 on strategy 4"))
     assert browser.find_element(By.ID, "policy-projection").text != projection
     wait(browser).until(EC.text_to_be_present_in_element((By.ID, "audit-log"), "strategies: {} → {'CR': 4}"))
