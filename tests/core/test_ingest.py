@@ -346,3 +346,48 @@ def test_a_bomb_is_charged_to_what_was_being_read(store, tmp_path):
     first, second = ingest(store, [path])
     assert first.name == f"{path}/zeros.dcm" and first.reason.startswith("too large")
     assert second.name == str(path) and "decompression bomb" in second.reason and "rest refused" in second.reason
+
+
+def test_parallel_uploads_over_http_store_every_instance_once(live_app, tmp_path):
+    """4 clients at once, as the bench sends: distinct instances of one study are each stored bit for bit, one
+    instance sent by all four is stored once (three duplicates), a second version of it is a conflict; the whole
+    burst queues one job for the study."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from tests.conftest import ADMIN
+
+    base, app = live_app(run_jobs=False)
+    store = app.server.extensions["radpress"]["store"]
+    series = write_series("emri_small", 12, tmp_path / "series")
+    same = series[0].read_bytes()
+    bodies = [(p.name, p.read_bytes()) for p in series[1:]] + [("same.dcm", same)] * 4
+    local = threading.local()
+
+    def send(item):
+        if not hasattr(local, "http"):
+            local.http = requests.Session()
+            local.http.auth = ADMIN
+        response = local.http.post(f"{base}/api/upload", params={"name": item[0]}, data=item[1])
+        assert response.status_code == 200, response.text
+        return item, response.json()
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(send, bodies))
+    statuses = sorted(body["results"][0]["status"] for (name, _), body in answers if name == "same.dcm")
+    assert statuses == ["duplicate"] * 3 + ["stored"]
+    for (name, data), body in answers:
+        [result] = body["results"]
+        assert result["status"] in ("stored", "duplicate"), result
+        stored = store.artifact(result["sop_uid"], "original").path.read_bytes()
+        assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest(), name
+    assert len(store.instances(answers[0][1]["results"][0]["study_uid"])) == 12
+    jobs = {job for _, body in answers for job in body["jobs"]}
+    assert len(jobs) == 1 and len(store.query("SELECT id FROM jobs")) == 1
+    other = make_dataset(rows=32, columns=32)
+    other.SOPInstanceUID = answers[0][1]["results"][0]["sop_uid"]
+    response = requests.post(f"{base}/api/upload", data=write(other, tmp_path / "v2.dcm").read_bytes(), auth=ADMIN)
+    assert response.json()["results"][0]["status"] == "conflict"
+    assert not list((store.root / "tmp").iterdir())
