@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .auth import secret_key
 from .errors import InvalidOptionError
 from .jobs import Jobs
 from .serving import HEARTBEAT_ENV, Background, LauncherBackground
@@ -69,7 +70,9 @@ def _number(env, name: str, default: int, low: int, high: int) -> int:
 
 
 def prepare(store: Store, jobs: Jobs, users: Users, demo: bool) -> None:
-    """Once per start, before any request: the demo login and studies (their jobs queued), the administrator."""
+    """Once per start, before any request: the session key, the demo login and studies (their jobs queued), the
+    administrator — made here, before web workers exist, so none of them races another over it."""
+    secret_key(store.root)
     if demo:
         from .demo import load_demo
 
@@ -105,10 +108,13 @@ def start_job_runner(jobs: Jobs) -> bool:
     return True
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
 def _die_with_launcher() -> None:
     """In gunicorn's and nginx's master: SIGTERM (a graceful stop) when the launcher is gone, however it ended."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def gunicorn_command(config: ServeConfig, bind: str) -> list[str]:
@@ -133,39 +139,43 @@ def serve(make_jobs: Callable[[Store], Jobs], *, https: bool = False) -> int:
     prepare(store, jobs, Users(store), os.environ.get("RADPRESS_DEMO", "1") == "1")
     run = store.root / "run"
     run.mkdir(mode=0o700, exist_ok=True)
-    node = None
-    if node_config.port:
-        node = DicomNode(store, jobs, node_config)
-        node.start()
-    background = Background(jobs if start_job_runner(jobs) else None, node)
     heartbeat = LauncherBackground(run / "launcher.json")
-    heartbeat.write(background)
-    stop = threading.Event()
-    threading.Thread(target=_beat, args=(heartbeat, background, stop), name="radpress-heartbeat", daemon=True).start()
     env = {**os.environ, "RADPRESS_DATA": str(store.root), HEARTBEAT_ENV: str(heartbeat.path)}
-    proxy = None
+    # Started before this process has threads (fork + preexec_fn), in sessions of their own: Ctrl-C reaches the
+    # launcher only, which asks each for a graceful stop.
+    start = {"preexec_fn": _die_with_launcher, "start_new_session": True}
+    children: list[subprocess.Popen] = []
     if https:
         socket_path = run / "web.sock"
+        nginx = _nginx_command(store.root, config, socket_path)  # checked before anything starts
         env["RADPRESS_TRUST_PROXY"] = "1"  # only nginx can reach the socket: its X-Forwarded-* are the client's
-        web = subprocess.Popen(gunicorn_command(config, f"unix:{socket_path}"), env=env, preexec_fn=_die_with_launcher)
-        proxy = _start_nginx(store.root, config, socket_path)
+        children.append(subprocess.Popen(gunicorn_command(config, f"unix:{socket_path}"), env=env, **start))
+        children.append(subprocess.Popen(nginx, **start))
         print(f"RadPress: https://{config.host}:{config.https_port}/ (HTTP/2; certificate in {store.root / 'tls'})", flush=True)
     else:
-        web = subprocess.Popen(gunicorn_command(config, f"{config.host}:{config.port}"), env=env, preexec_fn=_die_with_launcher)
+        children.append(subprocess.Popen(gunicorn_command(config, f"{config.host}:{config.port}"), env=env, **start))
+    web = children[0]
 
     def graceful(_signum, _frame):
-        for child in (web, proxy):
-            if child is not None and child.poll() is None:
-                child.send_signal(signal.SIGQUIT if child is proxy else signal.SIGTERM)  # nginx: SIGQUIT is graceful
+        for child in children:  # gunicorn: SIGTERM; nginx: SIGQUIT finishes its requests
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM if child is web else signal.SIGQUIT)
 
     signal.signal(signal.SIGTERM, graceful)
     signal.signal(signal.SIGINT, graceful)
+    stop, node = threading.Event(), None
     try:
+        if node_config.port:
+            node = DicomNode(store, jobs, node_config)
+            node.start()
+        background = Background(jobs if start_job_runner(jobs) else None, node)
+        heartbeat.write(background)
+        threading.Thread(target=_beat, args=(heartbeat, background, stop), name="radpress-heartbeat", daemon=True).start()
         code = web.wait()
     finally:
         graceful(None, None)
-        if proxy is not None:
-            proxy.wait(timeout=GRACEFUL_S)
+        for child in children:
+            child.wait(timeout=GRACEFUL_S + 10)
         stop.set()
         if node is not None:
             node.stop()
@@ -255,7 +265,8 @@ def _user_name() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-def _start_nginx(root: Path, config: ServeConfig, socket_path: Path) -> subprocess.Popen:
+def _nginx_command(root: Path, config: ServeConfig, socket_path: Path) -> list[str]:
+    """nginx's command line, its configuration and certificate written first (it must be installed)."""
     binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/sbin/nginx") if os.path.exists(p)), None)
     if binary is None:
         raise InvalidOptionError("HTTPS with HTTP/2 needs nginx, which is not installed.",
@@ -265,4 +276,4 @@ def _start_nginx(root: Path, config: ServeConfig, socket_path: Path) -> subproce
     prefix.mkdir(mode=0o700, exist_ok=True)
     conf = prefix / "nginx.conf"
     conf.write_text(nginx_config(root, config.host, config.https_port, socket_path, cert, key))
-    return subprocess.Popen([binary, "-p", str(prefix), "-c", str(conf), "-e", "stderr"], preexec_fn=_die_with_launcher)
+    return [binary, "-p", str(prefix), "-c", str(conf), "-e", "stderr"]

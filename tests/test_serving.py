@@ -111,6 +111,18 @@ def test_gunicorn_as_make_run_starts_it(tmp_path):
         assert page.status_code == 200 and "<title>RadPress</title>" in page.text
         assert page.headers["Content-Encoding"] == "gzip"
 
+        # the job of an upload is run by the launcher's runner (the only one), never by a web worker
+        with open(ct_file(tmp_path, "first.dcm", seed=1), "rb") as fh:
+            first = requests.post(f"{base}/api/upload?name=first.dcm", data=fh, auth=ADMIN, timeout=60)
+        (job_id,) = first.json()["jobs"]
+        deadline = time.monotonic() + 120
+        while requests.get(f"{base}/api/jobs/{job_id}", auth=ADMIN, timeout=10).json()["state"] != "done":
+            assert time.monotonic() < deadline, "the upload's job did not finish"
+            time.sleep(0.3)
+        with sqlite3.connect(tmp_path / "data" / "index.sqlite") as db:
+            (owner,) = db.execute("SELECT owner FROM jobs WHERE id=?", (job_id,)).fetchone()
+        assert owner.split(":")[1] == str(process.pid)
+
         # an upload that is still being sent when SIGTERM comes
         sent_half, term_sent = threading.Event(), threading.Event()
         data = ct_file(tmp_path).read_bytes()
@@ -141,10 +153,16 @@ def test_gunicorn_as_make_run_starts_it(tmp_path):
         stop(process)
     text = log.read_text()
     assert "POST /api/upload?name=ct.dcm HTTP/1.1\" 200" in text and "GET /api/health HTTP/1.1\" 200" in text  # access log
-    # the upload's job was claimed by the launcher's runner (the only one), never by a web worker
-    with sqlite3.connect(tmp_path / "data" / "index.sqlite") as db:
-        owners = {row[0] for row in db.execute("SELECT owner FROM jobs WHERE owner IS NOT NULL")}
-    assert all(owner.split(":")[1] == str(process.pid) for owner in owners), owners
+
+
+def test_bad_settings_exit_2(tmp_path):
+    """A bad setting is one line and exit code 2, before anything is started or written."""
+    process, log = launch(tmp_path, RADPRESS_WEB_WORKERS="many")
+    assert process.wait(timeout=60) == 2
+    assert "RADPRESS_WEB_WORKERS 'many' is not a whole number from 1 to 64." in log.read_text()
+    assert not (tmp_path / "data").exists()
+    process, log = launch(tmp_path, "--bogus")
+    assert process.wait(timeout=60) == 2 and "usage: app.py [--dev | --https]" in log.read_text()
 
 
 def test_https_with_http2_through_nginx(tmp_path):
