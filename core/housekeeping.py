@@ -109,6 +109,8 @@ def _delete(store: Store, user: User, study_uid: str, series_uid: str | None, ba
                 db.execute(f"DELETE FROM {table} WHERE sop_uid IN ({_marks(chunk)})", chunk)
         db.execute(f"DELETE FROM series WHERE series_uid IN ({_marks(series)})", series)
         cancelled: tuple[int, ...] = ()
+        if not whole:
+            _unmark_demo(db, study_uid)
         if whole:
             cancelled = _cancel_jobs(db, study_uid, now)
             patient = db.execute("SELECT patient_key FROM studies WHERE study_uid=?", (study_uid,)).fetchone()[0]
@@ -437,8 +439,10 @@ def _keep_other(store: Store, user: User, row, path: Path, now: float) -> dict:
         with store.connect() as db:
             paths = [Path(r[0]) for r in db.execute("SELECT path FROM artifacts WHERE sop_uid=?", (sop_uid,))]
             sizes = sum(_size(p) for p in paths)
-            for table in set(_instance_tables(db)) - {"conflicts", "demo_instances", "job_items"}:  # what was made from the old one
+            # what was made from the old one; a demo mark too: the kept file is not the bundled sample
+            for table in set(_instance_tables(db)) - {"conflicts", "job_items"}:
                 db.execute(f"DELETE FROM {table} WHERE sop_uid=?", (sop_uid,))
+            _unmark_demo(db, old["study_uid"])
             db.execute("DELETE FROM conflicts WHERE sop_uid=? AND checksum=?", (sop_uid, checksum))
             db.execute("UPDATE conflicts SET reason=NULL WHERE sop_uid=?", (sop_uid,))  # now measured against the new one
             staged = _stage_all(store, paths)
@@ -466,6 +470,12 @@ def _keep_other(store: Store, user: User, row, path: Path, now: float) -> dict:
         path.unlink(missing_ok=True)
     study_uid = str(ds.StudyInstanceUID)
     return {"kept": "other", "sop_uid": sop_uid, "study_uid": study_uid, "rebuild": study_uid}
+
+
+def _unmark_demo(db: sqlite3.Connection, study_uid: str) -> None:
+    """A study none of whose demo samples is left is no demo study: a start-up must never mark its clinic instances."""
+    db.execute("UPDATE studies SET demo=0 WHERE study_uid=? AND NOT EXISTS (SELECT 1 FROM demo_instances d JOIN instances i "
+               "USING (sop_uid) JOIN series s USING (series_uid) WHERE s.study_uid=?)", (study_uid, study_uid))
 
 
 def _drop_empty(db: sqlite3.Connection, series_uid: str, study_uid: str | None) -> None:

@@ -109,8 +109,12 @@ def test_delete_study_removes_every_file_and_row_and_frees_the_space(store, tmp_
 def test_delete_series_keeps_the_rest_and_the_last_series_takes_the_study(store, tmp_path):
     uid = _study(store, tmp_path, series=2, per_series=1)
     first, second = [r["series_uid"] for r in store.query("SELECT series_uid FROM series WHERE study_uid=? ORDER BY number", (uid,))]
+    mark_demo(store, [r["sop_uid"] for r in store.instances(uid) if r["series_uid"] == first])  # a sample beside a clinic series
+    with store.connect() as db:
+        db.execute("UPDATE studies SET demo=1 WHERE study_uid=?", (uid,))
     result = delete_series(store, ROOT, uid, first)
     assert (result.instances, result.study_removed, result.series_uids) == (1, False, (first,))
+    assert store.study(uid)["demo"] == 0  # no sample left: a start-up never marks the clinic series as demo
     assert [r["series_uid"] for r in store.instances(uid)] == [second]
     assert all(a.path.exists() for a in store.artifacts(study_uid=uid))
     result = delete_series(store, ROOT, uid, second)
@@ -259,8 +263,10 @@ def test_resolve_keeping_the_other_copy_rebuilds_from_it(store, tmp_path):
     old_study = store.instance(ds.SOPInstanceUID)["study_uid"]
     variant_file(store, ds.SOPInstanceUID, "lossy", 12).close()
     codestream, _ = codestream_path(store, ds.SOPInstanceUID, 0, "lossless")
+    mark_demo(store, [ds.SOPInstanceUID])  # a demo sample's UID re-sent with other content
     result = resolve_conflict(store, ROOT, ds.SOPInstanceUID, other, "other")
     assert not codestream.exists()
+    assert not store.query("SELECT 1 FROM demo_instances")  # the kept file is not the sample: a demo login never sees it
     assert result == {"kept": "other", "sop_uid": ds.SOPInstanceUID, "study_uid": moved, "rebuild": moved}
     original = store.artifact(ds.SOPInstanceUID, "original")
     assert original.checksum == other and sha256_file(original.path) == other
