@@ -118,7 +118,7 @@ def test_change_strategy_and_see_the_job_finish(server, browser):
 
 
 def _achieved(driver) -> float:
-    text = driver.find_element(By.ID, "lossy-banner-text").text
+    text = driver.execute_script("return document.getElementById('lossy-banner-text').innerText;")  # re-rendered often: read at once
     return float(re.search(r"compressed ([\d.]+):1", text).group(1))
 
 
@@ -136,7 +136,7 @@ def test_compare_shows_banner_and_metrics(server, browser, modality):
     wait(browser, 90).until(EC.presence_of_element_located((By.ID, "lossy-banner-text")))
     assert f"— {modality}" in browser.find_element(By.ID, "compare-sop").text
     first = browser.find_element(By.CSS_SELECTOR, "#card-lossy .metric-psnr").text
-    ratio_input = browser.find_element(By.CSS_SELECTOR, "#compare-ratio input")
+    ratio_input = browser.find_element(By.ID, "compare-ratio-box")
     ratio_input.send_keys(Keys.CONTROL, "a")
     ratio_input.send_keys("20", Keys.TAB)
     wait(browser, 90).until(lambda d: abs(_achieved(d) - 20) <= 2)
