@@ -6,7 +6,8 @@ from dash import html
 from core.present import human_size
 
 
-def make_strategy_card(strategy, cost: dict | None, current: bool) -> dbc.Card:
+def make_strategy_card(strategy, cost: dict | None, current: bool, modalities: tuple[str, ...] = ()) -> dbc.Card:
+    """*current*: the clinic default; *modalities*: those whose own default this strategy is."""
     costs = []
     if cost:
         label = "projected" if cost["estimated"] else "measured"
@@ -14,7 +15,8 @@ def make_strategy_card(strategy, cost: dict | None, current: bool) -> dbc.Card:
         costs = [html.P([html.Strong(human_size(cost["bytes"])), f" {label}{ratio}"], className=f"strategy-cost-{strategy.number}")]
     return dbc.Card(
         [
-            dbc.CardHeader([f"{strategy.number}. {strategy.name}", dbc.Badge("clinic default", color="primary", className="ms-2") if current else None]),
+            dbc.CardHeader([f"{strategy.number}. {strategy.name}", dbc.Badge("clinic default", color="primary", className="ms-2") if current else None,
+                            *[dbc.Badge(m, color="info", className="ms-1 modality-default") for m in modalities]]),
             dbc.CardBody([
                 html.P([html.Strong("Stored: "), " + ".join(strategy.stored)]),
                 html.P([html.Strong("Made on demand: "), " + ".join(strategy.on_demand) or "nothing"]),

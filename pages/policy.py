@@ -109,7 +109,9 @@ def _modality_rows(policy: Policy, present: set[str]):
 
 def _cards(policy: Policy, report: dict):
     costs = {c["strategy"]: c for c in report["strategies"]}
-    return dbc.Row([dbc.Col(make_strategy_card(s, costs.get(s.number), s.number == policy.strategy), className="mb-3")
+    return dbc.Row([dbc.Col(make_strategy_card(s, costs.get(s.number), s.number == policy.strategy,
+                                               tuple(sorted(m for m, n in policy.strategies.items() if n == s.number))),
+                            className="mb-3")
                     for s in STRATEGIES], className=f"row-cols-1 row-cols-md-3 row-cols-xl-{len(STRATEGIES)}")
 
 

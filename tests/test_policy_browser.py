@@ -85,6 +85,7 @@ def test_bad_ratio_refused_before_saving_then_a_modality_strategy_saved(clinic, 
     assert store.policy().strategies == {"CR": 4} and store.policy().default_ratio == 20
     wait(browser).until(EC.text_to_be_present_in_element((By.ID, "policy-projection"), "1 on strategy 1, 1 on strategy 4"))
     assert browser.find_element(By.ID, "policy-projection").text != projection
+    assert browser.find_element(By.CSS_SELECTOR, "#strategy-card-4 .modality-default").text == "CR"
     wait(browser).until(EC.text_to_be_present_in_element((By.ID, "audit-log"), "strategies: {} → {'CR': 4}"))
     browser.save_screenshot(str(ARTIFACTS / "policy-modality-saved.png"))  # the result under the Save button
     browser.execute_script("arguments[0].scrollIntoView({block: 'start', behavior: 'instant'});", browser.find_element(By.ID, "policy-projection"))
