@@ -301,3 +301,25 @@ def test_only_studies_whose_copies_change_get_a_job(archive_of_three):
     queued = save_policy(store, jobs, replace(store.policy(), strategies={"CT": 4, "CR": 4}), "admin")
     assert sorted(j["study_uid"] for j in map(jobs.get, queued)) == sorted([study["CT"], study["CR"]])
     assert store.query("SELECT count(*) FROM audit WHERE what='policy'")[0][0] == 2
+
+
+def test_put_policy_refuses_bad_modality_values_and_queues_only_changed_studies(live_app, tmp_path):
+    """PUT /api/policy goes through the same save: 400 with the reason and nothing saved, else jobs only where copies change."""
+    import requests
+
+    from core.ingest import ingest
+    from tests.conftest import ADMIN
+
+    base, app = live_app(demo=False)
+    store = app.server.extensions["radpress"]["store"]
+    list(ingest(store, [write(make_dataset(**{**KINDS[k], "seed": n}), tmp_path / f"{k}.dcm") for n, k in enumerate(("s12", "u12_odd"))]))
+    cr = next(s["study_uid"] for s in store.studies() if s["modalities"] == "CR")
+    http = requests.Session()
+    http.auth = ADMIN
+    bad = http.put(f"{base}/api/policy", json={"strategies": {"CR": 9}, "lossy_banner": "LOSSY {ratio}"})
+    assert bad.status_code == 400 and "Storage strategy 9 does not exist" in bad.json()["error"]
+    assert store.policy().strategies == {} and store.policy().lossy_banner != "LOSSY {ratio}"  # nothing of it saved
+    answer = http.put(f"{base}/api/policy", json={"strategies": {"CR": 4}, "lossless_codecs": {"CT": "smallest"}})
+    assert answer.status_code == 200, answer.text
+    assert [http.get(f"{base}/api/jobs/{j}").json()["study_uid"] for j in answer.json()["jobs"]] == [cr]  # CT 91×83: JPEG-LS either way
+    assert http.get(f"{base}/api/policy").json()["strategies"] == {"CR": 4}
