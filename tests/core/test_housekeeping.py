@@ -2,8 +2,6 @@
 
 import io
 import json
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -336,18 +334,21 @@ def _page(http, base, search: str) -> str:
     return answer.text
 
 
-def test_cli_delete_asks_for_confirmation(store, tmp_path):
+def test_cli_delete_asks_for_confirmation(store, tmp_path, capsys):
+    from core.cli import main
+
     uid = _study(store, tmp_path, series=1, per_series=1, strategy=4)
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "core", "delete", *args, "--data", str(store.root)],
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+        code = main(["delete", *args, "--data", str(store.root)])
+        return code, capsys.readouterr()
 
-    refused = run(uid)
-    assert refused.returncode == 2 and "--yes" in refused.stderr and store.study(uid)
-    assert run("1.2.3.9", "--yes").returncode == 2
-    assert run("../x", "--yes").returncode == 2
-    done = run(uid, "--yes", "--json")
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["instances"] == 1 and not _files(store)
+    code, out = run(uid)  # not a terminal (pytest's stdin) and no --yes: refused
+    assert code == 2 and "--yes" in out.err and store.study(uid)
+    assert run("1.2.3.9", "--yes")[0] == 2
+    code, out = run("../x", "--yes")
+    assert code == 2 and "not a valid UID" in out.err
+    code, out = run(uid, "--yes", "--json")
+    assert code == 0, out.err
+    assert json.loads(out.out)["instances"] == 1 and not _files(store)
     assert store.query("SELECT user FROM audit WHERE what=?", (f"delete study {uid}",))[0]["user"].startswith("cli:")
