@@ -36,9 +36,10 @@ from .users import User, authorize
 from .validate import check_uid
 
 __all__ = ["Deleted", "delete_study", "delete_series", "conflicts", "conflict_detail", "conflict_preview",
-           "resolve_conflict", "note_sender", "RESOLVE_LOCK_TIMEOUT"]
+           "resolve_conflict", "note_sender", "RESOLVE_LOCK_TIMEOUT", "REASONS_PER_LIST"]
 
-RESOLVE_LOCK_TIMEOUT = 30.0  # waiting for a copy of the instance being made, at most (then 503: try again)
+RESOLVE_LOCK_TIMEOUT = 30.0
+REASONS_PER_LIST = 10  # conflicts compared (both files decoded) per listing; the rest on a later one  # waiting for a copy of the instance being made, at most (then 503: try again)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_ATTRIBUTES = 40  # differing attributes listed per conflict
 
@@ -251,9 +252,14 @@ def conflicts(store: Store, user: User | None) -> list[dict]:
         "LEFT JOIN artifacts a ON a.sop_uid = c.sop_uid AND a.variant = 'original' "
         "LEFT JOIN instances i ON i.sop_uid = c.sop_uid LEFT JOIN series s USING (series_uid) "
         "LEFT JOIN studies st USING (study_uid) LEFT JOIN patients p USING (patient_key) ORDER BY c.created DESC")
-    out = []
+    out, budget = [], REASONS_PER_LIST
     for row in rows:
-        reason = json.loads(row["reason"]) if row["reason"] else _remember_reason(store, row)
+        if row["reason"]:
+            reason = json.loads(row["reason"])
+        elif budget > 0 and row["stored_path"]:
+            reason, budget = _remember_reason(store, row), budget - 1
+        else:  # comparing decodes both files: a long list is worked through a few at a time, never in one request
+            reason = {"summary": "not compared yet (open it, or reload the list)"}
         out.append({"sop_uid": row["sop_uid"], "checksum": row["checksum"], "source": row["source"],
                     "received": row["created"], "bytes": _size(Path(row["path"])), "study_uid": row["study_uid"],
                     "patient_name": row["patient_name"], "patient_id": row["patient_id"],

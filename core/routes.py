@@ -111,8 +111,15 @@ def _row(row) -> dict:
 # -- status -------------------------------------------------------------------
 @blueprint.get("/api/health")
 def health():
+    """Liveness and readiness (no login): 200 when every check passes, 503 otherwise (core.serving.health)."""
+    from .serving import Background, health as check
+
     store, _ = archive()
-    return jsonify(status="ok", data_dir=str(store.root), codecs=sorted({c.name for c in CODECS if c.is_available}))
+    body, status = check(store, current_app.extensions["radpress"].get("background") or Background())
+    response = jsonify(**body, data_dir=str(store.root), codecs=sorted({c.name for c in CODECS if c.is_available}))
+    response.status_code = status
+    response.cache_control.no_store = True
+    return response
 
 
 # -- ingest -------------------------------------------------------------------
@@ -477,6 +484,7 @@ def download_instance(sop_uid):
     # Range, If-Range, If-None-Match: 206, 416 and 304 as HTTP asks.
     response.make_conditional(request, accept_ranges=True, complete_length=vf.size)
     _lossy_header(response, _history(store, sop_uid, vf.lossy_ratio, vf.method))
+    versioned(response, vf.etag)  # ?v=<the copy's ETag>: that copy, for good
     if variant == "original" and (master := master_of(store, sop_uid)) and master.mastered:
         response.headers["X-RadPress-Original"] = master.header()  # strategy 5: the original's pixels, in its master
     return response
@@ -554,7 +562,7 @@ def thumbnail(sop_uid):
     _check_instance(store, sop_uid)
     data, etag = thumbnail_bytes(store, sop_uid)
     response = send_file(io.BytesIO(data), mimetype="image/png", etag=etag, conditional=True, max_age=3600)
-    return _lossy_header(response, _history(store, sop_uid))
+    return versioned(_lossy_header(response, _history(store, sop_uid)), etag)  # ?v=<etag>: immutable (core.archive.thumbnail_version)
 
 
 # -- images: progressive previews and DeepZoom ---------------------------------
@@ -603,7 +611,8 @@ def deepzoom_descriptor(sop_uid):
     store, _ = archive()
     _check_instance(store, sop_uid)
     _source, zoom = _deepzoom(store, sop_uid)
-    return _lossy_header(Response(zoom.dzi(), mimetype="application/xml"), _history(store, sop_uid))
+    response = _lossy_header(Response(zoom.dzi(), mimetype="application/xml"), _history(store, sop_uid))
+    return versioned(response, store.artifact(sop_uid, "original").checksum[:32])  # tiles of the lossless codestream
 
 
 @blueprint.get("/deepzoom/<sop_uid>_files/<int:level>/<int:col>_<int:row>.<fmt>")
@@ -634,7 +643,7 @@ def deepzoom_tile(sop_uid, level, col, row, fmt):
     response = Response(data, mimetype=IMAGE_TYPES[fmt])
     response.set_etag(key.split(":", 1)[1].replace(":", "-").replace(" ", "_"))
     response.cache_control.max_age = 3600
-    return _lossy_header(response, _history(store, sop_uid)).make_conditional(request)
+    return versioned(_lossy_header(response, _history(store, sop_uid)).make_conditional(request), original.checksum[:32])
 
 
 @functools.lru_cache(maxsize=256)

@@ -244,6 +244,17 @@ def test_a_conflict_says_what_differs(store, tmp_path):
         conflict_detail(store, ROOT, ds.SOPInstanceUID, "0" * 64)
 
 
+def test_a_long_list_compares_a_few_conflicts_per_request(store, tmp_path, monkeypatch):
+    import core.housekeeping
+
+    monkeypatch.setattr(core.housekeeping, "REASONS_PER_LIST", 1)
+    _conflicting(store, tmp_path / "a")
+    _conflicting(store, tmp_path / "b")
+    first = sorted(c["reason"] for c in conflicts(store, ROOT))
+    assert first[0].startswith("not compared yet") and first[1].startswith("pixels differ")
+    assert all(c["reason"].startswith("pixels differ") for c in conflicts(store, ROOT))  # the next listing did the rest
+
+
 def test_resolve_keeping_the_stored_original(store, tmp_path):
     ds, first, other = _conflicting(store, tmp_path)
     copies = {a.variant: a.checksum for a in store.artifacts(ds.SOPInstanceUID)}
