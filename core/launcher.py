@@ -242,7 +242,6 @@ http {{
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:radpress:1m;
-        add_header Strict-Transport-Security "max-age=31536000" always;
         location / {{
             proxy_pass http://radpress;
             proxy_http_version 1.1;
