@@ -342,8 +342,12 @@ class Store:
             if not db.execute("SELECT 1 FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone():
                 path.unlink(missing_ok=True)  # deleted while this copy was made (core.housekeeping): nothing may bring it back
                 raise StoreError(f"Instance {sop_uid} was deleted while its {variant} copy was made.")
+            replaced = db.execute("SELECT path FROM artifacts WHERE sop_uid=? AND variant=? AND ratio=?",
+                                  (sop_uid, variant, ratio)).fetchone()
             db.execute(_INSERT_ARTIFACT,
                        (sop_uid, variant, ratio, codec, transfer_syntax, size, checksum, str(path), time.time(), achieved_ratio))
+        if replaced and Path(replaced["path"]) != path:  # the same copy in another codec (the policy changed): its file goes too
+            Path(replaced["path"]).unlink(missing_ok=True)
         return Artifact(sop_uid, variant, ratio, codec, transfer_syntax, size, checksum, path, achieved_ratio)
 
     def remove_artifact(self, artifact: Artifact) -> None:

@@ -323,3 +323,28 @@ def test_put_policy_refuses_bad_modality_values_and_queues_only_changed_studies(
     assert answer.status_code == 200, answer.text
     assert [http.get(f"{base}/api/jobs/{j}").json()["study_uid"] for j in answer.json()["jobs"]] == [cr]  # CT 91×83: JPEG-LS either way
     assert http.get(f"{base}/api/policy").json()["strategies"] == {"CR": 4}
+
+
+def test_a_codec_change_replaces_the_copy_and_its_file(tmp_path):
+    """Made again in the new codec, a copy's old file goes with its row (it was left on disk, never reclaimed)."""
+    from dataclasses import replace
+
+    from core.archive import save_policy
+    from core.ingest import ingest
+    from core.jobs import Jobs
+    from core.store import Store
+
+    store = Store(tmp_path / "data")
+    store.set_policy(replace(store.policy(), lossless_codec="j2k", strategies={"MR": 2}))
+    list(ingest(store, [write(make_dataset(**KINDS["u16"]), tmp_path / "mr.dcm")]))
+    jobs = Jobs(store, workers=1)
+    jobs.submit(store.studies()[0]["study_uid"])
+    jobs.run_pending()
+    [before] = [a for a in store.artifacts() if a.variant == "lossless"]
+    assert before.codec == "j2k" and before.path.exists()
+    assert len(save_policy(store, jobs, replace(store.policy(), lossless_codec="ohif"), "admin")) == 1
+    jobs.run_pending()
+    [after] = [a for a in store.artifacts() if a.variant == "lossless"]
+    assert after.codec == "jpegls" and after.path.exists() and not before.path.exists()
+    on_disk = {p for p in (tmp_path / "data" / "artifacts").rglob("*") if p.is_file()}
+    assert on_disk == {a.path for a in store.artifacts() if a.variant != "original"}
