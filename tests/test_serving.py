@@ -110,6 +110,8 @@ def test_gunicorn_as_make_run_starts_it(tmp_path):
         page = web.get(f"{base}/", headers={"Accept-Encoding": "gzip"})
         assert page.status_code == 200 and "<title>RadPress</title>" in page.text
         assert page.headers["Content-Encoding"] == "gzip"
+        # one session key, made by the launcher before any worker: whichever worker answers accepts the cookie
+        assert all(web.get(f"{base}/api/studies").status_code == 200 for _ in range(8))
 
         # the job of an upload is run by the launcher's runner (the only one), never by a web worker
         with open(ct_file(tmp_path, "first.dcm", seed=1), "rb") as fh:
