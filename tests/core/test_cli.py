@@ -135,4 +135,7 @@ def test_users_command(capsys, tmp_path):
     assert main(["users", "add", "boss", "--password", "long-enough", "--data", str(data)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["users", "add", "x", "--password", "short", "--data", str(data)]) == 2
+    assert main(["users", "remove", "boss", "--data", str(data)]) == 2  # the last administrator stays
+    assert "last administrator" in capsys.readouterr().err
+    assert main(["users", "add", "chief", "--role", "admin", "--password", "long-enough", "--data", str(data)]) == 0
     assert main(["users", "remove", "boss", "--data", str(data)]) == 0
