@@ -151,7 +151,8 @@ def layout(**_query):
                 dbc.Col([dbc.Label("Lossy images"), dbc.Switch(id="policy-lossy", value=policy.lossy_enabled,
                                                                label="allowed (stored and served)")], md=2),
                 dbc.Col([dbc.Label("Default ratio"), *_ratio_field(DEFAULT, _text(policy.default_ratio))], md=2),
-                dbc.Col([dbc.Label("Banner wording"), dbc.Input(id="policy-banner", value=policy.lossy_banner)], md=5),
+                dbc.Col([dbc.Label("Banner wording"), dbc.Input(id="policy-banner", value=policy.lossy_banner),
+                         dbc.FormFeedback(id="policy-banner-msg", type="invalid")], md=5),
             ], className="mb-3"),
             dbc.Row([dbc.Col([dbc.Label("Lossless copies"), dbc.Select(
                 id="policy-lossless", value=get_rule(policy.lossless_codec).name,  # an older policy's "auto" is "smallest"
@@ -195,6 +196,17 @@ def follow_placeholders(default, values, ids):
         return ["empty: as the default (not valid yet)" for _ in ids]
     typed = replace(Policy(), default_ratio=ratios.pop(DEFAULT), ratios=ratios)
     return [_placeholder(typed, i["key"]) for i in ids]
+
+
+@callback(Output("policy-banner", "invalid"), Output("policy-banner-msg", "children"), Input("policy-banner", "value"),
+          prevent_initial_call=True)
+def check_banner(text):
+    """The banner wording is checked as it is typed, by the rule the save applies (Policy.validated)."""
+    try:
+        Policy(lossy_banner=text).validated()
+    except InvalidOptionError as exc:
+        return True, str(exc)
+    return False, ""
 
 
 @callback(Output(DEFAULT_RATIO, "invalid"), Output(f"{DEFAULT_RATIO}-msg", "children"), Output(f"{DEFAULT_RATIO}-warn", "children"),

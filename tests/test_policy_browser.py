@@ -73,6 +73,13 @@ def test_bad_ratio_refused_before_saving_then_a_modality_strategy_saved(clinic, 
     browser.save_screenshot(str(ARTIFACTS / "policy-car-warning.png"))
     _type(browser, ct, "8")
     wait(browser).until(lambda d: warning.text == "")
+    banner = browser.find_element(By.ID, "policy-banner")
+    _type(browser, banner, "LOSSY {nope}")
+    wait(browser).until(lambda d: "must show the ratio" in browser.find_element(By.ID, "policy-banner-msg").text)
+    _type(browser, banner, "LOSSY {ratio}:1 {nope}")
+    wait(browser).until(lambda d: "field {nope} is not allowed" in browser.find_element(By.ID, "policy-banner-msg").text)
+    _type(browser, banner, "LOSSY {ratio}:1 — not for primary diagnosis")
+    wait(browser).until(lambda d: "is-invalid" not in banner.get_attribute("class"))
 
     Select(_field(browser, "policy-modality-strategy", modality="CR")).select_by_value("4")
     _type(browser, browser.find_element(By.ID, "policy-default-ratio"), "20")  # US and NM follow it: above their bounds
