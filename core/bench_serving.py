@@ -51,6 +51,11 @@ const t0 = performance.now();
 Promise.all(urls.map(u => new Promise((ok, bad) => { const i = new Image(); i.onload = ok; i.onerror = () => bad(u); i.src = u; })))
   .then(() => done(performance.now() - t0), u => done('failed: ' + u));
 """
+# The page's own text (scripts, styles, the Dash callbacks' JSON): bytes over the wire and once decoded.
+_TEXT = """
+const text = performance.getEntriesByType('resource').filter(e => !e.name.includes('/thumbnail/') && !e.name.includes('/preview/'));
+return [text.reduce((n, e) => n + e.encodedBodySize, 0), text.reduce((n, e) => n + e.decodedBodySize, 0)];
+"""
 _ENTRIES = """
 return performance.getEntriesByType('resource').filter(e => e.name.includes('/thumbnail/') || e.name.includes('/preview/'))
   .map(e => [e.name.includes('/thumbnail/') ? 't' : 'p', e.transferSize, e.nextHopProtocol]);
@@ -156,13 +161,15 @@ def _open_study(driver, base: str, study_uid: str, previews: list[str], count: i
     if isinstance(previews_ms, str):
         raise RuntimeError(f"a preview did not load in the browser ({previews_ms})")
     entries = driver.execute_script(_ENTRIES)
+    text_wire, text_decoded = driver.execute_script(_TEXT)
     driver.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1,
                                                                  "uploadThroughput": -1})
     fetched = [e for e in entries if e[1] > 0]
     return {"page_ms": cards_ms, "thumbnails_ms": done_ms - cards_ms, "previews_ms": previews_ms,
             "network_ms": done_ms - cards_ms + previews_ms, "total_ms": done_ms + previews_ms,
             "fetched_thumbnails": sum(e[0] == "t" for e in fetched), "fetched_previews": sum(e[0] == "p" for e in fetched),
-            "bytes": sum(e[1] for e in entries), "protocols": sorted({e[2] for e in fetched if e[2]})}
+            "bytes": sum(e[1] for e in entries), "protocols": sorted({e[2] for e in fetched if e[2]}),
+            "text_wire_bytes": text_wire, "text_bytes": text_decoded}
 
 
 def measure(instances: int = INSTANCES) -> dict:
@@ -233,5 +240,10 @@ def _report(runs: dict, count: int, linked: int) -> dict:
                      f"HTTP/1.1 {h1w['network_ms'] / 1000:.2f} s vs {h1c['network_ms'] / 1000:.2f} s",
          "ok": h2w["network_ms"] < h2c["network_ms"] and h1w["network_ms"] < h1c["network_ms"]},
     ]
+    lines.append(f"page text (scripts, styles, callbacks' JSON), cold: {h2c['text_wire_bytes'] / 1e6:.2f} MB over the wire "
+                 f"for {h2c['text_bytes'] / 1e6:.2f} MB decoded (compressed by the app)")
+    checks.append({"target": "text answers compressed: the page's scripts, styles and JSON at least 3x smaller on the wire",
+                   "measured": f"{h2c['text_bytes'] / max(h2c['text_wire_bytes'], 1):.1f}x",
+                   "ok": h2c["text_bytes"] >= 3 * h2c["text_wire_bytes"]})
     return {"table": "\n".join(lines), "checks": checks,
             "runs": {f"{label} {cache}": r for (label, cache), r in runs.items()}}
