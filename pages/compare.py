@@ -12,7 +12,8 @@ from core.codecs import CODECS, MAX_RATIO, MIN_RATIO, check_ratio
 from core.comparison import compare_frame, difference_map, lossless_header, lossy_banner
 from core.context import open_store
 from core.derive import LossyHistory
-from core.users import authorize, record_access, visible_instances, visible_studies
+from core.studylist import study_page
+from core.users import authorize, record_access, visible_instances
 from core.errors import InvalidOptionError, RadPressError
 from core.pixels import read_dataset
 from core.policy import lossless_codec_for, ratio_for
@@ -35,13 +36,23 @@ def _cache() -> diskcache.Cache:
     return diskcache.Cache(str(open_store().root / "cache" / "compare"), size_limit=1 << 30)
 
 
-def _instances(store, user):
-    options = []
-    for study in visible_studies(store, user):
-        for row in visible_instances(store, user, study["study_uid"]):
-            options.append({"label": f"{person_name(row['patient_name'])} — {row['modality']} {row['series_description'] or row['study_description'] or ''} #{row['number'] or ''}",
-                            "value": row["sop_uid"]})
-    return options
+def _study_of(store, user, sop: str) -> str | None:
+    """The study whose images the picker lists: that of *sop* when the user may open it, else the newest they may."""
+    if sop:
+        try:
+            authorize(store, user, "view", sop_uid=sop)
+            return store.instance(sop)["study_uid"]
+        except RadPressError:
+            pass
+    newest = study_page(store, user, page_size=1).rows
+    return newest[0]["uid"] if newest else None
+
+
+def _instances(store, user, study_uid: str) -> list[dict]:
+    """The images of one study (an archive of 10,000 studies is never listed whole; other studies open from the list)."""
+    return [{"label": f"{person_name(row['patient_name'])} — {row['modality']} "
+                      f"{row['series_description'] or row['study_description'] or ''} #{row['number'] or ''}",
+             "value": row["sop_uid"]} for row in visible_instances(store, user, study_uid)]
 
 
 def _empty(title):
@@ -50,7 +61,8 @@ def _empty(title):
 
 def layout(sop: str = "", **_query):
     store, user = open_store(), current_user()
-    options = _instances(store, user)
+    study_uid = _study_of(store, user, sop)
+    options = _instances(store, user, study_uid) if study_uid else []
     if not options:
         return dbc.Alert("No studies yet: upload one on the Studies page.", color="secondary")
     sop = sop if any(o["value"] == sop for o in options) else options[0]["value"]
@@ -85,6 +97,8 @@ def layout(sop: str = "", **_query):
     ], className="mb-2")
     return html.Div([
         html.H2("Compare lossless and lossy"),
+        html.P(["The images of one study; open another from the ", html.A("Studies", href="/"), " list (Compare on its page)."],
+               className="small text-muted mb-1", id="compare-scope"),
         controls,
         viewing,
         dbc.Row([

@@ -13,26 +13,45 @@ from core.context import open_store
 from core.errors import RadPressError
 from core.lab import apply_choice
 from core.labjobs import cancel_lab, lab_result, lab_state, start_lab
-from core.present import person_name
-from core.users import allowed, authorize, visible_studies
+from core.studylist import list_filters, study_page
+from core.users import allowed, authorize
 
 dash.register_page(__name__, path="/lab", title="Quality lab — RadPress", name="Quality lab")
 
 
+RECENT = 50  # the picker offers the newest studies and finds any other by patient name (never the whole archive)
+
+
+def _option(row: dict) -> dict:
+    return {"label": f"{row['patient']} — {row['modalities']} {row['description'] or ''} {row['date']}".rstrip(), "value": row["uid"]}
+
+
+def _study_options(store, user, uid: str | None, name: str = "") -> list[dict]:
+    """The newest studies (or those whose patient name starts with *name*), with the chosen one kept first."""
+    rows = study_page(store, user, list_filters(name=name), page_size=RECENT).rows
+    if uid and all(r["uid"] != uid for r in rows):
+        rows = study_page(store, user, {"StudyInstanceUID": uid}, page_size=1).rows + rows
+    return [_option(r) for r in rows]
+
+
 def layout(uid: str = "", **_query):
     store, user = open_store(), current_user()
-    studies = visible_studies(store, user)
+    if uid:
+        try:
+            authorize(store, user, "view", study_uid=uid)
+        except RadPressError:
+            uid = ""
+    studies = _study_options(store, user, uid)
     if not studies:
         return dbc.Alert("No studies yet: upload one on the Studies page.", color="secondary")
-    uid = uid if any(s["study_uid"] == uid for s in studies) else studies[0]["study_uid"]
+    uid = uid or studies[0]["value"]
     return html.Div([
         html.H2("Quality lab"),
         html.P("Choose a lossy ratio from evidence on your own images: every codec and ratio is encoded, measured, "
                "and a segmentation is run on the original and on the decoded image (Dice = task agreement).", className="text-muted"),
         dbc.Row([
-            dbc.Col(dcc.Dropdown(id="lab-study", value=uid, clearable=False,
-                                 options=[{"label": f"{person_name(s['patient_name'])} — {s['modalities']} {s['description'] or ''}", "value": s["study_uid"]}
-                                          for s in studies]), md=6),
+            dbc.Col(dcc.Dropdown(id="lab-study", value=uid, clearable=False, options=studies,
+                                 placeholder="Type a patient name to find a study"), md=6),
             dbc.Col(dbc.Button("Run the sweep", id="lab-run", color="primary"), width="auto"),
             dbc.Col(dbc.Button("Cancel", id="lab-cancel", color="danger", outline=True, disabled=True), width="auto"),
             dbc.Col(dbc.Button("Export CSV", id="lab-csv", color="secondary", outline=True), width="auto"),
@@ -54,6 +73,17 @@ def _archive():
     from core.routes import archive
 
     return archive()
+
+
+@callback(Output("lab-study", "options"), Input("lab-study", "search_value"), State("lab-study", "value"), prevent_initial_call=True)
+def find_study(name, uid):
+    """Typing in the picker searches the whole archive by patient name (in SQL, as the Studies list does)."""
+    if not name:
+        return no_update
+    try:
+        return _study_options(open_store(), current_user(), uid, name)
+    except RadPressError:  # a name the search refuses (control characters ...): keep the choices shown
+        return no_update
 
 
 @callback(Output("lab-running", "data"), Output("lab-poll", "disabled"), Output("lab-error", "children"),

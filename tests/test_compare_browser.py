@@ -64,12 +64,18 @@ def _encode_done(driver, start: int) -> list[str]:
 def test_compare_boxes_progress_codec_error_and_sticky_banner(live_app, browser, tmp_path):
     base, app = live_app(demo=False)
     ds = make_dataset(**{**KINDS["enhanced_ct"], "rows": 96, "columns": 90})  # signed, 3 frames: JPEG XL cannot store it
-    _upload(base, app, ds, tmp_path=tmp_path)
+    other = make_dataset(**KINDS["u8_odd"])  # another study: not listed beside this one's images
+    other.PatientName = "Other^Patient"
+    _upload(base, app, ds, other, tmp_path=tmp_path)
     sop = str(ds.SOPInstanceUID)
     cache = diskcache.Cache(str(app.server.extensions["radpress"]["store"].root / "cache" / "compare"))
     login(browser, base, ADMIN)
     browser.get(f"{base}/compare?sop={sop}")
     wait(browser).until(EC.text_to_be_present_in_element((By.ID, "compare-progress"), "done"))
+    browser.find_element(By.ID, "compare-sop").click()
+    options = [o.text for o in wait(browser, 10).until(EC.presence_of_all_elements_located((By.XPATH, "//*[@role='option']")))]
+    assert options == ["Synthetic, Kind — CT #1"], options
+    browser.find_element(By.TAG_NAME, "h2").click()
     browser.execute_script(RECORD_LABELS)
 
     # the ratio box acts on Enter, the slider follows; the bar says "encoding…" until the new picture is drawn

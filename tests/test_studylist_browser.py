@@ -114,6 +114,18 @@ def test_ten_thousand_studies_search_page_sort_and_roles(live_app, browser):
     wait(browser, 20).until(lambda d: _count(d) == "0 studies")
     assert _column(browser, "patient") == []
 
+    # the Lab's study picker offers the newest studies and finds any other by name, never listing all 10,000
+    browser.get(f"{base}/lab")
+    wait(browser, 20).until(EC.element_to_be_clickable((By.ID, "lab-run")))
+    browser.find_element(By.CSS_SELECTOR, "#lab-study").click()
+    search = wait(browser, 10).until(EC.element_to_be_clickable((By.XPATH, "//input[@placeholder='Search']")))
+    search.send_keys("name5, given55")
+    expected = sorted(f"Name5, Given{n}" for n, name in NAMES.items()
+                      if name.lower().startswith("name5^given55") and n not in restricted)
+    wait(browser, 20).until(lambda d: sorted(o.text.split(" — ")[0] for o in d.find_elements(By.XPATH, "//*[@role='option']")) == expected)
+    browser.save_screenshot(str(ARTIFACTS / "studylist-lab-picker.png"))
+    search.send_keys(Keys.ESCAPE)
+
     # the Viewer is in the top menu; opened without an image it says where to choose one
     browser.find_element(By.ID, "nav-viewer").click()
     wait(browser, 20).until(EC.text_to_be_present_in_element((By.ID, "viewer-choose"), "press Zoom on one of its images"))
