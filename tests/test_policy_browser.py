@@ -97,3 +97,24 @@ def test_bad_ratio_refused_before_saving_then_a_modality_strategy_saved(clinic, 
     browser.save_screenshot(str(ARTIFACTS / "policy-modality-saved.png"))  # the result under the Save button
     browser.execute_script("arguments[0].scrollIntoView({block: 'start', behavior: 'instant'});", browser.find_element(By.ID, "policy-projection"))
     browser.save_screenshot(str(ARTIFACTS / "policy-modality-projection.png"))  # the projection and cards above
+
+
+def test_the_form_is_saved_all_or_nothing(live_app):
+    """The save callback's parsing, called directly: every reason listed, nothing built while one field is wrong."""
+    live_app(demo=False)  # pages register with the app
+    from core.policy import Policy
+    from pages.policy import DEFAULT, FOLLOW, _form_policy
+
+    old = Policy(lossy_codecs={"MR": "htj2k", "CT": "jxl"})
+    form = dict(strategy="2", lossy=True, lossless="ohif", banner=old.lossy_banner, strategies={"CR": "4", "CT": FOLLOW},
+                lossless_codecs={"MR": "smallest", "CT": FOLLOW})
+    policy, errors = _form_policy(old, ratios={DEFAULT: "10", "CT": "500", "MR": "abc", "US": ""}, **form)
+    assert policy is None and errors == ["The CT ratio 500:1 is out of range. Choose between 2:1 and 200:1.",
+                                         "The MR ratio 'abc' is not a number. For example 10 (meaning 10:1)."]
+    assert _form_policy(old, ratios={DEFAULT: "", "CT": "8"}, **form)[1][0].startswith("The default ratio is needed")
+    policy, errors = _form_policy(old, ratios={DEFAULT: "12", "CT": "8", "MR": "", "US": " 9,5 "}, **form)
+    assert errors == [] and (policy.strategy, policy.default_ratio, policy.ratios) == (2, 12, {"CT": 8, "US": 9.5})
+    assert policy.strategies == {"CR": 4} and policy.lossless_codecs == {"MR": "smallest"}
+    assert policy.lossy_codecs == {"CT": "jxl"}  # MR's ratio was emptied: the codec chosen with it goes too
+    assert _form_policy(old, ratios={DEFAULT: "10"}, **{**form, "banner": "no ratio"})[1] == [
+        "The lossy banner must show the ratio. Keep {ratio} in the wording."]
