@@ -67,12 +67,23 @@ def radpress_server(data: Path, timeout: float = 120.0) -> Iterator[tuple[str, i
                 time.sleep(0.2)
             yield base, process.pid
         finally:
+            _cancel_jobs(base)
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _cancel_jobs(base: str) -> None:
+    """The artifact jobs the uploads started are not measured here: cancelled, so that the server stops at once."""
+    try:
+        for job in requests.get(f"{base}/api/jobs", auth=ADMIN, timeout=30).json():
+            if job["state"] in ("queued", "running"):
+                requests.post(f"{base}/api/jobs/{job['id']}/cancel", auth=ADMIN, timeout=30)
+    except requests.RequestException:
+        pass  # a server that does not answer is stopped all the same
 
 
 def upload_rate(files: list[Path], post: Callable[[requests.Session, bytes, str], str], clients: int = 4) -> tuple[float, list[str]]:
