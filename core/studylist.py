@@ -50,13 +50,16 @@ def list_filters(patient_id: str | None = None, name: str | None = None, accessi
     hold ``*`` or ``?``.  Dates come from the date picker as YYYY-MM-DD; either end may be open.
     """
     filters: dict = {}
-    name = (name or "").strip()
+    name, patient_id, accession = (_field(v, label) for v, label in ((name, "patient name"), (patient_id, "patient ID"),
+                                                                       (accession, "accession number")))
+    if modalities is not None and (not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities)):
+        raise InvalidOptionError("The modalities to search for must be a list of names (CT, MR ...).")
     if name:
         name = re.sub(r"\s*,\s*", "^", name)
         filters["PatientName"] = name if "*" in name or "?" in name else name + "*"
     for key, value in (("PatientID", patient_id), ("AccessionNumber", accession)):
-        if (value or "").strip():
-            filters[key] = value.strip()
+        if value:
+            filters[key] = value
     if modalities:
         filters["ModalitiesInStudy"] = list(modalities)
     low, high = _da(date_from, "from"), _da(date_to, "to")
@@ -71,7 +74,7 @@ def list_filters(patient_id: str | None = None, name: str | None = None, accessi
 def study_page(store: Store, user: User | None, filters: dict | None = None, sort: str = "date",
                descending: bool = True, page: int = 0, page_size: int = PAGE_SIZE) -> StudyPage:
     """Page *page* (0-based) of the studies matching *filters* that *user* may open, sorted by column id *sort*."""
-    if sort not in SORTABLE:
+    if not isinstance(sort, str) or sort not in SORTABLE:
         raise InvalidOptionError(f"The list cannot be sorted by '{sort}'.", hint="Sortable: " + ", ".join(SORTABLE) + ".")
     if not isinstance(page, int) or not isinstance(page_size, int) or page < 0 or not 1 <= page_size <= MAX_PAGE_SIZE:
         raise InvalidOptionError(f"Page {page!r} of size {page_size!r} is not a page of the list.",
@@ -97,6 +100,15 @@ def visible_modalities(store: Store, user: User | None) -> list[str]:
         f"WHERE s.modality != '' AND {where} AND EXISTS (SELECT 1 FROM instances i WHERE i.series_uid = s.series_uid AND {inst}) "
         f"ORDER BY s.modality", params)
     return [r[0] for r in rows]
+
+
+def _field(value, label: str) -> str:
+    """A search field's text (a hand-made request may send a number or a list)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidOptionError(f"The {label} to search for must be text, not {type(value).__name__}.")
+    return value.strip()
 
 
 def _da(value, end: str) -> str:

@@ -147,7 +147,7 @@ def sync_ratio(slider, box):
     if dash.ctx.triggered_id == "compare-ratio":
         return no_update, slider, False, None
     try:
-        if box is None or isinstance(box, bool):
+        if not isinstance(box, (int, float)) or isinstance(box, bool) or box != box:  # empty, text, NaN
             raise InvalidOptionError(f"Type a lossy ratio between {MIN_RATIO:g} and {MAX_RATIO:g} (as in 10 for 10:1).")
         ratio = check_ratio(float(box), True)
     except InvalidOptionError as exc:
@@ -163,9 +163,11 @@ def sync_frame(slider, box, frames):
     """The frame slider and its box, both numbered from 1; a frame the image does not have is refused."""
     if dash.ctx.triggered_id == "compare-frame":
         return no_update, slider, False, None
-    if not isinstance(box, (int, float)) or isinstance(box, bool) or box != int(box) or not 1 <= box <= (frames or 1):
+    if (not isinstance(box, (int, float)) or isinstance(box, bool) or not isinstance(frames, int)
+            or not 1 <= box <= frames or box != int(box)):  # text, NaN, inf, a fraction, a frame the image lacks
         return (no_update, no_update, True,
-                html.Div(f"Frames are numbered 1 to {frames or 1}; {box if box is not None else 'an empty box'} is not one of them.",
+                html.Div(f"Frames are numbered 1 to {frames if isinstance(frames, int) else 1}; "
+                         f"{str(box)[:20] if box is not None else 'an empty box'} is not one of them.",
                          className="small text-danger"))
     return (no_update if int(box) == slider else int(box)), no_update, False, None
 

@@ -83,7 +83,7 @@ def refresh(_n, _changed, name, patient_id, accession, modalities, date_from, da
     """One page of the search, sorted in SQL; a new search or sort starts again at the first page."""
     if dash.ctx.triggered_id in (NAME, PATIENT_ID, ACCESSION, MODALITY, DATES) or "sort_by" in str(dash.ctx.triggered_prop_ids):
         page = 0
-    sort = (sort_by or [{}])[0]
+    sort = sort_by[0] if isinstance(sort_by, list) and sort_by and isinstance(sort_by[0], dict) else {}
     try:
         result = study_page(open_store(), current_user(),
                             list_filters(patient_id, name, accession, modalities, date_from, date_to),

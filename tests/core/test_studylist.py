@@ -107,6 +107,11 @@ def test_paging_clamps_to_the_last_page_and_counts_match(store):
     (lambda s: list_filters(date_from="2024-05-01", date_to="2024-01-01"), "ends (2024-01-01) before it starts"),
     (lambda s: list_filters(date_from="yesterday"), "must be a date"),
     (lambda s: study_page(s, ADMIN, list_filters(name="Doe\x00")), "control characters"),
+    (lambda s: study_page(s, ADMIN, sort=["date"]), "cannot be sorted"),  # a hand-made callback request
+    (lambda s: list_filters(name=["Doe"]), "patient name to search for must be text, not list"),
+    (lambda s: list_filters(patient_id=42), "patient ID to search for must be text, not int"),
+    (lambda s: list_filters(modalities="CT"), "must be a list of names"),
+    (lambda s: list_filters(modalities=[{"CT": 1}]), "must be a list of names"),
 ])
 def test_bad_input_is_refused_with_a_message(store, call, words):
     _index(store, 5)
@@ -161,3 +166,36 @@ def test_ten_thousand_studies_answer_a_page_and_a_search_well_under_a_second(sto
             elapsed = time.perf_counter() - start
             assert result.rows and elapsed < 0.5, (filters, sort, elapsed)
     assert study_page(store, ADMIN).total == 10_000
+
+
+def test_hand_made_list_requests_answer_a_message_never_a_500(live_app):
+    """The list's callback over HTTP with values no browser sends: a message in the page or a 4xx."""
+    import requests
+
+    from tests.conftest import ADMIN
+
+    base, app = live_app(demo=False)
+    index_studies(app.server.extensions["radpress"]["store"], 30)
+    http = requests.Session()
+    http.auth = ADMIN
+    dependency = next(d for d in http.get(f"{base}/_dash-dependencies").json() if "studies-table.data" in d["output"])
+    outputs = [{"id": o.split(".")[0], "property": o.split(".")[1]} for o in dependency["output"].strip(".").split("...")]
+
+    def send(**values):
+        inputs = [{"id": i["id"], "property": i["property"], "value": values.get(f"{i['id']}.{i['property']}")}
+                  for i in dependency["inputs"]]
+        return http.post(f"{base}/_dash-update-component", json={
+            "output": dependency["output"], "outputs": outputs, "inputs": inputs, "state": [],
+            "changedPropIds": [next(iter(values))]})
+
+    good = send(**{"studies-name.value": "name1"})
+    assert good.status_code == 200 and "studies" in good.json()["response"]["studies-count"]["children"]
+    for values in ({"studies-table.sort_by": "patient"}, {"studies-table.sort_by": [{"column_id": ["x"], "direction": 1}]},
+                   {"studies-name.value": 42}, {"studies-modality.value": "CT"}, {"studies-table.page_current": "last"},
+                   {"studies-dates.start_date": "yesterday"}, {"studies-table.sort_by": [{"column_id": "series"}]}):
+        answer = send(**values)
+        assert answer.status_code < 500, (values, answer.status_code, answer.text[:300])
+        if answer.status_code == 200:
+            error = answer.json()["response"]["studies-error"]["children"]
+            rows = answer.json()["response"]["studies-table"]["data"]
+            assert (error is None and rows) or (error and rows == []), values
