@@ -66,11 +66,38 @@ def encode_at(frame: np.ndarray, spec: PixelSpec, near: float | None) -> bytes:
     """One encoding: lossless when *near* is None (or 0), else near-lossless with error bound *near*."""
     import jpeg_ls
 
-    return bytes(jpeg_ls.encode_buffer(
-        _unsigned(frame, spec).tobytes(), spec.rows, spec.columns, spec.samples, spec.bits_stored,
-        lossy_error=int(near or 0),
-        interleave_mode=2 if spec.samples == 3 else None,
-    ))
+    patterns = _unsigned(frame, spec)
+    try:
+        return bytes(jpeg_ls.encode_buffer(
+            patterns.tobytes(), spec.rows, spec.columns, spec.samples, spec.bits_stored,
+            lossy_error=int(near or 0),
+            interleave_mode=2 if spec.samples == 3 else None,
+        ))
+    except RuntimeError as exc:
+        if "buffer is too small" not in str(exc):
+            raise
+        return _encode_expanding(patterns, spec, int(near or 0))
+
+
+def _encode_expanding(patterns: np.ndarray, spec: PixelSpec, near: int) -> bytes:
+    """A stream larger than the raw pixels (tiny, noisy frames): pyjpegls's output buffer is the raw size.
+
+    imagecodecs has no such limit but declares the array's width as the precision, which is
+    right only when Bits Stored fills the word; its SPIFF header (APP8) is dropped for DICOM.
+    """
+    import imagecodecs
+
+    if spec.bits_stored != patterns.dtype.itemsize * 8:
+        raise UnsupportedError(
+            f"JPEG-LS cannot encode this {spec.columns} × {spec.rows} frame of {spec.bits_stored}-bit data: "
+            "its stream would be larger than the pixels themselves.",
+            hint="Use --codec j2k or htj2k for this image.",
+        )
+    data = bytes(imagecodecs.jpegls_encode(patterns, level=near or None))
+    at = 2
+    while data[at:at + 2] == b"\xff\xe8":
+        at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+    return data[:2] + data[at:]
 
 
 def encode(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
