@@ -141,7 +141,12 @@ def upload():
         raise InvalidOptionError("The upload is empty.", hint="Send DICOM files, a folder's files or a zip/tar archive.")
     note_sender(store, results, current_user().name)
     studies = sorted({r.study_uid for r in results if r.status == "stored"})
-    job_ids = [jobs.submit(uid) for uid in studies]
+    job_ids = []
+    for uid in studies:
+        try:
+            job_ids.append(jobs.submit(uid))
+        except StoreError:  # deleted by an administrator while it was being uploaded (core.housekeeping): nothing to make
+            pass
     accepted = any(r.status in ("stored", "duplicate", "conflict") for r in results)
     body = {"results": [r.to_dict() for r in results], "studies": studies, "jobs": job_ids}
     return jsonify(body), 200 if accepted else 422

@@ -297,7 +297,7 @@ def test_resolve_keeping_the_other_copy_rebuilds_from_it(store, tmp_path):
         resolve_conflict(store, ROOT, ds.SOPInstanceUID, other, "both")
 
 
-def test_http_delete_and_resolve(live_app, tmp_path):
+def test_http_delete_and_resolve(live_app, tmp_path, monkeypatch):
     base, app = live_app()
     store = app.server.extensions["radpress"]["store"]
     Users(store).add("rad", "radiologist-pw", "radiologist")
@@ -331,6 +331,13 @@ def test_http_delete_and_resolve(live_app, tmp_path):
     answer = admin.post(f"{base}/api/conflicts/{ds.SOPInstanceUID}/{other}/resolve", json={"keep": "other"})
     assert answer.status_code == 200 and answer.json()["job"]
     assert store.artifact(ds.SOPInstanceUID, "original").checksum == other
+
+    # a study deleted while its upload is still being answered: the upload says what it stored, and no job is left
+    gone = make_dataset(rows=16, columns=16)
+    monkeypatch.setattr("core.routes.note_sender", lambda store, results, _name: delete_study(store, ROOT, results[0].study_uid))
+    answer = admin.post(f"{base}/api/upload", files={"file": ("gone.dcm", write(gone, tmp_path / "gone.dcm").read_bytes())})
+    assert answer.status_code == 200 and answer.json()["results"][0]["status"] == "stored" and answer.json()["jobs"] == []
+    assert not store.query("SELECT 1 FROM studies WHERE study_uid=?", (gone.StudyInstanceUID,))
 
 
 def _page(http, base, search: str) -> str:
