@@ -4,7 +4,7 @@ import time
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import ALL, Input, Output, State, callback, ctx, dcc, html
+from dash import ALL, Input, Output, State, callback, ctx, html
 
 from components.housekeeping import make_confirm_dialog
 from core.auth import current_user
