@@ -103,8 +103,10 @@ def _delete(store: Store, user: User, study_uid: str, series_uid: str | None, ba
         paths = [Path(r[0]) for chunk in _chunks(sops) for r in db.execute(
             f"SELECT path FROM artifacts WHERE sop_uid IN ({_marks(chunk)}) UNION ALL "
             f"SELECT path FROM conflicts WHERE sop_uid IN ({_marks(chunk)})", chunk + chunk)]
+        # what the caches are keyed by: each original's checksum (strategy 5: the file's before its master too)
         checksums = {r[0] for chunk in _chunks(sops) for r in db.execute(
-            f"SELECT checksum FROM artifacts WHERE variant='original' AND sop_uid IN ({_marks(chunk)})", chunk)}
+            f"SELECT checksum FROM artifacts WHERE variant='original' AND sop_uid IN ({_marks(chunk)}) UNION "
+            f"SELECT original_checksum FROM masters WHERE sop_uid IN ({_marks(chunk)})", chunk + chunk) if r[0]}
         for chunk in _chunks(sops):
             for table in _instance_tables(db):
                 db.execute(f"DELETE FROM {table} WHERE sop_uid IN ({_marks(chunk)})", chunk)

@@ -104,6 +104,15 @@ def test_delete_study_removes_every_file_and_row_and_frees_the_space(store, tmp_
     assert not any(report[k] for k in ("missing_files", "missing_originals", "replaced_originals", "reindexed_originals"))
 
 
+def test_delete_a_study_of_lossless_masters(store, tmp_path):
+    """Strategy 5 replaced each original by its checked lossless master: deleting still leaves nothing behind."""
+    uid = _study(store, tmp_path, series=1, per_series=2, strategy=5)
+    assert store.query("SELECT count(*) AS n FROM masters WHERE state='master'")[0]["n"] == 2
+    result = delete_study(store, ROOT, uid)
+    assert result.instances == 2 and not _files(store) and not store.query("SELECT 1 FROM masters")
+    assert not [p for p in (store.root / "cache" / "codestreams").iterdir()]
+
+
 def test_delete_series_keeps_the_rest_and_the_last_series_takes_the_study(store, tmp_path):
     uid = _study(store, tmp_path, series=2, per_series=1)
     first, second = [r["series_uid"] for r in store.query("SELECT series_uid FROM series WHERE study_uid=? ORDER BY number", (uid,))]
