@@ -145,9 +145,25 @@ def to_display(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | Non
     return out.astype(np.uint8)
 
 
-def thumbnail_png(ds: Dataset, size: int = 256) -> bytes:
-    """PNG thumbnail of the middle frame, at most *size* pixels on its longer side."""
-    return shrink_png(display_frame(ds, pixel_spec(ds).frames // 2), size)
+def thumbnail_png(ds: Dataset, size: int = 256, frame: np.ndarray | None = None) -> bytes:
+    """PNG thumbnail of the middle frame (*frame*, when it is already decoded), at most *size* pixels on its
+    longer side.  The stored values are averaged down once to about *size* (:func:`reduce_values`) and then
+    windowed: a quarter of the work for a 512² slice, a sixteenth for 1024²."""
+    index = pixel_spec(ds).frames // 2
+    values = decode_frame(ds, index) if frame is None else frame
+    return shrink_png(to_display(reduce_values(values, ds, size), ds, None, index), size)
+
+
+def reduce_values(values: np.ndarray, ds: Dataset, size: int) -> np.ndarray:
+    """Stored values averaged over f × f blocks, f the largest whole factor leaving the longer side at least *size*
+    (the last rows and columns short of a block are left out); palette indices, which are colours, never."""
+    spec = pixel_spec(ds)
+    factor = max(spec.rows, spec.columns) // size
+    if factor < 2 or spec.photometric == "PALETTE COLOR":
+        return values
+    rows, columns = spec.rows // factor, spec.columns // factor
+    blocks = values[: rows * factor, : columns * factor].reshape(rows, factor, columns, factor, *values.shape[2:])
+    return np.rint(blocks.mean(axis=(1, 3))).astype(values.dtype)
 
 
 def shrink_png(pixels: np.ndarray, size: int) -> bytes:

@@ -123,3 +123,39 @@ def test_deepzoom_tiles_follow_the_viewers_preset(live_app, tmp_path):
     assert not np.array_equal(tiles["lung"], tiles["soft tissue"])
     bad = http.get(f"{base}/deepzoom/{sop}_files/9/0_0.png?preset=lung%20of%20an%20MR")
     assert bad.status_code == 400 and "lung of an MR" in bad.json()["error"]
+
+
+@pytest.mark.parametrize("name", ["693_UNCR", "MR2_UNCR", "US1_UNCR", "RG1_UNCR"])
+def test_a_thumbnail_averages_the_values_down_once_and_looks_like_the_full_size_rendering(name):
+    """Windowed at thumbnail size from values averaged f x f: the same picture within a few grey levels."""
+    import io
+
+    from PIL import Image
+
+    from core.pixels import pixel_spec
+    from core.render import display_frame, reduce_values, shrink_png, thumbnail_png
+    from core.samples import sample
+
+    ds = read_dataset(sample(name))
+    spec, middle = pixel_spec(ds), pixel_spec(ds).frames // 2
+    frame = decode_frame(ds, middle)
+    reduced = reduce_values(frame, ds, 256)
+    factor = max(spec.rows, spec.columns) // 256
+    assert reduced.dtype == frame.dtype and reduced.shape[:2] == (spec.rows // factor, spec.columns // factor)
+    assert reduced[0, 0].tolist() == np.rint(frame[:factor, :factor].mean(axis=(0, 1))).astype(frame.dtype).tolist()
+    data = thumbnail_png(ds, 256, frame)
+    assert data == thumbnail_png(ds, 256)  # the frame given is the one it would decode
+    ours = np.asarray(Image.open(io.BytesIO(data))).astype(int)
+    full = np.asarray(Image.open(io.BytesIO(shrink_png(display_frame(ds, middle), 256)))).astype(int)
+    assert ours.shape == full.shape and max(ours.shape[:2]) == 256
+    assert np.abs(ours - full).mean() < 3
+
+
+def test_palette_indices_are_never_averaged_for_a_thumbnail():
+    from core.render import reduce_values
+
+    ds = make_dataset(**KINDS["u12_odd"])
+    ds.Rows, ds.Columns, ds.PhotometricInterpretation = 600, 600, "PALETTE COLOR"
+    values = np.zeros((600, 600), np.uint16)
+    values[::2] = 7  # averaging would invent index 3 or 4, another colour
+    assert reduce_values(values, ds, 256) is values
