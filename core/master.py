@@ -39,7 +39,7 @@ from .derive import LOSSLESS_SYNTAXES
 from .errors import CodecError, RadPressError
 from .files import write_dataset
 from .locks import item_lock
-from .pixels import decode_all, pixel_spec, read_dataset, stored_values
+from .pixels import decode_all, pixel_spec, read_dataset
 from .store import Artifact, Store, sha256_file, uid_key
 
 __all__ = ["MASTER_CODEC", "CHECKER", "Master", "MasterCheckFailed", "not_mastered_reason", "master_of", "masters",
@@ -161,14 +161,17 @@ def _changed_attributes(original: Dataset, master: Dataset) -> list[str]:
 def _unused_bits(ds: Dataset, spec) -> bool:
     """True when the stored words' bits above Bits Stored hold data (overlays, noise) a Bits Stored codestream drops.
 
-    Read from the file's own words: decoders hand back values already masked to Bits Stored.
+    Read from the file's own words (decoders hand back values already masked to Bits Stored): unsigned words must
+    have those bits clear, signed ones must repeat the sign bit in them.
     """
     if spec.bits_stored >= spec.bits_allocated or ds.file_meta.TransferSyntaxUID.is_encapsulated:
         return False
     order = ">" if ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian else "<"
     count = spec.rows * spec.columns * spec.samples * spec.frames
-    words = np.frombuffer(ds.PixelData, np.dtype(spec.dtype).newbyteorder(order), count=count).astype(spec.dtype)
-    return not np.array_equal(words, stored_values(words, spec))
+    kind = "i" if spec.signed else "u"
+    words = np.frombuffer(ds.PixelData, np.dtype(f"{order}{kind}{spec.bits_allocated // 8}"), count=count)
+    high = words >> (spec.bits_stored - 1 if spec.signed else spec.bits_stored)  # arithmetic shift when signed
+    return bool(np.any((high != 0) & (high != -1))) if spec.signed else bool(np.any(high))
 
 
 def _audit(store: Store, what: str, old, new) -> None:

@@ -84,8 +84,9 @@ def test_a_lossy_compressed_original_is_kept_as_it_came(tmp_path):
     assert record.state == "kept" and "already lossy-compressed" in record.reason
 
 
-def test_data_above_bits_stored_keeps_the_original(tmp_path):
-    store, sop, source = _stored(tmp_path, "u12_dirty")
+@pytest.mark.parametrize("kind,overrides", [("u12_dirty", {}), ("s12", {"dirty_high_bits": True})], ids=["unsigned", "signed"])
+def test_data_above_bits_stored_keeps_the_original(tmp_path, kind, overrides):
+    store, sop, source = _stored(tmp_path, kind, **overrides)
     before = store.artifact(sop, "original")
     assert make_master(store, sop) == before and sha256_file(before.path) == sha256_file(source)
     assert "above Bits Stored" in master_of(store, sop).reason
