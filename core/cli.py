@@ -204,7 +204,8 @@ def cmd_check(args) -> int:
     for key, items in report.items():
         for item in items if not args.json else ():
             print(f"{key.replace('_', ' '):<20} {item}")
-    return EXIT_LOSSLESS_VIOLATION if report["missing_originals"] or report["replaced_originals"] else EXIT_OK
+    lost = report["missing_originals"] or report["replaced_originals"] or report["master_mismatches"]  # (a master: strategy 5)
+    return EXIT_LOSSLESS_VIOLATION if lost else EXIT_OK
 
 
 def cmd_users(args) -> int:

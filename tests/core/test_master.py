@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,6 +160,9 @@ def test_check_verify_decodes_every_master_again(tmp_path):
     with store.connect() as db:  # as if the master's pixels had changed since: the digest no longer matches
         db.execute("UPDATE masters SET pixel_digest='0' WHERE sop_uid=?", (sop,))
     assert store.check(verify=True)["master_mismatches"] == [f"{sop}: the master no longer decodes to the original's pixels"]
+    cli = subprocess.run([sys.executable, "-m", "core", "check", "--verify", "--data", str(store.root)],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
+    assert cli.returncode == 1 and "master mismatches" in cli.stdout, cli.stdout + cli.stderr
 
 
 def test_strategy_5_by_job_and_its_storage_projection(tmp_path):
