@@ -12,6 +12,7 @@ import hashlib
 import io
 import math
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
 
@@ -129,7 +130,7 @@ def plan(store: Store, study_uid: str) -> Plan:
     return Plan(study_uid, strategy, make, remove)
 
 
-_NOT_KIND = frozenset({"sop_uid", "series_uid", "number", "created", "patient_name", "patient_id", "body_part",
+_NOT_KIND = frozenset({"sop_uid", "series_uid", "study_uid", "number", "created", "patient_name", "patient_id", "body_part",
                        "study_description", "series_description"})
 
 
@@ -147,11 +148,13 @@ def changed_studies(store: Store, old: Policy, new: Policy) -> list[str]:
     kept: dict[tuple, frozenset] = {}
     # What wanted_for may read: the row but its identity and its patient, with the body part and the study
     # description only as the anatomy the policy derives from them (policy.anatomy), and the sign read for it.
-    columns = [i for i, k in enumerate(rows[0].keys()) if k not in _NOT_KIND] if rows else []
+    columns = itemgetter(*[i for i, k in enumerate(rows[0].keys()) if k not in _NOT_KIND]) if rows else None
+    regions: dict[tuple, str] = {}
 
     def keeps(which: int, policy: Policy, strategy: int, row) -> frozenset:
-        kind = (which, strategy, signed.get(row["sop_uid"]), anatomy(row["body_part"] or "", row["study_description"] or ""),
-                *(row[i] for i in columns))
+        text = (row["body_part"] or "", row["study_description"] or "")
+        region = regions[text] if text in regions else regions.setdefault(text, anatomy(*text))
+        kind = (which, strategy, signed.get(row["sop_uid"]), region, columns(row))
         if kind not in kept:
             kept[kind] = frozenset((w.variant, w.ratio, w.codec) for w in wanted_for(policy, strategy, row, signed.get(row["sop_uid"])))
         return kept[kind]

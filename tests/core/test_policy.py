@@ -348,3 +348,33 @@ def test_a_codec_change_replaces_the_copy_and_its_file(tmp_path):
     assert after.codec == "jpegls" and after.path.exists() and not before.path.exists()
     on_disk = {p for p in (tmp_path / "data" / "artifacts").rglob("*") if p.is_file()}
     assert on_disk == {a.path for a in store.artifacts() if a.variant != "original"}
+
+
+def test_changed_studies_agrees_with_comparing_each_study_whole(tmp_path):
+    """The quick comparison (what each kind of instance keeps, once) against every study's artifacts compared whole;
+    a CT head study goes by the CT brain ratio, a CT study of another region by the CT one."""
+    from dataclasses import replace
+
+    from core.archive import changed_studies, study_wanted
+    from core.ingest import ingest
+    from core.store import Store
+
+    store = Store(tmp_path / "data")
+    kinds = [("s12", "CT HEAD"), ("s12", "CT ABDOMEN"), ("u12_odd", ""), ("rgb", ""), ("multiframe", ""), ("u16", "")]
+    paths = []
+    for n, (kind, description) in enumerate(kinds):
+        ds = make_dataset(**{**KINDS[kind], "seed": n})
+        ds.StudyDescription = description
+        paths.append(write(ds, tmp_path / f"{n}.dcm"))
+    list(ingest(store, paths))
+    head = next(s["study_uid"] for s in store.studies() if s["description"] == "CT HEAD")
+    body = next(s["study_uid"] for s in store.studies() if s["description"] == "CT ABDOMEN")
+    base = store.policy()
+    changes = [replace(base, ratios={**base.ratios, "CT BRAIN": 6}), replace(base, ratios={**base.ratios, "CT": 9}),
+               replace(base, strategies={"MR": 3}), replace(base, lossless_codec="smallest"), replace(base, lossy_enabled=False),
+               replace(base, lossless_codecs={"US": "j2k"}), replace(base, default_ratio=12), replace(base, strategy=4)]
+    for new in changes:
+        whole = sorted(s["study_uid"] for s in store.studies()
+                       if study_wanted(store, s["study_uid"], base)[1] != study_wanted(store, s["study_uid"], new)[1])
+        assert changed_studies(store, base, new) == whole
+    assert changed_studies(store, base, changes[0]) == [head] and changed_studies(store, base, changes[1]) == [body]
