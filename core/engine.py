@@ -56,12 +56,13 @@ def pool_factory(url: str | None = None) -> Callable[[int], WorkerPool | CeleryP
 @functools.lru_cache(maxsize=None)
 def _celery(url: str):
     from celery import Celery
-    from celery.signals import worker_init
+    from celery.signals import task_received, worker_init
 
     app = Celery("radpress", broker=url, backend=url)
     app.conf.update(worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True)
     app.task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(_task)
     worker_init.connect(_remember_worker, weak=False)
+    task_received.connect(_received, weak=False)
     return app
 
 
@@ -80,6 +81,17 @@ def _remember_worker(**_kwargs) -> None:
 
 
 # -- in the Celery worker ---------------------------------------------------------
+def _heartbeat() -> dict:
+    """Who holds a task now (host, the process running it, the worker's main process) and when they said so."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "worker": _worker_pid or os.getpid(), "beat": time.time()}
+
+
+def _received(request=None, **_kwargs) -> None:
+    """In the worker's main process, before its pool gets the task: a worker killed before the task starts is noticed too."""
+    if request is not None and request.name == TASK:
+        request.task.backend.store_result(request.id, _heartbeat(), "RECEIVED")
+
+
 def _task(self, name: str, args: list):
     """Run one registered function; a heartbeat (host, pids, time) is kept in the task's state meanwhile."""
     if name not in _FUNCTIONS:
@@ -88,8 +100,7 @@ def _task(self, name: str, args: list):
 
     def beat():
         while True:
-            meta = {"host": socket.gethostname(), "pid": os.getpid(), "worker": _worker_pid or os.getpid(), "beat": time.time()}
-            self.update_state(task_id=task_id, state="STARTED", meta=meta)
+            self.update_state(task_id=task_id, state="STARTED", meta=_heartbeat())
             if stop.wait(HEARTBEAT_SECONDS):
                 return
 
@@ -188,7 +199,7 @@ class CeleryPool:
             del self._busy[key]
             result.forget()
             return Outcome(key, None, error)
-        if state == "STARTED" and worker_lost(result.info):
+        if state in ("RECEIVED", "STARTED") and worker_lost(result.info):
             self._app.control.revoke(result.id)  # a late redelivery is dropped (and would make nothing: _make_missing)
             sent.result = self._send(sent.name, sent.args)
         return None

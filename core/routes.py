@@ -422,8 +422,21 @@ def put_dicom_peers():
 @blueprint.get("/api/jobs")
 @require("view")
 def list_jobs():
-    store, jobs = archive()
-    return jsonify(visible_jobs(store, current_user(), jobs.list()))
+    """Newest first, ``?page=`` (1-based) of ``?per_page=`` (1-1000, default 100); X-Total-Count and Link say the rest."""
+    from .joblist import MAX_PAGE, job_page
+
+    page, per_page = _int_arg("page", 1), _int_arg("per_page", 100)
+    if not 0 < page < MAX_PAGE or not 0 < per_page <= 1000:
+        raise InvalidOptionError(f"page={page}, per_page={per_page}: a page is 1 or more, and holds 1 to 1000 jobs.")
+    _, jobs = archive()
+    shown = job_page(jobs, current_user(), page, per_page)
+    response = jsonify(shown.jobs)
+    response.headers["X-Total-Count"] = str(shown.total)
+    links = [f'<{request.base_url}?page={n}&per_page={per_page}>; rel="{rel}"'
+             for rel, n in (("prev", shown.page - 1), ("next", shown.page + 1)) if 0 < n <= shown.pages]
+    if links:
+        response.headers["Link"] = ", ".join(links)
+    return response
 
 
 def _job(job_id: int, action: str) -> dict:

@@ -86,9 +86,20 @@ def start_worker(name: str, url: str, data) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def test_a_killed_celery_worker_loses_no_instance(tmp_path, redis_url):
-    """Two workers share a strategy-1 job; one is SIGKILLed (with its pool process) while it holds an instance: the job
-    still ends done with every artifact correct, the killed worker's instance made by the other."""
+def _busy_worker(app, among: set[str], deadline: float) -> tuple[str, int]:
+    """A worker of *among* executing a task now, and the pid of the pool process running it."""
+    while True:
+        assert time.monotonic() < deadline, "no worker was seen holding an instance"
+        for node, tasks in (app.control.inspect(destination=[f"{n}@{socket.gethostname()}" for n in among], timeout=0.5).active()
+                            or {}).items():
+            if tasks:
+                return node.split("@")[0], tasks[0]["worker_pid"]
+
+
+def test_killed_celery_workers_lose_no_instance(tmp_path, redis_url):
+    """Two workers share a strategy-1 job. One's pool process is SIGKILLed while it makes an instance (the worker puts the
+    task back), then the other worker is SIGKILLed whole while it holds one (the runner sends it again): the job still
+    ends done with every artifact correct, made by the one worker left."""
     store, study = strategy_1_study(tmp_path, 8)
     Users(store).ensure(*ADMIN, "admin")  # before the workers start: none of them creates users
     app = celery_app(redis_url)
@@ -104,24 +115,21 @@ def test_a_killed_celery_worker_loses_no_instance(tmp_path, redis_url):
         runner = threading.Thread(target=lambda: finished.extend(jobs.run_pending()), daemon=True)
         runner.start()
 
-        victim = None
         deadline = time.monotonic() + 40
-        while victim is None:
-            assert time.monotonic() < deadline, "no worker was seen holding an instance"
-            active = app.control.inspect(timeout=0.5).active() or {}
-            victim = next((node.split("@")[0] for node, tasks in active.items() if tasks), None)
+        first, child = _busy_worker(app, {"w1", "w2"}, deadline)
+        os.kill(child, signal.SIGKILL)  # the pool process alone, mid-instance (as the OOM killer would)
+        second, _ = _busy_worker(app, {"w1", "w2"} - {first}, deadline)
         held = store.query("SELECT done FROM jobs WHERE id=?", (job_id,))[0]["done"]
-        os.killpg(workers[victim].pid, signal.SIGKILL)  # the worker and its pool process, mid-instance
-        workers[victim].wait()
+        os.killpg(workers[second].pid, signal.SIGKILL)  # a whole worker and its pool process, mid-instance
+        workers[second].wait()
 
         runner.join(timeout=60)
-        assert not runner.is_alive(), "the job did not finish after a worker died"
+        assert not runner.is_alive(), "the job did not finish after its workers were killed"
         [job] = finished
         assert held < 8  # it was killed mid-job
         assert job["id"] == job_id and job["state"] == "done" and job["done"] == 8 and job["failed"] == 0, job
         assert_artifacts_correct(store, study)
-        survivor = workers["w2" if victim == "w1" else "w1"]
-        assert survivor.poll() is None
+        assert workers[first].poll() is None  # the worker whose pool process was killed lives on
     finally:
         for proc in workers.values():
             with contextlib.suppress(ProcessLookupError):

@@ -529,3 +529,22 @@ def test_requests_that_once_gave_500_get_a_4xx_with_a_reason(http, server, tmp_p
     login = requests.post(f"{base}/login?next=/%0d%0aSet-Cookie:%20x=1", data=dict(zip(("username", "password"), ADMIN)),
                           allow_redirects=False)
     assert login.status_code == 302 and "\r" not in login.headers["Location"] and "x=1" not in login.headers.get("Set-Cookie", "")
+
+
+def test_jobs_api_pages_newest_first_with_total_and_links(server, http):
+    import re
+
+    base, app = server
+    store = app.server.extensions["radpress"]["store"]
+    with store.connect() as db:  # a history as the runner leaves it
+        ids = [db.execute("INSERT INTO jobs (kind, study_uid, state, params, created) VALUES ('materialize', '1.2.3', 'done', '{}', ?)",
+                          (time.time(),)).lastrowid for _ in range(7)]
+    first = http.get(f"{base}/api/jobs", params={"per_page": 3})
+    assert first.ok and [j["id"] for j in first.json()] == ids[::-1][:3]
+    assert first.headers["X-Total-Count"] == "7" and 'rel="next"' in first.headers["Link"] and 'rel="prev"' not in first.headers["Link"]
+    last = http.get(re.search(r'<([^>]+)>; rel="next"', first.headers["Link"]).group(1).replace("page=2", "page=3"))
+    assert [j["id"] for j in last.json()] == ids[:1] and 'rel="next"' not in last.headers["Link"]
+    assert [j["id"] for j in http.get(f"{base}/api/jobs").json()] == ids[::-1]  # default: the newest 100
+    for bad in ({"page": 0}, {"per_page": 1001}, {"page": "x"}):
+        answer = http.get(f"{base}/api/jobs", params=bad)
+        assert answer.status_code == 400 and "error" in answer.json()
