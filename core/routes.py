@@ -183,7 +183,9 @@ def study(study_uid):
     arts = {}
     for a in store.artifacts(study_uid=study_uid):
         arts.setdefault(a.sop_uid, []).append(a)
-    row["instances"] = [dict(_row(i), artifacts=[_artifact_json(i, a) for a in arts.get(i["sop_uid"], [])])
+    decided = masters(store, study_uid)  # strategy 5: the original is its lossless master, or was kept (with the reason)
+    row["instances"] = [dict(_row(i), artifacts=[_artifact_json(i, a) for a in arts.get(i["sop_uid"], [])],
+                             master=asdict(decided[i["sop_uid"]]) if i["sop_uid"] in decided else None)
                         for i in visible_instances(store, user, study_uid)]
     _logged("view", study_uid)
     return jsonify(row)

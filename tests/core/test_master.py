@@ -213,6 +213,9 @@ def test_download_of_a_mastered_original_and_deflated_zips(tmp_path, live_app):
     got = read_dataset(io.BytesIO(answer.content))
     assert str(got.SOPInstanceUID) == sop
     assert np.array_equal(decode_all(got), decode_all(read_dataset(files[0])))
+    listed = {i["sop_uid"]: i["master"] for i in http.get(f"{base}/api/studies/{study}").json()["instances"]}
+    assert listed[sop]["state"] == "master" and listed[sop]["original_bytes"] == files[0].stat().st_size
+    assert sum(m is None for m in listed.values()) == 2
     lossless = http.get(f"{base}/download/instance/{sop}", params={"variant": "lossless"})
     assert lossless.content == answer.content  # the master is the lossless copy
     bundle = http.get(f"{base}/download/study/{study}.zip", params={"deflate": 1})
