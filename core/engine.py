@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import resource
 import socket
@@ -41,6 +42,8 @@ __all__ = ["celery_app", "pool_factory", "CeleryPool", "TASK", "STALE_SECONDS"]
 TASK = "radpress.run"
 HEARTBEAT_SECONDS = 5.0
 STALE_SECONDS = LEASE_SECONDS  # a started task without a heartbeat for this long is sent again
+QUIET_SECONDS = 60.0  # tasks in flight and no worker heard from for this long: say so in the log
+log = logging.getLogger(__name__)
 # What a Celery task may run, by name (never a function named by the message): the per-instance work and a lab sweep.
 _FUNCTIONS: dict[str, Callable] = {"instance": _make_for_instance, "lab": run_lab_job}
 _NAMES = {fn: name for name, fn in _FUNCTIONS.items()}
@@ -149,6 +152,7 @@ class CeleryPool:
         self._app = celery_app(url)
         self._poll = poll
         self._busy: dict[Hashable, _Sent] = {}
+        self._heard = time.monotonic()  # when a worker last took or finished one of our tasks
 
     def __enter__(self) -> CeleryPool:
         return self
@@ -182,6 +186,11 @@ class CeleryPool:
             outcomes = [outcome for key in list(self._busy) if (outcome := self._check(key)) is not None]
             if outcomes or (deadline is not None and time.monotonic() >= deadline):
                 return outcomes
+            if time.monotonic() - self._heard > QUIET_SECONDS:
+                self._heard = time.monotonic()  # once a minute at most
+                if not self._app.control.ping(timeout=1.0):
+                    log.warning("%d instance(s) wait for a Celery worker and none answers on REDIS_URL; "
+                                "start one: celery -A app:celery_app worker", len(self._busy))
             time.sleep(self._poll)
         return []
 
@@ -189,6 +198,8 @@ class CeleryPool:
         sent = self._busy[key]
         result = sent.result
         state = result.state
+        if state != "PENDING":
+            self._heard = time.monotonic()
         if state == "SUCCESS":
             value = result.result
             del self._busy[key]

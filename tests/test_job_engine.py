@@ -186,3 +186,15 @@ def test_a_task_delivered_twice_makes_nothing_twice(tmp_path):
     again = _make_missing(str(store.root), [dataclasses.asdict(w) for w in wanted])
     assert again[:2] == (0, None)
     assert {a.variant: (a.checksum, a.path.stat().st_mtime_ns) for a in store.artifacts(sop)} == before
+
+
+def test_instances_waiting_for_no_worker_are_said_in_the_log(tmp_path, redis_url, monkeypatch, caplog):
+    import core.engine
+
+    monkeypatch.setattr(core.engine, "QUIET_SECONDS", 0.3)
+    store, study = strategy_1_study(tmp_path, 1)
+    [item] = [w for w in plan(store, study).make if w.variant == "thumbnail"]
+    with CeleryPool(2, url=redis_url) as pool, caplog.at_level("WARNING", logger="core.engine"):
+        pool.submit(item.sop_uid, _make_for_instance, str(store.root), [item])
+        assert pool.wait(timeout=2.5) == [] and pool.busy == 1
+    assert "1 instance(s) wait for a Celery worker and none answers" in caplog.text
