@@ -15,7 +15,6 @@ dash.register_page(__name__, path="/", title="Studies — RadPress", name="Studi
 
 TABLE = "studies-table"
 REFRESH = "studies-refresh"
-CHANGED = "studies-changed"
 NAME, PATIENT_ID, ACCESSION = "studies-name", "studies-patient-id", "studies-accession"
 MODALITY, DATES = "studies-modality", "studies-dates"
 COUNT, ERROR = "studies-count", "studies-error"
@@ -69,17 +68,16 @@ def layout(**_query):
             css=[{"selector": f'th[data-dash-column="{i}"] .column-header--sort', "rule": "display: none"}
                  for _n, i in COLUMNS if i not in SORTABLE],
         ),
-        dcc.Store(id=CHANGED),  # written by anything that changes the archive's studies (delete): the page reloads
         dcc.Interval(id=REFRESH, interval=3000),
     ])
 
 
 @callback(Output(TABLE, "data"), Output(TABLE, "page_count"), Output(TABLE, "page_current"), Output(COUNT, "children"),
           Output(ERROR, "children"),
-          Input(REFRESH, "n_intervals"), Input(CHANGED, "data"), Input(NAME, "value"), Input(PATIENT_ID, "value"),
+          Input(REFRESH, "n_intervals"), Input(NAME, "value"), Input(PATIENT_ID, "value"),
           Input(ACCESSION, "value"), Input(MODALITY, "value"), Input(DATES, "start_date"), Input(DATES, "end_date"),
           Input(TABLE, "page_current"), Input(TABLE, "sort_by"))
-def refresh(_n, _changed, name, patient_id, accession, modalities, date_from, date_to, page, sort_by):
+def refresh(_n, name, patient_id, accession, modalities, date_from, date_to, page, sort_by):
     """One page of the search, sorted in SQL; a new search or sort starts again at the first page."""
     if dash.ctx.triggered_id in (NAME, PATIENT_ID, ACCESSION, MODALITY, DATES) or "sort_by" in str(dash.ctx.triggered_prop_ids):
         page = 0
@@ -97,6 +95,6 @@ def refresh(_n, _changed, name, patient_id, accession, modalities, date_from, da
     return rows, result.pages, result.page, count, None
 
 
-@callback(Output(MODALITY, "options"), Input(REFRESH, "n_intervals"), Input(CHANGED, "data"))
-def modalities(_n, _changed):
+@callback(Output(MODALITY, "options"), Input(REFRESH, "n_intervals"))
+def modalities(_n):
     return visible_modalities(open_store(), current_user())
