@@ -12,7 +12,7 @@ export HOST PORT
 RUN_DEBS := libopenjp2-7
 # `make run-https`: nginx terminates TLS with HTTP/2 in front of gunicorn (core/launcher.py).
 HTTPS_DEBS := nginx openssl
-TEST_DEBS := $(RUN_DEBS) $(HTTPS_DEBS) libopenjp2-tools openjph-tools libgdcm-tools dcmtk dicom3tools libjxl-tools chromium chromium-driver redis-server ffmpeg orthanc orthanc-gdcm
+TEST_DEBS := $(RUN_DEBS) $(HTTPS_DEBS) curl libopenjp2-tools openjph-tools libgdcm-tools dcmtk dicom3tools libjxl-tools chromium chromium-driver redis-server ffmpeg orthanc orthanc-gdcm
 # The bench measures side by side with Orthanc (orthanc, orthanc-gdcm: in TEST_DEBS, its harness is tested too).
 BENCH_DEBS := $(TEST_DEBS)
 
