@@ -184,6 +184,29 @@ def test_a_running_job_is_cancelled_and_its_late_copies_are_refused(store, tmp_p
     assert not _files(store)
 
 
+def _delete_then_die(root, uid):
+    """A server killed right after the delete committed, before its thread unlinked the renamed files."""
+    import os
+
+    threading.Thread.start = lambda self: None  # (this forked child only) the reclaiming thread never runs
+    delete_study(Store(root), ROOT, uid, background=True)
+    os._exit(0)
+
+
+def test_a_crash_after_the_delete_never_brings_the_study_back(store, tmp_path):
+    import multiprocessing
+
+    uid = _study(store, tmp_path, series=1, per_series=3, strategy=1)
+    child = multiprocessing.get_context("fork").Process(target=_delete_then_die, args=(str(store.root), uid))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0 and not store.query("SELECT 1 FROM instances")
+    report = store.check()  # the next start: renamed files of a dead process are removed, never indexed again
+    assert len(report["orphan_files"]) == 12  # 3 originals and 9 copies, renamed away by the delete
+    assert not report["reindexed_originals"] and not report["missing_originals"] and not _files(store)
+    assert not store.query("SELECT 1 FROM studies")
+
+
 def test_a_delete_during_an_upload_leaves_no_half_state(store, tmp_path):
     uid = make_dataset(rows=8, columns=8).StudyInstanceUID
     paths = [write(make_dataset(rows=32, columns=32, study_uid=uid, seed=n), tmp_path / f"{n}.dcm") for n in range(40)]
