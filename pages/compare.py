@@ -52,7 +52,7 @@ def _instances(store, user, study_uid: str) -> list[dict]:
     """The images of one study (an archive of 10,000 studies is never listed whole; other studies open from the list)."""
     return [{"label": f"{person_name(row['patient_name'])} — {row['modality']} "
                       f"{row['series_description'] or row['study_description'] or ''} #{row['number'] or ''}",
-             "value": row["sop_uid"]} for row in visible_instances(store, user, study_uid)]
+             "value": row["sop_uid"]} for row in visible_instances(store, user, study_uid) if row["rows"]]  # images only
 
 
 def _empty(title):
@@ -62,9 +62,12 @@ def _empty(title):
 def layout(sop: str = "", **_query):
     store, user = open_store(), current_user()
     study_uid = _study_of(store, user, sop)
-    options = _instances(store, user, study_uid) if study_uid else []
-    if not options:
+    if study_uid is None:
         return dbc.Alert("No studies yet: upload one on the Studies page.", color="secondary")
+    options = _instances(store, user, study_uid)
+    if not options:  # a report, a plan, a PDF: nothing to compress
+        return dbc.Alert("This study holds no images to compare; open another from the Studies list.", color="secondary",
+                         id="compare-no-images")
     sop = sop if any(o["value"] == sop for o in options) else options[0]["value"]
     record_access(store, user, "view", store.instance(sop)["study_uid"], sop)
     history = LossyHistory.from_index(store.instance(sop))
