@@ -157,14 +157,23 @@ def test_gunicorn_as_make_run_starts_it(tmp_path):
     assert "POST /api/upload?name=ct.dcm HTTP/1.1\" 200" in text and "GET /api/health HTTP/1.1\" 200" in text  # access log
 
 
-def test_bad_settings_exit_2(tmp_path):
+def test_bad_settings_exit_2(tmp_path, monkeypatch, capsys):
     """A bad setting is one line and exit code 2, before anything is started or written."""
-    process, log = launch(tmp_path, RADPRESS_WEB_WORKERS="many")
-    assert process.wait(timeout=60) == 2
-    assert "RADPRESS_WEB_WORKERS 'many' is not a whole number from 1 to 64." in log.read_text()
-    assert not (tmp_path / "data").exists()
-    process, log = launch(tmp_path, "--bogus")
-    assert process.wait(timeout=60) == 2 and "usage: app.py [--dev | --https]" in log.read_text()
+    import app
+
+    umask = os.umask(0o022)
+    try:
+        monkeypatch.setenv("RADPRESS_DATA", str(tmp_path / "data"))
+        monkeypatch.setenv("RADPRESS_WEB_WORKERS", "many")
+        with pytest.raises(SystemExit) as bad:
+            app.main([])
+        assert bad.value.code == 2 and not (tmp_path / "data").exists()
+        assert capsys.readouterr().err == "RadPress: RADPRESS_WEB_WORKERS 'many' is not a whole number from 1 to 64.\n"
+        with pytest.raises(SystemExit) as bad:
+            app.main(["--bogus"])
+        assert bad.value.code == 2 and capsys.readouterr().err == "usage: app.py [--dev | --https]\n"
+    finally:
+        os.umask(umask)
 
 
 def test_https_with_http2_through_nginx(tmp_path):
