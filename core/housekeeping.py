@@ -127,13 +127,11 @@ def _delete(store: Store, user: User, study_uid: str, series_uid: str | None, ba
         db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
                    (now, user.name, what, json.dumps({"series": series, "instances": len(sops), "files": len(paths)}),
                     json.dumps({"bytes_freed": sizes, "study_removed": whole, "jobs_cancelled": list(cancelled)})))
-        staged = _stage_all(store, paths)  # last: a failure before this rolls the rows back with every file in place
+        staged = _stage_all(store, paths + codestreams)  # last: a failure before rolls the rows back, every file in place
     cached = _purge_caches(store, checksums, study_uid)
 
     def reclaim():
         _unlink(staged)
-        for path in codestreams:
-            path.unlink(missing_ok=True)
         _remove_empty_dirs(store, sops)
 
     if background:
