@@ -53,22 +53,16 @@ class Orthanc:
     process: subprocess.Popen
     http: requests.Session = field(default_factory=requests.Session)
 
-    def upload(self, path: str | os.PathLike, http: requests.Session | None = None) -> str:
+    def upload(self, path: str | os.PathLike) -> str:
         """POST one DICOM file to /instances; returns Orthanc's instance id."""
         data = Path(path).read_bytes()
-        response = (http or self.http).post(f"{self.base}/instances", data=data,
+        response = self.http.post(f"{self.base}/instances", data=data,
                                             headers={"Content-Type": "application/dicom"}, timeout=120)
         response.raise_for_status()
         return response.json()["ID"]
 
     def upload_all(self, paths: Iterable[str | os.PathLike]) -> list[str]:
         return [self.upload(p) for p in paths]
-
-    def instance(self, instance_id: str) -> dict:
-        """Orthanc's /instances/{id} record (with its ParentStudy, MainDicomTags ...)."""
-        response = self.http.get(f"{self.base}/instances/{instance_id}", timeout=60)
-        response.raise_for_status()
-        return response.json()
 
     def transfer_syntax(self, instance_id: str) -> str:
         """The transfer syntax Orthanc stored the instance with."""
@@ -82,9 +76,9 @@ class Orthanc:
         response.raise_for_status()
         return response.content
 
-    def preview(self, instance_id: str, http: requests.Session | None = None) -> bytes:
+    def preview(self, instance_id: str) -> bytes:
         """Orthanc's full-size PNG preview of frame 0."""
-        response = (http or self.http).get(f"{self.base}/instances/{instance_id}/preview", timeout=120)
+        response = self.http.get(f"{self.base}/instances/{instance_id}/preview", timeout=120)
         response.raise_for_status()
         return response.content
 
@@ -93,7 +87,7 @@ class Orthanc:
         return sum(p.stat().st_size for p in self.storage.rglob("*") if p.is_file())
 
 
-def _config(tmp: Path, http_port: int, dicom_port: int, transcode_to: str | None, threads: int) -> dict:
+def _config(tmp: Path, http_port: int, dicom_port: int, transcode_to: str | None) -> dict:
     config = {
         "Name": "radpress-bench",
         "StorageDirectory": str(tmp / "storage"),
@@ -102,7 +96,6 @@ def _config(tmp: Path, http_port: int, dicom_port: int, transcode_to: str | None
         "DicomPort": dicom_port,
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
-        "HttpThreadsCount": threads,
         "StorageCompression": False,
         "SaveJobs": False,
         "Plugins": [],
@@ -114,7 +107,7 @@ def _config(tmp: Path, http_port: int, dicom_port: int, transcode_to: str | None
 
 
 @contextmanager
-def orthanc(transcode_to: str | None = None, threads: int = 50, timeout: float = 60.0) -> Iterator[Orthanc]:
+def orthanc(transcode_to: str | None = None, timeout: float = 60.0) -> Iterator[Orthanc]:
     """An Orthanc serving on a free localhost port until the block ends (then stopped and its folder removed).
 
     *transcode_to*: a transfer syntax UID (e.g. :data:`J2K_LOSSLESS`) every received instance is
@@ -127,7 +120,7 @@ def orthanc(transcode_to: str | None = None, threads: int = 50, timeout: float =
         tmp = Path(tmp_name)
         (tmp / "storage").mkdir()
         http_port, dicom_port = _free_port(), _free_port()
-        (tmp / "orthanc.json").write_text(json.dumps(_config(tmp, http_port, dicom_port, transcode_to, threads)))
+        (tmp / "orthanc.json").write_text(json.dumps(_config(tmp, http_port, dicom_port, transcode_to)))
         log = open(tmp / "orthanc.log", "wb")
         process = subprocess.Popen([BINARY, str(tmp / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
         server = Orthanc(f"http://127.0.0.1:{http_port}", tmp / "storage", process)
