@@ -339,8 +339,9 @@ class Users:
                        (time.time(), by, f"role of user {name}", json.dumps(row["role"]), json.dumps(role)))
         return User(name, role)
 
-    def change_password(self, name: str, old: str, new: str) -> None:
-        """A user changes their own password: the current one is asked for, so an unattended session cannot."""
+    def change_password(self, name: str, old: str, new: str, keep_session: str | None = None) -> None:
+        """A user changes their own password: the current one is asked for, so an unattended session cannot.
+        Their other sessions end (someone who had the old password is logged out); *keep_session* stays."""
         rows = self.store.query("SELECT password_hash, role FROM users WHERE name=?", (name or "",))
         if not rows or rows[0]["role"] == "demo":
             raise InvalidOptionError("This login has no password of its own to change.")
@@ -352,6 +353,7 @@ class Users:
             raise InvalidOptionError("The new password is the current one.", hint="Choose another.")
         with self.store.connect() as db:
             db.execute("UPDATE users SET password_hash=? WHERE name=?", (generate_password_hash(new), name))
+            db.execute("DELETE FROM sessions WHERE user=? AND digest!=?", (name, _digest(keep_session or "")))
             db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
                        (time.time(), name, f"password of user {name}", "null", '"changed"'))
 

@@ -6,6 +6,7 @@ import time
 import dash
 import dash_bootstrap_components as dbc
 from dash import ALL, Input, Output, State, callback, ctx, html
+from flask import session
 
 from components.housekeeping import make_confirm_dialog
 from core.auth import current_user
@@ -80,7 +81,7 @@ def change_password(_n, old, new, again):
     try:
         if (new or "") != (again or ""):
             raise RadPressError("The two new passwords differ; the password was not changed.")
-        Users(open_store()).change_password(user.name, old or "", new or "")
+        Users(open_store()).change_password(user.name, old or "", new or "", keep_session=session.get("sid"))
         message = dbc.Alert("Your password was changed.", color="success", id="own-password-changed")
     except RadPressError as exc:
         message = dbc.Alert(str(exc), color="danger", id="own-password-error")

@@ -157,7 +157,9 @@ def test_own_password_roles_and_the_last_administrator(tmp_path):
         users.change_password("rad", "guess-password", "new-password-1")
     with pytest.raises(RadPressError, match="too short"):
         users.change_password("rad", "rad-password", "short")
-    users.change_password("rad", "rad-password", "new-password-1")
+    here, elsewhere = users.open_session("rad"), users.open_session("rad")
+    users.change_password("rad", "rad-password", "new-password-1", keep_session=here)
+    assert users.session_user(here) == User("rad", "radiologist") and users.session_user(elsewhere) is None
     assert users.authenticate("rad", "rad-password") is None and users.authenticate("rad", "new-password-1") == User("rad", "radiologist")
     for refused in (lambda: users.remove("boss"), lambda: users.set_role("boss", "radiologist", by="boss")):
         with pytest.raises(RadPressError, match="last administrator"):
