@@ -117,10 +117,15 @@ def _die_with_launcher() -> None:
         _LIBC.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
-def gunicorn_command(config: ServeConfig, bind: str) -> list[str]:
+def gunicorn_command(config: ServeConfig, bind: str, proxied: bool = False) -> list[str]:
+    """gunicorn on ``app:wsgi()``; the access log (stdout) names the client (behind nginx: its X-Forwarded-For) and
+    how long each answer took."""
+    client = "%({x-forwarded-for}i)s" if proxied else "%(h)s"
+    log_format = client + ' %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms'
     return [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", str(config.workers),
-            "--threads", str(config.threads), "--bind", bind, "--access-logfile", "-", "--graceful-timeout", str(GRACEFUL_S),
-            "--timeout", "120", "--no-control-socket", "--chdir", str(Path(__file__).resolve().parents[1]), "app:wsgi()"]
+            "--threads", str(config.threads), "--bind", bind, "--access-logfile", "-", "--access-logformat", log_format,
+            "--graceful-timeout", str(GRACEFUL_S), "--timeout", "120", "--no-control-socket",
+            "--chdir", str(Path(__file__).resolve().parents[1]), "app:wsgi()"]
 
 
 def serve(make_jobs: Callable[[Store], Jobs], *, https: bool = False) -> int:
@@ -149,7 +154,7 @@ def serve(make_jobs: Callable[[Store], Jobs], *, https: bool = False) -> int:
         socket_path = run / "web.sock"
         nginx = _nginx_command(store.root, config, socket_path)  # checked before anything starts
         env["RADPRESS_TRUST_PROXY"] = "1"  # only nginx can reach the socket: its X-Forwarded-* are the client's
-        children.append(subprocess.Popen(gunicorn_command(config, f"unix:{socket_path}"), env=env, **start))
+        children.append(subprocess.Popen(gunicorn_command(config, f"unix:{socket_path}", proxied=True), env=env, **start))
         children.append(subprocess.Popen(nginx, **start))
         print(f"RadPress: https://{config.host}:{config.https_port}/ (HTTP/2; certificate in {store.root / 'tls'})", flush=True)
     else:

@@ -5,6 +5,7 @@ import base64
 import gzip
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -155,6 +156,7 @@ def test_gunicorn_as_make_run_starts_it(tmp_path):
         stop(process)
     text = log.read_text()
     assert "POST /api/upload?name=ct.dcm HTTP/1.1\" 200" in text and "GET /api/health HTTP/1.1\" 200" in text  # access log
+    assert re.search(r'^127\.0\.0\.1 - admin \[.*\] "GET /api/jobs/\d+ HTTP/1\.1" 200 .* \d+ms$', text, re.M)
 
 
 def test_bad_settings_exit_2(tmp_path, monkeypatch, capsys):
@@ -204,6 +206,8 @@ def test_https_with_http2_through_nginx(tmp_path):
     finally:
         assert stop(process) == 0
     assert not nginx[0].is_running()
+    # the access log names the client nginx saw (X-Forwarded-For), not the socket
+    assert re.search(r'^127\.0\.0\.1 - admin \[.*\] "GET /api/policy HTTP/1\.1" 200 .* \d+ms$', log.read_text(), re.M)
 
 
 def test_nginx_config_and_certificate(tmp_path):
