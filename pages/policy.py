@@ -138,7 +138,8 @@ def layout(**_query):
     store = open_store()
     policy = store.policy()
     report = storage_report(store)
-    present = {r["modality"] for r in store.query("SELECT DISTINCT modality FROM series") if r["modality"]}
+    present = {r["modality"] for r in store.query(  # modalities with images: a report's SR has no copies to set
+        "SELECT DISTINCT s.modality FROM series s JOIN instances i USING (series_uid) WHERE i.rows > 0") if r["modality"]}
     return html.Div([
         html.H2("Storage policy"),
         html.P(f"{report['studies']} studies, {report['bytes_total'] / 1e6:.1f} MB stored now.", className="text-muted"),
