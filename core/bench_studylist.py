@@ -54,7 +54,7 @@ def measure(studies: int = STUDIES, repeat: int = REPEAT) -> dict:
         with store.connect() as db:  # one study in ten is for another radiologist only
             db.executemany("INSERT INTO study_readers (study_uid, user) VALUES (?, 'bench-other')",
                            [(f"2.25.{n}",) for n in range(0, studies, 10)])
-        with radpress_server(data) as base:
+        with radpress_server(data) as (base, _pid):
             for name, password, role in ROLES:
                 http = requests.Session()
                 login = http.post(f"{base}/login", data={"username": name, "password": password}, allow_redirects=False, timeout=30)

@@ -82,6 +82,7 @@ CREATE INDEX IF NOT EXISTS studies_description ON studies(description COLLATE NO
 CREATE INDEX IF NOT EXISTS patients_name ON patients(name COLLATE NOCASE);
 CREATE INDEX IF NOT EXISTS patients_id ON patients(patient_id);
 CREATE INDEX IF NOT EXISTS patients_birth_date ON patients(birth_date);
+CREATE INDEX IF NOT EXISTS studies_patient ON studies(patient_key);
 """
 
 # Changes to tables that already exist, applied in order once each: the index
