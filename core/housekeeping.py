@@ -300,7 +300,6 @@ def conflict_detail(store: Store, user: User | None, sop_uid: str, checksum: str
 def conflict_preview(store: Store, user: User | None, sop_uid: str, which: str, size: int = 256) -> bytes:
     """A PNG of one side ("stored", or a conflicting copy's checksum), both drawn with the stored original's window:
     a difference in brightness between the two is a difference in the values, never in the display."""
-    from .bigimage import is_large
     from .pixels import decode_frame, pixel_spec, read_dataset
     from .render import display_frame, modality_values, shrink_png, window_of
 
@@ -308,8 +307,8 @@ def conflict_preview(store: Store, user: User | None, sop_uid: str, which: str, 
         authorize(store, user, "housekeeping", sop_uid=_uid(sop_uid, "SOP Instance UID"))
     path = store.artifact(sop_uid, "original").path if which == "stored" else Path(_conflict(store, user, sop_uid, which)["path"])
     stored, side = read_dataset(store.artifact(sop_uid, "original").path), read_dataset(path)
-    if any(is_large(pixel_spec(ds).rows, pixel_spec(ds).columns) for ds in (stored, side)):
-        raise UnsupportedError("This image is too large for a preview here.",
+    if not _previewable(stored, side):
+        raise UnsupportedError("No preview: one side has no image, or one too large to draw here.",
                                hint="The differences are listed; download both files to look at them in a viewer.")
     middle = pixel_spec(stored).frames // 2
     window = None
@@ -360,7 +359,16 @@ def _compare(stored: Path, other: Path) -> dict:
     sizes = (_size(stored), _size(other))
     parts.append(f"{sizes[0]:,} vs {sizes[1]:,} bytes")
     return {"summary": "; ".join(parts), "attributes": attributes[:_MAX_ATTRIBUTES], "attributes_total": len(attributes),
-            "pixels": pixels, "transfer_syntaxes": list(syntax), "sizes": list(sizes)}
+            "pixels": pixels, "transfer_syntaxes": list(syntax), "sizes": list(sizes), "previews": _previewable(a, b)}
+
+
+def _previewable(*datasets) -> bool:
+    """Whether :func:`conflict_preview` can draw both sides (images, none too large to decode whole)."""
+    from .bigimage import is_large
+    from .pixels import pixel_spec
+    from .validate import is_image
+
+    return all(is_image(ds) and not is_large(pixel_spec(ds).rows, pixel_spec(ds).columns) for ds in datasets)
 
 
 def _shown(element) -> str:

@@ -51,10 +51,12 @@ def layout(**_query):
     ])
 
 
-def _side(title: str, src: str, facts: list[str], button_id: dict, label: str, css: str):
+def _side(title: str, src: str | None, facts: list[str], button_id: dict, label: str, css: str):
+    picture = (html.Img(src=src, className="card-img-top conflict-preview", alt=title, style={"maxHeight": "256px", "objectFit": "contain"})
+               if src else html.Div("No preview (no image, or one too large to draw here).", className="small text-muted p-2"))
     return dbc.Card([
         dbc.CardHeader(title),
-        html.Img(src=src, className="card-img-top conflict-preview", alt=title, style={"maxHeight": "256px", "objectFit": "contain"}),
+        picture,
         dbc.CardBody([*[html.Div(f, className="small") for f in facts],
                       dbc.Button(label, id=button_id, color="warning", size="sm", className="mt-2")]),
     ], className=f"h-100 {css}")
@@ -71,18 +73,18 @@ def _detail(d: dict):
         html.H5(f"Instance {sop}"),
         html.P(d["summary"], id="conflict-summary"),
         dbc.Row([
-            dbc.Col(_side("Stored original (in use)", f"/api/conflicts/{sop}/stored/thumbnail",
+            dbc.Col(_side("Stored original (in use)", f"/api/conflicts/{sop}/stored/thumbnail" if d["previews"] else None,
                           [f"received {_when(stored['received'])}", f"{human_size(stored['bytes'])} ({stored['bytes']:,} bytes)",
                            f"SHA-256 {stored['checksum'][:16]}…"],
                           {"type": KEEP, "sop": sop, "checksum": checksum, "keep": "stored"}, "Keep the stored original",
                           "conflict-stored"), md=4),
-            dbc.Col(_side("Conflicting copy", f"/api/conflicts/{sop}/{checksum}/thumbnail",
+            dbc.Col(_side("Conflicting copy", f"/api/conflicts/{sop}/{checksum}/thumbnail" if d["previews"] else None,
                           [f"received {_when(other['received'])} from {other['source']}",
                            f"{human_size(other['bytes'])} ({other['bytes']:,} bytes)", f"SHA-256 {checksum[:16]}…"],
                           {"type": KEEP, "sop": sop, "checksum": checksum, "keep": "other"}, "Keep this copy instead",
                           "conflict-other"), md=4),
         ], className="mb-3"),
-        html.P("Both previews use the stored original's window.", className="small text-muted"),
+        *([html.P("Both previews use the stored original's window.", className="small text-muted")] if d["previews"] else []),
         html.H6(d["pixels"]["summary"].capitalize(), id="conflict-pixels"),
         html.H6(f"Attributes that differ ({d['attributes_total']})"),
         diff if d["attributes"] else html.P("none", className="small"),

@@ -11,7 +11,7 @@ import requests
 from PIL import Image
 
 from core.archive import codestream_path, make_artifact, plan, thumbnail_bytes, variant_file, _cache
-from core.errors import InvalidOptionError
+from core.errors import InvalidOptionError, UnsupportedError
 from core.housekeeping import conflict_detail, conflict_preview, conflicts, delete_series, delete_study, resolve_conflict
 from core.ingest import ingest
 from core.jobs import Jobs, _make_for_instance
@@ -274,6 +274,22 @@ def test_a_conflict_says_what_differs(store, tmp_path):
         conflict_detail(store, ROOT, ds.SOPInstanceUID, "../" + other[3:])
     with pytest.raises(StoreError):
         conflict_detail(store, ROOT, ds.SOPInstanceUID, "0" * 64)
+
+
+def test_a_conflict_without_pixels_has_no_preview(store, tmp_path):
+    ds = make_dataset(rows=20, columns=20, modality="CR")
+    first = write(ds, tmp_path / "image.dcm")
+    for keyword in ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+                    "SamplesPerPixel", "PhotometricInterpretation", "PixelSpacing"):
+        delattr(ds, keyword)
+    second = write(ds, tmp_path / "no-pixels.dcm")
+    assert [r.status for r in ingest(store, [first, second])] == ["stored", "conflict"]
+    [listed] = conflicts(store, ROOT)
+    detail = conflict_detail(store, ROOT, ds.SOPInstanceUID, listed["checksum"])
+    assert detail["previews"] is False and detail["pixels"]["summary"] == "only one of them has pixel data"
+    with pytest.raises(UnsupportedError) as refused:
+        conflict_preview(store, ROOT, ds.SOPInstanceUID, listed["checksum"])
+    assert refused.value.http_status == 415
 
 
 def test_a_long_list_compares_a_few_conflicts_per_request(store, tmp_path, monkeypatch):
