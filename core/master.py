@@ -142,7 +142,7 @@ def independent_pixels(path: Path) -> np.ndarray:
 
 def _changed_attributes(original: Dataset, master: Dataset) -> list[str]:
     """Attributes of *original* the master lost or changed (pixel data and its encapsulation aside)."""
-    big_endian = not original.is_little_endian if original.is_little_endian is not None else False
+    big_endian = original.file_meta.TransferSyntaxUID == ExplicitVRBigEndian
     changed = []
     for tag in set(original.keys()) | set(master.keys()):
         if tag in _PIXEL_TAGS:
@@ -275,11 +275,23 @@ def _switch(store: Store, original: Artifact, target: Path, digest: str) -> Arti
     size, checksum = target.stat().st_size, sha256_file(target)
     syntax = str(get_codec(MASTER_CODEC, False).transfer_syntax)
     now = time.time()
+    store.query("PRAGMA synchronous=FULL")  # the switch must be on disk before the original's file goes (WAL: NORMAL is not)
+    try:
+        _commit_switch(store, original, target, size, checksum, syntax, digest, now)
+    finally:
+        store.query("PRAGMA synchronous=NORMAL")
+    _remove_original(original.path)
+    return store.artifact(original.sop_uid, "original")
+
+
+def _commit_switch(store: Store, original: Artifact, target: Path, size: int, checksum: str, syntax: str, digest: str,
+                   now: float) -> None:
     with store.connect() as db:
         switched = db.execute("UPDATE artifacts SET path=?, bytes=?, checksum=?, transfer_syntax=?, codec=? "
                               "WHERE sop_uid=? AND variant='original' AND checksum=?",
                               (str(target), size, checksum, syntax, MASTER_CODEC, original.sop_uid, original.checksum)).rowcount
         if switched != 1:
+            target.unlink(missing_ok=True)  # nothing names it (the transaction rolls back)
             raise CodecError(f"The original of {original.sop_uid} changed while its master was made; nothing was replaced.")
         db.execute("UPDATE instances SET transfer_syntax=? WHERE sop_uid=?", (syntax, original.sop_uid))
         db.execute("INSERT OR REPLACE INTO masters (sop_uid, state, reason, codec, transfer_syntax, original_transfer_syntax, "
@@ -292,8 +304,6 @@ def _switch(store: Store, original: Artifact, target: Path, digest: str) -> Arti
                                 "transfer_syntax": original.transfer_syntax}),
                     json.dumps({"path": str(target), "bytes": size, "sha256": checksum, "transfer_syntax": syntax,
                                 "checked_by": CHECKER, "pixel_sha256": digest})))
-    _remove_original(original.path)
-    return store.artifact(original.sop_uid, "original")
 
 
 def _remove_original(path: Path) -> None:
