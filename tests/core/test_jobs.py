@@ -348,7 +348,7 @@ def test_a_second_app_process_takes_over_the_job_of_one_killed_mid_job(live_app,
             os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and http.get(f"{second}/api/jobs").json()[0]["state"] == "running":
+    while time.monotonic() < deadline and http.get(f"{second}/api/jobs").json()[0]["state"] in ("queued", "running"):  # released, then claimed
         time.sleep(0.2)
     [job] = http.get(f"{second}/api/jobs").json()
     assert job["state"] == "done" and job["done"] == 4 and job["failed"] == 0 and job["total"] == 4, job
