@@ -185,7 +185,12 @@ def test_https_with_http2_through_nginx(tmp_path):
     process, log = launch(tmp_path, "--https", HTTPS_PORT=str(port), RADPRESS_WEB_WORKERS="1", RADPRESS_DICOM_PORT="0")
     base = f"https://127.0.0.1:{port}"
     try:
-        wait_healthy(process, f"{base}/api/health", log, verify=False)
+        cert = tmp_path / "data" / "tls" / "cert.pem"  # made on first start, before nginx and gunicorn start
+        deadline = time.monotonic() + 60
+        while not cert.exists():
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.2)
+        wait_healthy(process, f"{base}/api/health", log, verify=str(cert))  # it verifies as its own authority
 
         def curl(*args):
             out = subprocess.run(["curl", "-sk", "--http2", "-w", "\n%{http_version}", *args], capture_output=True,
