@@ -33,6 +33,7 @@ from typing import Callable
 
 from .auth import secret_key
 from .errors import InvalidOptionError
+from .files import atomic_writer
 from .jobs import Jobs
 from .serving import HEARTBEAT_ENV, Background, LauncherBackground
 from .store import Store
@@ -209,9 +210,12 @@ def ensure_certificate(root: Path) -> tuple[Path, Path]:
         raise InvalidOptionError("HTTPS needs a certificate and openssl is not installed to make one.",
                                  hint=f"Install openssl, or put cert.pem and key.pem into {tls}.")
     hosts = "DNS:localhost,IP:127.0.0.1,IP:::1"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "825",
-                    "-keyout", str(key) + ".part", "-out", str(cert) + ".part", "-subj", "/CN=localhost",
-                    "-addext", f"subjectAltName={hosts}"], check=True, capture_output=True)
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "825",
+                           "-keyout", str(key) + ".part", "-out", str(cert) + ".part", "-subj", "/CN=localhost",
+                           "-addext", f"subjectAltName={hosts}"], capture_output=True, text=True)
+    if made.returncode:
+        raise InvalidOptionError(f"openssl could not make a certificate: {made.stderr.strip()[-300:]}",
+                                 hint=f"Put cert.pem and key.pem into {tls}.")
     os.chmod(str(key) + ".part", 0o600)
     os.replace(str(key) + ".part", key)
     os.replace(str(cert) + ".part", cert)
@@ -279,5 +283,6 @@ def _nginx_command(root: Path, config: ServeConfig, socket_path: Path) -> list[s
     prefix = Path(root) / "nginx"
     prefix.mkdir(mode=0o700, exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_config(root, config.host, config.https_port, socket_path, cert, key))
+    with atomic_writer(conf) as fh:
+        fh.write(nginx_config(root, config.host, config.https_port, socket_path, cert, key).encode())
     return [binary, "-p", str(prefix), "-c", str(conf), "-e", "stderr"]
