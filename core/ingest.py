@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import lzma
 import os
 import shutil
@@ -62,16 +63,18 @@ class _Bomb(_Rejected):
 
 
 class _LimitedReader:
-    """Counts bytes as they are extracted: archive headers can lie about sizes."""
+    """Counts bytes as they are extracted (archive headers can lie about sizes) and hashes them (the store's
+    checksum, without reading the staged file again)."""
 
     def __init__(self, raw: BinaryIO, limit: int, what: str):
-        self.raw, self.limit, self.what, self.count = raw, limit, what, 0
+        self.raw, self.limit, self.what, self.count, self.sha256 = raw, limit, what, 0, hashlib.sha256()
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n if n and n > 0 else 1 << 20)
         self.count += len(data)
         if self.count > self.limit:
             raise _Rejected(self.what)
+        self.sha256.update(data)
         return data
 
 
@@ -96,26 +99,28 @@ def _is_dicomdir(name: str) -> bool:
     return PurePosixPath(name).name.upper() == "DICOMDIR"
 
 
-def _stage_stream(store: Store, stream: BinaryIO, limit: int, what: str) -> Path:
-    """Copy *stream* to a private staging file (pid in its name, so :meth:`Store.check` leaves it alone while we run).
+def _stage_stream(store: Store, stream: BinaryIO, limit: int, what: str) -> tuple[Path, str]:
+    """Copy *stream* to a private staging file (pid in its name, so :meth:`Store.check` leaves it alone while we run);
+    returns it and the SHA-256 of its bytes.
 
     Not fsynced here: a staged file is nothing until the store places it, and placing fsyncs it first.
     """
     staged = store.tmp_path(".dcm")
+    reader = _LimitedReader(stream, limit, what)
     try:
         with open(staged, "xb") as out:
-            shutil.copyfileobj(_LimitedReader(stream, limit, what), out, 1 << 20)
+            shutil.copyfileobj(reader, out, 1 << 20)
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
-    return staged
+    return staged, reader.sha256.hexdigest()
 
 
-def _admit(store: Store, staged: Path, name: str) -> IngestResult:
+def _admit(store: Store, staged: Path, name: str, checksum: str | None = None) -> IngestResult:
     """Validate a staged file as an image and hand it to the store; the staged file is gone afterwards."""
     try:
         ds = read_checked(staged)
-        status = store.add_original(staged, ds, name)
+        status = store.add_original(staged, ds, name, checksum)
     except RadPressError as exc:
         return IngestResult(name, "rejected", _reason(exc, staged))
     finally:
@@ -125,13 +130,13 @@ def _admit(store: Store, staged: Path, name: str) -> IngestResult:
     return IngestResult(name, status, reason, str(ds.SOPInstanceUID), str(ds.StudyInstanceUID))
 
 
-def _admit_member(store: Store, staged: Path, name: str) -> IngestResult:
+def _admit_member(store: Store, staged: Path, name: str, checksum: str) -> IngestResult:
     """An archive member: an archive inside it is refused (never opened), anything else admitted."""
     if _archive_magic(staged) and not _dicom_magic(staged):
         staged.unlink(missing_ok=True)
         return IngestResult(name, "rejected", "nested archive: not opened (archives inside archives are refused; "
                                               "send the inner archive itself)")
-    return _admit(store, staged, name)
+    return _admit(store, staged, name, checksum)
 
 
 def _dicom_magic(path: Path) -> bool:
@@ -195,7 +200,7 @@ def _from_zip(store: Store, path: Path, label: str, limits: Limits) -> Iterator[
                 if total > budget:
                     raise _Rejected(f"decompression bomb: archive expands beyond {budget:.0f} bytes: rest refused")
                 with archive.open(member) as stream:
-                    staged = _stage_stream(store, stream, min(member.file_size, limits.max_file_bytes),
+                    staged, checksum = _stage_stream(store, stream, min(member.file_size, limits.max_file_bytes),
                                            "entry larger than its header says: refused")
             except _Rejected as exc:
                 yield IngestResult(name, "rejected", str(exc))
@@ -203,7 +208,7 @@ def _from_zip(store: Store, path: Path, label: str, limits: Limits) -> Iterator[
             except (*_STREAM_ERRORS, NotImplementedError, RuntimeError) as exc:
                 yield IngestResult(name, "rejected", f"truncated: damaged archive entry ({exc})")
                 continue
-            yield _admit_member(store, staged, name)
+            yield _admit_member(store, staged, name, checksum)
 
 
 def _overlapping(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo]) -> set[zipfile.ZipInfo]:
@@ -280,20 +285,22 @@ def _from_tar(store: Store, path: Path, label: str, limits: Limits) -> Iterator[
                     if not member.isfile():
                         raise _Rejected("not a regular file (device, fifo)")
                     reading = name
-                    staged = _stage_stream(store, archive.extractfile(member), member.size, "entry larger than declared")
+                    staged, checksum = _stage_stream(store, archive.extractfile(member), member.size,
+                                                     "entry larger than declared")
                 except _Bomb:
                     raise
                 except _Rejected as exc:
                     yield IngestResult(name, "rejected", str(exc))
                     continue
-                yield _admit_member(store, staged, name)
+                yield _admit_member(store, staged, name, checksum)
         except _Rejected as exc:
             yield IngestResult(reading, "rejected", str(exc))
         except _STREAM_ERRORS as exc:
             yield IngestResult(reading, "rejected", f"truncated: damaged tar archive ({exc or type(exc).__name__})")
 
 
-def _from_file(store: Store, path: Path, label: str, limits: Limits, owned: bool = False) -> Iterator[IngestResult]:
+def _from_file(store: Store, path: Path, label: str, limits: Limits, owned: str | None = None) -> Iterator[IngestResult]:
+    """*owned*: the SHA-256 of *path* when it is already a private copy in the store's tmp folder (moved, not copied)."""
     if _is_dicomdir(path.name):
         yield IngestResult(label, "skipped", "DICOMDIR index file")
         return
@@ -315,12 +322,12 @@ def _from_file(store: Store, path: Path, label: str, limits: Limits, owned: bool
     if size > limits.max_file_bytes:
         yield IngestResult(label, "rejected", f"too large: {size} bytes, the limit is {limits.max_file_bytes}")
         return
-    if owned:  # already a private copy in the store's tmp folder: moved, not copied again
-        yield _admit(store, path, label)
+    if owned:
+        yield _admit(store, path, label, owned)
         return
     with open(path, "rb") as stream:
-        staged = _stage_stream(store, stream, limits.max_file_bytes, "file grew while reading")
-    yield _admit(store, staged, label)
+        staged, checksum = _stage_stream(store, stream, limits.max_file_bytes, "file grew while reading")
+    yield _admit(store, staged, label, checksum)
 
 
 def _from_tiff(store: Store, path: Path, label: str) -> IngestResult:
@@ -383,21 +390,21 @@ def ingest_instance(store: Store, stream: BinaryIO, name: str, limits: Limits = 
     """One DICOM instance from a network receiver (C-STORE): staged in chunks and admitted, never opened as an archive
     (a dataset whose last bytes happen to look like a zip directory is still the instance it is)."""
     try:
-        staged = _stage_stream(store, stream, limits.max_file_bytes, "instance larger than the file limit")
+        staged, checksum = _stage_stream(store, stream, limits.max_file_bytes, "instance larger than the file limit")
     except _Rejected as exc:
         return IngestResult(name, "rejected", f"too large: {exc}")
-    return _admit(store, staged, name)
+    return _admit(store, staged, name, checksum)
 
 
 def ingest_stream(store: Store, stream: BinaryIO, name: str, limits: Limits = Limits()) -> list[IngestResult]:
     """Ingest an uploaded body: spooled to disk in chunks (never held in memory), then handled as a file."""
     try:
-        staged = _stage_stream(store, stream, limits.max_archive_bytes, "upload larger than the archive limit")
+        staged, checksum = _stage_stream(store, stream, limits.max_archive_bytes, "upload larger than the archive limit")
     except _Rejected as exc:
         return [IngestResult(name, "rejected", f"too large: {exc}")]
     upload = staged.with_name(staged.name + "-upload")
     staged.rename(upload)
     try:
-        return list(_from_file(store, upload, name, limits, owned=True))
+        return list(_from_file(store, upload, name, limits, owned=checksum))
     finally:
         upload.unlink(missing_ok=True)

@@ -235,17 +235,18 @@ class Store:
         return self.root / "conflicts" / f"{uid_key(sop_uid)}.{checksum}.dcm"
 
     # -- originals --------------------------------------------------------------
-    def add_original(self, staged: Path, ds: Dataset, source: str) -> str:
+    def add_original(self, staged: Path, ds: Dataset, source: str, checksum: str | None = None) -> str:
         """Move a staged, validated file into the archive; returns stored / duplicate / conflict.
 
         The file is linked at its place first (fsynced, never over another
         file: whoever links first holds the place), outside the write lock, so
         the lock is held for the rows only.  Deciding is one write transaction:
         two uploads of one SOP Instance UID cannot both be "stored", and the
-        file kept is the one whose row was committed.
+        file kept is the one whose row was committed.  *checksum*: the staged
+        file's SHA-256 when its writer hashed it on the way in.
         """
         sop_uid = check_uid(_text(ds, "SOPInstanceUID"), "SOP Instance UID (0008,0018)")
-        checksum = sha256_file(staged)
+        checksum = checksum or sha256_file(staged)
         target = self.original_path(sop_uid)
         try:
             placed = _place_if_free(staged, target)

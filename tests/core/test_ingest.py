@@ -381,8 +381,8 @@ def test_parallel_uploads_over_http_store_every_instance_once(live_app, tmp_path
     for (name, data), body in answers:
         [result] = body["results"]
         assert result["status"] in ("stored", "duplicate"), result
-        stored = store.artifact(result["sop_uid"], "original").path.read_bytes()
-        assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest(), name
+        original = store.artifact(result["sop_uid"], "original")  # the checksum hashed on the way in is the file's
+        assert hashlib.sha256(original.path.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest() == original.checksum
     assert len(store.instances(answers[0][1]["results"][0]["study_uid"])) == 12
     jobs = {job for _, body in answers for job in body["jobs"]}
     assert len(jobs) == 1 and len(store.query("SELECT id FROM jobs")) == 1
@@ -391,3 +391,21 @@ def test_parallel_uploads_over_http_store_every_instance_once(live_app, tmp_path
     response = requests.post(f"{base}/api/upload", data=write(other, tmp_path / "v2.dcm").read_bytes(), auth=ADMIN)
     assert response.json()["results"][0]["status"] == "conflict"
     assert not list((store.root / "tmp").iterdir())
+
+
+def test_archive_members_are_indexed_with_the_checksum_of_their_bytes(store, tmp_path):
+    """Members are hashed while they are extracted: the index holds each stored file's own SHA-256."""
+    import hashlib
+
+    files = write_series("emri_small", 3, tmp_path / "series")
+    with zipfile.ZipFile(tmp_path / "a.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            archive.write(path, path.name)
+    with tarfile.open(tmp_path / "b.tar.gz", "w:gz") as archive:
+        archive.add(files[0], "again/x.dcm")
+    results = list(ingest(store, [tmp_path / "a.zip", tmp_path / "b.tar.gz"]))
+    assert statuses(results) == ["stored"] * 3 + ["duplicate"]
+    for result in results[:3]:
+        original = store.artifact(result.sop_uid, "original")
+        assert original.checksum == hashlib.sha256(original.path.read_bytes()).hexdigest()
+    assert Store(store.root).check(verify=True)["replaced_originals"] == []
