@@ -23,7 +23,8 @@ RECENT = 50  # the picker offers the newest studies and finds any other by patie
 
 
 def _option(row: dict) -> dict:
-    return {"label": f"{row['patient']} — {row['modalities']} {row['description'] or ''} {row['date']}".rstrip(), "value": row["uid"]}
+    details = " ".join(v for v in (row["modalities"], row["description"], row["date"]) if v)
+    return {"label": f"{row['patient']} — {details}", "value": row["uid"]}
 
 
 def _study_options(store, user, uid: str | None, name: str = "") -> list[dict]:
