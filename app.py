@@ -171,7 +171,7 @@ def __getattr__(name: str):
     if name == "celery_app":
         if not os.environ.get("REDIS_URL"):
             raise AttributeError("celery_app needs REDIS_URL")
-        return create_app(run_jobs=False, demo=False)._background_manager.handle
+        return create_app(run_jobs=False, demo=False, prepare=False)._background_manager.handle  # it serves tasks only
     raise AttributeError(name)
 
 

@@ -21,10 +21,8 @@ from core.jobs import Jobs, _make_for_instance
 from core.pixels import read_dataset
 from core.samples import write_series
 from core.store import Store
-from core.users import Users
 from core.workers import WorkerPool
 from tests.checkers import require
-from tests.conftest import ADMIN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,8 +76,7 @@ def redis_url():
 
 def start_worker(name: str, url: str, data) -> subprocess.Popen:
     """``celery -A app:celery_app worker`` as deployed (the same command serves Dash's background callbacks), own session."""
-    env = {**os.environ, "REDIS_URL": url, "RADPRESS_DATA": str(data), "RADPRESS_ADMIN_USER": ADMIN[0],
-           "RADPRESS_ADMIN_PASSWORD": ADMIN[1]}
+    env = {**os.environ, "REDIS_URL": url, "RADPRESS_DATA": str(data)}
     return subprocess.Popen([sys.executable, "-m", "celery", "-A", "app:celery_app", "worker", "-n", f"{name}@%h",
                              "--pool", "prefork", "--concurrency", "1", "--without-mingle", "--without-gossip",
                              "--loglevel", "warning"], cwd=ROOT, env=env, start_new_session=True,
@@ -101,7 +98,6 @@ def test_killed_celery_workers_lose_no_instance(tmp_path, redis_url):
     task back), then the other worker is SIGKILLed whole while it holds one (the runner sends it again): the job still
     ends done with every artifact correct, made by the one worker left."""
     store, study = strategy_1_study(tmp_path, 8)
-    Users(store).ensure(*ADMIN, "admin")  # before the workers start: none of them creates users
     app = celery_app(redis_url)
     workers = {name: start_worker(name, redis_url, store.root) for name in ("w1", "w2")}
     try:
