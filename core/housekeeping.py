@@ -243,15 +243,19 @@ def _purge_caches(store: Store, checksums: set[str], study_uid: str) -> int:
 
 
 # -- conflicts ------------------------------------------------------------------------------------------------------
-def conflicts(store: Store, user: User | None) -> list[dict]:
-    """Every conflict with what differs, newest first (a reason is worked out once, then kept in the index)."""
-    authorize(store, user, "housekeeping")
+def conflicts(store: Store, user: User | None, study_uid: str | None = None) -> list[dict]:
+    """Every conflict (of one study with *study_uid*) with what differs, newest first (a reason is worked out once,
+    then kept in the index)."""
+    if study_uid:
+        study_uid = _uid(study_uid, "Study Instance UID")
+    authorize(store, user, "housekeeping", study_uid=study_uid or None)
     rows = store.query(
         "SELECT c.*, s.study_uid, st.description AS study_description, p.name AS patient_name, p.patient_id, "
         "a.bytes AS stored_bytes, a.created AS stored_at, a.path AS stored_path FROM conflicts c "
         "LEFT JOIN artifacts a ON a.sop_uid = c.sop_uid AND a.variant = 'original' "
         "LEFT JOIN instances i ON i.sop_uid = c.sop_uid LEFT JOIN series s USING (series_uid) "
-        "LEFT JOIN studies st USING (study_uid) LEFT JOIN patients p USING (patient_key) ORDER BY c.created DESC")
+        "LEFT JOIN studies st USING (study_uid) LEFT JOIN patients p USING (patient_key) "
+        + ("WHERE s.study_uid=? " if study_uid else "") + "ORDER BY c.created DESC", (study_uid,) if study_uid else ())
     out, budget = [], REASONS_PER_LIST
     for row in rows:
         if row["reason"]:

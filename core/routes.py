@@ -248,7 +248,7 @@ def delete_series_route(study_uid, series_uid):
 @require("housekeeping")
 def conflicts_route():
     store, _ = archive()
-    return jsonify(conflicts(store, current_user()))
+    return jsonify(conflicts(store, current_user(), request.args.get("study")))
 
 
 @blueprint.get("/api/conflicts/<sop_uid>/<checksum>")

@@ -4,7 +4,7 @@ import time
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import ALL, Input, Output, State, callback, ctx, html
+from dash import ALL, Input, Output, State, callback, ctx, dcc, html
 
 from components.housekeeping import make_confirm_dialog
 from core.auth import current_user
@@ -23,6 +23,13 @@ def _when(at) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "?"
 
 
+def _listing(user, study: str):
+    try:
+        return _table(conflicts(open_store(), user, study or None))
+    except RadPressError as exc:
+        return dbc.Alert(str(exc), color="warning")
+
+
 def _table(items: list[dict]):
     if not items:
         return html.P("No conflicts: every SOP Instance UID in the archive has one content.", id="conflicts-none")
@@ -35,7 +42,7 @@ def _table(items: list[dict]):
     return dbc.Table([head, html.Tbody(rows)], size="sm", id="conflicts-table", responsive=True)
 
 
-def layout(**_query):
+def layout(study: str = "", **_query):
     user = current_user()
     if not allowed(user, "housekeeping"):
         return dbc.Alert(f"The Conflicts page is for administrators; you are logged in as {user.role}.", color="danger",
@@ -44,7 +51,10 @@ def layout(**_query):
         html.H2("Conflicts"),
         html.P("A conflict is a file with the SOP Instance UID of a stored instance but other content. The stored original "
                "stays in use until you keep one of the two; the other is removed (audited).", className="text-muted"),
-        html.Div(_table(conflicts(open_store(), user)), id="conflicts-body"),
+        *([html.P(["Conflicts of study ", html.Code(study), " only. ", html.A("Show all", href="/conflicts")], id="conflicts-filter")]
+          if study else []),
+        dcc.Store(id="conflicts-study", data=study),
+        html.Div(_listing(user, study), id="conflicts-body"),
         html.Div(id="conflict-detail"),
         html.Div(id="conflict-result", className="mt-2"),
         make_confirm_dialog("keep", "Keep one copy?", "Keep it and remove the other"),
@@ -123,8 +133,8 @@ def ask_keep(clicks, _cancel):
 
 @callback(Output("conflict-result", "children"), Output("conflicts-body", "children"), Output("conflict-detail", "children", allow_duplicate=True),
           Output("keep-dialog", "is_open", allow_duplicate=True),
-          Input("keep-confirm", "n_clicks"), State("keep-target", "data"), prevent_initial_call=True)
-def keep(_n, target):
+          Input("keep-confirm", "n_clicks"), State("keep-target", "data"), State("conflicts-study", "data"), prevent_initial_call=True)
+def keep(_n, target, study):
     from core.routes import archive
 
     store, jobs = archive()
@@ -141,4 +151,4 @@ def keep(_n, target):
                    html.A("See Jobs", href="/jobs")]
     else:
         message = f"Kept the stored original of {result['sop_uid']}; the conflicting copy was removed."
-    return (dbc.Alert(message, color="success", id="conflict-resolved"), _table(conflicts(store, user)), None, False)
+    return dbc.Alert(message, color="success", id="conflict-resolved"), _listing(user, study if isinstance(study, str) else ""), None, False

@@ -152,7 +152,7 @@ def _conflicts_note(store, uid: str) -> list:
     count = store.query("SELECT count(*) AS n FROM conflicts c JOIN instances i USING (sop_uid) JOIN series s USING (series_uid) "
                         "WHERE s.study_uid=?", (uid,))[0]["n"]
     return [dbc.Alert([f"{count} conflicting cop{'y' if count == 1 else 'ies'} of instances in this study: ",
-                       html.A("see what differs and keep one", href="/conflicts")], color="warning", className="py-1 mt-2",
+                       html.A("see what differs and keep one", href=f"/conflicts?study={uid}")], color="warning", className="py-1 mt-2",
                       id="study-conflicts")] if count else []
 
 

@@ -91,7 +91,12 @@ def test_conflict_view_shows_both_and_keeps_one(served, browser, tmp_path):  # n
     second = write(ds, tmp_path / "resent.dcm")
     assert [r.status for r in ingest(store, [first, second])] == ["stored", "conflict"]
     login(browser, base, ADMIN)
-    browser.find_element(By.ID, "nav-conflicts").click()
+    assert browser.find_element(By.ID, "nav-conflicts").get_attribute("href").endswith("/conflicts")
+    browser.get(f"{base}/study?uid={ds.StudyInstanceUID}")  # the study says it has one, and links to its conflicts
+    note = wait(browser).until(EC.visibility_of_element_located((By.ID, "study-conflicts")))
+    assert note.text.startswith("1 conflicting copy of instances in this study")
+    _click(browser, note.find_element(By.TAG_NAME, "a"))
+    wait(browser).until(EC.text_to_be_present_in_element((By.ID, "conflicts-filter"), ds.StudyInstanceUID))
     table = wait(browser).until(EC.visibility_of_element_located((By.ID, "conflicts-table"))).text
     assert "resent.dcm" in table and "pixels differ: 3,072 of 4,096 values" in table and "PatientName" in table
     _click(browser, browser.find_element(By.XPATH, "//button[text()='Show both']"))

@@ -256,6 +256,12 @@ def test_a_conflict_says_what_differs(store, tmp_path):
     ds, _, other = _conflicting(store, tmp_path, PatientName="Other^Name", StudyDescription="Re-sent")
     [listed] = conflicts(store, ROOT)
     assert listed["sop_uid"] == ds.SOPInstanceUID and listed["checksum"] == other and listed["source"].endswith("second.dcm")
+    assert conflicts(store, ROOT, listed["study_uid"]) == [listed]  # one study's only
+    assert conflicts(store, ROOT, _study(store, tmp_path / "quiet", series=1, per_series=1, strategy=4)) == []
+    with pytest.raises(InvalidOptionError):
+        conflicts(store, ROOT, "1.2.3/../4")
+    with pytest.raises(StoreError):
+        conflicts(store, ROOT, "1.2.3.4")
     assert "pixels differ: 2 of 840 values, by up to" in listed["reason"] and "PatientName" in listed["reason"]
     assert "StudyDescription" in listed["reason"]
     detail = conflict_detail(store, ROOT, ds.SOPInstanceUID, other)
