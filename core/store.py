@@ -3,9 +3,11 @@
 Every file is written under a temporary name, fsynced and renamed into
 place; its index row is committed only afterwards, so a crash leaves at worst
 an orphan file (found by :meth:`Store.check`), never a row that points at
-nothing.  Originals are never modified or deleted, and their file names come
-from a hash of the validated SOP Instance UID, never from DICOM text.  Rows
-keep each file's path, so archives written with an older layout still read.
+nothing.  Originals are never modified or deleted (but for strategy 5, which
+replaces one by its checked lossless master: :mod:`core.master`), and their
+file names come from a hash of the validated SOP Instance UID, never from
+DICOM text.  Rows keep each file's path, so archives written with an older
+layout still read.
 """
 
 from __future__ import annotations

@@ -253,3 +253,7 @@ def test_the_study_page_says_which_originals_are_masters(tmp_path, live_app):
     assert "Original = lossless master (jpegls, bit-exact, checked by pylibjpeg)" in page
     assert "Original kept as it came: the bits above Bits Stored" in page
     assert "variant=original&amp;deflate=1" in page or "variant=original&deflate=1" in page
+    with app.server.test_request_context("/policy"):  # the Policy page shows strategy 5's cost beside 1-4
+        g.user = Users(store).authenticate(*ADMIN)
+        policy_page = str(dash.page_registry["pages.policy"]["layout"]())
+    assert all(f"strategy-cost-{n}" in policy_page for n in range(1, 6)) and "Lossless master" in policy_page
