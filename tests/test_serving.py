@@ -115,6 +115,8 @@ def test_gunicorn_as_make_run_starts_it(tmp_path):
         assert all(web.get(f"{base}/api/studies").status_code == 200 for _ in range(8))
 
         # the job of an upload is run by the launcher's runner (the only one), never by a web worker
+        # (strategy 4, originals only: the job has nothing to make, it only has to be claimed and finished)
+        assert requests.put(f"{base}/api/policy", json={"strategy": 4}, auth=ADMIN, timeout=30).status_code == 200
         with open(ct_file(tmp_path, "first.dcm", seed=1), "rb") as fh:
             first = requests.post(f"{base}/api/upload?name=first.dcm", data=fh, auth=ADMIN, timeout=60)
         (job_id,) = first.json()["jobs"]
