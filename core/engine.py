@@ -147,6 +147,8 @@ class CeleryPool:
     workers' total concurrency so none waits for the runner.
     """
 
+    remote = True  # its tasks run elsewhere: a runner shutting down does not wait for them
+
     def __init__(self, size: int, url: str | None = None, poll: float = 0.1):
         self.size = max(1, size)
         self._app = celery_app(url)

@@ -320,6 +320,8 @@ class Jobs:
                 ended = "stopped"
             elif ended == "done" and self.store.query("SELECT cancel FROM jobs WHERE id=?", (job_id,))[0]["cancel"]:
                 ended = "cancelled"
+            if ended == "stopped" and getattr(pool, "remote", False):  # Celery: its tasks finish on their workers, and
+                pool.close()  # the runner that takes the job next makes nothing twice; shutting down waits for none
         return ended
 
     def _record(self, job_id: int, outcome: Outcome) -> bool:

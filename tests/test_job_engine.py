@@ -194,3 +194,20 @@ def test_instances_waiting_for_no_worker_are_said_in_the_log(tmp_path, redis_url
         pool.submit(item.sop_uid, _make_for_instance, str(store.root), [item])
         assert pool.wait(timeout=2.5) == [] and pool.busy == 1
     assert "1 instance(s) wait for a Celery worker and none answers" in caplog.text
+
+
+def test_a_runner_stopping_does_not_wait_for_celery_tasks(tmp_path, redis_url):
+    """No worker runs the instances handed to Celery: stopping the runner is prompt and the job goes back to the queue."""
+    store, study = strategy_1_study(tmp_path, 3)
+    jobs = Jobs(store, workers=2, pool=pool_factory(redis_url))
+    job_id = jobs.submit(study)
+    jobs.start()
+    deadline = time.monotonic() + 30
+    while jobs.get(job_id)["state"] != "running":
+        assert time.monotonic() < deadline, "the runner did not take the job"
+        time.sleep(0.05)
+    time.sleep(0.5)  # its instances are in flight
+    started = time.monotonic()
+    jobs.stop()
+    assert time.monotonic() - started < 10 and not jobs.alive()
+    assert jobs.get(job_id)["state"] == "queued"
