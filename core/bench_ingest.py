@@ -48,7 +48,8 @@ def radpress_server(data: Path, timeout: float = 120.0) -> Iterator[tuple[str, i
     workers) on a free port with its own data directory; yields the base URL and the launcher's pid."""
     port = _free_port()
     env = {**os.environ, "RADPRESS_ADMIN_USER": ADMIN[0], "RADPRESS_ADMIN_PASSWORD": ADMIN[1], "RADPRESS_DEMO": "0",
-           "RADPRESS_DATA": str(data), "HOST": "127.0.0.1", "PORT": str(port)}
+           "RADPRESS_DATA": str(data), "HOST": "127.0.0.1", "PORT": str(port),
+           "RADPRESS_DICOM_PORT": "0"}  # no DICOM node: uploads are measured over HTTP, and 11112 may be taken
     root = Path(__file__).resolve().parent.parent
     log_path = data.parent / "radpress.log"
     with open(log_path, "wb") as log:
