@@ -16,7 +16,7 @@ TEST_DEBS := $(RUN_DEBS) $(HTTPS_DEBS) curl libopenjp2-tools openjph-tools libgd
 # The bench measures side by side with Orthanc (orthanc, orthanc-gdcm: in TEST_DEBS, its harness is tested too).
 BENCH_DEBS := $(TEST_DEBS)
 
-.PHONY: run run-https test bench venv sysdeps-run sysdeps-https sysdeps-test sysdeps-bench ohif clean
+.PHONY: run run-https worker test bench venv sysdeps-run sysdeps-https sysdeps-test sysdeps-bench ohif clean
 
 # Install the Debian packages in $(1) that are missing (as root, or through sudo).
 define apt_ensure
@@ -59,6 +59,10 @@ ohif: venv
 # gunicorn (RADPRESS_WEB_WORKERS x RADPRESS_WEB_THREADS) on HOST:PORT; `.venv/bin/python app.py --dev` is Werkzeug's.
 run: sysdeps-run venv ohif
 	$(PY) app.py
+
+# With REDIS_URL set: a Celery worker for the archive's jobs and Dash's background callbacks (as many on other hosts as wanted).
+worker: sysdeps-run venv
+	$(PY) -m celery -A app:celery_app worker --loglevel info
 
 # https://HOST:HTTPS_PORT (default 8443) with HTTP/2: nginx in front of gunicorn, self-signed certificate on first start.
 run-https: sysdeps-https venv ohif

@@ -214,6 +214,7 @@ class CeleryPool:
             return Outcome(key, None, error)
         if state in ("RECEIVED", "STARTED") and worker_lost(result.info):
             self._app.control.revoke(result.id)  # a late redelivery is dropped (and would make nothing: _make_missing)
+            result.forget()
             sent.result = self._send(sent.name, sent.args)
         return None
 

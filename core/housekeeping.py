@@ -90,7 +90,7 @@ def _uid(value, what: str) -> str:
 
 
 def _delete(store: Store, user: User, study_uid: str, series_uid: str | None, background: bool) -> Deleted:
-    staged: list[Path] = []
+    """One write transaction decides, removes the rows and renames the files away; unlinking comes after."""
     now = time.time()
     with store.connect() as db:
         other_series = db.execute("SELECT count(*) FROM series WHERE study_uid=? AND series_uid IS NOT ?",
@@ -114,7 +114,7 @@ def _delete(store: Store, user: User, study_uid: str, series_uid: str | None, ba
         cancelled: tuple[int, ...] = ()
         if not whole:
             _unmark_demo(db, study_uid)
-        if whole:
+        else:
             cancelled = _cancel_jobs(db, study_uid, now)
             patient = db.execute("SELECT patient_key FROM studies WHERE study_uid=?", (study_uid,)).fetchone()[0]
             db.execute("DELETE FROM study_readers WHERE study_uid=?", (study_uid,))
