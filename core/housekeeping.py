@@ -115,7 +115,7 @@ def _delete(store: Store, user: User, study_uid: str, series_uid: str | None, ba
         if not whole:
             _unmark_demo(db, study_uid)
         else:
-            cancelled = _cancel_jobs(db, study_uid, now)
+            cancelled = _cancel_jobs(db, study_uid)
             patient = db.execute("SELECT patient_key FROM studies WHERE study_uid=?", (study_uid,)).fetchone()[0]
             db.execute("DELETE FROM study_readers WHERE study_uid=?", (study_uid,))
             db.execute("DELETE FROM studies WHERE study_uid=?", (study_uid,))
@@ -132,7 +132,7 @@ def _delete(store: Store, user: User, study_uid: str, series_uid: str | None, ba
 
     def reclaim():
         _unlink(staged)
-        _remove_empty_dirs(store, sops)
+        _remove_folders(store, sops)
 
     if background:
         threading.Thread(target=reclaim, name="radpress-delete", daemon=True).start()
@@ -157,8 +157,8 @@ def _chunks(items: list[str], size: int = 400) -> list[list[str]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _cancel_jobs(db: sqlite3.Connection, study_uid: str, now: float) -> tuple[int, ...]:
-    """Queued jobs of the study end now, running ones are asked to stop; finished ones go with the study."""
+def _cancel_jobs(db: sqlite3.Connection, study_uid: str) -> tuple[int, ...]:
+    """Running jobs of the study are asked to stop (their runner ends them); queued and finished ones go with it."""
     queued = [r[0] for r in db.execute("SELECT id FROM jobs WHERE study_uid=? AND state='queued'", (study_uid,))]
     running = [r[0] for r in db.execute("SELECT id FROM jobs WHERE study_uid=? AND state='running'", (study_uid,))]
     db.execute("UPDATE jobs SET cancel=1 WHERE study_uid=? AND state='running'", (study_uid,))
@@ -212,8 +212,8 @@ def _unlink(staged: list[tuple[Path, Path]]) -> None:
         moved.unlink(missing_ok=True)
 
 
-def _remove_empty_dirs(store: Store, sops: list[str]) -> None:
-    """The per-instance folder of copies, gone with its files (a worker finishing late has its copy refused)."""
+def _remove_folders(store: Store, sops: list[str]) -> None:
+    """Each instance's folder of copies, whatever a worker may still be writing there (its copy is refused anyway)."""
     from .store import uid_key
 
     for sop in sops:
@@ -482,7 +482,7 @@ def _keep_other(store: Store, user: User, row, path: Path, now: float) -> dict:
                 raise
     _unlink(staged)
     path.unlink(missing_ok=True)
-    _remove_empty_dirs(store, [sop_uid])
+    _remove_folders(store, [sop_uid])
     _purge_caches(store, {old_original.checksum}, old["study_uid"])
     for path in _codestreams(store, {old_original.checksum}):
         path.unlink(missing_ok=True)
