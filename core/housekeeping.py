@@ -429,7 +429,7 @@ def resolve_conflict(store: Store, user: User | None, sop_uid: str, checksum: st
     if keep == "stored":
         kept = store.artifact(sop_uid, "original").checksum
         with store.connect() as db:
-            db.execute("DELETE FROM conflicts WHERE sop_uid=? AND checksum=?", (sop_uid, checksum))
+            _take_conflict(db, sop_uid, checksum)
             db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
                        (now, user.name, f"conflict of instance {sop_uid}: kept the stored original",
                         json.dumps({"removed": checksum, "source": row["source"], "bytes_freed": _size(path)}),
@@ -445,6 +445,8 @@ def _keep_other(store: Store, user: User, row, path: Path, now: float) -> dict:
     from .validate import read_checked
 
     sop_uid, checksum = row["sop_uid"], row["checksum"]
+    if not path.exists():
+        raise StoreError(f"The conflict of {sop_uid} was already resolved by another request; nothing was changed.")
     if sha256_file(path) != checksum:
         raise StoreError(f"The conflicting copy of {sop_uid} no longer matches its checksum; it was not used.",
                          hint="Run python -m core check.")
@@ -455,13 +457,13 @@ def _keep_other(store: Store, user: User, row, path: Path, now: float) -> dict:
         target = store.original_path(sop_uid)
         placed = False
         with store.connect() as db:
+            _take_conflict(db, sop_uid, checksum)  # first: a request that lost the race changes nothing
             paths = [Path(r[0]) for r in db.execute("SELECT path FROM artifacts WHERE sop_uid=?", (sop_uid,))]
             sizes = sum(_size(p) for p in paths)
             # what was made from the old one; a demo mark too: the kept file is not the bundled sample
             for table in set(_instance_tables(db)) - {"conflicts", "job_items"}:
                 db.execute(f"DELETE FROM {table} WHERE sop_uid=?", (sop_uid,))
             _unmark_demo(db, old["study_uid"])
-            db.execute("DELETE FROM conflicts WHERE sop_uid=? AND checksum=?", (sop_uid, checksum))
             db.execute("UPDATE conflicts SET reason=NULL WHERE sop_uid=?", (sop_uid,))  # now measured against the new one
             staged = _stage_all(store, paths)
             try:
@@ -488,6 +490,13 @@ def _keep_other(store: Store, user: User, row, path: Path, now: float) -> dict:
         path.unlink(missing_ok=True)
     study_uid = str(ds.StudyInstanceUID)
     return {"kept": "other", "sop_uid": sop_uid, "study_uid": study_uid, "rebuild": study_uid}
+
+
+def _take_conflict(db: sqlite3.Connection, sop_uid: str, checksum: str) -> None:
+    """Remove the conflict's row in the resolving transaction; a second resolution of it (a double click, two admins)
+    finds none and is refused before it changes anything."""
+    if db.execute("DELETE FROM conflicts WHERE sop_uid=? AND checksum=?", (sop_uid, checksum)).rowcount != 1:
+        raise StoreError(f"The conflict of {sop_uid} was already resolved by another request; nothing was changed.")
 
 
 def _unmark_demo(db: sqlite3.Connection, study_uid: str) -> None:

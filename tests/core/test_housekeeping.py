@@ -424,3 +424,23 @@ def test_cli_delete_asks_for_confirmation(store, tmp_path, capsys):
     assert code == 0, out.err
     assert json.loads(out.out)["instances"] == 1 and not _files(store)
     assert store.query("SELECT user FROM audit WHERE what=?", (f"delete study {uid}",))[0]["user"].startswith("cli:")
+
+
+@pytest.mark.parametrize("first,second", [("other", "other"), ("stored", "other"), ("other", "stored"), ("stored", "stored")])
+def test_a_conflict_resolved_twice_at_once_changes_nothing_the_second_time(store, tmp_path, monkeypatch, first, second):
+    """Two requests that both read the conflict before either resolved it: the later one is refused (was a 500
+    from a vanished file, or 'kept the stored original' audited after the other copy had replaced it)."""
+    import core.housekeeping as housekeeping
+
+    ds, first_sum, other = _conflicting(store, tmp_path)
+    sop = ds.SOPInstanceUID
+    seen = housekeeping._conflict(store, ROOT, sop, other)
+    resolve_conflict(store, ROOT, sop, other, first)
+    kept = store.artifact(sop, "original")
+    audit = store.query("SELECT count(*) FROM audit")[0][0]
+    monkeypatch.setattr(housekeeping, "_conflict", lambda *args: seen)  # the second request's row, read before
+    with pytest.raises(StoreError, match="already resolved"):
+        resolve_conflict(store, ROOT, sop, other, second)
+    assert store.artifact(sop, "original") == kept and sha256_file(kept.path) == kept.checksum
+    assert kept.checksum == (other if first == "other" else first_sum)
+    assert store.query("SELECT count(*) FROM audit")[0][0] == audit
