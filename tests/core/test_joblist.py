@@ -61,3 +61,18 @@ def test_a_job_of_a_study_no_longer_indexed_is_still_listed(tmp_path):
     _finished_jobs(store, "1.2.3.4", 1)
     [job] = job_page(Jobs(store), User("admin", "admin")).jobs
     assert job["study_uid"] == "1.2.3.4" and not job["study_indexed"] and job["patient_name"] is None
+
+
+def test_a_demo_login_pages_through_the_sample_studies_jobs_only(tmp_path):
+    store = Store(tmp_path / "data")
+    sample = _study(store, tmp_path, "Sample^Sam", "", 4)
+    clinic = _study(store, tmp_path, "Clinic^Clara", "", 5)
+    with store.connect() as db:
+        db.execute("INSERT INTO demo_instances (sop_uid) VALUES (?)", (store.instances(sample)[0]["sop_uid"],))
+    mine = _finished_jobs(store, sample, 2)
+    _finished_jobs(store, clinic, 2)
+    _finished_jobs(store, "1.2.3.4", 1)  # a deleted study's job: an administrator's only
+    shown = job_page(Jobs(store), User("demo", "demo"))
+    assert shown.total == 2 and [j["id"] for j in shown.jobs] == mine[::-1]
+    assert job_page(Jobs(store), User("rita", "radiologist")).total == 4
+    assert job_page(Jobs(store), User("admin", "admin")).total == 5
