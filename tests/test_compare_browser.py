@@ -69,7 +69,7 @@ def test_compare_boxes_progress_codec_error_and_sticky_banner(live_app, browser,
     browser.get(f"{base}/compare?sop={sop}")
     wait(browser).until(EC.text_to_be_present_in_element((By.ID, "compare-progress"), "done"))
     browser.find_element(By.ID, "compare-sop").click()
-    options = [o.text for o in wait(browser, 10).until(EC.presence_of_all_elements_located((By.XPATH, "//*[@role='option']")))]
+    options = [o.text for o in wait(browser, 30).until(EC.presence_of_all_elements_located((By.XPATH, "//*[@role='option']")))]
     assert options == ["Synthetic, Kind — CT #1"], options
     browser.find_element(By.TAG_NAME, "h2").click()
     browser.execute_script(RECORD_LABELS)
@@ -77,7 +77,7 @@ def test_compare_boxes_progress_codec_error_and_sticky_banner(live_app, browser,
     # the ratio box acts on Enter, the slider follows; the bar says "encoding…" until the new picture is drawn
     start = len(_labels_since(browser, 0))
     _type(browser, "compare-ratio-box", "25")
-    wait(browser, 10).until(lambda d: _slider(d, "compare-ratio")["now"] == "25")
+    wait(browser, 30).until(lambda d: _slider(d, "compare-ratio")["now"] == "25")
     labels = _encode_done(browser, start)
     assert labels[0] == "encoding…" and labels[-1] == "done" and labels.count("done") == 1, labels
     assert any(k.startswith(f"{sop}:0:") and k.endswith(":25") for k in cache)
@@ -88,7 +88,7 @@ def test_compare_boxes_progress_codec_error_and_sticky_banner(live_app, browser,
     assert [m.text for m in browser.find_elements(By.CSS_SELECTOR, "#compare-frame .dash-slider-mark")] == ["1", "3"]
     start = len(_labels_since(browser, 0))
     _type(browser, "compare-frame-box", "3", Keys.TAB)
-    wait(browser, 10).until(lambda d: _slider(d, "compare-frame")["now"] == "3")
+    wait(browser, 30).until(lambda d: _slider(d, "compare-frame")["now"] == "3")
     assert _encode_done(browser, start)[-1] == "done"
     assert any(k.startswith(f"{sop}:2:") for k in cache) and not any(k.startswith(f"{sop}:3:") for k in cache)
 
@@ -98,14 +98,14 @@ def test_compare_boxes_progress_codec_error_and_sticky_banner(live_app, browser,
                               ("compare-frame-box", "4", "Frames are numbered 1 to 3"), ("compare-frame-box", "0", "numbered 1 to 3")):
         _type(browser, box, value)
         message = box.replace("-box", "-message")
-        wait(browser, 10).until(EC.text_to_be_present_in_element((By.ID, message), words))
+        wait(browser, 30).until(EC.text_to_be_present_in_element((By.ID, message), words))
         assert "is-invalid" in browser.find_element(By.ID, box).get_attribute("class")
     time.sleep(0.5)
     assert (_slider(browser, "compare-ratio")["now"], _slider(browser, "compare-frame")["now"]) == ("25", "3")
     assert _labels_since(browser, start) == []
     browser.save_screenshot(str(ARTIFACTS / "compare-refused.png"))
     _type(browser, "compare-ratio-box", "25")  # a good value clears the message
-    wait(browser, 10).until(lambda d: d.find_element(By.ID, "compare-ratio-message").text == "")
+    wait(browser, 30).until(lambda d: d.find_element(By.ID, "compare-ratio-message").text == "")
 
     # the lossy banner stays on screen while the lossy pane and its metrics scroll by
     browser.set_window_size(1600, 800)
@@ -124,13 +124,13 @@ def test_compare_boxes_progress_codec_error_and_sticky_banner(live_app, browser,
     start = len(_labels_since(browser, 0))
     _pick_codec(browser, "JPEG XL")
     wait(browser, 60).until(EC.text_to_be_present_in_element((By.ID, "compare-error"), "JPEG XL cannot store signed pixel data"))
-    wait(browser, 10).until(lambda d: _label(d) == "failed")
+    wait(browser, 30).until(lambda d: _label(d) == "failed")
     assert _labels_since(browser, start)[0] == "encoding…" and "done" not in _labels_since(browser, start)
     assert "no lossy image" in browser.find_element(By.ID, "lossy-banner").text
     assert "compressed" not in browser.find_element(By.ID, "lossy-banner").text
     assert browser.find_element(By.ID, "metrics-lossy").text == "" and browser.find_element(By.ID, "metrics-lossless").text == ""
     for pane in ("pane-lossy", "pane-lossless"):
-        wait(browser, 10).until(EC.text_to_be_present_in_element((By.ID, pane), "no image — see the message above"))
+        wait(browser, 30).until(EC.text_to_be_present_in_element((By.ID, pane), "no image — see the message above"))
     browser.save_screenshot(str(ARTIFACTS / "compare-codec-error.png"))
 
     _pick_codec(browser, "HTJ2K")  # a codec that can: the error goes, the picture and its banner come back
@@ -142,6 +142,6 @@ def test_compare_boxes_progress_codec_error_and_sticky_banner(live_app, browser,
 
 def _pick_codec(driver, label: str) -> None:
     driver.find_element(By.CSS_SELECTOR, "#compare-codec").click()
-    option = wait(driver, 10).until(EC.element_to_be_clickable(
+    option = wait(driver, 30).until(EC.element_to_be_clickable(
         (By.XPATH, f"//*[@role='option' and contains(normalize-space(.), '{label}')]")))
     option.click()
