@@ -218,6 +218,9 @@ def test_download_of_a_mastered_original_and_deflated_zips(tmp_path, live_app):
     assert sum(m is None for m in listed.values()) == 2
     lossless = http.get(f"{base}/download/instance/{sop}", params={"variant": "lossless"})
     assert lossless.content == answer.content  # the master is the lossless copy
+    lossy = http.get(f"{base}/download/instance/{sop}", params={"variant": "lossy"})  # made from the master on demand
+    assert lossy.ok and lossy.headers["X-Lossy-Compression"].startswith("ratio=") and "X-RadPress-Original" not in lossy.headers
+    assert read_dataset(io.BytesIO(lossy.content)).LossyImageCompression == "01"
     bundle = http.get(f"{base}/download/study/{study}.zip", params={"deflate": 1})
     assert bundle.headers["X-RadPress-Original"] == "lossless-master instances=1/3"
     with zipfile.ZipFile(io.BytesIO(bundle.content)) as z:  # the master is stored, the uncompressed ones deflated
