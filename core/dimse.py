@@ -386,8 +386,9 @@ class DicomNode:
                     return ds
         ds = read_dataset(self.store.artifact(sop, "original").path)
         if syntaxes & _UNCOMPRESSED and ds.file_meta.TransferSyntaxUID.is_compressed:
-            # the same instance decoded: its SOP Instance UID stays; an already-lossy one keeps Lossy Image Compression "01"
-            ds.decompress(generate_instance_uid=False)
+            # the same instance decoded: its SOP Instance UID stays; an already-lossy one keeps Lossy Image Compression "01";
+            # its stored values too (as_rgb would turn a YBR_FULL original's master into other, RGB values)
+            ds.decompress(generate_instance_uid=False, as_rgb=False)
         elif ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian and syntaxes & _LITTLE_ENDIAN:
             from .dicomweb import _decoded  # pynetdicom never swaps bytes: a big-endian file for a little-endian receiver
 
