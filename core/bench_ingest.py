@@ -165,32 +165,51 @@ def _median_ms(get: Callable[[], requests.Response], repeat: int) -> tuple[float
     return times[0], statistics.median(times[1:])
 
 
-def measure(count: int = 300, clients: int = 4, repeat: int = 15, warmup: int = 8) -> dict:
+def _settled(base: str, timeout: float = 300.0) -> None:
+    """Wait until RadPress has no artifact job queued or running (previews are timed on a server at rest)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = requests.get(f"{base}/api/jobs", auth=ADMIN, timeout=30).json()
+        if not any(job["state"] in ("queued", "running") for job in jobs):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"RadPress jobs still running after {timeout:.0f} s")
+
+
+def _previews(get: Callable[[str], requests.Response], ids: dict[str, str], repeat: int) -> dict:
+    """First request and median of *repeat* more, per preview sample, in ms."""
+    out = {}
+    for label, key in ids.items():
+        first_ms, median = _median_ms(lambda: get(key), repeat)
+        out[f"preview_ms {label}"], out[f"preview_first_ms {label}"] = median, first_ms
+    return out
+
+
+def measure(count: int = 300, clients: int = 4, repeat: int = 15, warmup: int = 8,
+            preview_samples: dict[str, str] = PREVIEW_SAMPLES) -> dict:
+    """Previews first, on each server at rest (RadPress: once the previewed instances' copies are made), then the
+    timed upload of *count* instances after *warmup* ones."""
     from .samples import write_series
 
     with tempfile.TemporaryDirectory(prefix="radpress-bench-ingest-") as tmp_name:
         tmp = Path(tmp_name)
         series = write_series("693_UNCR", count + warmup, tmp / "series")
         files, first = series[warmup:], series[:warmup]
-        previews = {label: write_series(name, 1, tmp / name)[0] for label, name in PREVIEW_SAMPLES.items()}
-        result = {"instances": count, "clients": clients, "instance_bytes": files[0].stat().st_size}
+        previews = {label: write_series(name, 1, tmp / name)[0] for label, name in preview_samples.items()}
+        result = {"instances": count, "clients": clients, "instance_bytes": files[0].stat().st_size,
+                  "previews": list(previews)}
         with orthanc() as server:
-            result["orthanc"] = _timed_upload(files, first, _post_orthanc(server.base), server.process.pid, clients)
-            http = requests.Session()
-            for label, path in previews.items():
-                (oid,) = server.upload_all([path])
-                first_ms, median = _median_ms(lambda: http.get(f"{server.base}/instances/{oid}/preview", timeout=60), repeat)
-                result["orthanc"][f"preview_ms {label}"] = median
-                result["orthanc"][f"preview_first_ms {label}"] = first_ms
+            ids = {label: server.upload(path) for label, path in previews.items()}
+            timed = _previews(lambda oid: server.http.get(f"{server.base}/instances/{oid}/preview", timeout=60), ids, repeat)
+            result["orthanc"] = {**_timed_upload(files, first, _post_orthanc(server.base), server.process.pid, clients),
+                                 **timed}
         with radpress_server(tmp / "data") as (base, pid):
-            result["radpress"] = _timed_upload(files, first, _post_radpress(base), pid, clients)
+            ids = {label: upload_rate([path], _post_radpress(base), 1)[1][0] for label, path in previews.items()}
+            _settled(base)
             http = requests.Session()
             http.auth = ADMIN
-            for label, path in previews.items():
-                (sop,) = upload_rate([path], _post_radpress(base), 1)[1]
-                first_ms, median = _median_ms(lambda: http.get(f"{base}/preview/{sop}", timeout=120), repeat)
-                result["radpress"][f"preview_ms {label}"] = median
-                result["radpress"][f"preview_first_ms {label}"] = first_ms
+            timed = _previews(lambda sop: http.get(f"{base}/preview/{sop}", timeout=120), ids, repeat)
+            result["radpress"] = {**_timed_upload(files, first, _post_radpress(base), pid, clients), **timed}
     result["checks"] = _checks(result)
     result["table"] = _table(result)
     return result
@@ -201,7 +220,7 @@ def _checks(r: dict) -> list[dict]:
     checks = [{"target": f"upload ingest >= {TARGET:.0f} instances/s (512x512 CT, {r['clients']} clients, HTTP)",
                "measured": f"RadPress {ours['per_s']:.0f}/s, Orthanc {theirs['per_s']:.0f}/s in the same run",
                "ok": ours["per_s"] >= TARGET}]
-    for label in PREVIEW_SAMPLES:
+    for label in r["previews"]:
         mine, other = ours[f"preview_ms {label}"], theirs[f"preview_ms {label}"]
         checks.append({"target": f"full-size preview {label} no slower than Orthanc's",
                        "measured": f"RadPress {mine:.1f} ms, Orthanc {other:.1f} ms (median)", "ok": mine <= other})
@@ -213,7 +232,7 @@ def _table(r: dict) -> str:
     rows = [("upload, instances/s", "per_s", ".0f"), ("  server CPU, ms/instance (web)", "web_cpu_ms", ".2f"),
             ("  server CPU, ms/instance (jobs)", "background_cpu_ms", ".2f"),
             ("  client CPU, ms/instance", "client_cpu_ms", ".2f")]
-    for label in PREVIEW_SAMPLES:
+    for label in r["previews"]:
         rows += [(f"preview {label}, ms (median)", f"preview_ms {label}", ".1f"),
                  (f"preview {label}, first, ms", f"preview_first_ms {label}", ".1f")]
     lines = [f"{'':36} {'RadPress':>10} {'Orthanc':>10}"]

@@ -38,12 +38,11 @@ def test_orthanc_stores_what_it_is_sent_and_is_gone_afterwards(transcode_to, tmp
 
 
 def test_ingest_section_measures_both_servers_on_the_same_files():
-    from core.bench_ingest import PREVIEW_SAMPLES, measure
+    from core.bench_ingest import measure
 
-    r = measure(count=2, clients=2, repeat=1, warmup=1)
+    r = measure(count=2, clients=2, repeat=1, warmup=1, preview_samples={"CT 512²": "693_UNCR"})
     for side in ("radpress", "orthanc"):
-        assert r[side]["per_s"] > 0 and r[side]["web_cpu_ms"] > 0
-        assert all(r[side][f"preview_ms {label}"] > 0 for label in PREVIEW_SAMPLES)
-    assert r["orthanc"]["background_cpu_ms"] == 0
-    assert [c["target"].split(" ")[0] for c in r["checks"]] == ["upload", "full-size", "full-size"]
-    assert "upload, instances/s" in r["table"] and "MR 1024²" in r["table"]
+        assert r[side]["per_s"] > 0 and r[side]["preview_ms CT 512²"] > 0
+    assert r["radpress"]["web_cpu_ms"] > 0 and r["orthanc"]["background_cpu_ms"] == 0  # Orthanc: one process
+    assert [c["target"].split(" ")[0] for c in r["checks"]] == ["upload", "full-size"]
+    assert "upload, instances/s" in r["table"] and "preview CT 512²" in r["table"]
