@@ -260,3 +260,33 @@ def test_the_study_page_says_which_originals_are_masters(tmp_path, live_app):
         g.user = Users(store).authenticate(*ADMIN)
         policy_page = str(dash.page_registry["pages.policy"]["layout"]())
     assert all(f"strategy-cost-{n}" in policy_page for n in range(1, 6)) and "Lossless master" in policy_page
+
+
+KILL = """
+import os, sys
+import core.master as master
+from core.store import Store
+
+setattr(master, sys.argv[3], lambda *args, **kwargs: os._exit(9))  # the process dies there: no finally, no cleanup
+master.make_master(Store(sys.argv[1]), sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("step", ["_rename", "_switch", "_remove_original"])
+def test_a_process_killed_at_any_step_leaves_a_readable_instance(tmp_path, step):
+    store, sop, source = _stored(tmp_path, "s16")
+    killed = subprocess.run([sys.executable, "-c", KILL, str(store.root), sop, step], capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).parents[2])
+    assert killed.returncode == 9, killed.stderr
+    expected = decode_all(read_dataset(source))
+    with variant_file(store, sop, "original").stream as fh:  # at least one copy, and the index names one that exists
+        assert np.array_equal(decode_all(read_dataset(fh)), expected)
+    for stray in (store.root / "artifacts").rglob("master.*"):  # a master nobody names yet: quiet long enough
+        os.utime(stray, (stray.stat().st_mtime - 3600,) * 2)
+    report = store.check()
+    assert report["missing_originals"] == [] and report["unindexed_originals"] == []
+    make_master(store, sop)  # done now, or finished before
+    assert master_of(store, sop).mastered and not store.original_path(sop).exists()
+    assert store.check(verify=True)["master_mismatches"] == [] and not list((store.root / "tmp").iterdir())
+    with variant_file(store, sop, "original").stream as fh:
+        assert np.array_equal(decode_all(read_dataset(fh)), expected)
