@@ -1,9 +1,10 @@
 """Jobs with the study they serve, progress, duration, throughput, errors and a cancel button."""
 
 import time
+from urllib.parse import quote
 
 import dash_bootstrap_components as dbc
-from dash import html
+from dash import dcc, html
 
 from core.present import dicom_date, duration, person_name
 
@@ -16,7 +17,7 @@ def _study_cell(job: dict) -> html.Td:
     if not job.get("study_indexed"):
         return html.Td(uid[-20:], title=uid, className="job-study")
     about = " · ".join(t for t in (job.get("study_description") or "", dicom_date(job.get("study_date"))) if t)
-    return html.Td([html.Div(person_name(job["patient_name"]), className="job-patient"),
+    return html.Td([html.Div(dcc.Link(person_name(job["patient_name"]), href=f"/study?uid={quote(uid)}"), className="job-patient"),
                     html.Div(about or "(no description)", className="small text-muted job-description")],
                    title=uid, className="job-study")
 

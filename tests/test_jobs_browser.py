@@ -13,12 +13,13 @@ from tests.test_browser import ARTIFACTS, browser, login, wait  # noqa: F401  (b
 
 
 def _rows(driver) -> list[dict]:
-    """The table's rows as {id, patient, description, duration, speed, cancel}, read at once (the page re-renders every 1.5 s)."""
+    """The table's rows as {id, patient, description, duration, speed, cancel, href}, read at once (the page re-renders every 1.5 s)."""
     return driver.execute_script("""
         const cell = (row, name) => { const e = row.getElementsByClassName(name)[0]; return e ? e.innerText : null; };
         return [...document.querySelectorAll('#jobs-table tbody tr')].map(row => ({id: row.id,
             patient: cell(row, 'job-patient'), description: cell(row, 'job-description'), duration: cell(row, 'job-duration'),
-            speed: cell(row, 'job-speed'), cancel: row.querySelector('button') !== null}));""")
+            speed: cell(row, 'job-speed'), cancel: row.querySelector('button') !== null,
+            href: row.querySelector('.job-patient a') && row.querySelector('.job-patient a').getAttribute('href')}));""")
 
 
 def _job(db, study: str, state: str, done: int, started: float, finished: float | None) -> int:
@@ -49,6 +50,7 @@ def test_jobs_page_names_the_study_and_pages_by_50(live_app, browser, tmp_path):
     assert [r["id"] for r in rows] == [f"job-row-{running}"] + [f"job-row-{n}" for n in history[::-1][:49]]
     bob = rows[0]
     assert (bob["patient"], bob["description"], bob["cancel"]) == ("Smith, Bob", "KNEE LEFT · 2004-08-26", True)
+    assert bob["href"] == f"/study?uid={studies['Smith^Bob']}"  # the patient opens the study
     seconds = float(re.fullmatch(r"(\d+(?:\.\d)?) s", bob["duration"]).group(1))  # running: counted up to now
     assert 4 <= seconds < 600 and re.fullmatch(r"0\.\d inst/s, 0\.\d\d MB/s", bob["speed"])
     assert {(r["patient"], r["description"], r["duration"], r["speed"], r["cancel"]) for r in rows[1:]} == {
