@@ -3,17 +3,17 @@
 The same files go to both servers in the same run: a series of 512×512 CT
 instances (new UIDs per copy of pydicom-data's 693 slice) posted by 4
 parallel clients, one instance per request, as a modality or a gateway sends
-them.  RadPress is served as ``make run`` serves it (gunicorn, several worker
-processes); Orthanc is Debian's, with its default settings.  Previews are the
-full-size PNG of a CT 512² and an MR 1024² instance
-(``/instances/{id}/preview`` against ``/preview/<sop>``), one client.
+them.  RadPress is served as ``make run`` serves it (the launcher: its job
+runner and gunicorn's worker processes); Orthanc is Debian's, with its default
+settings.  Previews are the full-size PNG of a CT 512² and an MR 1024²
+instance (``/instances/{id}/preview`` against ``/preview/<sop>``), one client,
+timed on each server at rest before the upload.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,19 +27,13 @@ from typing import Callable, Iterator
 
 import requests
 
-from .bench_orthanc import orthanc
+from .bench_orthanc import _free_port, orthanc
 
 __all__ = ["measure", "radpress_server", "upload_rate"]
 
 ADMIN = ("bench", "bench-password-not-secret")
 TARGET = 330.0  # instances/s: Orthanc's figure on this machine (issue 13)
 PREVIEW_SAMPLES = {"CT 512²": "693_UNCR", "MR 1024²": "MR2_UNCR"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
