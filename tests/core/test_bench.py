@@ -25,6 +25,7 @@ def test_bench_writes_json(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "measure_psnr_truth", lambda: small_truth(["emri_small"], codecs=("jpegls",)))
     small_cine = bench.measure_cine
     monkeypatch.setattr(bench, "measure_cine", lambda: small_cine(rows=48, columns=64, frames=12))
+    monkeypatch.setattr(bench, "SECTIONS", ())  # side-by-side sections have tests of their own (full size here: minutes)
     assert run_bench(json_path=str(tmp_path / "bench.json"), archive_instances=4, big=0) == 0
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written["accuracy"]["summary"][0]["codec"] == "j2k" and written["psnr_truth"]["rows"][0]["decoder"] == "pydicom"
