@@ -179,6 +179,10 @@ class Policy:
             get_codec(codec, True)
         if not isinstance(self.ratios, dict) or not isinstance(self.lossy_codecs, dict):
             raise InvalidOptionError("ratios and lossy_codecs are objects keyed by modality.", hint='For example {"CT": 8}.')
+        for key in (*self.ratios, *self.lossy_codecs):
+            if not _ratio_key(key):  # "ct" or "../x" would be saved and never match an image
+                raise InvalidOptionError(f"{key!r} is not a Modality (0008,0060) code (optionally followed by BRAIN) "
+                                         "to key a ratio by.", hint='Use the DICOM defined term in capitals, e.g. "CT", "CT BRAIN".')
         for key, value in {"default": self.default_ratio, **self.ratios}.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InvalidOptionError(f"Lossy ratio {value!r} for {key} is not a number.", hint="For example 10.")
@@ -221,9 +225,17 @@ class Policy:
         for key in ("default_ratio",):
             if isinstance(data.get(key), str):
                 data[key] = float(data[key])
-        if isinstance(data.get("ratios"), dict):
-            data["ratios"] = {k: float(v) if isinstance(v, str) else v for k, v in data["ratios"].items()}
+        if isinstance(data.get("ratios"), dict):  # a key no image matches (accepted once by the API) is dropped
+            data["ratios"] = {k: float(v) if isinstance(v, str) else v for k, v in data["ratios"].items() if _ratio_key(k)}
+        if isinstance(data.get("lossy_codecs"), dict):
+            data["lossy_codecs"] = {k: v for k, v in data["lossy_codecs"].items() if _ratio_key(k)}
         return cls.from_dict(data)
+
+
+def _ratio_key(key) -> bool:
+    """A key of ``ratios``: a modality code, maybe with an anatomy ("CT BRAIN"); images without a modality follow the
+    default ratio (an empty key broke the Policy page and PUT /api/policy)."""
+    return isinstance(key, str) and bool(_MODALITY.fullmatch(key)) and key == key.strip()
 
 
 def _check_banner(template: str) -> None:

@@ -72,6 +72,9 @@ def test_the_policy_warning_says_copies_are_capped():
     ({"ratios": {"CT": None}}, "for CT is not a number"),
     ({"ratios": ["CT", 8]}, "objects keyed by modality"),
     ({"lossy_banner": 5}, "is not text"),
+    ({"ratios": {"ct": 8}}, "'ct' is not a Modality"),  # saved, never matching an image (CT), the API said 200
+    ({"ratios": {"../x": 8}}, "is not a Modality"),
+    ({"lossy_codecs": {"CT\x00": "j2k"}}, "is not a Modality"),
 ])
 def test_policy_values_have_their_types(change, words):
     """A string "false" where a boolean goes would leave lossy copies on while the API answered 200."""
@@ -92,6 +95,10 @@ def test_a_policy_saved_before_types_were_checked_still_opens(tmp_path):
                    (json.dumps({**Policy().to_dict(), "lossy_enabled": "false", "strategy": True, "default_ratio": "12"}),))
     policy = store.policy()
     assert policy.lossy_enabled is False and policy.strategy == 1 and policy.default_ratio == 12.0
+    with store.connect() as db:  # a ratio key no image matches, accepted once by the API: dropped, the archive opens
+        db.execute("INSERT OR REPLACE INTO settings VALUES ('policy', ?)", (json.dumps(
+            {**policy.to_dict(), "ratios": {"ct": 9, "MR": 7}, "lossy_codecs": {"ct": "jxl", "MR": "j2k"}}),))
+    assert store.policy().ratios == {"MR": 7} and store.policy().lossy_codecs == {"MR": "j2k"}
     store.set_policy(policy)
     assert json.loads(store.query("SELECT value FROM settings WHERE key='policy'")[0]["value"])["lossy_enabled"] is False
 
@@ -323,6 +330,10 @@ def test_put_policy_refuses_bad_modality_values_and_queues_only_changed_studies(
     assert answer.status_code == 200, answer.text
     assert [http.get(f"{base}/api/jobs/{j}").json()["study_uid"] for j in answer.json()["jobs"]] == [cr]  # CT 91×83: JPEG-LS either way
     assert http.get(f"{base}/api/policy").json()["strategies"] == {"CR": 4}
+    # an empty key was saved, then answered 500 (and broke the Policy page); a lower-case one was saved, matching nothing
+    for key in ("", "ct"):
+        bad = http.put(f"{base}/api/policy", json={"ratios": {key: 40}})
+        assert bad.status_code == 400 and f"{key!r} is not a Modality" in bad.json()["error"] and key not in store.policy().ratios
 
 
 def test_a_codec_change_replaces_the_copy_and_its_file(tmp_path):
