@@ -123,11 +123,11 @@ def pixel_digest(pixels: np.ndarray) -> str:
     return hashlib.sha256(head + pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes()).hexdigest()
 
 
-def independent_pixels(path: Path) -> np.ndarray:
-    """Every frame of a JPEG-LS master decoded by libjpeg (pylibjpeg), not by CharLS that encoded it."""
+def independent_pixels(source: Path | Dataset) -> np.ndarray:
+    """Every frame of a JPEG-LS master (a file or its dataset) decoded by libjpeg (pylibjpeg), not by CharLS that encoded it."""
     from pydicom.pixels import get_decoder
 
-    ds = read_dataset(path)
+    ds = source if isinstance(source, Dataset) else read_dataset(source)
     spec = pixel_spec(ds)
     decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
     if CHECKER not in decoder.available_plugins:
@@ -240,8 +240,9 @@ def make_master(store: Store, sop_uid: str) -> Artifact:
 def _check(store: Store, original: Artifact, ds: Dataset, before: np.ndarray, target: Path) -> None:
     """The master on disk, read back by the independent decoder, must hold the original's pixels and attributes."""
     problems = []
+    master = read_dataset(target)
     try:
-        after = independent_pixels(target)
+        after = independent_pixels(master)
     except MasterCheckFailed as exc:
         problems.append(exc.message)
     else:
@@ -249,7 +250,7 @@ def _check(store: Store, original: Artifact, ds: Dataset, before: np.ndarray, ta
             problems.append(f"decoded {after.shape} {after.dtype}, the original {before.shape} {before.dtype}")
         elif not np.array_equal(after, before):
             problems.append(f"{int(np.count_nonzero(after != before))} sample(s) differ")
-    if changed := _changed_attributes(ds, read_dataset(target, pixels=False)):
+    if changed := _changed_attributes(ds, master):
         problems.append("attributes changed: " + ", ".join(changed[:10]))
     if problems:
         message = f"The lossless master of {original.sop_uid} failed the independent check ({CHECKER}): {'; '.join(problems)}."
