@@ -10,12 +10,15 @@ CINE_TRIM = "cine-trim"
 CINE_HLS = "cine-hls"
 
 
-def make_cine_player(sop_uid: str) -> html.Div:
-    """The video loads nothing until played (encoding is on demand); the trim form opens ``/cine/<sop>.mp4?start=&end=``."""
+def make_cine_player(sop_uid: str, poster: str) -> html.Div:
+    """The video loads nothing until played (encoding is on demand); the trim form opens ``/cine/<sop>.mp4?start=&end=``.
+
+    *poster* is the URL the page links the instance's thumbnail with (versioned: the browser fetches it once).
+    """
     src, key = f"/cine/{sop_uid}.mp4", sop_uid.replace(".", "-")  # Dash IDs may not hold dots
     return html.Div([
         html.Div([html.Strong("⚠ "), html.Span(LABEL)], className="lossy-banner small", role="alert"),
-        html.Video(src=src, controls=True, muted=True, preload="none", poster=f"/thumbnail/{sop_uid}",
+        html.Video(src=src, controls=True, muted=True, preload="none", poster=poster,
                    id=f"{CINE_VIDEO}-{key}", className="w-100 cine-video", **{"data-sop": sop_uid}),
         html.Form([
             dcc.Input(name="start", type="number", min=0, step="any", placeholder="start s", className="form-control form-control-sm",

@@ -545,14 +545,17 @@ def thumbnail_bytes(store: Store, sop_uid: str) -> tuple[bytes, str]:
     return data, hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def thumbnail_version(store: Store, sop_uid: str) -> str:
-    """The ETag :func:`thumbnail_bytes` answers with, without making the thumbnail: pages link
-    ``/thumbnail/<sop>?v=<version>``, a URL that names its content (cached by the browser as immutable)."""
-    stored = store.artifact(sop_uid, "thumbnail")
-    if stored is not None:
-        return stored.checksum[:32]
-    original = store.artifact(sop_uid, "original")
-    return hashlib.sha256(f"{original.checksum}:thumbnail:{THUMBNAIL_SIZE}".encode()).hexdigest()[:32]
+def thumbnail_versions(artifacts) -> dict[str, str]:
+    """The ETag :func:`thumbnail_bytes` answers with, per instance among *artifacts* (e.g. a study's, read in one
+    query), without making any thumbnail: pages link ``/thumbnail/<sop>?v=<version>``, a URL that names its content
+    (cached by the browser as immutable)."""
+    found: dict[str, dict] = {}
+    for a in artifacts:
+        if a.variant in ("thumbnail", "original"):
+            found.setdefault(a.sop_uid, {})[a.variant] = a
+    return {sop: (pair["thumbnail"].checksum[:32] if "thumbnail" in pair else
+                  hashlib.sha256(f"{pair['original'].checksum}:thumbnail:{THUMBNAIL_SIZE}".encode()).hexdigest()[:32])
+            for sop, pair in found.items()}
 
 
 def lab_key(store: Store, study_uid: str, config=None, sop_uids: set[str] | None = None) -> str:

@@ -582,7 +582,7 @@ def thumbnail(sop_uid):
     _check_instance(store, sop_uid)
     data, etag = thumbnail_bytes(store, sop_uid)
     response = send_file(io.BytesIO(data), mimetype="image/png", etag=etag, conditional=True, max_age=3600)
-    return versioned(_lossy_header(response, _history(store, sop_uid)), etag)  # ?v=<etag>: immutable (core.archive.thumbnail_version)
+    return versioned(_lossy_header(response, _history(store, sop_uid)), etag)  # ?v=<etag>: immutable (core.archive.thumbnail_versions)
 
 
 # -- images: progressive previews and DeepZoom ---------------------------------

@@ -2,26 +2,30 @@
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import ALL, Input, Output, State, callback, ctx, dcc, html
+from dash import ALL, MATCH, Input, Output, State, callback, ctx, dcc, html
 
 from components.cine_player import make_cine_player
 from components.housekeeping import DELETE_OPEN, make_confirm_dialog, make_delete_button
 from core.present import dimensions, human_size
-from core.archive import plan, thumbnail_version
+from core.archive import plan
 from core.auth import current_user
 from core.context import open_store
 from core.errors import RadPressError
 from core.housekeeping import delete_series, delete_study
-from core.master import masters
 from core.ohif import viewer_url
 from core.compress import artifact_warning
 from core.derive import LossyHistory
 from core.policy import STRATEGIES, lossy_setting
-from core.users import allowed, authorize, record_access, visible_instances
+from core.studyview import study_view
+from core.users import allowed, authorize, record_access
 
 dash.register_page(__name__, path="/study", title="Study — RadPress", name="Study")
 
 STRATEGY = "study-strategy"
+SERIES_PAGE = "series-page"  # pattern ids {"type": ..., "series": Series Instance UID}: the pager,
+SERIES_CARDS = "series-cards"  # the cards it shows
+SERIES_SHOWN = "series-shown"  # and which of them ("instances 49–96 of 300")
+GRID = {"display": "grid", "gridTemplateColumns": "repeat(auto-fill, minmax(15rem, 1fr))", "gap": "1rem"}
 
 
 def _downloads(href: str, label: str, lossy_enabled: bool):
@@ -69,6 +73,45 @@ def _lossy_line(policy, rows):
     return html.P(text, className="small", id="study-lossy-setting")
 
 
+def _series_block(page, lossy_enabled: bool, housekeeping: bool) -> html.Div:
+    """A series: its heading (delete for administrators), which instances are shown, a pager when they do not all fit."""
+    key = {"series": page.series_uid}
+    delete = [make_delete_button("series", page.series_uid, "Delete series")] if housekeeping else []
+    pager = [dbc.Pagination(id={"type": SERIES_PAGE, **key}, max_value=page.pages, active_page=page.number, first_last=True,
+                            previous_next=True, fully_expanded=False, size="sm", className="mb-2 series-pager")] if page.pages > 1 else []
+    return html.Div([
+        html.H5([f"Series {page.series_uid[-12:]} — {page.modality} {page.description}",
+                 html.Small(page.shown, id={"type": SERIES_SHOWN, **key}, className="text-muted ms-2 series-shown"), *delete]),
+        *pager,
+        html.Div(_cards(page, lossy_enabled), id={"type": SERIES_CARDS, **key}, style=GRID, className="mb-3 series-cards"),
+    ], className="series-block")
+
+
+def _cards(page, lossy_enabled: bool) -> list:
+    return [_card(card, lossy_enabled) if card.row["rows"] else _document_card(card.row) for card in page.cards]
+
+
+def _card(card, lossy_enabled: bool) -> html.Div:
+    """One image instance, in few plain components (a page shows dozens): thumbnail, copies, lossy marks, links."""
+    row, sop, arts = card.row, card.row["sop_uid"], card.artifacts
+    variants = ["original", "lossless"] + (["lossy"] if lossy_enabled else [])
+    links = ["⬇ ", *[html.A(v, href=f"/download/instance/{sop}?variant={v}", className="me-2") for v in variants],
+             html.A("Compare", href=f"/compare?sop={sop}", className="btn btn-sm btn-primary ms-auto me-1"),
+             html.A("Zoom", href=f"/viewer?sop={sop}", className="btn btn-sm btn-outline-secondary")]
+    return html.Div([
+        html.A(html.Img(src=card.thumbnail, className="card-img-top thumb", alt="thumbnail"), href=f"/compare?sop={sop}"),
+        html.Div([
+            html.Div(f"#{row['number'] or '?'} · {dimensions(row['columns'], row['rows'])} · {row['frames']} frame(s)", className="small"),
+            html.Div(", ".join(_artifact_text(a) for a in arts), className="small text-muted artifacts"),
+            *_lossy_original(row, arts),
+            *_master_line(card.master),
+            *[html.Div(w, className="small text-danger lossy-warning") for a in arts if (w := artifact_warning(row, a))],
+            *([make_cine_player(sop, card.thumbnail)] if (row["frames"] or 0) > 1 else []),
+            html.Div(links, className="small d-flex align-items-center flex-wrap card-links"),
+        ], className="card-body p-2"),
+    ], className="card h-100 study-card" + (" lossy-card" if row["lossy"] else ""))
+
+
 def layout(uid: str = "", **_query):
     store, user = open_store(), current_user()
     try:
@@ -78,45 +121,10 @@ def layout(uid: str = "", **_query):
         return dbc.Alert(str(exc), color="warning")
     record_access(store, user, "view", uid)
     policy = store.policy()
-    instances = visible_instances(store, user, uid)
-    artifacts = {}
-    for a in store.artifacts(study_uid=uid):
-        artifacts.setdefault(a.sop_uid, []).append(a)
-    decided = masters(store, uid)
-    mastered = sum(decided[r["sop_uid"]].mastered for r in instances if r["sop_uid"] in decided)
-    series = {}
-    for row in instances:
-        series.setdefault(row["series_uid"], []).append(row)
-    blocks = []
-    for rows in series.values():
-        cards = []
-        for row in rows:
-            if not row["rows"]:  # a report, plan, PDF, key object: kept as sent, nothing to show or compress
-                cards.append(dbc.Col(_document_card(row), md=3, className="mb-3"))
-                continue
-            arts = ", ".join(_artifact_text(a) for a in artifacts.get(row["sop_uid"], []))
-            warnings = [html.Div(w, className="small text-danger lossy-warning")
-                        for a in artifacts.get(row["sop_uid"], []) if (w := artifact_warning(row, a))]
-            cards.append(dbc.Col(dbc.Card([
-                html.A(html.Img(src=f"/thumbnail/{row['sop_uid']}?v={thumbnail_version(store, row['sop_uid'])}",
-                                className="card-img-top thumb", alt="thumbnail"),
-                       href=f"/compare?sop={row['sop_uid']}"),
-                dbc.CardBody([
-                    html.Div(f"#{row['number'] or '?'} · {dimensions(row['columns'], row['rows'])} · {row['frames']} frame(s)", className="small"),
-                    html.Div(arts, className="small text-muted artifacts"),
-                    *_lossy_original(row, artifacts.get(row["sop_uid"], [])),
-                    *_master_line(decided.get(row["sop_uid"])),
-                    *warnings,
-                    *([make_cine_player(row["sop_uid"])] if (row["frames"] or 0) > 1 else []),
-                    _downloads(f"/download/instance/{row['sop_uid']}", "⬇", policy.lossy_enabled),
-                    dbc.Button("Compare", href=f"/compare?sop={row['sop_uid']}", size="sm", color="primary", className="me-1"),
-                    dbc.Button("Zoom", href=f"/viewer?sop={row['sop_uid']}", size="sm", color="secondary", outline=True),
-                ], className="p-2"),
-            ], className="h-100"), md=3, className="mb-3"))
-        first = rows[0]
-        delete = [make_delete_button("series", first["series_uid"], "Delete series")] if allowed(user, "housekeeping") else []
-        blocks += [html.H5([f"Series {first['series_uid'][-12:]} — {first['modality']} {first['series_description'] or ''}", *delete]),
-                   dbc.Row(cards)]
+    view = study_view(store, user, uid)
+    instances, mastered = view.instances, view.mastered
+    housekeeping = allowed(user, "housekeeping")
+    blocks = [_series_block(page, policy.lossy_enabled, housekeeping) for page in view.pages()]
     override = study["strategy"]
     strategy_picker = dbc.Row([
         dbc.Col(html.Label("Storage strategy for this study", htmlFor=STRATEGY), width="auto"),
@@ -185,6 +193,17 @@ def change_strategy(value, uid):
     job = jobs.submit(uid)
     return dbc.Alert([f"Job {job} queued: {len(todo.make)} artifact(s) to make, {len(todo.remove)} to remove. ",
                       html.A("See Jobs", href="/jobs")], color="info", className="py-1 mb-0", id="strategy-job")
+
+
+@callback(Output({"type": SERIES_CARDS, "series": MATCH}, "children"), Output({"type": SERIES_SHOWN, "series": MATCH}, "children"),
+          Input({"type": SERIES_PAGE, "series": MATCH}, "active_page"), State({"type": SERIES_PAGE, "series": MATCH}, "id"),
+          State("study-uid", "data"), prevent_initial_call=True)
+def turn_page(number, pager, uid):
+    """Another page of a series' cards, drawn on the server like the first."""
+    store, user = open_store(), current_user()
+    authorize(store, user, "view", study_uid=uid)
+    page = study_view(store, user, uid).page(pager["series"], number)
+    return _cards(page, store.policy().lossy_enabled), page.shown
 
 
 @callback(Output("delete-dialog", "is_open"), Output("delete-dialog-body", "children"), Output("delete-target", "data"),
