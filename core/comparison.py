@@ -74,6 +74,8 @@ def lossy_banner(ratio: float, codec: Codec, template: str = DEFAULT_BANNER, his
     """
     total = history.then(ratio, codec.method).cumulative_ratio if history.lossy else ratio
     text = template.format(ratio=format_ratio(total or ratio), codec=codec.label, method=codec.method)
+    if "lossy" not in text.lower():  # a clinic's wording of "{ratio}:1" alone would not say what the image is
+        text = f"LOSSY — {text}"
     if history.lossy:
         earlier = f"{format_ratio(ratio)}:1 on top of {history.label}" if total else f"{format_ratio(ratio)}:1 on top of an earlier lossy compression of unknown ratio"
         text += f" — original already lossy: {earlier}"

@@ -174,11 +174,11 @@ class Policy:
         if "{ratio}" not in self.lossy_banner:
             raise InvalidOptionError("The lossy banner must show the ratio.", hint="Keep {ratio} in the wording.")
         _check_banner(self.lossy_banner)
+        if not isinstance(self.ratios, dict) or not isinstance(self.lossy_codecs, dict):
+            raise InvalidOptionError("ratios and lossy_codecs are objects keyed by modality.", hint='For example {"CT": 8}.')
         get_codec(self.lossy_codec, True)
         for codec in self.lossy_codecs.values():
             get_codec(codec, True)
-        if not isinstance(self.ratios, dict) or not isinstance(self.lossy_codecs, dict):
-            raise InvalidOptionError("ratios and lossy_codecs are objects keyed by modality.", hint='For example {"CT": 8}.')
         for key in (*self.ratios, *self.lossy_codecs):
             if not _ratio_key(key):  # "ct" or "../x" would be saved and never match an image
                 raise InvalidOptionError(f"{key!r} is not a Modality (0008,0060) code (optionally followed by BRAIN) "
@@ -238,11 +238,17 @@ def _ratio_key(key) -> bool:
     return isinstance(key, str) and bool(_MODALITY.fullmatch(key)) and key == key.strip()
 
 
+MAX_BANNER = 300
+
+
 def _check_banner(template: str) -> None:
     """The banner is a str.format template shown on every lossy image: only the plain fields {ratio}, {codec} and
     {method}, so that a typo cannot break Compare for everyone and no field can reach into Python objects."""
     import string
 
+    if len(template) > MAX_BANNER or any(ord(c) < 32 or ord(c) == 127 for c in template):
+        raise InvalidOptionError(f"The lossy banner must be one line of at most {MAX_BANNER} characters.",
+                                 hint="It is shown above every lossy image: keep it short.")
     try:
         fields = [(name, spec, conv) for _text, name, spec, conv in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:

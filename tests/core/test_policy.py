@@ -71,6 +71,7 @@ def test_the_policy_warning_says_copies_are_capped():
     ({"default_ratio": "10"}, "Lossy ratio '10' for default is not a number"),
     ({"ratios": {"CT": None}}, "for CT is not a number"),
     ({"ratios": ["CT", 8]}, "objects keyed by modality"),
+    ({"lossy_codecs": []}, "objects keyed by modality"),  # was an AttributeError: a 500 from PUT /api/policy
     ({"lossy_banner": 5}, "is not text"),
     ({"ratios": {"ct": 8}}, "'ct' is not a Modality"),  # saved, never matching an image (CT), the API said 200
     ({"ratios": {"../x": 8}}, "is not a Modality"),
@@ -120,6 +121,12 @@ def test_the_banner_template_has_plain_fields_only(banner, words):
         Policy.from_dict({**Policy().to_dict(), "lossy_banner": banner})
     fine = Policy.from_dict({**Policy().to_dict(), "lossy_banner": "LOSSY {{{ratio}:1}} {codec} {method}"})
     assert lossy_banner(10, get_codec("j2k", True), fine.lossy_banner).startswith("LOSSY {10:1} ")
+    # a wording without the word still says it (it was "10:1"), and it stays one short line (2 MB and ESC were saved)
+    assert lossy_banner(10, get_codec("j2k", True), "{ratio}:1").startswith("LOSSY — 10:1")
+    assert lossy_banner(10, get_codec("j2k", True), "Verlustbehaftet (lossy) {ratio}:1") == "Verlustbehaftet (lossy) 10:1"
+    for bad in ("{ratio}" + "x" * 400, "LOSSY {ratio}\x1b[8m", "LOSSY {ratio}\nsecond line"):
+        with pytest.raises(InvalidOptionError, match="one line of at most 300"):
+            Policy.from_dict({**Policy().to_dict(), "lossy_banner": bad})
 
 
 # -- lossless codec per image kind, strategy per modality, the form's checks, jobs only where copies change -------
