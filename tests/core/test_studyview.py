@@ -1,0 +1,106 @@
+"""The Study page's data: a few queries whatever the study's size, cards paged per series, versioned thumbnails."""
+
+import copy
+
+import pytest
+from pydicom.uid import generate_uid
+
+from core.archive import make_artifact, plan, thumbnail_bytes
+from core.errors import InvalidOptionError
+from core.ingest import ingest
+from core.store import Store
+from core.studyview import FIRST_CARDS, MIN_PER_PAGE, study_view
+from core.users import User, mark_demo
+from tests.synthetic import KINDS, make_dataset, write
+
+ADMIN = User("boss", "admin")
+DEMO = User("demo", "demo")
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "data")
+
+
+def _study(store: Store, folder, sizes: list[int], lossy_every: int = 0) -> str:
+    """A study with one series per entry of *sizes* (that many 16×16 CT instances); every *lossy_every*-th instance
+    arrived already lossy-compressed."""
+    base = make_dataset(rows=16, columns=16, modality="CT")
+    lossy = make_dataset(**{**KINDS["already_lossy"], "rows": 16, "columns": 16, "modality": "CT"})
+    paths = []
+    for s, size in enumerate(sizes):
+        series_uid = generate_uid()
+        for n in range(size):
+            ds = copy.deepcopy(lossy if lossy_every and n % lossy_every == 0 else base)
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = base.StudyInstanceUID, series_uid, s + 1, n + 1
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            paths.append(write(ds, folder / f"{s}-{n}.dcm"))
+    assert {r.status for r in ingest(store, paths)} == {"stored"}
+    return base.StudyInstanceUID
+
+
+def test_cards_are_paged_per_series_within_the_first_render_budget(store, tmp_path):
+    uid = _study(store, tmp_path / "in", [110, 3])
+    view = study_view(store, ADMIN, uid)
+    big, small = view.series
+    assert view.per_page == FIRST_CARDS // 2 == 24  # two series share the first render
+    first = view.pages()
+    assert [(p.series_uid, p.number, p.pages, len(p.cards)) for p in first] == [(big, 1, 5, 24), (small, 1, 1, 3)]
+    assert first[0].shown == "instances 1–24 of 110" and first[1].shown == "3 instances"
+    last = view.page(big, 5)
+    assert [c.row["number"] for c in last.cards] == list(range(97, 111)) and last.shown == "instances 97–110 of 110"
+    assert view.page(big, 99) == last  # past the end: the last page (a pager clicked after a series shrank)
+    third = view.page(big, 3)
+    assert [c.row["number"] for c in third.cards] == list(range(49, 73))
+    for bad in (0, -1, "2", 2.0, True, None):
+        with pytest.raises(InvalidOptionError, match="whole numbers from 1"):
+            view.page(big, bad)
+    other = _study(store, tmp_path / "other", [1])
+    with pytest.raises(InvalidOptionError, match="not a series of study"):
+        view.page(study_view(store, ADMIN, other).instances[0]["series_uid"])
+
+
+@pytest.mark.parametrize("series, per_page", [(1, FIRST_CARDS), (5, 8), (7, 4), (20, MIN_PER_PAGE)])
+def test_each_series_gets_whole_rows_and_at_least_one(store, tmp_path, series, per_page):
+    view = study_view(store, ADMIN, _study(store, tmp_path / "in", [1] * series))
+    assert view.per_page == per_page and per_page % MIN_PER_PAGE == 0
+
+
+def test_thumbnail_urls_name_the_etag_the_route_answers_with(store, tmp_path):
+    """Made on demand (no thumbnail stored) and stored by the archive: the URL's v is the thumbnail's own ETag."""
+    uid = _study(store, tmp_path / "in", [3])
+    store.set_study_strategy(uid, 1)
+    first = store.instances(uid)[0]["sop_uid"]
+    for wanted in plan(store, uid).make:
+        if wanted.sop_uid == first:
+            make_artifact(store, wanted)
+    assert store.artifact(first, "thumbnail") is not None
+    cards = study_view(store, ADMIN, uid).pages()[0].cards
+    for card in cards:
+        _png, etag = thumbnail_bytes(store, card.row["sop_uid"])
+        assert card.thumbnail == f"/thumbnail/{card.row['sop_uid']}?v={etag}"
+    assert len({c.thumbnail for c in cards}) == 3
+
+
+def test_the_study_is_read_in_a_few_queries_whatever_its_size(store, tmp_path, monkeypatch):
+    small, large = _study(store, tmp_path / "s", [4]), _study(store, tmp_path / "l", [60, 40], lossy_every=7)
+    calls = []
+    real = Store.query
+    monkeypatch.setattr(Store, "query", lambda self, sql, params=(): calls.append(sql) or real(self, sql, params))
+    counts = []
+    for uid in (small, large):
+        calls.clear()
+        view = study_view(store, ADMIN, uid)
+        [p.cards for p in view.pages()]
+        counts.append(len(calls))
+    assert counts[0] == counts[1] <= 4, calls
+
+
+def test_a_demo_login_sees_the_sample_instances_only_and_marks_survive(store, tmp_path):
+    uid = _study(store, tmp_path / "in", [30], lossy_every=3)
+    rows = store.instances(uid)
+    mark_demo(store, [r["sop_uid"] for r in rows[:5]])
+    view = study_view(store, DEMO, uid)
+    assert [c.row["sop_uid"] for c in view.page(rows[0]["series_uid"]).cards] == [r["sop_uid"] for r in rows[:5]]
+    lossy = [c for c in study_view(store, ADMIN, uid).page(rows[0]["series_uid"]).cards if c.row["lossy"]]
+    assert [c.row["number"] for c in lossy] == [1, 4, 7, 10, 13, 16, 19, 22, 25, 28]
