@@ -8,6 +8,12 @@ relabelling as JPEG 2000 (:mod:`.codestream`).  OpenJPH has no rate control:
 the target ratio is reached by searching the quantisation step (a fraction of
 the full range, so the same step means the same at every bit depth).
 
+Without rate control nothing can drop the lowest band's low bit-planes, so
+lossy frames get at least 5 decompositions (:func:`lossy_decompositions`):
+with the lossless rule's single level a 64 x 64 MR kept a 32 x 32 band that
+alone cost 0.8 bpp, and below that the search zeroed it (6.8 dB at 50:1,
+JPEG 2000 30.6 dB; with 5 levels 33.0 dB).
+
 Lossy codestreams are decoded by OpenJPEG (>= 2.5 reads HTJ2K), which clamps
 overshoot to the declared precision; OpenJPH's decoder, as wrapped by
 imagecodecs, casts without clamping, so an 8-bit 256 came back as 0.
@@ -36,8 +42,17 @@ def is_available() -> bool:
 
 
 def knob(spec: PixelSpec) -> Knob:
-    """OpenJPH's quantisation step, a fraction of the full range (1.0 flattens any image)."""
+    """OpenJPH's quantisation step, a fraction of the full range (at 1.0 little but the mean is left)."""
     return Knob(low=1e-5, high=1.0, guess=lambda r: 1e-3 * r / 10)
+
+
+def lossy_decompositions(spec: PixelSpec) -> int:
+    """OpenJPH's default of 5 levels (or as many as the smaller side allows), more if the lossless rule asks.
+
+    A quantiser without rate control spends bits on every coefficient it
+    keeps; a small lowest band is what lets a low ratio keep the picture.
+    """
+    return max(decompositions(spec), min(5, min(spec.rows, spec.columns).bit_length() - 1))
 
 
 def encode_at(frame: np.ndarray, spec: PixelSpec, qstep: float | None) -> bytes:
@@ -48,7 +63,7 @@ def encode_at(frame: np.ndarray, spec: PixelSpec, qstep: float | None) -> bytes:
         samples_for(frame, spec, qstep is not None),
         level=qstep,
         reversible=qstep is None,
-        resolutions=decompositions(spec),  # OpenJPH counts decompositions
+        resolutions=decompositions(spec) if qstep is None else lossy_decompositions(spec),  # OpenJPH counts decompositions
         rgb=spec.samples == 3 and spec.photometric == "RGB",
         tlm=True,
     )

@@ -97,8 +97,10 @@ def test_app_decodes_what_other_decoders_decode(kind, codec, lossy, tmp_path):
         if index in (0, len(frames) - 1) and codec != "jpegls":  # JPEG-LS: pylibjpeg-libjpeg is the other decoder
             tool = djxl_lossy(cs, spec, tmp_path) if codec == "jxl" and lossy else tool_pixels(codec, cs, spec, tmp_path)
             if lossy:
-                # Independent decoders may round the 9/7 wavelet or VarDCT differently by one step.
-                assert np.abs(tool.astype(np.int64) - app).max() <= 1, f"{codec} reference tool disagrees"
+                # Independent decoders may round the 9/7 wavelet or VarDCT differently by one step; OpenJPH's
+                # float32 9/7 over 5 levels of 16-bit samples by two on ~1 % of pixels (same RMSE as OpenJPEG's).
+                steps = 2 if codec == "htj2k" and spec.bits_stored == 16 else 1
+                assert np.abs(tool.astype(np.int64) - app).max() <= steps, f"{codec} reference tool disagrees"
                 original = decode_frame(source, index)[None]
                 ours = compare(original, app[None], spec.bits_stored).psnr
                 theirs_psnr = compare(original, tool[None], spec.bits_stored).psnr
