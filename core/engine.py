@@ -26,7 +26,9 @@ import os
 import resource
 import socket
 import threading
+import re
 import time
+from pathlib import Path
 from typing import Callable, Hashable
 
 from .archive import Wanted
@@ -35,6 +37,7 @@ from .jobs import LEASE_SECONDS, _make_for_instance
 from .labjobs import run_lab_job
 from .locks import item_lock
 from .store import Store
+from .validate import check_uid
 from .workers import Outcome, WorkerPool
 
 __all__ = ["celery_app", "pool_factory", "CeleryPool", "TASK", "STALE_SECONDS"]
@@ -99,6 +102,7 @@ def _task(self, name: str, args: list):
     """Run one registered function; a heartbeat (host, pids, time) is kept in the task's state meanwhile."""
     if name not in _FUNCTIONS:
         raise InvalidOptionError(f"No job function {name!r}; known: {', '.join(_FUNCTIONS)}.")
+    args = _checked(name, args)
     stop, task_id = threading.Event(), self.request.id  # the request is thread-local: read it here
 
     def beat():
@@ -114,6 +118,34 @@ def _task(self, name: str, args: list):
     finally:
         stop.set()
         heart.join()  # no heartbeat may overwrite the result
+
+
+_VARIANTS = ("thumbnail", "lossless", "lossy", "master", "cine")
+
+
+def _checked(name: str, args) -> list:
+    """A message's arguments, checked before use: its data directory must be this worker's own (RADPRESS_DATA, as
+    the app the worker built set it) and each instance item a UID, a known variant, a codec name and a ratio — so a
+    message (from anyone who can write to Redis) never names a path (``Store(root)`` creates folders, variant and
+    codec are parts of a file name)."""
+    mine = Path(os.environ.get("RADPRESS_DATA", "var")).resolve()
+    root = args[0] if isinstance(args, list) and args else None
+    if not isinstance(root, str) or "\x00" in root or Path(root).resolve() != mine:
+        raise InvalidOptionError(f"A task for data directory {str(root)[:200]!r}, not this worker's ({mine}): refused.",
+                                 hint="Start the worker with the app's RADPRESS_DATA (the same path on every host).")
+    if name == "lab":
+        if len(args) != 3 or isinstance(args[1], bool) or not isinstance(args[1], int) or not isinstance(args[2], str):
+            raise InvalidOptionError("A lab task takes (data directory, job id, owner).")
+        return [str(mine), args[1], args[2]]
+    items = args[1] if len(args) == 2 and isinstance(args[1], list) and args[1] else None
+    fields = set(Wanted.__dataclass_fields__)
+    for item in items or [None]:
+        if not (isinstance(item, dict) and set(item) == fields and isinstance(item["sop_uid"], str)
+                and item["variant"] in _VARIANTS and isinstance(item["codec"], str) and re.fullmatch(r"[a-z0-9]{1,16}", item["codec"])
+                and isinstance(item["ratio"], (int, float)) and not isinstance(item["ratio"], bool)):
+            raise InvalidOptionError(f"Not an instance item of a job: {str(item)[:200]}.")
+        check_uid(item["sop_uid"], "SOP Instance UID")
+    return [str(mine), items]
 
 
 def _make_missing(root: str, items: list[dict]):

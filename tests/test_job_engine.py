@@ -211,3 +211,25 @@ def test_a_runner_stopping_does_not_wait_for_celery_tasks(tmp_path, redis_url):
     jobs.stop()
     assert time.monotonic() - started < 10 and not jobs.alive()
     assert jobs.get(job_id)["state"] == "queued"
+
+
+def test_a_task_message_never_names_a_path(tmp_path, monkeypatch):
+    """What a Celery message carries is checked before use: the worker's own data directory only (Store(root) made
+    folders wherever a message said), known variants and codec names (parts of a file name), real UIDs."""
+    from core.engine import _checked
+    from core.errors import RadPressError
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("RADPRESS_DATA", str(data))
+    item = {"sop_uid": "1.2.826.0.1.3680043.8.498.1", "variant": "lossless", "ratio": 0, "codec": "jpegls"}
+    assert _checked("instance", [str(tmp_path / "x" / ".." / "data"), [item]]) == [str(data.resolve()), [item]]
+    assert _checked("lab", [str(data), 7, "admin"]) == [str(data.resolve()), 7, "admin"]
+    bad = [("instance", [str(tmp_path / "elsewhere"), [item]]), ("instance", ["/etc", [item]]), ("lab", ["\x00", 7, "admin"]),
+           ("instance", [str(data), [{**item, "variant": "../../../tmp/x"}]]), ("instance", [str(data), [{**item, "codec": "j2k/../../x"}]]),
+           ("instance", [str(data), [{**item, "sop_uid": "../1.2"}]]), ("instance", [str(data), [{**item, "ratio": "10"}]]),
+           ("instance", [str(data), [{**item, "path": "/tmp"}]]), ("instance", [str(data), []]), ("lab", [str(data), "7", "admin"]),
+           ("instance", [5, [item]]), ("instance", "not a list")]
+    for name, args in bad:
+        with pytest.raises(RadPressError):
+            _checked(name, args)
+    assert not (tmp_path / "elsewhere").exists()
