@@ -188,7 +188,7 @@ def test_a_missed_target_travels_from_the_job_to_the_api_and_pages(live_app, tmp
 
     base, app = live_app()
     from components.job_progress import make_job_table  # pages register themselves once the app exists
-    from pages.studies import _achieved
+    from core.studylist import _achieved, study_page
     from pages.study import _artifact_text
 
     http = requests.Session()
@@ -226,18 +226,17 @@ def test_a_missed_target_travels_from_the_job_to_the_api_and_pages(live_app, tmp
     store = app.server.extensions["radpress"]["store"]
     art = store.artifact(tiny_sop, "lossy", 50)
     assert _artifact_text(art).startswith(f"lossy {art.achieved_ratio:.1f}:1 achieved") and "target 50:1" in _artifact_text(art)
-    assert "missed the target" in _achieved([art])
+    assert "missed the target" in _achieved([{"achieved_ratio": art.achieved_ratio, "ratio": art.ratio}])
     from flask import g
 
     from core.users import Users
-    from pages.studies import _rows
     from pages.study import layout as study_layout
 
     admin = Users(store).authenticate(*ADMIN)
     with app.server.test_request_context("/study"):
         g.user = admin
         page = str(study_layout(uid=study_uid))
-        listed_row = next(r for r in _rows(store, admin) if r["uid"] == study_uid)
+        listed_row = next(r for r in study_page(store, admin).rows if r["uid"] == study_uid)
     assert f"lossy {art.achieved_ratio:.1f}:1 achieved" in page and "lossy-warning" in page and lossy["warning"] in page
     assert "study-lossy-setting" in page and "at 50:1" in page
     assert listed_row["lossy_ratio"].startswith(f"{min(achieved):.1f}") and "missed the target" in listed_row["lossy_ratio"]

@@ -169,13 +169,14 @@ def test_pages_flag_an_already_lossy_original_and_open_on_the_image_window(tmp_p
     basic = "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode()
     with app.server.test_request_context("/", headers={"Authorization": basic}):
         from pages import compare as compare_page
-        from pages import studies as studies_page
         from pages import study as study_page
         from pages import viewer as viewer_page
 
         study = str(study_page.layout(uid=lossy.StudyInstanceUID))
         assert study.count("Lossy original — JPEG 2000, compressed 18:1; its lossy copy: compressed 90:1 in total") == 1
-        assert studies_page._rows(store, current_user())[0]["lossy_originals"] == "⚠ 1 (compressed 18:1)"
+        from core.studylist import study_page as studies_list
+
+        assert studies_list(store, current_user()).rows[0]["lossy_originals"] == "⚠ 1 (compressed 18:1)"
         compare = str(compare_page.layout(sop=lossy.SOPInstanceUID))
         assert "Original is itself lossy (JPEG 2000, 18:1) — lossless copy of a lossy image" in compare
         assert "identical to the original" not in compare
