@@ -162,14 +162,22 @@ def _unused_bits(ds: Dataset, spec) -> bool:
     """True when the stored words' bits above Bits Stored hold data (overlays, noise) a Bits Stored codestream drops.
 
     Read from the file's own words (decoders hand back values already masked to Bits Stored): unsigned words must
-    have those bits clear, signed ones must repeat the sign bit in them.
+    have those bits clear, signed ones must repeat the sign bit in them.  A compressed original (RLE, JPEG lossless,
+    JPEG 2000) is decoded once more without that masking: an RLE file's high bits were mastered away unseen.
     """
-    if spec.bits_stored >= spec.bits_allocated or ds.file_meta.TransferSyntaxUID.is_encapsulated:
+    if spec.bits_stored >= spec.bits_allocated:
         return False
-    order = ">" if ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian else "<"
-    count = spec.rows * spec.columns * spec.samples * spec.frames
     kind = "i" if spec.signed else "u"
-    words = np.frombuffer(ds.PixelData, np.dtype(f"{order}{kind}{spec.bits_allocated // 8}"), count=count)
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        from pydicom.pixels import get_decoder
+
+        decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
+        frames = [decoder.as_array(ds, index=i, as_rgb=False, correct_unused_bits=False)[0].ravel() for i in range(spec.frames)]
+        words = np.concatenate(frames).astype(np.dtype(f"{kind}{spec.bits_allocated // 8}"))  # same width: bits kept
+    else:
+        order = ">" if ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian else "<"
+        count = spec.rows * spec.columns * spec.samples * spec.frames
+        words = np.frombuffer(ds.PixelData, np.dtype(f"{order}{kind}{spec.bits_allocated // 8}"), count=count)
     high = words >> (spec.bits_stored - 1 if spec.signed else spec.bits_stored)  # arithmetic shift when signed
     return bool(np.any((high != 0) & (high != -1))) if spec.signed else bool(np.any(high))
 
@@ -182,11 +190,12 @@ def _audit(store: Store, what: str, old, new) -> None:
 
 def _keep(store: Store, original: Artifact, reason: str) -> Artifact:
     """Record that this instance keeps its original under strategy 5, and why (shown on the Study page)."""
-    with store.connect() as db:
+    with store.connect() as db:  # not for an instance deleted meanwhile (core.housekeeping)
         db.execute("INSERT OR REPLACE INTO masters (sop_uid, state, reason, codec, transfer_syntax, original_transfer_syntax, "
-                   "original_bytes, original_checksum, pixel_digest, checked_by, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                   "original_bytes, original_checksum, pixel_digest, checked_by, created) SELECT ?,?,?,?,?,?,?,?,?,?,? "
+                   "WHERE EXISTS (SELECT 1 FROM instances WHERE sop_uid=?)",
                    (original.sop_uid, "kept", reason, "", original.transfer_syntax, original.transfer_syntax,
-                    original.bytes, original.checksum, "", "", time.time()))
+                    original.bytes, original.checksum, "", "", time.time(), original.sop_uid))
     return original
 
 

@@ -290,3 +290,42 @@ def test_a_process_killed_at_any_step_leaves_a_readable_instance(tmp_path, step)
     assert store.check(verify=True)["master_mismatches"] == [] and not list((store.root / "tmp").iterdir())
     with variant_file(store, sop, "original").stream as fh:
         assert np.array_equal(decode_all(read_dataset(fh)), expected)
+
+
+def test_a_kept_record_is_not_written_for_an_instance_deleted_meanwhile(tmp_path):
+    """A delete (core.housekeeping) landing while strategy 5 looks at the instance leaves no masters row behind."""
+    from core.housekeeping import delete_study
+    from core.users import Users
+
+    store, sop, _ = _stored(tmp_path, "u12_dirty")
+    original = store.artifact(sop, "original")
+    [study] = [r["study_uid"] for r in store.query("SELECT study_uid FROM series")]
+    delete_study(store, Users(store).add("boss", "correct-horse-battery", "admin"), study)
+    master_module._keep(store, original, "looked at before the delete")
+    assert store.query("SELECT count(*) FROM masters")[0][0] == 0
+
+
+@pytest.mark.parametrize("kind,overrides,mastered", [("u12_dirty", {}, False), ("s12", {"dirty_high_bits": True}, False),
+                                                     ("s12", {}, True), ("u12_odd", {}, True)],
+                         ids=["unsigned-dirty", "signed-dirty", "signed", "unsigned"])
+def test_an_rle_original_with_data_above_bits_stored_is_kept(tmp_path, kind, overrides, mastered):
+    """Decoders mask to Bits Stored, so an RLE original's high bits (overlays, noise) were mastered away unseen and its
+    file unlinked; its words are now read unmasked as an uncompressed file's are."""
+    from pydicom.uid import RLELossless
+
+    from tests.synthetic import KINDS, make_dataset, write
+
+    ds = make_dataset(**{**KINDS[kind], **overrides})
+    ds.compress(RLELossless)
+    source = write(ds, tmp_path / "in" / "rle.dcm")
+    store = Store(tmp_path / "data")
+    assert [r.status for r in ingest(store, [source])] == ["stored"]
+    sop = str(ds.SOPInstanceUID)
+    before = store.artifact(sop, "original")
+    after = make_master(store, sop)
+    assert master_of(store, sop).mastered is mastered
+    if not mastered:
+        assert after == before and sha256_file(before.path) == sha256_file(source)
+        assert "above Bits Stored" in master_of(store, sop).reason
+    else:
+        assert np.array_equal(gdcm_pixels(after.path, tmp_path), decode_all(read_dataset(source)))
