@@ -23,10 +23,10 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 import resource
 import socket
 import threading
-import re
 import time
 from pathlib import Path
 from typing import Callable, Hashable
