@@ -95,8 +95,8 @@ def _card(card, lossy_enabled: bool) -> html.Div:
     """One image instance, in few plain components (a page shows dozens): thumbnail, copies, lossy marks, links."""
     row, sop, arts = card.row, card.row["sop_uid"], card.artifacts
     variants = ["original", "lossless"] + (["lossy"] if lossy_enabled else [])
-    links = ["⬇ ", *[html.A(v, href=f"/download/instance/{sop}?variant={v}", className="me-2") for v in variants],
-             html.A("Compare", href=f"/compare?sop={sop}", className="btn btn-sm btn-primary ms-auto me-1"),
+    links = ["⬇", *[html.A(v, href=f"/download/instance/{sop}?variant={v}") for v in variants],
+             html.A("Compare", href=f"/compare?sop={sop}", className="btn btn-sm btn-primary ms-auto"),
              html.A("Zoom", href=f"/viewer?sop={sop}", className="btn btn-sm btn-outline-secondary")]
     return html.Div([
         html.A(html.Img(src=card.thumbnail, className="card-img-top thumb", alt="thumbnail"), href=f"/compare?sop={sop}"),
@@ -107,7 +107,7 @@ def _card(card, lossy_enabled: bool) -> html.Div:
             *_master_line(card.master),
             *[html.Div(w, className="small text-danger lossy-warning") for a in arts if (w := artifact_warning(row, a))],
             *([make_cine_player(sop, card.thumbnail)] if (row["frames"] or 0) > 1 else []),
-            html.Div(links, className="small d-flex align-items-center flex-wrap card-links"),
+            html.Div(links, className="small d-flex align-items-center flex-wrap gap-2 card-links"),
         ], className="card-body p-2"),
     ], className="card h-100 study-card" + (" lossy-card" if row["lossy"] else ""))
 

@@ -1,0 +1,60 @@
+"""The Study page of a long series in headless Chromium: the first page of cards with their thumbnails, then the
+next page drawn by the server when the pager is clicked; lossy originals marked on their cards."""
+
+import copy
+
+from pydicom.uid import generate_uid
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+
+from core.ingest import ingest
+from core.studyview import FIRST_CARDS
+from tests.conftest import ADMIN
+from tests.synthetic import KINDS, make_dataset, write
+from tests.test_browser import ARTIFACTS, browser, login, wait  # noqa: F401 - browser is a fixture
+
+SLICES = 60
+
+_LOADED = "return Array.from(document.querySelectorAll('img.thumb')).map(i => i.complete && i.naturalWidth > 0 ? i.src : '')"
+
+
+def _cards_loaded(driver, count: int):
+    """The page's thumbnails once exactly *count* are in place and all have loaded, else False."""
+    sources = driver.execute_script(_LOADED)
+    return sources if len(sources) == count and all(sources) else False
+
+
+def test_a_long_series_pages_its_cards(live_app, browser, tmp_path):  # noqa: F811
+    base, app = live_app(demo=False, run_jobs=False)
+    ct = make_dataset(rows=40, columns=36, modality="CT")
+    lossy = make_dataset(**{**KINDS["already_lossy"], "rows": 40, "columns": 36, "modality": "CT"})
+    paths = []
+    for number in range(1, SLICES + 1):
+        ds = copy.deepcopy(lossy if number % 9 == 1 else ct)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = ct.StudyInstanceUID, ct.SeriesInstanceUID, number
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        paths.append(write(ds, tmp_path / f"{number}.dcm"))
+    assert {r.status for r in ingest(app.server.extensions["radpress"]["store"], paths)} == {"stored"}
+    login(browser, base, ADMIN)
+    browser.get(f"{base}/study?uid={ct.StudyInstanceUID}")
+    first = wait(browser).until(lambda d: _cards_loaded(d, FIRST_CARDS))
+    assert all("?v=" in src for src in first)  # versioned: the browser keeps them
+    shown = browser.find_element(By.CSS_SELECTOR, ".series-shown")
+    assert shown.text == f"instances 1–{FIRST_CARDS} of {SLICES}"
+    badges = browser.find_elements(By.CSS_SELECTOR, ".lossy-card .lossy-original-badge")
+    assert len(badges) == len(browser.find_elements(By.CSS_SELECTOR, ".lossy-card")) == len(range(1, FIRST_CARDS + 1, 9))
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "study-paged-1.png"))
+    pager = browser.find_element(By.CSS_SELECTOR, ".series-pager")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", pager)
+    pager.find_element(By.XPATH, ".//a[text()='2']").click()
+    wait(browser).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".series-shown"),
+                                                         f"instances {FIRST_CARDS + 1}–{SLICES} of {SLICES}"))
+    second = wait(browser).until(lambda d: _cards_loaded(d, SLICES - FIRST_CARDS))
+    assert not set(second) & set(first)
+    cards = browser.find_elements(By.CSS_SELECTOR, ".study-card")
+    assert cards[0].text.startswith(f"#{FIRST_CARDS + 1} ")
+    assert [("lossy-card" in c.get_attribute("class")) for c in cards] == \
+           [n % 9 == 1 for n in range(FIRST_CARDS + 1, SLICES + 1)]
+    browser.execute_script("window.scrollTo(0, 0);")
+    browser.save_screenshot(str(ARTIFACTS / "study-paged-2.png"))
