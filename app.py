@@ -66,6 +66,9 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
     app.server.extensions["radpress"]["background"] = (
         LauncherBackground(heartbeat) if heartbeat and not runs_jobs and node is None
         else Background(jobs if runs_jobs else None, node))
+    # Dash completes its set-up on the first request; two first requests at once raced in it (a 500 to an upload):
+    # one request here, before any server thread runs
+    app.server.test_client().get("/api/health")
     return app
 
 
