@@ -459,6 +459,9 @@ def _keep_other(store: Store, user: User, row, path: Path, now: float) -> dict:
         with store.connect() as db:
             _take_conflict(db, sop_uid, checksum)  # first: a request that lost the race changes nothing
             paths = [Path(r[0]) for r in db.execute("SELECT path FROM artifacts WHERE sop_uid=?", (sop_uid,))]
+            # what the caches are keyed by: the original's checksum (strategy 5: the file's before its master too)
+            replaced = {old_original.checksum} | {r[0] for r in db.execute(
+                "SELECT original_checksum FROM masters WHERE sop_uid=? AND state='master'", (sop_uid,))}
             sizes = sum(_size(p) for p in paths)
             # what was made from the old one; a demo mark too: the kept file is not the bundled sample
             for table in set(_instance_tables(db)) - {"conflicts", "job_items"}:
@@ -485,8 +488,8 @@ def _keep_other(store: Store, user: User, row, path: Path, now: float) -> dict:
     _unlink(staged)
     path.unlink(missing_ok=True)
     _remove_folders(store, [sop_uid])
-    _purge_caches(store, {old_original.checksum}, old["study_uid"])
-    for path in _codestreams(store, {old_original.checksum}):
+    _purge_caches(store, replaced, old["study_uid"])
+    for path in _codestreams(store, replaced):
         path.unlink(missing_ok=True)
     study_uid = str(ds.StudyInstanceUID)
     return {"kept": "other", "sop_uid": sop_uid, "study_uid": study_uid, "rebuild": study_uid}

@@ -444,3 +444,19 @@ def test_a_conflict_resolved_twice_at_once_changes_nothing_the_second_time(store
     assert store.artifact(sop, "original") == kept and sha256_file(kept.path) == kept.checksum
     assert kept.checksum == (other if first == "other" else first_sum)
     assert store.query("SELECT count(*) FROM audit")[0][0] == audit
+
+
+def test_keeping_the_other_copy_of_a_mastered_instance_purges_what_the_first_original_made(store, tmp_path):
+    """Caches are keyed by the original's checksum: for a lossless master, also the file's it replaced (those leaked)."""
+    from core.master import make_master, master_of
+
+    ds, first, other = _conflicting(store, tmp_path)
+    sop = ds.SOPInstanceUID
+    variant_file(store, sop, "lossy", 12).close()
+    codestream, _ = codestream_path(store, sop, 0, "lossless")
+    assert codestream.name.startswith(first) and _cache_keys_of(store, {first})
+    make_master(store, sop)
+    assert master_of(store, sop).mastered
+    resolve_conflict(store, ROOT, sop, other, "other")
+    assert not codestream.exists() and not _cache_keys_of(store, {first})
+    assert sha256_file(store.artifact(sop, "original").path) == other and not store.query("SELECT 1 FROM masters")
