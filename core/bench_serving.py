@@ -4,7 +4,8 @@ emulated 100 ms round trip and 20 Mbit/s, HTTP/1.1 against HTTP/2, cold and with
 RadPress runs as ``make run-https`` runs it (the launcher, gunicorn's workers, nginx with TLS and HTTP/2).  Both
 protocols go through the same nginx over TLS; Chromium is told ``--disable-http2`` for HTTP/1.1 (6 connections
 per host) and negotiates h2 by ALPN otherwise.  The Study page is opened as a user opens it (Dash shell, scripts,
-callbacks, then 300 ``<img>`` thumbnails); once every thumbnail has loaded, the first 4 instances' previews
+callbacks, then the ``<img>`` thumbnails of its first page: 48 of the 300, :mod:`core.studyview` pages a series'
+cards); once every thumbnail has loaded, the first 4 instances' previews
 (level 1, lossless) are loaded as a viewer would.  Before the browser comes, every thumbnail and preview is asked
 for once, so the server's own caches are warm and the figures are about the network and the browser's cache.
 """
@@ -176,31 +177,33 @@ def measure(instances: int = INSTANCES) -> dict:
     import urllib3
 
     from .samples import write_series
+    from .studyview import FIRST_CARDS
 
     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the health poll, before the certificate exists
     with tempfile.TemporaryDirectory(prefix="radpress-bench-serving-") as tmp:
         tmp = Path(tmp)
         data = tmp / "data"
         files = write_series("693_UNCR", instances, tmp / "series")
+        shown = min(len(files), FIRST_CARDS)  # one series: the page draws this many cards at first
         subprocess.run([sys.executable, "-m", "core", "ingest", str(tmp / "series"), "--data", str(data), "--no-jobs"],
                        cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True)
         process, base = _server(data, tmp / "radpress.log")
         try:
             cert = str(data / "tls" / "cert.pem")  # our self-signed certificate, trusted as its own authority
             (study,) = requests.get(f"{base}/api/studies", auth=ADMIN, verify=cert).json()
-            thumbs, previews = _urls(base, study["study_uid"], cert)
+            _, previews = _urls(base, study["study_uid"], cert)  # every thumbnail warmed on the server
             spki = _spki(data / "tls" / "cert.pem")
             browsers = {label: _browser(tmp / f"chrome-{int(http2)}", spki, http2)
                         for label, http2 in (("HTTP/1.1", False), ("HTTP/2", True))}
             runs: dict[tuple[str, str], dict] = {}
             try:
                 for driver in browsers.values():
-                    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _WATCH % len(files)})
+                    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _WATCH % shown})
                     _login(driver, base)
                 for _ in range(REPEAT):  # the best of REPEAT, protocols taking turns: this machine is shared
                     for label, driver in browsers.items():
                         for cache in ("cold", "warm"):
-                            run = _open_study(driver, base, study["study_uid"], previews, len(files), cold=cache == "cold")
+                            run = _open_study(driver, base, study["study_uid"], previews, shown, cold=cache == "cold")
                             if (label, cache) not in runs or run["total_ms"] < runs[(label, cache)]["total_ms"]:
                                 runs[(label, cache)] = run
             finally:
@@ -209,11 +212,11 @@ def measure(instances: int = INSTANCES) -> dict:
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
-    return _report(runs, len(files), len(thumbs))
+    return _report(runs, len(files), shown)
 
 
 def _report(runs: dict, count: int, linked: int) -> dict:
-    lines = [f"{count}-instance CT study, Study page (thumbnails) then {PREVIEWS} previews, Chromium, "
+    lines = [f"{count}-instance CT study, Study page (its first {linked} thumbnails) then {PREVIEWS} previews, Chromium, "
              f"{RTT_MS} ms RTT, {MBIT_S} Mbit/s, TLS through nginx; best of {REPEAT}",
              "page: until the cards are in place; thumbnails: from then until every one has loaded; previews: then",
              f"{'protocol':9} {'cache':5} {'page':>7} {'thumbnails':>11} {'previews':>9} {'total':>8} {'fetched':>8} "
