@@ -376,3 +376,22 @@ def test_lossy_htj2k_is_as_good_as_j2k_at_the_same_ratio(kind, tmp_path):
         assert app == pytest.approx(truth, abs=0.1)
         psnr[name] = truth
     assert psnr["htj2k"] >= psnr["j2k"] - 1.5, psnr
+
+
+def test_htj2k_lossless_small_frame_uses_five_levels_bit_exactly(tmp_path, monkeypatch):
+    """The rule's single level cost emri_small 8.80 bpp; 5 levels (base 2 x 2, still RPCL-valid) 7.81, bit-exact."""
+    from pydicom.data import get_testdata_file
+
+    from core.codecs import htj2k
+    from core.pixels import read_dataset
+    from tests.checkers import tool_pixels
+
+    source = read_dataset(get_testdata_file("emri_small.dcm"))
+    spec = pixel_spec(source)
+    frame = decode_frame(source, 0)
+    codestream = get_codec("htj2k", False).encode(frame, spec, None)
+    info = parse_main_header(codestream)
+    assert info.decompositions == 5 and info.reversible and max(info.base_resolution) <= 64
+    assert np.array_equal(tool_pixels("htj2k", codestream, spec, tmp_path), frame)
+    monkeypatch.setattr(htj2k, "levels", htj2k.decompositions)  # the base-resolution rule alone: one level
+    assert len(codestream) < 0.95 * len(htj2k.encode_at(frame, spec, None))
