@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRBigEndian, JPEGLSLossless
+from pydicom.uid import UID, ExplicitVRBigEndian, JPEGLSLossless, RLELossless
 
 from .bigimage import is_large
 from .codecs import get_codec
@@ -110,6 +110,11 @@ def not_mastered_reason(row) -> str | None:
         return f"already lossy-compressed ({syntax.name or syntax}): kept as it came, never relabelled lossless"
     if syntax == JPEGLSLossless:
         return "already stored as JPEG-LS lossless"
+    if syntax.is_encapsulated and syntax != RLELossless:
+        # its pixels are what one decoder reads from it (libjpeg for JPEG lossless: the checker itself; OpenJPEG for
+        # JPEG 2000); a misreading would be mastered bit-exact and the only correct copy unlinked
+        return (f"already losslessly compressed ({syntax.name or syntax}): only one decoder here reads it, so nothing "
+                "could confirm the pixels a master would keep; kept as it came")
     if row["bits_allocated"] not in (8, 16) or row["samples"] not in (1, 3) or (row["bits_stored"] or 0) < 2:
         return (f"Bits Allocated {row['bits_allocated']}, Bits Stored {row['bits_stored']}, Samples per Pixel "
                 f"{row['samples']}: JPEG-LS holds 2-16 bit samples, 1 or 3 per pixel")

@@ -329,3 +329,21 @@ def test_an_rle_original_with_data_above_bits_stored_is_kept(tmp_path, kind, ove
         assert "above Bits Stored" in master_of(store, sop).reason
     else:
         assert np.array_equal(gdcm_pixels(after.path, tmp_path), decode_all(read_dataset(source)))
+
+
+def test_a_compressed_original_only_one_decoder_reads_is_kept(tmp_path):
+    """A JPEG 2000 lossless original: its pixels are what OpenJPEG reads (Pillow's decoder is OpenJPEG too), and for
+    JPEG lossless the checker itself (libjpeg); a master of a misreading would pass and the only correct copy go."""
+    from core.compress import compress
+
+    ds = compress(read_dataset(write_kind("u12_odd", tmp_path / "src")), "j2k", "lossless").dataset
+    path = tmp_path / "in" / "j2k.dcm"
+    path.parent.mkdir()
+    ds.save_as(path, enforce_file_format=True)
+    store = Store(tmp_path / "data")
+    assert [r.status for r in ingest(store, [path])] == ["stored"]
+    sop = str(ds.SOPInstanceUID)
+    before = store.artifact(sop, "original")
+    assert make_master(store, sop) == before and sha256_file(before.path) == sha256_file(path)
+    record = master_of(store, sop)
+    assert record.state == "kept" and "only one decoder here reads it" in record.reason
