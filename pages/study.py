@@ -92,14 +92,15 @@ def _cards(page, lossy_enabled: bool) -> list:
 
 
 def _card(card, lossy_enabled: bool) -> html.Div:
-    """One image instance, in few plain components (a page shows dozens): thumbnail, copies, lossy marks, links."""
+    """One image instance, in few plain components (a page shows dozens): thumbnail, copies, lossy marks, links
+    (Compare and Zoom open in the app, downloads as files)."""
     row, sop, arts = card.row, card.row["sop_uid"], card.artifacts
     variants = ["original", "lossless"] + (["lossy"] if lossy_enabled else [])
     links = ["⬇", *[html.A(v, href=f"/download/instance/{sop}?variant={v}") for v in variants],
-             html.A("Compare", href=f"/compare?sop={sop}", className="btn btn-sm btn-primary ms-auto"),
-             html.A("Zoom", href=f"/viewer?sop={sop}", className="btn btn-sm btn-outline-secondary")]
+             dcc.Link("Compare", href=f"/compare?sop={sop}", className="btn btn-sm btn-primary ms-auto"),
+             dcc.Link("Zoom", href=f"/viewer?sop={sop}", className="btn btn-sm btn-outline-secondary")]
     return html.Div([
-        html.A(html.Img(src=card.thumbnail, className="card-img-top thumb", alt="thumbnail"), href=f"/compare?sop={sop}"),
+        dcc.Link(html.Img(src=card.thumbnail, className="card-img-top thumb", alt="thumbnail"), href=f"/compare?sop={sop}"),
         html.Div([
             html.Div(f"#{row['number'] or '?'} · {dimensions(row['columns'], row['rows'])} · {row['frames']} frame(s)", className="small"),
             html.Div(", ".join(_artifact_text(a) for a in arts), className="small text-muted artifacts"),

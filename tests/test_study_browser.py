@@ -58,3 +58,8 @@ def test_a_long_series_pages_its_cards(live_app, browser, tmp_path):  # noqa: F8
            [n % 9 == 1 for n in range(FIRST_CARDS + 1, SLICES + 1)]
     browser.execute_script("window.scrollTo(0, 0);")
     browser.save_screenshot(str(ARTIFACTS / "study-paged-2.png"))
+    compare = cards[0].find_element(By.LINK_TEXT, "Compare")  # opens in the app (no reload), on this card's image
+    href = compare.get_attribute("href")
+    browser.execute_script("window.__stayed = true; arguments[0].click();", compare)
+    wait(browser).until(lambda d: d.current_url == href)
+    assert browser.execute_script("return window.__stayed === true") and "/compare?sop=" in href
