@@ -171,8 +171,6 @@ class Policy:
         for modality, choice in self.lossless_codecs.items():
             check_modality(modality)
             get_rule(choice)
-        if "{ratio}" not in self.lossy_banner:
-            raise InvalidOptionError("The lossy banner must show the ratio.", hint="Keep {ratio} in the wording.")
         _check_banner(self.lossy_banner)
         if not isinstance(self.ratios, dict) or not isinstance(self.lossy_codecs, dict):
             raise InvalidOptionError("ratios and lossy_codecs are objects keyed by modality.", hint='For example {"CT": 8}.')
@@ -253,6 +251,8 @@ def _check_banner(template: str) -> None:
         fields = [(name, spec, conv) for _text, name, spec, conv in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
         raise InvalidOptionError(f"The lossy banner is not a valid template: {exc}.", hint="Write braces as {{ and }}.") from None
+    if "ratio" not in {name for name, _spec, _conv in fields}:  # "{{ratio}}" holds the text, not the field
+        raise InvalidOptionError("The lossy banner must show the ratio.", hint="Keep {ratio} in the wording.")
     for name, spec, conv in fields:
         if name not in ("ratio", "codec", "method") or spec or conv:
             shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"

@@ -124,6 +124,8 @@ def test_the_banner_template_has_plain_fields_only(banner, words):
     # a wording without the word still says it (it was "10:1"), and it stays one short line (2 MB and ESC were saved)
     assert lossy_banner(10, get_codec("j2k", True), "{ratio}:1").startswith("LOSSY — 10:1")
     assert lossy_banner(10, get_codec("j2k", True), "Verlustbehaftet (lossy) {ratio}:1") == "Verlustbehaftet (lossy) 10:1"
+    with pytest.raises(InvalidOptionError, match="must show the ratio"):  # the text "{ratio}", never the ratio, was saved
+        Policy.from_dict({**Policy().to_dict(), "lossy_banner": "LOSSY {{ratio}}:1"})
     for bad in ("{ratio}" + "x" * 400, "LOSSY {ratio}\x1b[8m", "LOSSY {ratio}\nsecond line"):
         with pytest.raises(InvalidOptionError, match="one line of at most 300"):
             Policy.from_dict({**Policy().to_dict(), "lossy_banner": bad})
