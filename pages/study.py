@@ -1,4 +1,5 @@
-"""One study: series with thumbnails, artifacts per instance, downloads, strategy override."""
+"""One study: series with thumbnails (cards paged per series, core.studyview), artifacts per instance, downloads,
+strategy override."""
 
 import dash
 import dash_bootstrap_components as dbc
