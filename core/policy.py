@@ -79,8 +79,9 @@ def _strategy_hint() -> str:
 
 
 def get_strategy(number: int) -> Strategy:
+    """The strategy numbered *number*, a whole number (5.0 or True from a hand-made request was stored as given)."""
     for strategy in STRATEGIES:
-        if strategy.number == number:
+        if strategy.number == number and type(number) is int:
             return strategy
     raise InvalidOptionError(f"Storage strategy {number!r} does not exist.", hint=_strategy_hint())
 

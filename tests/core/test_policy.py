@@ -398,3 +398,22 @@ def test_changed_studies_agrees_with_comparing_each_study_whole(tmp_path):
                        if study_wanted(store, s["study_uid"], base)[1] != study_wanted(store, s["study_uid"], new)[1])
         assert changed_studies(store, base, new) == whole
     assert changed_studies(store, base, changes[0]) == [head] and changed_studies(store, base, changes[1]) == [body]
+
+
+@pytest.mark.parametrize("value", [5.0, True, "2", None])
+def test_a_study_strategy_is_a_whole_number(tmp_path, value):
+    """The Study page's menu sends its value as it comes: 5.0 or True from a hand-made callback was stored as given."""
+    from core.ingest import ingest
+    from core.store import Store
+
+    store = Store(tmp_path / "data")
+    ds = make_dataset(**KINDS["u12_odd"])
+    list(ingest(store, [write(ds, tmp_path / "in.dcm")]))
+    if value is None:  # follow the policy again
+        store.set_study_strategy(ds.StudyInstanceUID, 4)
+        store.set_study_strategy(ds.StudyInstanceUID, None)
+        assert store.study(ds.StudyInstanceUID)["strategy"] is None
+        return
+    with pytest.raises(InvalidOptionError, match="does not exist"):
+        store.set_study_strategy(ds.StudyInstanceUID, value)
+    assert store.study(ds.StudyInstanceUID)["strategy"] is None
