@@ -55,13 +55,17 @@ def _lossy_original(row, arts) -> list:
     return [html.Div(text + "".join(f"; its lossy copy: {t} in total" for t in totals), className="small lossy-original-badge")]
 
 
-def _master_line(decided) -> list:
-    """Strategy 5: say that "original" is the lossless master now (or why this original was kept)."""
+def _master_line(decided, lossy: bool) -> list:
+    """Strategy 5: say that "original" is the lossless master now (or why this original was kept).
+
+    The master of an already-lossy image holds lossy pixels: it is never called a lossless image.
+    """
     if decided is None:
         return []
     if not decided.mastered:
         return [html.Div(f"Original kept as it came: {decided.reason}", className="small text-muted master-note")]
-    return [html.Div(f"Original = lossless master ({decided.codec}, bit-exact, checked by {decided.checked_by}); "
+    what = "master of a LOSSY image, recompressed without further loss" if lossy else "lossless master"
+    return [html.Div(f"Original = {what} ({decided.codec}, bit-exact to the file received, checked by {decided.checked_by}); "
                      f"the file received ({human_size(decided.original_bytes)}) was replaced", className="small master-note")]
 
 
@@ -106,7 +110,7 @@ def _card(card, lossy_enabled: bool) -> html.Div:
             html.Div(f"#{row['number'] or '?'} · {dimensions(row['columns'], row['rows'])} · {row['frames']} frame(s)", className="small"),
             html.Div(", ".join(_artifact_text(a) for a in arts), className="small text-muted artifacts"),
             *_lossy_original(row, arts),
-            *_master_line(card.master),
+            *_master_line(card.master, row["lossy"]),
             *[html.Div(w, className="small text-danger lossy-warning") for a in arts if (w := artifact_warning(row, a))],
             *([make_cine_player(sop, card.thumbnail)] if (row["frames"] or 0) > 1 else []),
             html.Div(links, className="small d-flex align-items-center flex-wrap gap-2 card-links"),

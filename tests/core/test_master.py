@@ -245,15 +245,18 @@ def test_the_study_page_says_which_originals_are_masters(tmp_path, live_app):
     _base, app = live_app(demo=False)
     study_layout = dash.page_registry["pages.study"]["layout"]  # registered by the app just made
     store = app.server.extensions["radpress"]["store"]
-    files = [write_kind(kind, tmp_path / "in", study_uid="1.2.826.0.1.3680043.8.498.55") for kind in ("u10", "u12_dirty")]
+    files = [write_kind(kind, tmp_path / "in", study_uid="1.2.826.0.1.3680043.8.498.55")
+             for kind in ("u10", "u12_dirty", "already_lossy")]
     list(ingest(store, files))
     for path in files:
         make_master(store, str(read_dataset(path).SOPInstanceUID))
     with app.server.test_request_context("/study"):
         g.user = Users(store).authenticate(*ADMIN)
         page = str(study_layout(uid="1.2.826.0.1.3680043.8.498.55"))
-    assert "1 of 2 originals are lossless masters" in page and "X-RadPress-Original" in page
-    assert "Original = lossless master (jpegls, bit-exact, checked by pylibjpeg)" in page
+    assert "2 of 3 originals are lossless masters" in page and "X-RadPress-Original" in page
+    assert page.count("Original = lossless master (jpegls, bit-exact to the file received, checked by pylibjpeg)") == 1
+    # the master of an already-lossy image is never called lossless
+    assert "Original = master of a LOSSY image, recompressed without further loss (jpegls" in page
     assert "Original kept as it came: the bits above Bits Stored" in page
     assert "variant=original&amp;deflate=1" in page or "variant=original&deflate=1" in page
     with app.server.test_request_context("/policy"):  # the Policy page shows strategy 5's cost beside 1-4
