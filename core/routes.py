@@ -116,7 +116,12 @@ def health():
 
     store, _ = archive()
     body, status = check(store, current_app.extensions["radpress"].get("background") or Background())
-    response = jsonify(**body, data_dir=str(store.root), codecs=sorted({c.name for c in CODECS if c.is_available}))
+    user = current_user()
+    if user is not None and user.role == "admin":  # where the data and the DICOM port are is for administrators only
+        body["data_dir"] = str(store.root)
+    else:
+        body["checks"] = {name: {"ok": c["ok"]} for name, c in body["checks"].items()}
+    response = jsonify(**body, codecs=sorted({c.name for c in CODECS if c.is_available}))
     response.status_code = status
     response.cache_control.no_store = True
     return response

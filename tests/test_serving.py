@@ -87,7 +87,8 @@ def test_gunicorn_as_make_run_starts_it(tmp_path):
                           RADPRESS_WEB_THREADS="4")
     base = f"http://127.0.0.1:{port}"
     try:
-        health = wait_healthy(process, f"{base}/api/health", log)
+        assert "detail" not in str(wait_healthy(process, f"{base}/api/health", log))  # anonymous: no ports, no paths
+        health = wait_healthy(process, f"{base}/api/health", log, auth=ADMIN)
         assert health["status"] == "ok", health
         assert {"index", "data_dir", "jobs", "dicom"} <= set(health["checks"]) and all(
             c["ok"] for c in health["checks"].values())
@@ -239,8 +240,11 @@ def test_health_reads_the_launchers_heartbeat(tmp_path, monkeypatch):
     """A web worker under the launcher is ready only while the launcher's runner is alive: 503 otherwise."""
     heartbeat = tmp_path / "launcher.json"
     monkeypatch.setenv(HEARTBEAT_ENV, str(heartbeat))
+    monkeypatch.setenv("RADPRESS_ADMIN_USER", ADMIN[0])
+    monkeypatch.setenv("RADPRESS_ADMIN_PASSWORD", ADMIN[1])
     app = create_app(tmp_path / "data", run_jobs=False, demo=False)
     client = app.server.test_client()
+    auth = {"Authorization": "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode()}
     answer = client.get("/api/health")
     assert answer.status_code == 503 and answer.get_json()["status"] == "degraded"
     assert answer.get_json()["checks"]["jobs"]["ok"] is False and "no-store" in answer.headers["Cache-Control"]
@@ -252,8 +256,9 @@ def test_health_reads_the_launchers_heartbeat(tmp_path, monkeypatch):
     finally:
         jobs.stop()
     LauncherBackground(heartbeat).write(Background(jobs))  # the runner's thread has ended
-    answer = client.get("/api/health").get_json()
+    answer = client.get("/api/health", headers=auth).get_json()
     assert answer["status"] == "degraded" and "stopped" in answer["checks"]["jobs"]["detail"]
+    assert client.get("/api/health").get_json()["checks"]["jobs"] == {"ok": False}  # anonymous: no detail
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     heartbeat.write_text(json.dumps({"pid": gone.pid, "time": time.time(), "checks": []}))
