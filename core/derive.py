@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.sequence import Sequence
@@ -303,7 +304,7 @@ def derived_header(source: Dataset, codec: Codec, spec: PixelSpec, achieved_rati
     skip = {0x7FE00010, 0x7FE00001, 0x7FE00002}  # Pixel Data (never loaded here) and its offset tables
     for tag in source.keys():
         if tag not in skip:
-            out.add(copy.deepcopy(source[tag]))  # never share elements: the source must stay untouched
+            out[tag] = _detached(source.get_item(tag))
     out.file_meta = copy.deepcopy(source.file_meta) if hasattr(source, "file_meta") else FileMetaDataset()
     if out.file_meta.get("TransferSyntaxUID") == ExplicitVRBigEndian:
         _swap_words(out)  # pydicom writes binary words as read: the copy is little endian
@@ -319,6 +320,15 @@ def derived_header(source: Dataset, codec: Codec, spec: PixelSpec, achieved_rati
     out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
     out.file_meta.MediaStorageSOPClassUID = out.SOPClassUID
     return out
+
+
+def _detached(element: DataElement | RawDataElement) -> DataElement | RawDataElement:
+    """An element of the source for the copy, which may change it while the source stays untouched: one not
+    read yet is shared as it is (immutable; the copy reads its own), a sequence copied deeply (its items are
+    marked), any other copied shallowly (attributes are given new values, never changed in place)."""
+    if isinstance(element, RawDataElement):
+        return element
+    return copy.deepcopy(element) if element.VR == "SQ" else copy.copy(element)
 
 
 # Binary VRs pydicom keeps as raw bytes in the byte order they were read in, by word size.

@@ -82,10 +82,11 @@ def stored_values(frame: np.ndarray, spec: PixelSpec) -> np.ndarray:
     """
     if spec.bits_stored >= spec.bits_allocated:
         return frame
-    wide = frame.astype(np.int64) & ((1 << spec.bits_stored) - 1)
-    if spec.signed:
-        wide = np.where(wide >= 1 << (spec.bits_stored - 1), wide - (1 << spec.bits_stored), wide)
-    return wide.astype(spec.dtype)
+    words = frame.astype(spec.dtype, copy=False)  # wraps: the low Bits Allocated bits are kept as they are
+    if spec.signed:  # shifted up and back: numpy shifts signed words arithmetically, so the sign bit spreads
+        shift = spec.bits_allocated - spec.bits_stored
+        return (words << shift) >> shift
+    return words & spec.peak
 
 
 def clip_to_stored(frame: np.ndarray, spec: PixelSpec) -> np.ndarray:

@@ -83,8 +83,11 @@ def stored_samples(frame: np.ndarray, spec: PixelSpec) -> np.ndarray:
     OpenJPEG shifts unsigned samples down by 2^(B-1); signed values are offset
     up by as much here and the codestream is declared signed afterwards.
     """
-    values = stored_values(frame, spec).astype(np.int64) + ((1 << (spec.bits_stored - 1)) if spec.signed else 0)
-    return values.astype(np.uint8 if spec.bits_allocated == 8 else np.uint16)
+    words = stored_values(frame, spec).astype(spec.dtype, copy=False)
+    values = words.view(f"u{words.dtype.itemsize}")  # unsigned words wrap: -v + 2^(B-1) lands in [0, 2^B)
+    if spec.signed:
+        values = values + (1 << (spec.bits_stored - 1))
+    return values.astype(np.uint8 if spec.bits_allocated == 8 else np.uint16, copy=False)
 
 
 def _writer():

@@ -49,8 +49,9 @@ def check(spec: PixelSpec, lossy: bool) -> None:
 
 def _unsigned(frame: np.ndarray, spec: PixelSpec) -> np.ndarray:
     """Bits Stored wide patterns (two's complement for signed data), little-endian, colour by pixel."""
-    values = stored_values(frame, spec).astype(np.int64) & spec.peak
-    return np.ascontiguousarray(values.astype("<u1" if spec.bits_allocated == 8 else "<u2"))
+    words = stored_values(frame, spec).astype(spec.dtype, copy=False)
+    patterns = words.view(f"u{words.dtype.itemsize}") & spec.peak  # two's complement of a signed word, as is
+    return np.ascontiguousarray(patterns.astype("<u1" if spec.bits_allocated == 8 else "<u2", copy=False))
 
 
 def knob(spec: PixelSpec) -> Knob:

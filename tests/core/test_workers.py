@@ -121,3 +121,24 @@ def test_a_worker_is_replaced_after_its_task_quota():
             [outcome] = pool.wait(10)
             seen.append(outcome.value)
     assert seen[0] == seen[1] != seen[2]
+
+
+def test_workers_do_not_run_the_apps_main_module_again(tmp_path):
+    """A worker is not handed the app's __main__ (app.py: 1.6 s of imports per worker); its tasks still run."""
+    marker = tmp_path / "imports"
+    main = tmp_path / "main.py"
+    main.write_text(f"""import os, sys
+sys.path.insert(0, {str(ROOT)!r})
+with open({str(marker)!r}, "a") as fh:
+    fh.write(__name__ + "\\n")
+from core.workers import WorkerPool
+if __name__ == "__main__":
+    with WorkerPool(1) as pool:
+        pool.submit("pid", os.getpid)
+        [outcome] = pool.wait(30)
+    print(outcome.value, os.getpid())
+""")
+    done = subprocess.run([sys.executable, str(main)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    worker, parent = map(int, done.stdout.split())
+    assert worker != parent
+    assert marker.read_text().split() == ["__main__"]  # never "__mp_main__": run once, by the app
