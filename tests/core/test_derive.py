@@ -157,6 +157,23 @@ def test_source_dataset_is_not_modified():
     assert source.file_meta == before.file_meta
 
 
+def test_the_copy_shares_no_element_the_source_could_see_change():
+    """Headers are copied without deep-copying every element: elements read before (copied shallowly), unread
+    ones (shared raw) and sequences (copied deeply) all stay the source's own when the copy is changed."""
+    source = read_dataset(sample("693_UNCR"))
+    image_type = list(source.ImageType)  # read: a DataElement now; the rest stays raw until read
+    source.ReferencedImageSequence = [Dataset()]
+    source.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2.3"
+    before = copy.deepcopy(source)
+    out = compress(source, "j2k", "lossy", 10).dataset
+    out.ImageType[1] = "CHANGED"
+    out.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "9.9.9"
+    out.PatientName = "Changed^Name"
+    assert out.ImageType[0] == "DERIVED" and source.ImageType[0] != "DERIVED"
+    assert list(source.ImageType) == image_type and source.ReferencedImageSequence[0].ReferencedSOPInstanceUID == "1.2.3"
+    assert source == before and "SourceImageSequence" not in source
+
+
 @pytest.mark.parametrize("codec", ["j2k", "jpegls"])
 def test_a_big_endian_palette_keeps_its_colours(codec, load, tmp_path):
     """Palette LUT data read from a big-endian file is written little endian with the copy, not byte-swapped garbage."""
