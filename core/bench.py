@@ -173,7 +173,7 @@ def measure(names=BENCH_SAMPLES, repeat: int = 3) -> dict:
 
 
 def _table(results: dict) -> str:
-    lines = [f"{'image':<10} {'codec':<14} {'ratio':>7} {'enc MB/s':>9} {'enc 2T':>8} {'dec MB/s':>9} {'dec 2T':>8}"]
+    lines = [f"{'image':<10} {'codec':<14} {'ratio':>7} {'enc MB/s':>9} {'enc 2T':>8} {'dec MB/s':>9} {'dec 2T':>8}"] if "codecs" in results else []
     for r in results.get("codecs", []) + results.get("tools", []):
         if "skipped" in r:
             lines.append(f"{r['image']:<10} {r['codec']:<14} skipped: {r['skipped'][:60]}")
