@@ -352,19 +352,26 @@ def serve(data: Path, **env: str) -> tuple[subprocess.Popen, str]:
         probe_socket.bind(("127.0.0.1", 0))
         port = probe_socket.getsockname()[1]
     environment = {**os.environ, "RADPRESS_DATA": str(data), "HOST": "127.0.0.1", "PORT": str(port),
-                   "RADPRESS_DEMO": "0", **env}
+                   "RADPRESS_DEMO": "0", "RADPRESS_DICOM_PORT": "0", **env}  # no node: 11112 may be another app's
     process = subprocess.Popen([sys.executable, "app.py"], cwd=Path(__file__).resolve().parents[1], env=environment,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if requests.get(f"{base}/api/health", timeout=5).status_code == 200:
+                    return process, base
+            except requests.RequestException:  # not listening yet, or too busy to answer in time (a loaded machine)
+                time.sleep(0.2)
+        raise RuntimeError(f"the app did not start on {base} (exit code {process.poll()})")
+    except BaseException:  # never leave the app (and its gunicorn) running behind
+        process.terminate()
         try:
-            if requests.get(f"{base}/api/health", timeout=2).status_code == 200:
-                return process, base
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"the app did not start on {base} (exit code {process.poll()})")
+            process.wait(40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
 
 
 def measure_probes(trials: int = 3) -> dict:
