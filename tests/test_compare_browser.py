@@ -141,6 +141,7 @@ def test_compare_boxes_progress_codec_error_and_sticky_banner(live_app, browser,
 
 
 def _pick_codec(driver, label: str) -> None:
+    driver.execute_script("window.scrollTo(0, 0);")  # scrolled down, the sticky banner covers the codec menu
     driver.find_element(By.CSS_SELECTOR, "#compare-codec").click()
     option = wait(driver, 30).until(EC.element_to_be_clickable(
         (By.XPATH, f"//*[@role='option' and contains(normalize-space(.), '{label}')]")))

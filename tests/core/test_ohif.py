@@ -214,11 +214,13 @@ def test_ohif_shows_what_the_files_hold_and_marks_the_lossy_one(live_app, browse
     base, app = live_app(demo=False)
     frames = []
 
-    @app.server.after_request
     def _frames(response):  # which frames the viewer was sent, as what
         if "/frames/" in flask.request.path:
             frames.append((flask.request.path, response.content_type))
         return response
+
+    # the app has served its warm-up request (app.create_app), so Flask refuses @after_request now: add it directly
+    app.server.after_request_funcs.setdefault(None, []).append(_frames)
 
     kinds = ("mono1", "rgb", "ybr_full", "enhanced_ct", "already_lossy")
     files = {"mr": sample("MR2_UNCR"), **{k: write_kind(k, tmp_path) for k in kinds}}
