@@ -10,7 +10,7 @@ from typing import BinaryIO, Iterator
 
 from pydicom.dataset import Dataset
 
-__all__ = ["atomic_writer", "write_dataset"]
+__all__ = ["atomic_writer", "fsync_dir", "write_dataset"]
 
 
 @contextlib.contextmanager
@@ -34,11 +34,16 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             os.unlink(tmp)
         raise
     with contextlib.suppress(OSError):
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(target.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or link in *folder* durable (the directory entry itself is on disk)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_dataset(ds: Dataset, path: str | os.PathLike) -> int:

@@ -37,7 +37,7 @@ from .codecs import get_codec
 from .compress import compress
 from .derive import LOSSLESS_SYNTAXES
 from .errors import CodecError, RadPressError
-from .files import write_dataset
+from .files import fsync_dir, write_dataset
 from .locks import item_lock
 from .pixels import decode_all, pixel_spec, read_dataset
 from .store import Artifact, Store, sha256_file, uid_key
@@ -274,15 +274,7 @@ def _check(store: Store, original: Artifact, ds: Dataset, before: np.ndarray, ta
 
 def _rename(staged: Path, target: Path) -> None:
     os.replace(staged, target)  # staged was fsynced by write_dataset; same file system (the data directory)
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(target.parent)
 
 
 def _switch(store: Store, original: Artifact, target: Path, digest: str) -> Artifact:
@@ -323,7 +315,7 @@ def _commit_switch(store: Store, original: Artifact, target: Path, size: int, ch
 
 def _remove_original(path: Path) -> None:
     path.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def leftover_original(db, sop_uid: str, path: Path, checksum: str) -> bool:

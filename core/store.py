@@ -30,7 +30,7 @@ from typing import Iterator
 from pydicom.dataset import Dataset
 
 from .errors import InvalidOptionError, RadPressError
-from .files import atomic_writer
+from .files import atomic_writer, fsync_dir
 from .pixels import PixelSpec, read_dataset
 from .validate import check_uid, is_image
 from .policy import Policy, get_strategy
@@ -600,7 +600,7 @@ def _place_new(staged: Path, target: Path) -> None:
             os.link(copy, target)
         finally:
             copy.unlink(missing_ok=True)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def _place_if_free(staged: Path, target: Path) -> bool:
@@ -617,14 +617,6 @@ def _place_if_free(staged: Path, target: Path) -> bool:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _PID_IN_NAME = (re.compile(r"^\d+-(\d+)-"), re.compile(r"\.(\d+)-[^.]+\.part$"))
