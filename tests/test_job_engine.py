@@ -97,7 +97,8 @@ def test_killed_celery_workers_lose_no_instance(tmp_path, redis_url):
     """Two workers share a strategy-1 job. One's pool process is SIGKILLed while it makes an instance (the worker puts the
     task back), then the other worker is SIGKILLed whole while it holds one (the runner sends it again): the job still
     ends done with every artifact correct, made by the one worker left."""
-    store, study = strategy_1_study(tmp_path, 8)
+    count = 32  # enough work that each worker is still busy when the test looks (8 were done before it looked, unloaded)
+    store, study = strategy_1_study(tmp_path, count)
     app = celery_app(redis_url)
     workers = {name: start_worker(name, redis_url, store.root) for name in ("w1", "w2")}
     try:
@@ -122,8 +123,8 @@ def test_killed_celery_workers_lose_no_instance(tmp_path, redis_url):
         runner.join(timeout=60)
         assert not runner.is_alive(), "the job did not finish after its workers were killed"
         [job] = finished
-        assert held < 8  # it was killed mid-job
-        assert job["id"] == job_id and job["state"] == "done" and job["done"] == 8 and job["failed"] == 0, job
+        assert held < count  # it was killed mid-job
+        assert job["id"] == job_id and job["state"] == "done" and job["done"] == count and job["failed"] == 0, job
         assert_artifacts_correct(store, study)
         assert workers[first].poll() is None  # the worker whose pool process was killed lives on
     finally:
