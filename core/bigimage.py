@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 from pydicom.dataset import Dataset
 
+from .codecs.openjpeg import load_glymur
 from .errors import UnsupportedError
 
 __all__ = ["LARGE_PIXELS", "is_large", "TileSource", "DicomTiles", "TiffTiles", "encode_pyramid", "write_encapsulated",
@@ -142,7 +143,7 @@ def encode_pyramid(source: TileSource, out: Path, ratio: float | None = None, ti
     through the same container transform as :mod:`core.codecs.j2k`, after the
     bits above Bits Stored are masked off.
     """
-    import glymur
+    glymur = load_glymur()
 
     from .codecs.codestream import container_samples, declare_precision_file
 

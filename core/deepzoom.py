@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .codecs.openjpeg import load_glymur
 from .errors import InvalidOptionError
 
 __all__ = ["Codestream", "CodestreamTiles", "DeepZoom", "Patch", "iter_patches", "map_patches"]
@@ -24,7 +25,7 @@ class Codestream:
     """A J2K/HTJ2K codestream file opened once; regions at any resolution level."""
 
     def __init__(self, path: str | Path):
-        import glymur
+        glymur = load_glymur()
 
         self.path = Path(path)
         self.jp2 = glymur.Jp2k(str(path))

@@ -306,6 +306,10 @@ def derived_header(source: Dataset, codec: Codec, spec: PixelSpec, achieved_rati
         if tag not in skip:
             out[tag] = _detached(source.get_item(tag))
     out.file_meta = copy.deepcopy(source.file_meta) if hasattr(source, "file_meta") else FileMetaDataset()
+    if source.original_encoding == (False, True):
+        # The copy is explicit VR little endian, as the source's elements not read yet are encoded: pydicom then
+        # writes them as they are instead of parsing every one again (a third of the time of writing a copy).
+        out.set_original_encoding(False, True, source.original_character_set)
     if out.file_meta.get("TransferSyntaxUID") == ExplicitVRBigEndian:
         _swap_words(out)  # pydicom writes binary words as read: the copy is little endian
     out.file_meta.TransferSyntaxUID = codec.transfer_syntax

@@ -17,6 +17,7 @@ import tempfile
 
 import numpy as np
 
+from .codecs.openjpeg import load_glymur
 from .errors import InvalidOptionError, UnsupportedError
 from .pixels import PixelSpec, clip_to_stored
 
@@ -39,7 +40,7 @@ def decode_level(codec_name: str, codestream: bytes, spec: PixelSpec, level: int
         return get_codec(codec_name, False).decode(codestream, spec)
     if not supports_levels(codec_name):
         raise UnsupportedError(f"{codec_name} codestreams have no resolution levels to decode from.")
-    import glymur
+    glymur = load_glymur()
 
     with tempfile.TemporaryDirectory(prefix="radpress-level-") as tmp:
         path = os.path.join(tmp, "frame.j2k")

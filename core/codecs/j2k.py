@@ -21,6 +21,7 @@ import numpy as np
 
 from ..pixels import PixelSpec, stored_values
 from .codestream import container_samples, declare_precision
+from .openjpeg import load_glymur
 from .rate import Knob, encode_to_ratio
 
 DEPENDENCIES = "glymur with the OpenJPEG library (libopenjp2 >= 2.5), imagecodecs"
@@ -28,7 +29,7 @@ DEPENDENCIES = "glymur with the OpenJPEG library (libopenjp2 >= 2.5), imagecodec
 
 def is_available() -> bool:
     try:
-        import glymur
+        glymur = load_glymur()
         import imagecodecs
     except ImportError:
         return False
@@ -91,7 +92,7 @@ def stored_samples(frame: np.ndarray, spec: PixelSpec) -> np.ndarray:
 
 
 def _writer():
-    import glymur
+    glymur = load_glymur()
 
     class _StoredPrecision(glymur.Jp2k):
         """glymur's writer declaring Bits Stored as the precision (glymur itself declares 8 or 16 bits)."""
@@ -110,7 +111,7 @@ def _writer():
 
 def encode_at(frame: np.ndarray, spec: PixelSpec, cratio: float | None) -> bytes:
     """One encoding: reversible when *cratio* is None, else irreversible at OpenJPEG's rate *cratio* (Bits Stored)."""
-    import glymur
+    glymur = load_glymur()
 
     lossy = cratio is not None
     with tempfile.TemporaryDirectory(prefix="radpress-j2k-") as tmp:
