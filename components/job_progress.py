@@ -14,6 +14,8 @@ CANCEL = "job-cancel"
 def _study_cell(job: dict) -> html.Td:
     """Patient and study description (the UID on hover); a study no longer in the index keeps the tail of its UID."""
     uid = job["study_uid"]
+    if uid is None:  # a job about the whole archive
+        return html.Td("All studies (policy saved)" if job["kind"] == "policy" else "All studies", className="job-study")
     if not job.get("study_indexed"):
         return html.Td(uid[-20:], title=uid, className="job-study")
     about = " · ".join(t for t in (job.get("study_description") or "", dicom_date(job.get("study_date"))) if t)

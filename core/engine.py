@@ -36,19 +36,22 @@ from .errors import InvalidOptionError
 from .jobs import LEASE_SECONDS, _make_for_instance
 from .labjobs import run_lab_job
 from .locks import item_lock
+from .policyjobs import run_policy_job
 from .store import Store
 from .validate import check_uid
 from .workers import Outcome, WorkerPool
 
-__all__ = ["celery_app", "pool_factory", "CeleryPool", "TASK", "STALE_SECONDS"]
+__all__ = ["celery_app", "pool_factory", "workers_answer", "CeleryPool", "TASK", "STALE_SECONDS", "PING_EVERY_S"]
 
 TASK = "radpress.run"
 HEARTBEAT_SECONDS = 5.0
 STALE_SECONDS = LEASE_SECONDS  # a started task without a heartbeat for this long is sent again
 QUIET_SECONDS = 60.0  # tasks in flight and no worker heard from for this long: say so in the log
 log = logging.getLogger(__name__)
-# What a Celery task may run, by name (never a function named by the message): the per-instance work and a lab sweep.
-_FUNCTIONS: dict[str, Callable] = {"instance": _make_for_instance, "lab": run_lab_job}
+PING_EVERY_S = 15.0  # how often one process asks whether a Celery worker answers (workers_answer)
+# What a Celery task may run, by name (never a function named by the message): the per-instance work, a lab sweep,
+# and the comparison a saved policy starts.
+_FUNCTIONS: dict[str, Callable] = {"instance": _make_for_instance, "lab": run_lab_job, "policy": run_policy_job}
 _NAMES = {fn: name for name, fn in _FUNCTIONS.items()}
 _worker_pid: int | None = None  # the Celery worker's main process (set in it before its pool starts)
 
@@ -78,6 +81,27 @@ def celery_app(url: str | None = None):
     if not url:
         raise InvalidOptionError("The Celery engine needs REDIS_URL.", hint="Set REDIS_URL=redis://host:6379/0.")
     return _celery(url)
+
+
+_pinged: dict[str, tuple[float, bool]] = {}  # per broker URL: when this process last asked, and whether a worker answered
+_ping_lock = threading.Lock()
+
+
+def workers_answer(url: str | None = None, timeout: float = 0.5) -> bool:
+    """Whether a Celery worker answers a ping on *url* (default REDIS_URL); asked at most every :data:`PING_EVERY_S`
+    per process, so the Jobs page and ``/api/health`` never wait on the broker more than once in that time."""
+    url = url or os.environ.get("REDIS_URL")
+    if not url:
+        raise InvalidOptionError("Celery workers need REDIS_URL.", hint="Set REDIS_URL=redis://host:6379/0.")
+    with _ping_lock:
+        asked = _pinged.get(url)
+        if asked is None or time.monotonic() - asked[0] >= PING_EVERY_S:
+            try:
+                answered = bool(celery_app(url).control.ping(timeout=timeout))
+            except Exception:  # noqa: BLE001 - a broker that does not answer has no worker answering either
+                answered = False
+            asked = _pinged[url] = (time.monotonic(), answered)
+    return asked[1]
 
 
 def _remember_worker(**_kwargs) -> None:
@@ -133,9 +157,9 @@ def _checked(name: str, args) -> list:
     if not isinstance(root, str) or "\x00" in root or Path(root).resolve() != mine:
         raise InvalidOptionError(f"A task for data directory {str(root)[:200]!r}, not this worker's ({mine}): refused.",
                                  hint="Start the worker with the app's RADPRESS_DATA (the same path on every host).")
-    if name == "lab":
+    if name in ("lab", "policy"):
         if len(args) != 3 or isinstance(args[1], bool) or not isinstance(args[1], int) or not isinstance(args[2], str):
-            raise InvalidOptionError("A lab task takes (data directory, job id, owner).")
+            raise InvalidOptionError(f"A {name} task takes (data directory, job id, owner).")
         return [str(mine), args[1], args[2]]
     items = args[1] if len(args) == 2 and isinstance(args[1], list) and args[1] else None
     fields = set(Wanted.__dataclass_fields__)

@@ -27,6 +27,7 @@ from .archive import Wanted, make_artifacts, plan, storage_report
 from .compress import artifact_warning
 from .errors import RadPressError
 from .labjobs import run_lab_job
+from .policyjobs import run_policy_job
 from .store import Store, StoreError
 from .workers import Outcome, WorkerPool
 
@@ -34,8 +35,8 @@ __all__ = ["Jobs", "LEASE_SECONDS"]
 
 LEASE_SECONDS = 30.0
 # Kinds that are one task run in a worker process, and in the web app by a runner of their own: a lab sweep of
-# minutes never holds up a study's copies.
-TASKS: dict[str, Callable] = {"lab": run_lab_job}
+# minutes never holds up a study's copies; a saved policy's comparison (core.policyjobs) waits for neither.
+TASKS: dict[str, Callable] = {"lab": run_lab_job, "policy": run_policy_job}
 
 
 _STORES: dict[str, Store] = {}
@@ -375,3 +376,16 @@ class Jobs:
                 logging.getLogger(__name__).exception("job runner")
             self._wake.wait(timeout=2)
             self._wake.clear()
+
+def submit_archive_job(jobs: Jobs, kind: str, params: dict | None = None) -> int:
+    """Queue a job about the whole archive, not one study (a saved policy's comparison), or return the one of this
+    kind already queued: it will read what is stored when it runs."""
+    with jobs.store.connect() as db:
+        queued = db.execute("SELECT id FROM jobs WHERE study_uid IS NULL AND state='queued' AND kind=?", (kind,)).fetchone()
+        if queued:
+            return int(queued["id"])
+        job_id = int(db.execute("INSERT INTO jobs (kind, study_uid, state, params, created) VALUES (?,NULL,?,?,?)",
+                                (kind, "queued", json.dumps(params or {}), time.time())).lastrowid)
+    for runner in (jobs, *jobs._lanes):
+        runner._wake.set()
+    return job_id

@@ -397,9 +397,9 @@ def put_policy():
         policy = Policy.from_dict({**store.policy().to_dict(), **body})
     except (TypeError, ValueError) as exc:
         raise InvalidOptionError(f"The policy is not valid: {exc}") from None
-    job_ids = save_policy(store, jobs, policy, current_user().name)  # jobs only for studies whose artifacts change
+    job = save_policy(store, jobs, policy, current_user().name)  # which studies' artifacts change: worked out by this job
     warnings = [w for m, r in policy.ratios.items() if (w := ratio_warning(m.split()[0], float(r), *m.split()[1:2]))]
-    return jsonify(policy=policy.to_dict(), warnings=warnings, jobs=job_ids)
+    return jsonify(policy=policy.to_dict(), warnings=warnings, job=job, progress=f"/api/jobs/{job}")
 
 
 @blueprint.get("/api/dicom/peers")
@@ -452,6 +452,8 @@ def _job(job_id: int, action: str) -> dict:
     if job_id > MAX_JOB_ID:
         raise StoreError(f"No job {job_id}.")
     job = jobs.get(job_id)
+    if job["study_uid"] is None:  # a job about the whole archive (a saved policy's comparison): for administrators
+        authorize(store, current_user(), "policy")
     _check_study(store, job["study_uid"], action)
     return visible_jobs(store, current_user(), [job])[0]
 

@@ -2,7 +2,8 @@
 lossy on/off, ratios per modality (checked as they are typed), audit log.
 
 Every list on the page comes from core (STRATEGIES, LOSSLESS_CHOICES, the ratio tables), so a new strategy or
-codec choice appears without a page edit.  A save is all or nothing: one bad field and nothing is saved.
+codec choice appears without a page edit.  A save is all or nothing: one bad field and nothing is saved; which
+studies' copies change is worked out by a job (core.policyjobs), not in the request.
 """
 
 import json
@@ -11,7 +12,7 @@ from dataclasses import replace
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import ALL, MATCH, Input, Output, State, callback, html
+from dash import ALL, MATCH, Input, Output, State, callback, dcc, html
 
 from components import make_strategy_card
 from core.archive import save_policy, storage_report
@@ -167,6 +168,8 @@ def layout(**_query):
                        html.Tbody(_ratio_rows(policy))], size="sm"),
             dbc.Button("Save policy", id="policy-save", color="primary"),
             html.Div(id="policy-result", className="mt-2"),
+            html.Div(id="policy-job-status", className="small"),
+            dcc.Store(id="policy-job"), dcc.Interval(id="policy-job-poll", interval=500, disabled=True),
         ])], className="mb-3"),
         _dicom_card(store),
         html.H4("Audit log"),
@@ -289,7 +292,8 @@ def _form_policy(old: Policy, strategy, lossy, lossless, banner, ratios: dict, s
 
 
 @callback(Output("policy-result", "children"), Output("policy-projection", "children"), Output("policy-cards", "children"),
-          Output("audit-log", "children"), Input("policy-save", "n_clicks"),
+          Output("audit-log", "children"), Output("policy-job", "data"), Output("policy-job-poll", "disabled"),
+          Input("policy-save", "n_clicks"),
           State("policy-strategy", "value"), State("policy-lossy", "value"), State("policy-lossless", "value"),
           State("policy-banner", "value"), State(DEFAULT_RATIO, "value"), State({"type": RATIO, "key": ALL}, "value"), State({"type": RATIO, "key": ALL}, "id"),
           State({"type": MOD_STRATEGY, "modality": ALL}, "value"), State({"type": MOD_STRATEGY, "modality": ALL}, "id"),
@@ -301,7 +305,7 @@ def save(_clicks, strategy, lossy, lossless, banner, default, ratios, ratio_ids,
 
     user = current_user()
     if not allowed(user, "policy"):
-        return dbc.Alert("Only an administrator can change the policy.", color="danger"), dash.no_update, dash.no_update, dash.no_update
+        return (dbc.Alert("Only an administrator can change the policy.", color="danger"), *[dash.no_update] * 5)
     store, jobs = archive()
     authorize(store, user, "policy")
     policy, errors = _form_policy(store.policy(), strategy, lossy, lossless, banner,
@@ -311,12 +315,32 @@ def save(_clicks, strategy, lossy, lossless, banner, default, ratios, ratio_ids,
     if errors:
         refused = dbc.Alert([html.Strong("Not saved — nothing was changed. "), html.Ul([html.Li(e) for e in errors])],
                             color="danger", id="policy-not-saved")
-        return refused, dash.no_update, dash.no_update, dash.no_update
-    job_ids = save_policy(store, jobs, policy, user.name)
+        return (refused, *[dash.no_update] * 5)
+    job = save_policy(store, jobs, policy, user.name)
     report = storage_report(store)
-    done = (f"Saved. {len(job_ids)} {'study gets' if len(job_ids) == 1 else 'studies get'} new copies (see Jobs)." if job_ids
-            else "Saved. No study's copies change, so no job was queued.")
+    done = [f"Saved. Working out which studies' copies change (job #{job}); each of those gets a job of its own — see ",
+            dcc.Link("Jobs", href="/jobs"), "."]
     # every kind with a CAR bound, at the ratio it gets (its own, or the one it follows)
     warnings = [w for m, a in sorted(UPPER_BOUNDS) if (w := ratio_warning(m, ratio_for(policy, m, a), a))]
     return ([dbc.Alert(done, color="success", id="policy-saved"), *[dbc.Alert(w, color="warning") for w in warnings]],
-            _projection(report), _cards(policy, report), _audit(store))
+            _projection(report), _cards(policy, report), _audit(store), job, False)
+
+
+@callback(Output("policy-job-status", "children"), Output("policy-job-poll", "disabled", allow_duplicate=True),
+          Input("policy-job-poll", "n_intervals"), State("policy-job", "data"), prevent_initial_call=True)
+def follow(_n, job_id):
+    """The saved policy's comparison as it goes, then its result (how many studies get new copies); polling stops then."""
+    from core.routes import archive
+
+    user = current_user()
+    if not allowed(user, "policy") or isinstance(job_id, bool) or not isinstance(job_id, int) or not 0 < job_id < 1 << 63:
+        return "", True
+    store, jobs = archive()
+    authorize(store, user, "policy")
+    job = jobs.get(job_id)
+    if job["kind"] != "policy":
+        return "", True
+    if job["state"] in ("queued", "running"):
+        counted = f": {job['done']} of {job['total']} studies compared" if job["total"] else ""
+        return html.Span(f"Job #{job_id} {job['state']}{counted}…", id="policy-job-working"), False
+    return html.Span(f"Job #{job_id} {job['state']}. {job['message'] or ''}", id="policy-job-finished"), True

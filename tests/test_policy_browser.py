@@ -88,7 +88,10 @@ def test_bad_ratio_refused_before_saving_then_a_modality_strategy_saved(clinic, 
     _click(browser, "policy-save")
     wait(browser).until(EC.presence_of_element_located((By.ID, "policy-saved")))
     result = browser.find_element(By.ID, "policy-result").text
-    assert "1 study gets new copies" in result and "upper bound of 12:1 for US" in result and "11:1 for NM" in result
+    assert "Saved. Working out which studies' copies change" in result
+    assert "upper bound of 12:1 for US" in result and "11:1 for NM" in result
+    finished = wait(browser).until(EC.visibility_of_element_located((By.ID, "policy-job-finished")))  # the comparison's job
+    assert "done. Policy compared: 1 study gets new copies" in finished.text
     assert store.policy().strategies == {"CR": 4} and store.policy().default_ratio == 20
     wait(browser).until(EC.text_to_be_present_in_element((By.ID, "policy-projection"), "1 on strategy 1, 1 on strategy 4"))
     assert browser.find_element(By.ID, "policy-projection").text != projection

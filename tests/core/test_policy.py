@@ -2,6 +2,7 @@
 strategy per modality, the form's checks, and jobs only for studies whose copies change."""
 
 import re
+import time
 
 import numpy as np
 import pytest
@@ -312,11 +313,75 @@ def test_only_studies_whose_copies_change_get_a_job(archive_of_three):
     assert changed_studies(store, base, replace(base, strategies={"CR": 3})) == [study["CR"]]
     assert changed_studies(store, base, replace(base, ratios={**base.ratios, "MG": 20})) == []  # no MG study here
     jobs = Jobs(store, workers=1)
-    assert save_policy(store, jobs, replace(base, lossy_banner="LOSSY {ratio}:1 here"), "admin") == []
-    assert store.policy().lossy_banner == "LOSSY {ratio}:1 here"  # saved (and audited) even though no job was needed
-    queued = save_policy(store, jobs, replace(store.policy(), strategies={"CT": 4, "CR": 4}), "admin")
-    assert sorted(j["study_uid"] for j in map(jobs.get, queued)) == sorted([study["CT"], study["CR"]])
+    compare = Jobs(store, workers=1, kinds=("policy",))  # the comparison's own lane, in a worker process as in the app
+    first = save_policy(store, jobs, replace(base, lossy_banner="LOSSY {ratio}:1 here"), "admin")
+    assert store.policy().lossy_banner == "LOSSY {ratio}:1 here"  # saved (and audited) before anything is compared
+    [done] = compare.run_pending()
+    assert done["id"] == first and done["state"] == "done" and "no study's copies change" in done["message"]
+    assert queued_studies(store) == []
+    second = save_policy(store, jobs, replace(store.policy(), strategies={"CT": 4, "CR": 4}), "admin")
+    [done] = compare.run_pending()
+    assert done["id"] == second and done["message"] == "Policy compared: 2 studies get new copies (their jobs are queued)."
+    assert done["done"] == done["total"] == 3  # its progress: studies compared, of how many
+    assert queued_studies(store) == sorted([study["CT"], study["CR"]])
     assert store.query("SELECT count(*) FROM audit WHERE what='policy'")[0][0] == 2
+
+
+def queued_studies(store) -> list[str]:
+    return sorted(r["study_uid"] for r in store.query("SELECT study_uid FROM jobs WHERE kind='materialize' AND state='queued'"))
+
+
+def test_saving_a_policy_compares_nothing_in_the_request(archive_of_three, monkeypatch):
+    """The save stores the policy and queues one job (joined by the next save while it waits); the comparison is the job's."""
+    from dataclasses import replace
+
+    import core.archive
+    import core.policyjobs
+    from core.archive import save_policy
+    from core.jobs import Jobs
+
+    store, study, _ = archive_of_three
+    base = store.policy()
+    monkeypatch.setattr(core.archive, "changed_studies", None)  # called in the request, it would raise
+    jobs = Jobs(store, workers=1)
+    job = save_policy(store, jobs, replace(base, ratios={**base.ratios, "CT": 9}), "admin")
+    assert save_policy(store, jobs, replace(store.policy(), strategies={"CR": 3}), "admin") == job  # one comparison for both
+    assert store.policy().strategies == {"CR": 3} and store.policy().ratios["CT"] == 9 and queued_studies(store) == []
+    assert core.policyjobs.pending_policy(store) == base  # the copies still follow the first policy
+    assert jobs.get(job)["state"] == "queued" and jobs.get(job)["study_uid"] is None
+
+
+def test_two_saves_racing_leave_no_study_on_the_older_policy(archive_of_three, monkeypatch):
+    """A save that lands while the job compares: the job compares again from the policy it just compared, so a
+    study that changes only in the later save gets its job too, and nothing stays pending."""
+    from dataclasses import replace
+
+    import core.policyjobs
+    from core.archive import changed_studies, save_policy
+    from core.jobs import Jobs
+
+    store, study, _ = archive_of_three
+    base = store.policy()
+    jobs = Jobs(store, workers=1)
+    runner = Jobs(store, workers=1, kinds=("policy",))
+    first = save_policy(store, jobs, replace(base, ratios={**base.ratios, "CT": 9}), "admin")
+    compared = []
+
+    def racing(store_, old, new, progress=None):
+        if not compared:  # another administrator saves while the first comparison runs
+            save_policy(store, jobs, replace(store.policy(), strategies={"CR": 3}), "admin2")
+        compared.append((old, new))
+        return changed_studies(store_, old, new, progress)
+
+    monkeypatch.setattr(core.policyjobs, "changed_studies", racing)
+    assert runner.claim()["id"] == first
+    state, message = core.policyjobs.run_policy_job(str(store.root), first, runner.owner)
+    assert state == "done" and message.startswith("Policy compared: 2 studies get new copies")
+    assert [(o.ratios["CT"], n.ratios["CT"], n.strategies) for o, n in compared] == [(base.ratios["CT"], 9, {}), (9, 9, {"CR": 3})]
+    assert queued_studies(store) == sorted([study["CT"], study["CR"]]) and core.policyjobs.pending_policy(store) is None
+    # the second save found the first job running, so it queued another: it finds nothing left to compare
+    [second] = [j for j in jobs.list() if j["kind"] == "policy" and j["state"] == "queued"]
+    assert core.policyjobs.run_policy_job(str(store.root), second["id"], runner.owner) == ("done", "Policy already compared.")
 
 
 def test_put_policy_refuses_bad_modality_values_and_queues_only_changed_studies(live_app, tmp_path):
@@ -337,7 +402,20 @@ def test_put_policy_refuses_bad_modality_values_and_queues_only_changed_studies(
     assert store.policy().strategies == {} and store.policy().lossy_banner != "LOSSY {ratio}"  # nothing of it saved
     answer = http.put(f"{base}/api/policy", json={"strategies": {"CR": 4}, "lossless_codecs": {"CT": "smallest"}})
     assert answer.status_code == 200, answer.text
-    assert [http.get(f"{base}/api/jobs/{j}").json()["study_uid"] for j in answer.json()["jobs"]] == [cr]  # CT 91×83: JPEG-LS either way
+    progress = answer.json()["progress"]
+    deadline = time.monotonic() + 60
+    while (job := http.get(f"{base}{progress}").json())["state"] != "done":  # the app's runner compares
+        assert time.monotonic() < deadline and job["state"] in ("queued", "running"), job
+        time.sleep(0.1)
+    assert "1 study gets new copies" in job["message"] and job["study_uid"] is None
+    assert queued_studies(store) in ([cr], [])  # CT 91×83: JPEG-LS either way (the app's runner may have run it already)
+    assert [r["study_uid"] for r in store.query("SELECT study_uid FROM jobs WHERE kind='materialize'")] == [cr]
+    from core.users import Users
+
+    Users(store).add("rad", "radiologist-pw", "radiologist")
+    other = requests.get(f"{base}{progress}", auth=("rad", "radiologist-pw"))  # a job about every study: administrators only
+    assert other.status_code == 403 and "may not change the storage policy" in other.json()["error"]
+    assert job["id"] not in [j["id"] for j in requests.get(f"{base}/api/jobs", auth=("rad", "radiologist-pw")).json()]
     assert http.get(f"{base}/api/policy").json()["strategies"] == {"CR": 4}
     # an empty key was saved, then answered 500 (and broke the Policy page); a lower-case one was saved, matching nothing
     for key in ("", "ct"):
@@ -362,8 +440,8 @@ def test_a_codec_change_replaces_the_copy_and_its_file(tmp_path):
     jobs.run_pending()
     [before] = [a for a in store.artifacts() if a.variant == "lossless"]
     assert before.codec == "j2k" and before.path.exists()
-    assert len(save_policy(store, jobs, replace(store.policy(), lossless_codec="ohif"), "admin")) == 1
-    jobs.run_pending()
+    save_policy(store, jobs, replace(store.policy(), lossless_codec="ohif"), "admin")
+    assert [j["kind"] for j in jobs.run_pending()] == ["policy", "materialize"]  # the comparison, then the one study's job
     [after] = [a for a in store.artifacts() if a.variant == "lossless"]
     assert after.codec == "jpegls" and after.path.exists() and not before.path.exists()
     on_disk = {p for p in (tmp_path / "data" / "artifacts").rglob("*") if p.is_file()}
