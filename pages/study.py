@@ -1,5 +1,5 @@
-"""One study: series with thumbnails (cards paged per series, core.studyview), artifacts per instance, downloads,
-strategy override."""
+"""One study: series with thumbnails (series paged, and cards paged per series: core.studyview), artifacts per
+instance, downloads, strategy override."""
 
 import dash
 import dash_bootstrap_components as dbc
@@ -26,6 +26,9 @@ STRATEGY = "study-strategy"
 SERIES_PAGE = "series-page"  # pattern ids {"type": ..., "series": Series Instance UID}: the pager,
 SERIES_CARDS = "series-cards"  # the cards it shows
 SERIES_SHOWN = "series-shown"  # and which of them ("instances 49–96 of 300")
+SERIES_GROUP = "study-series-pager"  # the pager of the study's series (when more than core.studyview.SERIES_PER_PAGE),
+SERIES_LIST = "study-series"  # the series it shows
+SERIES_GROUP_SHOWN = "study-series-shown"  # and which of them ("series 13–24 of 300")
 GRID = {"display": "grid", "gridTemplateColumns": "repeat(auto-fill, minmax(15rem, 1fr))", "gap": "1rem"}
 
 
@@ -84,12 +87,32 @@ def _series_block(page, lossy_enabled: bool, housekeeping: bool) -> html.Div:
     delete = [make_delete_button("series", page.series_uid, "Delete series")] if housekeeping else []
     pager = [dbc.Pagination(id={"type": SERIES_PAGE, **key}, max_value=page.pages, active_page=page.number, first_last=True,
                             previous_next=True, fully_expanded=False, size="sm", className="mb-2 series-pager")] if page.pages > 1 else []
+    lossy = [html.Span(f"⚠ {page.lossy} of {page.total} arrived lossy", className="badge bg-warning text-dark ms-2 series-lossy")
+             ] if page.lossy else []
     return html.Div([
         html.H5([f"Series {page.series_uid[-12:]} — {page.modality} {page.description}",
-                 html.Small(page.shown, id={"type": SERIES_SHOWN, **key}, className="text-muted ms-2 series-shown"), *delete]),
+                 html.Small(page.shown, id={"type": SERIES_SHOWN, **key}, className="text-muted ms-2 series-shown"), *lossy,
+                 *delete]),
         *pager,
         html.Div(_cards(page, lossy_enabled), id={"type": SERIES_CARDS, **key}, style=GRID, className="mb-3 series-cards"),
     ], className="series-block")
+
+
+def _series_list(group, lossy_enabled: bool, housekeeping: bool) -> list:
+    """The series of one group; below the last, where the others are when the study has more."""
+    more = [html.P([f"{group.shown} — the others: ", html.A("series pager", href=f"#{SERIES_GROUP}")],
+                   className="small text-muted series-more")] if group.pages > 1 else []
+    return [*(_series_block(page, lossy_enabled, housekeeping) for page in group.series), *more]
+
+
+def _series_pager(group) -> list:
+    """Which series are drawn, and the pager to the others (only when they do not all fit)."""
+    if group.pages == 1:
+        return []
+    return [html.Div([html.Strong(group.shown, id=SERIES_GROUP_SHOWN, className="me-3"),
+                      dbc.Pagination(id=SERIES_GROUP, max_value=group.pages, active_page=group.number, first_last=True,
+                                     previous_next=True, fully_expanded=False, size="sm", className="mb-0")],
+                     className="d-flex align-items-center flex-wrap mb-2 study-series-pager")]
 
 
 def _cards(page, lossy_enabled: bool) -> list:
@@ -130,7 +153,7 @@ def layout(uid: str = "", **_query):
     view = study_view(store, user, uid)
     instances, mastered = view.instances, view.mastered
     housekeeping = allowed(user, "housekeeping")
-    blocks = [_series_block(page, policy.lossy_enabled, housekeeping) for page in view.pages()]
+    group = view.group()
     override = study["strategy"]
     strategy_picker = dbc.Row([
         dbc.Col(html.Label("Storage strategy for this study", htmlFor=STRATEGY), width="auto"),
@@ -157,7 +180,11 @@ def layout(uid: str = "", **_query):
                   dbc.Button("zip original, deflated", href=f"/download/study/{uid}.zip?variant=original&deflate=1",
                              external_link=True, size="sm", color="secondary", outline=True, className="mb-1")],
                  className="mb-3"),
-        *blocks,
+        *([html.P(f"⚠ {view.lossy} of {len(instances)} instances arrived lossy-compressed: marked on their cards and "
+                  "counted in their series' headings.", className="small text-danger", id="study-lossy-originals")]
+          if view.lossy else []),
+        *_series_pager(group),
+        html.Div(_series_list(group, policy.lossy_enabled, housekeeping), id=SERIES_LIST),
     ])
 
 
@@ -210,6 +237,16 @@ def turn_page(number, pager, uid):
     authorize(store, user, "view", study_uid=uid)
     page = study_view(store, user, uid).page(pager["series"], number)
     return _cards(page, store.policy().lossy_enabled), page.shown
+
+
+@callback(Output(SERIES_LIST, "children"), Output(SERIES_GROUP_SHOWN, "children"), Input(SERIES_GROUP, "active_page"),
+          State("study-uid", "data"), prevent_initial_call=True)
+def turn_series(number, uid):
+    """Other series of the study, each at its first page of cards, drawn on the server like the first."""
+    store, user = open_store(), current_user()
+    authorize(store, user, "view", study_uid=uid)
+    group = study_view(store, user, uid).group(number)
+    return _series_list(group, store.policy().lossy_enabled, allowed(user, "housekeeping")), group.shown
 
 
 @callback(Output("delete-dialog", "is_open"), Output("delete-dialog-body", "children"), Output("delete-target", "data"),

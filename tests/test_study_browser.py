@@ -1,5 +1,6 @@
 """The Study page of a long series in headless Chromium: the first page of cards with their thumbnails, then the
-next page drawn by the server when the pager is clicked; lossy originals marked on their cards."""
+next page drawn by the server when the pager is clicked; lossy originals marked on their cards.  A study of many
+series: a group of series at a time, the others behind the series pager."""
 
 import copy
 
@@ -8,7 +9,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 
 from core.ingest import ingest
-from core.studyview import FIRST_CARDS
+from core.studyview import FIRST_CARDS, SERIES_PER_PAGE
 from tests.conftest import ADMIN
 from tests.synthetic import KINDS, make_dataset, write
 from tests.test_browser import ARTIFACTS, browser, login, wait  # noqa: F401 - browser is a fixture
@@ -63,3 +64,38 @@ def test_a_long_series_pages_its_cards(live_app, browser, tmp_path):  # noqa: F8
     browser.execute_script("window.__stayed = true; arguments[0].click();", compare)
     wait(browser).until(lambda d: d.current_url == href)
     assert browser.execute_script("return window.__stayed === true") and "/compare?sop=" in href
+
+
+def test_a_study_of_many_series_pages_its_series(live_app, browser, tmp_path):  # noqa: F811
+    """One-slice series beyond a group: the first group drawn, the others one pager click away, lossy ones marked."""
+    series = 2 * SERIES_PER_PAGE + 3
+    base, app = live_app(demo=False, run_jobs=False)
+    ct = make_dataset(rows=40, columns=36, modality="CT")
+    lossy = make_dataset(**{**KINDS["already_lossy"], "rows": 40, "columns": 36, "modality": "CT"})
+    paths = []
+    for n in range(series):
+        ds = copy.deepcopy(lossy if n % 4 == 0 else ct)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = ct.StudyInstanceUID, generate_uid(), n + 1, 1
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        paths.append(write(ds, tmp_path / f"{n}.dcm"))
+    assert {r.status for r in ingest(app.server.extensions["radpress"]["store"], paths)} == {"stored"}
+    login(browser, base, ADMIN)
+    browser.get(f"{base}/study?uid={ct.StudyInstanceUID}")
+    first = wait(browser).until(lambda d: _cards_loaded(d, SERIES_PER_PAGE))
+    assert browser.find_element(By.ID, "study-series-shown").text == f"series 1–{SERIES_PER_PAGE} of {series}"
+    assert browser.find_element(By.ID, "study-lossy-originals").text.startswith(f"⚠ {len(range(0, series, 4))} of {series} ")
+    marked = [("lossy-card" in c.get_attribute("class")) for c in browser.find_elements(By.CSS_SELECTOR, ".study-card")]
+    assert marked == [n % 4 == 0 for n in range(SERIES_PER_PAGE)]
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".series-lossy")) == len(range(0, SERIES_PER_PAGE, 4))
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "study-series-1.png"))
+    pager = browser.find_element(By.ID, "study-series-pager")
+    pager.find_element(By.XPATH, ".//a[text()='3']").click()
+    wait(browser).until(EC.text_to_be_present_in_element((By.ID, "study-series-shown"),
+                                                         f"series {2 * SERIES_PER_PAGE + 1}–{series} of {series}"))
+    third = wait(browser).until(lambda d: _cards_loaded(d, series - 2 * SERIES_PER_PAGE))
+    assert not set(third) & set(first)
+    cards = browser.find_elements(By.CSS_SELECTOR, ".study-card")
+    assert [("lossy-card" in c.get_attribute("class")) for c in cards] == [n % 4 == 0 for n in range(2 * SERIES_PER_PAGE, series)]
+    assert not browser.find_elements(By.CSS_SELECTOR, ".modal.show")  # new series' delete buttons open no dialog
+    browser.save_screenshot(str(ARTIFACTS / "study-series-3.png"))

@@ -1,5 +1,6 @@
 """The Study page of a 300-instance study, as the browser gets it over HTTP: drawn light and paged per series,
-with every lossy instance shown marked, and the other pages drawn by the server on request (authorized)."""
+with every lossy instance shown marked, and the other pages drawn by the server on request (authorized); a study of
+many one-slice series is drawn a group of series at a time."""
 
 import base64
 import copy
@@ -12,7 +13,7 @@ from pydicom.uid import generate_uid
 from app import create_app
 from core.ingest import ingest
 from core.serving import HEARTBEAT_ENV
-from core.studyview import FIRST_CARDS
+from core.studyview import FIRST_CARDS, SERIES_PER_PAGE
 from core.users import Users, set_readers
 from tests.conftest import ADMIN
 from tests.synthetic import KINDS, make_dataset, write
@@ -76,6 +77,17 @@ def _turn(app, client, uid: str, series_uid: str, number, auth: dict):
         "inputs": [{"id": pager, "property": "active_page", "value": number}],
         "state": [{"id": pager, "property": "id", "value": pager}, {"id": "study-uid", "property": "data", "value": uid}],
         "changedPropIds": [json.dumps(pager, sort_keys=True, separators=(",", ":")) + ".active_page"]})
+
+
+def _turn_series(app, client, uid: str, number, auth: dict):
+    """The series pager's callback as Dash sends it when page *number* of the study's series is clicked."""
+    (output,) = [k for k in app.callback_map if "study-series.children" in k]
+    return client.post("/_dash-update-component", headers=auth, json={
+        "output": output,
+        "outputs": [{"id": "study-series", "property": "children"}, {"id": "study-series-shown", "property": "children"}],
+        "inputs": [{"id": "study-series-pager", "property": "active_page", "value": number}],
+        "state": [{"id": "study-uid", "property": "data", "value": uid}],
+        "changedPropIds": ["study-series-pager.active_page"]})
 
 
 def _nodes(tree, found=None) -> list[dict]:
@@ -150,5 +162,63 @@ def test_other_pages_are_drawn_on_request_for_those_who_may_see_them(study):
     try:
         assert _turn(app, client, uid, big, 2, _basic("rad", "rad-password")).status_code == 403
         assert _turn(app, client, uid, big, 2, admin).status_code == 200
+    finally:
+        set_readers(store, uid, None, by=ADMIN[0])
+
+
+MANY = 100  # one-slice series (every 3rd arrived lossy), as some CT exams come
+
+
+@pytest.fixture(scope="module")
+def many_series(study, tmp_path_factory):
+    app, _uid, _series = study
+    tmp = tmp_path_factory.mktemp("many-series")
+    ct = make_dataset(rows=8, columns=8, modality="CT")
+    lossy = make_dataset(**{**KINDS["already_lossy"], "rows": 8, "columns": 8, "modality": "CT"})
+    paths = []
+    for n in range(MANY):
+        ds = copy.deepcopy(lossy if n % 3 == 0 else ct)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = ct.StudyInstanceUID, generate_uid(), n + 1, 1
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        paths.append(write(ds, tmp / f"{n}.dcm"))
+    assert {r.status for r in ingest(app.server.extensions["radpress"]["store"], paths)} == {"stored"}
+    return app, ct.StudyInstanceUID
+
+
+def test_a_study_of_many_series_draws_a_group_of_them(many_series):
+    app, uid = many_series
+    client, admin = app.server.test_client(), _basic(*ADMIN)
+    answer = _page(client, uid, admin)
+    assert len(answer.data) < 60_000  # a group of series whatever their number (300 drawn whole: 953 KB; paged: 45 KB)
+    tree = answer.get_json()["response"]["_pages_content"]["children"]
+    cards, pages = _cards(tree), -(-MANY // SERIES_PER_PAGE)
+    blocks = [n for n in _nodes(tree) if "series-block" in (n["props"].get("className") or "")]
+    assert len(cards) == len(blocks) == SERIES_PER_PAGE
+    (pager,) = [n for n in _nodes(tree) if n["props"].get("id") == "study-series-pager"]
+    assert (pager["props"]["max_value"], pager["props"]["active_page"]) == (pages, 1)
+    assert f"series 1–{SERIES_PER_PAGE} of {MANY}" in _text(tree) and "series pager" in _text(tree)
+    assert f"⚠ {len(range(0, MANY, 3))} of {MANY} instances arrived lossy-compressed" in _text(tree)
+    lossy = [("lossy-card" in c["props"]["className"], "Lossy original" in _text(c)) for c in cards]
+    assert lossy == [(n % 3 == 0,) * 2 for n in range(SERIES_PER_PAGE)]
+    badges = [n for n in _nodes(tree) if "series-lossy" in (n["props"].get("className") or "")]
+    assert [b["props"]["children"] for b in badges] == ["⚠ 1 of 1 arrived lossy"] * len(range(0, SERIES_PER_PAGE, 3))
+    seen = {re.search(r"/compare\?sop=([\d.]+)", _text(c)).group(1) for c in cards}
+    for number in range(2, pages + 1):  # every series is reached, each once, lossy ones still marked
+        turned = _turn_series(app, client, uid, number, admin)
+        assert turned.status_code == 200, turned.data[:300]
+        out = turned.get_json()["response"]
+        first, last = (number - 1) * SERIES_PER_PAGE, min(number * SERIES_PER_PAGE, MANY)
+        assert out["study-series-shown"]["children"] == f"series {first + 1}–{last} of {MANY}"
+        cards = _cards(out)
+        assert [("lossy-card" in c["props"]["className"]) for c in cards] == [n % 3 == 0 for n in range(first, last)]
+        seen |= {re.search(r"/compare\?sop=([\d.]+)", _text(c)).group(1) for c in cards}
+    store = app.server.extensions["radpress"]["store"]
+    assert seen == {r["sop_uid"] for r in store.instances(uid)}
+    for bad in (0, "2", None):
+        assert _turn_series(app, client, uid, bad, admin).status_code == 400
+    set_readers(store, uid, ["rad2"], by=ADMIN[0])
+    try:
+        assert _turn_series(app, client, uid, 2, _basic("rad", "rad-password")).status_code == 403
+        assert _turn_series(app, client, uid, 2, _basic("rad2", "rad-password")).status_code == 200
     finally:
         set_readers(store, uid, None, by=ADMIN[0])

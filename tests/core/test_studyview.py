@@ -1,4 +1,5 @@
-"""The Study page's data: a few queries whatever the study's size, cards paged per series, versioned thumbnails."""
+"""The Study page's data: a few queries whatever the study's size, series paged and cards paged per series, versioned
+thumbnails."""
 
 import copy
 
@@ -9,7 +10,7 @@ from core.archive import make_artifact, plan, thumbnail_bytes
 from core.errors import InvalidOptionError
 from core.ingest import ingest
 from core.store import Store
-from core.studyview import FIRST_CARDS, MIN_PER_PAGE, study_view
+from core.studyview import FIRST_CARDS, MIN_PER_PAGE, SERIES_PER_PAGE, study_view
 from core.users import User, mark_demo
 from tests.synthetic import KINDS, make_dataset, write
 
@@ -60,10 +61,34 @@ def test_cards_are_paged_per_series_within_the_first_render_budget(store, tmp_pa
         view.page(study_view(store, ADMIN, other).instances[0]["series_uid"])
 
 
-@pytest.mark.parametrize("series, per_page", [(1, FIRST_CARDS), (5, 8), (7, 4), (20, MIN_PER_PAGE)])
+@pytest.mark.parametrize("series, per_page", [(1, FIRST_CARDS), (5, 8), (7, 4), (20, MIN_PER_PAGE), (13, MIN_PER_PAGE)])
 def test_each_series_gets_whole_rows_and_at_least_one(store, tmp_path, series, per_page):
     view = study_view(store, ADMIN, _study(store, tmp_path / "in", [1] * series))
     assert view.per_page == per_page and per_page % MIN_PER_PAGE == 0
+
+
+def test_many_series_are_drawn_a_group_at_a_time_and_each_is_reached_once(store, tmp_path):
+    """A CT of one-slice series: a group of SERIES_PER_PAGE series, one row each, within the first-render budget."""
+    sizes = [1] * 28 + [9]
+    uid = _study(store, tmp_path / "in", sizes, lossy_every=2)
+    view = study_view(store, ADMIN, uid)
+    assert SERIES_PER_PAGE * MIN_PER_PAGE <= FIRST_CARDS and view.per_page == MIN_PER_PAGE
+    first = view.group()
+    assert (first.number, first.pages, first.total, first.shown) == (1, 3, 29, f"series 1–{SERIES_PER_PAGE} of 29")
+    assert view.pages() == list(first.series) and sum(len(p.cards) for p in first.series) <= FIRST_CARDS
+    last = view.group(3)
+    assert last.shown == f"series {2 * SERIES_PER_PAGE + 1}–29 of 29" and view.group(99) == last
+    reached = [p.series_uid for n in range(1, 4) for p in view.group(n).series]
+    assert reached == list(view.series) and len(set(reached)) == 29  # in display order, each once
+    nine = last.series[-1]
+    assert (nine.total, nine.pages, len(nine.cards), nine.lossy) == (9, 3, MIN_PER_PAGE, 5)  # lossy counted over the series
+    assert [p.lossy for p in first.series] == [1] * SERIES_PER_PAGE  # one-slice series that arrived lossy
+    assert view.lossy == 28 + 5 and all(c.row["lossy"] for p in first.series for c in p.cards)
+    for bad in (0, -1, "2", 2.0, True, None):
+        with pytest.raises(InvalidOptionError, match="whole numbers from 1"):
+            view.group(bad)
+    few = study_view(store, ADMIN, _study(store, tmp_path / "few", [2, 3]))
+    assert few.group().pages == 1 and few.group().shown == "2 series"
 
 
 def test_thumbnail_urls_name_the_etag_the_route_answers_with(store, tmp_path):
