@@ -3,20 +3,28 @@
 Paged in SQL (a clinic's job history grows without bound); the studies a
 non-administrator may open are matched inside the query (core.users.visibility_sql),
 so a page is always full, the page count is exact, and 10,000 studies cost no
-query each.
+query each.  With REDIS_URL set the jobs' work runs on Celery workers started
+apart from the app: when jobs have waited a while and no worker answers, the
+Jobs page and ``/api/health`` say so (:func:`missing_worker`).
 """
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 
+from .engine import workers_answer
 from .jobs import Jobs
+from .present import duration
+from .store import Store
 from .users import User, visibility_sql, visible_jobs
 
-__all__ = ["JobPage", "job_page", "PER_PAGE"]
+__all__ = ["JobPage", "job_page", "missing_worker", "PER_PAGE", "WAIT_GRACE_S"]
 
 PER_PAGE = 50
 MAX_PAGE = 1 << 31
+WAIT_GRACE_S = 20.0  # jobs waiting this long, and no Celery worker answers: say so (a worker starting takes a few s)
 
 
 @dataclass(frozen=True)
@@ -42,3 +50,20 @@ def job_page(jobs: Jobs, user: User, page: int = 1, per_page: int = PER_PAGE) ->
         (*args, per_page, (page - 1) * per_page))
     shown = [jobs._describe(r) for r in rows]
     return JobPage(visible_jobs(store, user, shown) if user.sees_only_demo else shown, page, pages, total)  # demo: sample errors only
+
+
+def missing_worker(store: Store, url: str | None = None, grace: float = WAIT_GRACE_S) -> str | None:
+    """What to tell users when jobs wait for a Celery worker and none runs, else None.
+
+    Only with a broker (*url*, default REDIS_URL: without one, jobs run in this host's processes) and once the
+    oldest unfinished job has waited *grace* seconds; the broker is asked then (:func:`core.engine.workers_answer`).
+    """
+    url = url or os.environ.get("REDIS_URL")
+    if not url:
+        return None
+    waiting = store.query("SELECT count(*) AS n, min(created) AS since FROM jobs WHERE state IN ('queued', 'running')")[0]
+    if not waiting["n"] or time.time() - waiting["since"] < grace or workers_answer(url):
+        return None
+    jobs = f"{waiting['n']} job{'s' if waiting['n'] != 1 else ''}"
+    return (f"No job worker is running: start one with `make worker`. {jobs} waiting, the oldest for "
+            f"{duration(time.time() - waiting['since'])}; with REDIS_URL set, jobs run on Celery workers only.")

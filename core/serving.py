@@ -147,10 +147,19 @@ def _alive(pid: int) -> bool:
 
 
 def health(store: Store, background) -> tuple[dict, int]:
-    """Liveness and readiness: 200 with ``status: ok`` when every check passes, else 503 with ``degraded``."""
+    """Liveness and readiness: 200 with ``status: ok`` when every check passes, else 503 with ``degraded``.
+
+    Jobs waiting for a Celery worker that does not run are a warning, not a failed check: this process
+    serves, and a 503 would take every web worker out of a load balancer's rotation (core.joblist.missing_worker)."""
+    from .joblist import missing_worker
+
     checks = [_index(store), _writable(store.root), *background.checks()]
     ok = all(c.ok for c in checks)
     body = {"status": "ok" if ok else "degraded", "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}}
+    try:
+        body["warnings"] = [warning] if (warning := missing_worker(store)) else []
+    except Exception as exc:  # noqa: BLE001 - an index that does not open is the index check's to report
+        body["warnings"] = [f"jobs not checked: {type(exc).__name__}"]
     return body, 200 if ok else 503
 
 

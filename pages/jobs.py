@@ -1,5 +1,5 @@
 """Jobs: running and finished, newest first, 50 a page, with the study's patient, progress, duration, throughput,
-errors per instance and cancel."""
+errors per instance and cancel; above them, a warning when jobs wait for a Celery worker and none runs."""
 
 import dash
 import dash_bootstrap_components as dbc
@@ -8,7 +8,7 @@ from dash import ALL, Input, Output, State, callback, ctx, dcc, html
 from components import make_job_table
 from components.job_progress import CANCEL
 from core.auth import current_user
-from core.joblist import MAX_PAGE, job_page
+from core.joblist import MAX_PAGE, job_page, missing_worker
 from core.users import allowed, authorize
 
 dash.register_page(__name__, path="/jobs", title="Jobs — RadPress", name="Jobs")
@@ -29,7 +29,8 @@ def layout(page=None, **_query):
         html.Span(id="jobs-page-label", className="me-2"),
         dbc.Button("Older ›", id="jobs-next", size="sm", color="secondary", outline=True),
     ], className="mb-2 d-flex align-items-center")
-    return html.Div([html.H2("Jobs"), pager, html.Div(id="jobs-body"), dcc.Store(id="jobs-page", data=_page_number(page)),
+    return html.Div([html.H2("Jobs"), html.Div(id="jobs-worker"), dcc.Interval(id="jobs-worker-refresh", interval=5000),
+                     pager, html.Div(id="jobs-body"), dcc.Store(id="jobs-page", data=_page_number(page)),
                      dcc.Store(id="jobs-pages", data=1),
                      dcc.Interval(id="jobs-refresh", interval=1500)])
 
@@ -58,3 +59,13 @@ def refresh(_n, _clicks, page):
     shown = job_page(jobs, user, _page_number(page))
     label = f"Page {shown.page} of {shown.pages} ({shown.total} job{'s' if shown.total != 1 else ''})"
     return make_job_table(shown.jobs, allowed(user, "jobs")), label, shown.page <= 1, shown.page >= shown.pages, shown.pages
+
+
+@callback(Output("jobs-worker", "children"), Input("jobs-worker-refresh", "n_intervals"))
+def worker_warning(_n):
+    """'No job worker is running' while jobs wait for a Celery worker and none answers (core.joblist.missing_worker)."""
+    from core.routes import archive
+
+    store, _ = archive()
+    missing = missing_worker(store)
+    return dbc.Alert(missing, color="danger", id="jobs-no-worker") if missing else None

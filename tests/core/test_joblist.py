@@ -1,5 +1,7 @@
 """The Jobs page's data: paged in SQL, newest first, the study's patient and description, only studies the user may open."""
 
+import os
+import signal
 import time
 
 from core.ingest import ingest
@@ -8,6 +10,7 @@ from core.jobs import Jobs
 from core.store import Store
 from core.users import User, Users, set_readers
 from tests.synthetic import make_dataset, write
+from tests.test_job_engine import redis_url  # noqa: F401  (fixture: a real redis-server)
 
 
 def _study(store, tmp_path, name: str, description: str, seed: int) -> str:
@@ -76,3 +79,76 @@ def test_a_demo_login_pages_through_the_sample_studies_jobs_only(tmp_path):
     assert shown.total == 2 and [j["id"] for j in shown.jobs] == mine[::-1]
     assert job_page(Jobs(store), User("rita", "radiologist")).total == 4
     assert job_page(Jobs(store), User("admin", "admin")).total == 5
+
+
+def _waiting_job(store, study: str, waited: float) -> int:
+    with store.connect() as db:
+        return db.execute("INSERT INTO jobs (kind, study_uid, state, params, created) VALUES ('materialize', ?, 'queued', '{}', ?)",
+                          (study, time.time() - waited)).lastrowid
+
+
+def test_no_celery_worker_is_said_plainly_once_jobs_wait(tmp_path, redis_url, live_app, monkeypatch):
+    """A real redis-server: jobs waiting a minute and no worker answers -> the message, on the Jobs page and in
+    /api/health (a warning: the web process still serves, 200); a worker started -> no message."""
+    import requests
+
+    import core.engine
+    from core.joblist import missing_worker
+    from tests.test_job_engine import start_worker
+
+    store = Store(tmp_path / "data")
+    study = _study(store, tmp_path, "Wait^Walter", "", 5)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    _waiting_job(store, study, 60)
+    assert missing_worker(store) is None  # no broker: the jobs run in this host's processes
+    assert missing_worker(store, redis_url, grace=120) is None  # not waited long enough (the broker is not asked)
+    said = missing_worker(store, redis_url)
+    assert said.startswith("No job worker is running: start one with `make worker`.") and "1 job waiting, the oldest for 1 min 0" in said
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    base, app = live_app(demo=False)
+    served = app.server.extensions["radpress"]["store"]
+    _waiting_job(served, _study(served, tmp_path, "Wait^Wilma", "", 6), 90)
+    health = requests.get(f"{base}/api/health", timeout=30)
+    assert health.status_code == 200 and health.json()["warnings"][0].startswith("No job worker is running: start one with `make worker`")
+    from pages.jobs import worker_warning
+
+    with app.server.app_context():
+        alert = worker_warning(1)
+    assert alert.id == "jobs-no-worker" and alert.children.startswith("No job worker is running: start one with `make worker`")
+
+    worker = start_worker("w1", redis_url, served.root)
+    try:
+        deadline = time.monotonic() + 60
+        while not celery_app_pings(redis_url):
+            assert time.monotonic() < deadline, "the Celery worker did not start"
+        monkeypatch.setattr(core.engine, "_pinged", {})  # asked again now, not after PING_EVERY_S
+        assert missing_worker(store, redis_url) is None  # the other archive's job still waits, but a worker answers
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+
+def celery_app_pings(url: str) -> bool:
+    from core.engine import celery_app
+
+    return bool(celery_app(url).control.ping(timeout=0.5))
+
+
+def test_a_saved_policys_job_is_listed_for_administrators_only(tmp_path):
+    """The comparison a saved policy starts is about every study: an administrator's page lists it (no study to link),
+    a radiologist's does not."""
+    from components.job_progress import make_job_table
+    from core.jobs import submit_archive_job
+
+    store = Store(tmp_path / "data")
+    study = _study(store, tmp_path, "Open^Olga", "", 7)
+    Users(store).add("rita", "a-long-password-1", "radiologist")
+    jobs = Jobs(store)
+    policy_job = submit_archive_job(jobs, "policy", {"user": "admin"})
+    assert submit_archive_job(jobs, "policy") == policy_job  # joined while it is queued
+    _finished_jobs(store, study, 1)
+    shown = job_page(jobs, User("admin", "admin"))
+    assert shown.total == 2 and shown.jobs[1]["id"] == policy_job and shown.jobs[1]["study_uid"] is None
+    assert "All studies (policy saved)" in str(make_job_table(shown.jobs, True))
+    assert [j["study_uid"] for j in job_page(jobs, User("rita", "radiologist")).jobs] == [study]
