@@ -29,7 +29,7 @@ from .locks import item_lock
 from .master import MASTER_CODEC, make_master, master_of, masters, not_mastered_reason
 from .pixels import decode_frame, pixel_spec, read_dataset
 from .policy import Policy, anatomy, check_bound, get_strategy, lossless_codec_for, lossy_setting
-from .render import thumbnail_png
+from .render import render_version, thumbnail_png
 from .store import Artifact, Store, StoreError
 
 __all__ = ["Wanted", "Plan", "plan", "study_wanted", "changed_studies", "save_policy", "make_artifact", "make_artifacts", "variant_file", "storage_report", "Forbidden", "CACHE_LIMIT"]
@@ -550,7 +550,7 @@ def thumbnail_bytes(store: Store, sop_uid: str) -> tuple[bytes, str]:
     if stored is not None:
         return stored.path.read_bytes(), stored.checksum[:32]
     original = store.artifact(sop_uid, "original")
-    key = f"{original.checksum}:thumbnail:{THUMBNAIL_SIZE}"
+    key = _thumbnail_key(original.checksum)
     cache = _cache(store)
     data = cache.get(key)
     if data is None:
@@ -562,6 +562,11 @@ def thumbnail_bytes(store: Store, sop_uid: str) -> tuple[bytes, str]:
     return data, hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+def _thumbnail_key(checksum: str) -> str:
+    """A thumbnail made on demand, in the cache and (hashed) in its URL: a new renderer draws it again."""
+    return f"{render_version(checksum[:32])}:thumbnail:{THUMBNAIL_SIZE}"
+
+
 def thumbnail_versions(artifacts) -> dict[str, str]:
     """The ETag :func:`thumbnail_bytes` answers with, per instance among *artifacts* (e.g. a study's, read in one
     query), without making any thumbnail: pages link ``/thumbnail/<sop>?v=<version>``, a URL that names its content
@@ -571,7 +576,7 @@ def thumbnail_versions(artifacts) -> dict[str, str]:
         if a.variant in ("thumbnail", "original"):
             found.setdefault(a.sop_uid, {})[a.variant] = a
     return {sop: (pair["thumbnail"].checksum[:32] if "thumbnail" in pair else
-                  hashlib.sha256(f"{pair['original'].checksum}:thumbnail:{THUMBNAIL_SIZE}".encode()).hexdigest()[:32])
+                  hashlib.sha256(_thumbnail_key(pair["original"].checksum).encode()).hexdigest()[:32])
             for sop, pair in found.items()}
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import requests
 
+from .render import render_version
+
 __all__ = ["measure"]
 
 ADMIN = ("bench", "bench-password-not-secret")
@@ -109,7 +111,7 @@ def _urls(base: str, study_uid: str, cert: str) -> tuple[list[str], list[str]]:
     previews = []
     for row in instances[:PREVIEWS]:
         checksum = http.head(f"{base}/download/instance/{row['sop_uid']}?variant=original").headers["ETag"].strip('"')
-        url = f"{base}/preview/{row['sop_uid']}?variant=lossless&level=1&v={checksum}"
+        url = f"{base}/preview/{row['sop_uid']}?variant=lossless&level=1&v={render_version(checksum)}"
         http.get(url).raise_for_status()
         previews.append(url)
     return thumbs, previews

@@ -19,7 +19,16 @@ from .pixels import decode_frame, pixel_spec
 __all__ = [
     "display_frame", "to_display", "modality_values", "own_window", "window_of", "window_presets", "preset_window",
     "thumbnail_png", "shrink_png", "encode_image", "IMAGE_TYPES", "WINDOW_PRESETS", "IMAGE_DEFAULT", "FULL_RANGE",
+    "RENDER_VERSION", "render_version",
 ]
+
+# What this module draws, as a number.  It is part of every URL ``?v=`` and cache key naming a picture drawn here
+# (previews, DeepZoom tiles, thumbnails made on demand), which browsers keep for a year as immutable
+# (core.serving.versioned): BUMP IT in any change that alters a drawn pixel or byte — windowing, LUTs, inversion,
+# colour, downsampling, the thumbnail size, the PNG/JPEG writers — so browsers and the server's caches fetch and
+# draw again after the upgrade instead of showing the old picture.  Stored thumbnails are named by their own
+# checksum and are not redrawn by a bump.
+RENDER_VERSION = 1
 
 IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif", "jp2": "image/jp2"}
 
@@ -32,6 +41,12 @@ IMAGE_DEFAULT = "Image default"
 FULL_RANGE = "Full range"
 # Without a window of its own an image opens on this central range of its values (robust to a few outliers).
 PERCENTILES = (0.5, 99.5)
+
+
+def render_version(source: str) -> str:
+    """The name of a picture drawn by this renderer from *source* (a file's checksum, an ETag): the ``v`` of its URL,
+    its ETag or cache key, e.g. ``<32 hex digits>-r1``."""
+    return f"{source}-r{RENDER_VERSION}"
 
 
 def _first(value) -> float | None:

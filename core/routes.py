@@ -35,7 +35,8 @@ from .pixels import read_dataset
 from .preview import preview_pixels
 from .policy import STRATEGIES, Policy, ratio_warning
 from .serving import versioned
-from .render import IMAGE_DEFAULT, IMAGE_TYPES, encode_image, modality_values, preset_window, to_display, window_presets
+from .render import (IMAGE_DEFAULT, IMAGE_TYPES, encode_image, modality_values, preset_window, render_version, to_display,
+                     window_presets)
 from .store import Store, StoreError
 from .labjobs import cancel_lab, start_lab
 from .users import (access_log, authorize, readers, record_access, set_readers, visible_instances,
@@ -604,7 +605,7 @@ def _int_arg(name: str, default: int) -> int:
 def _image_response(pixels, fmt: str, etag: str, history: LossyHistory) -> Response:
     data = encode_image(pixels, fmt)
     response = Response(data, mimetype=IMAGE_TYPES[fmt])
-    response.set_etag(etag)
+    response.set_etag(render_version(etag))  # a new renderer: revalidation answers 200 with the new picture
     response.cache_control.max_age = 3600
     return _lossy_header(response, history).make_conditional(request)
 
@@ -621,8 +622,9 @@ def preview(sop_uid):
     original = store.artifact(sop_uid, "original")
     method = get_codec("j2k", True).method if variant == "lossy" else None
     response = _image_response(pixels, "png", etag, _history(store, sop_uid, achieved, method))
-    # lossless and original previews are the original's pixels (?v=<its checksum>); a lossy one follows the policy
-    return versioned(response, original.checksum[:32] if variant != "lossy" else None)
+    # lossless and original previews are the original's pixels drawn by this renderer (?v=<its checksum>-r<version>);
+    # a lossy one follows the policy
+    return versioned(response, render_version(original.checksum[:32]) if variant != "lossy" else None)
 
 
 def _deepzoom(store: Store, sop_uid: str) -> tuple[Codestream, DeepZoom]:
@@ -639,7 +641,7 @@ def deepzoom_descriptor(sop_uid):
     _check_instance(store, sop_uid)
     _source, zoom = _deepzoom(store, sop_uid)
     response = _lossy_header(Response(zoom.dzi(), mimetype="application/xml"), _history(store, sop_uid))
-    return versioned(response, store.artifact(sop_uid, "original").checksum[:32])  # tiles of the lossless codestream
+    return versioned(response, render_version(store.artifact(sop_uid, "original").checksum[:32]))  # its tiles repeat its v
 
 
 @blueprint.get("/deepzoom/<sop_uid>_files/<int:level>/<int:col>_<int:row>.<fmt>")
@@ -656,7 +658,7 @@ def deepzoom_tile(sop_uid, level, col, row, fmt):
         raise InvalidOptionError(f"No window preset {preset!r} for modality {modality or '(none)'}.",
                                  hint=f"Use one of: {', '.join(window_presets(modality))}.")
     original = store.artifact(sop_uid, "original")
-    key = f"tile:{original.checksum}:{level}:{col}:{row}:{fmt}:{preset}"
+    key = f"tile:{render_version(original.checksum[:32])}:{level}:{col}:{row}:{fmt}:{preset}"  # a new renderer: drawn again
     from .archive import _cache
 
     cache = _cache(store)
@@ -670,7 +672,8 @@ def deepzoom_tile(sop_uid, level, col, row, fmt):
     response = Response(data, mimetype=IMAGE_TYPES[fmt])
     response.set_etag(key.split(":", 1)[1].replace(":", "-").replace(" ", "_"))
     response.cache_control.max_age = 3600
-    return versioned(_lossy_header(response, _history(store, sop_uid)).make_conditional(request), original.checksum[:32])
+    return versioned(_lossy_header(response, _history(store, sop_uid)).make_conditional(request),
+                     render_version(original.checksum[:32]))
 
 
 @functools.lru_cache(maxsize=256)

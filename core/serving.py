@@ -2,10 +2,12 @@
 
 - Text (HTML, JSON, JavaScript, CSS, XML) is compressed; images, DICOM, video and archives are not (they are
   compressed already), nor are partial (206) or streamed answers.
-- A URL that names its content with ``?v=<version>`` (a thumbnail's checksum, a copy's ETag, the original's
-  checksum for previews and tiles) is kept by the browser for a year (``private, max-age=31536000, immutable``):
-  a study opened twice is not fetched twice.  A URL whose content can change never is: without ``v`` the
-  route's own short ``max-age`` stands, and a ``v`` naming other content is answered with ``no-cache``.
+- A URL that names its content with ``?v=<version>`` (a thumbnail's checksum, a copy's ETag; for pictures drawn
+  on request — previews, tiles, thumbnails made on demand — the original's checksum and the renderer's version,
+  :func:`core.render.render_version`, bumped by any upgrade that draws differently) is kept by the browser for a
+  year (``private, max-age=31536000, immutable``): a study opened twice is not fetched twice.  A URL whose content
+  can change never is: without ``v`` the route's own short ``max-age`` stands, and a ``v`` naming other content is
+  answered with ``no-cache``.
 - ``/api/health`` (no login) says whether this process can serve: the index opens, the data directory is
   writable, the job runner is alive and the DICOM node listens (where this setup runs them).  Under
   :mod:`core.launcher` those two run in the launcher, which writes a heartbeat the web workers read.

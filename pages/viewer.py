@@ -13,7 +13,7 @@ from core.context import open_store
 from core.derive import LossyHistory
 from core.errors import RadPressError
 from core.present import dimensions
-from core.render import IMAGE_DEFAULT, window_presets
+from core.render import IMAGE_DEFAULT, render_version, window_presets
 from core.users import authorize, record_access
 
 dash.register_page(__name__, path="/viewer", title="Viewer — RadPress", name="Viewer")
@@ -44,7 +44,8 @@ def layout(sop: str = "", preset: str = IMAGE_DEFAULT, **_query):
                                     color="secondary", outline=name != preset, active=name == preset) for name in presets],
                         id="viewer-presets", className="mb-2"),
         # assets/viewer.js starts OpenSeadragon on this element; it repeats the .dzi query on every tile, so v (the
-        # original's checksum) makes every tile URL name its content: the browser keeps them (core.serving.versioned).
+        # original's checksum and the renderer's version) makes every tile URL name its content: the browser keeps
+        # them (core.serving.versioned) until the file or the renderer changes.
         html.Div(id="osd-viewer", className="osd-viewer", **{"data-dzi": f"/deepzoom/{sop}.dzi?" + urlencode(
-            {'preset': preset, 'v': store.artifact(sop, "original").checksum[:32]})}),
+            {'preset': preset, 'v': render_version(store.artifact(sop, "original").checksum[:32])})}),
     ])

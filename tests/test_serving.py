@@ -23,6 +23,7 @@ from pynetdicom.sop_class import Verification
 
 from app import create_app
 from core.launcher import ensure_certificate, nginx_config
+from core.render import render_version
 from core.serving import HEARTBEAT_ENV, Background, LauncherBackground
 from tests.conftest import ADMIN
 from tests.synthetic import make_dataset, write
@@ -317,17 +318,58 @@ def test_content_addressed_urls_are_immutable(archive_client):
     assert "immutable" in lossy.headers["Cache-Control"] and lossy.headers["X-Lossy-Compression"]
 
     checksum = store.artifact(sop, "original").checksum[:32]
-    preview = client.get(f"/preview/{sop}?variant=lossless&level=1&v={checksum}", headers=auth)
+    drawn = render_version(checksum)  # a picture names the file it is drawn from and the renderer's version
+    preview = client.get(f"/preview/{sop}?variant=lossless&level=1&v={drawn}", headers=auth)
     assert preview.status_code == 200 and "immutable" in preview.headers["Cache-Control"]
-    lossy_preview = client.get(f"/preview/{sop}?variant=lossy&level=1&v={checksum}", headers=auth)  # follows the policy
+    lossy_preview = client.get(f"/preview/{sop}?variant=lossy&level=1&v={drawn}", headers=auth)  # follows the policy
     assert lossy_preview.status_code == 200 and "immutable" not in lossy_preview.headers["Cache-Control"]
     assert lossy_preview.headers["X-Lossy-Compression"]
-    tile = client.get(f"/deepzoom/{sop}_files/0/0_0.png?v={checksum}", headers=auth)
+    tile = client.get(f"/deepzoom/{sop}_files/0/0_0.png?v={drawn}", headers=auth)
     assert tile.status_code == 200 and "immutable" in tile.headers["Cache-Control"]
+    for picture in (f"/preview/{sop}?variant=lossless&level=1&v={checksum}", f"/deepzoom/{sop}_files/0/0_0.png?v={checksum}"):
+        assert "immutable" not in client.get(picture, headers=auth).headers["Cache-Control"]  # the file alone: not its picture
     copy = client.get(f"/download/instance/{sop}?variant=original", headers=auth)
     named = client.get(f"/download/instance/{sop}?variant=original&v={copy.headers['ETag'].strip(chr(34))}", headers=auth)
     assert "immutable" not in copy.headers.get("Cache-Control", "") and "immutable" in named.headers["Cache-Control"]
     assert named.data == copy.data and "Content-Encoding" not in named.headers
+
+
+def _viewer_dzi(app, auth, sop: str) -> str:
+    """The DeepZoom descriptor URL the Viewer page gives OpenSeadragon (its query is repeated on every tile)."""
+    import dash
+
+    layout = dash.page_registry["pages.viewer"]["layout"]
+    with app.server.test_request_context("/viewer", headers=auth):
+        page = json.dumps(layout(sop=sop).to_plotly_json(), default=lambda o: o.to_plotly_json())
+    return re.search(r'"data-dzi": "([^"]+)"', page).group(1).replace("\\u0026", "&")
+
+
+def test_a_new_renderer_is_fetched_again(archive_client, monkeypatch):
+    """An upgrade that draws differently bumps core.render.RENDER_VERSION: every URL, ETag and cache key naming a
+    drawn picture changes, so a browser that kept the old one for a year (or revalidates it) gets the new one."""
+    app, client, auth, (sop, _lossy) = archive_client
+    store = app.server.extensions["radpress"]["store"]
+    study_uid = store.instance(sop)["study_uid"]
+    preview_url, tile_path = f"/preview/{sop}?variant=lossless&level=1", f"/deepzoom/{sop}_files/0/0_0.png"
+
+    def drawn():
+        thumb, dzi = _thumbnail_src(app, auth, study_uid, sop), _viewer_dzi(app, auth, sop)
+        v = dzi.split("v=")[1]
+        answers = [client.get(url, headers=auth) for url in (thumb, f"{preview_url}&v={v}", dzi, f"{tile_path}?{dzi.split('?')[1]}")]
+        assert all(a.status_code == 200 and "immutable" in a.headers["Cache-Control"] for a in answers), answers
+        return thumb, v, answers
+
+    thumb, v, (png, preview, _dzi, tile) = drawn()
+    assert v == render_version(store.artifact(sop, "original").checksum[:32]) and v.endswith("-r1")
+    monkeypatch.setattr("core.render.RENDER_VERSION", 2)
+    thumb2, v2, (png2, preview2, _dzi2, tile2) = drawn()
+    assert thumb2 != thumb and v2 != v and v2.endswith("-r2")  # the page links new URLs: fetched, not taken from the cache
+    for old in (thumb, f"{preview_url}&v={v}", f"{tile_path}?preset=Image+default&v={v}"):  # an old link is not kept
+        cc = client.get(old, headers=auth).headers["Cache-Control"]
+        assert "immutable" not in cc and "no-cache" in cc, old
+    for old, new, url in ((png, png2, thumb2), (preview, preview2, f"{preview_url}&v={v2}"), (tile, tile2, f"{tile_path}?v={v2}")):
+        assert new.headers["ETag"] != old.headers["ETag"]  # drawn again, not the old picture from the server's caches
+        assert client.get(url, headers={**auth, "If-None-Match": old.headers["ETag"]}).status_code == 200
 
 
 def test_text_is_compressed_and_assets_cached(archive_client):
