@@ -69,12 +69,14 @@ def radpress(files: list[Path], data: Path, workers: int = WORKERS) -> dict:
     from .ingest import ingest
     from .jobs import Jobs
     from .store import Store
+    from .workers import warm
 
     store = Store(data)
     start = time.perf_counter()
     results = list(ingest(store, files))
     ingest_s = time.perf_counter() - start
     study = results[0].study_uid
+    warm()  # as the job runner of a running app has done at start-up (Jobs.start)
     jobs = Jobs(store, workers=workers)
     jobs.submit(study)
     cpu, start = _cpu(), time.perf_counter()

@@ -29,7 +29,7 @@ from .errors import RadPressError
 from .labjobs import run_lab_job
 from .policyjobs import run_policy_job
 from .store import Store, StoreError
-from .workers import Outcome, WorkerPool
+from .workers import Outcome, WorkerPool, warm
 
 __all__ = ["Jobs", "LEASE_SECONDS"]
 
@@ -349,6 +349,8 @@ class Jobs:
             return
         self.resume()
         self._stop.clear()
+        if self.pool is WorkerPool and self.kinds is None:
+            warm()  # the first job's workers are forked ready, not after a second of imports each
         if self.kinds is None and not self._lanes:
             self._lanes = [Jobs(self.store, workers=1, lease=self.lease, kinds=(kind,), pool=self.pool) for kind in TASKS]
         for lane in self._lanes:
@@ -376,6 +378,7 @@ class Jobs:
                 logging.getLogger(__name__).exception("job runner")
             self._wake.wait(timeout=2)
             self._wake.clear()
+
 
 def submit_archive_job(jobs: Jobs, kind: str, params: dict | None = None) -> int:
     """Queue a job about the whole archive, not one study (a saved policy's comparison), or return the one of this

@@ -142,3 +142,20 @@ if __name__ == "__main__":
     worker, parent = map(int, done.stdout.split())
     assert worker != parent
     assert marker.read_text().split() == ["__main__"]  # never "__mp_main__": run once, by the app
+
+
+def _loaded(names):
+    return [name for name in names if name in sys.modules]
+
+
+def test_workers_are_forked_with_the_task_modules_already_imported():
+    """The fork server imported the artifact tasks and codec libraries once: a new worker does not import them again."""
+    from core.workers import PRELOAD, WORKER_NAME, warm
+
+    warm()
+    with WorkerPool(1) as pool:
+        pool.submit("loaded", _loaded, PRELOAD)
+        [outcome] = pool.wait(30)
+        pid = pool.pids()[0]
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == WORKER_NAME
+    assert outcome.value == list(PRELOAD)
