@@ -198,7 +198,16 @@ def cmd_check(args) -> int:
 
     from .store import Store
 
-    report = Store(args.data or os.environ.get("RADPRESS_DATA", "var")).check(verify=args.verify)
+    store = Store(args.data or os.environ.get("RADPRESS_DATA", "var"))
+    report = store.check(verify=args.verify)
+    if args.verify:  # strategy 5: masters the independent check refused are checked again, by a job of their study
+        from .jobs import Jobs
+        from .master import retry_failed_masters
+
+        report["masters_retried"] = retried = retry_failed_masters(store)
+        runner = Jobs(store)
+        for study_uid in retried:
+            runner.submit(study_uid)
     if args.json:
         print(json.dumps(report, indent=2))
     for key, items in report.items():
@@ -391,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="repair the archive after a crash; report missing or replaced originals")
     p.add_argument("--data", help="data directory (default: $RADPRESS_DATA or ./var)")
-    p.add_argument("--verify", action="store_true", help="also compare every original's SHA-256 with the index (slow)")
+    p.add_argument("--verify", action="store_true", help="also compare every original's SHA-256 with the index (slow), "
+                   "decode every lossless master again, and queue the masters the independent check refused to be checked again")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_check)
 

@@ -16,7 +16,11 @@ An image the master cannot hold exactly is kept as it came, with the reason:
 already lossy-compressed originals (a lossless label would hide the loss;
 uncompressed ones marked lossy are mastered and keep Lossy Image Compression
 "01" and their history), data in the bits above Bits Stored, very large tiled
-images, non-images, and masters no smaller than the original.
+images, non-images, and masters no smaller than the original.  A master that
+fails the independent check is recorded as ``failed`` for that original (its
+checksum): later jobs neither check nor audit it again until the original
+changes or :func:`retry_failed_masters` (``check --verify``, an administrator)
+asks for it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, JPEGLSLossless, RLELossless
 from .bigimage import is_large
 from .codecs import get_codec
 from .compress import compress
-from .derive import LOSSLESS_SYNTAXES
+from .derive import LOSSLESS_SYNTAXES, _WORD_SIZES  # (the binary VRs core.derive swaps to little endian)
 from .errors import CodecError, RadPressError
 from .files import fsync_dir, write_dataset
 from .locks import item_lock
@@ -43,7 +47,7 @@ from .pixels import decode_all, pixel_spec, read_dataset
 from .store import Artifact, Store, sha256_file, uid_key
 
 __all__ = ["MASTER_CODEC", "CHECKER", "Master", "MasterCheckFailed", "not_mastered_reason", "master_of", "masters",
-           "make_master", "independent_pixels", "pixel_digest", "verify_masters", "leftover_original"]
+           "make_master", "independent_pixels", "pixel_digest", "verify_masters", "retry_failed_masters", "leftover_original"]
 
 MASTER_CODEC = "jpegls"  # the smallest lossless codec for grayscale CT/MR here, and fast (CharLS)
 CHECKER = "pylibjpeg"  # pydicom's pylibjpeg plugin: libjpeg (Thomas Richter), another JPEG-LS implementation
@@ -58,7 +62,7 @@ class MasterCheckFailed(CodecError):
 @dataclass(frozen=True)
 class Master:
     sop_uid: str
-    state: str  # "master": the original was replaced; "kept": it stays, for *reason*
+    state: str  # "master": the original was replaced; "kept": it stays, for *reason*; "failed": the check refused it
     reason: str
     codec: str
     transfer_syntax: str
@@ -84,19 +88,39 @@ def _master(row) -> Master:
     return Master(*(row[k] for k in Master.__dataclass_fields__))
 
 
+# A failed check stands for the original it checked only: a changed original (its checksum) is tried again.
+_STANDS = ("LEFT JOIN artifacts a ON a.sop_uid=m.sop_uid AND a.variant='original'",
+           "(m.state!='failed' OR a.checksum=m.original_checksum)")
+
+
 def master_of(store: Store, sop_uid: str) -> Master | None:
-    rows = store.query("SELECT * FROM masters WHERE sop_uid=?", (sop_uid,))
+    rows = store.query(f"SELECT m.* FROM masters m {_STANDS[0]} WHERE m.sop_uid=? AND {_STANDS[1]}", (sop_uid,))
     return _master(rows[0]) if rows else None
 
 
 def masters(store: Store, study_uid: str | None = None) -> dict[str, Master]:
-    """Every instance decided on (mastered or kept with a reason), by SOP Instance UID."""
+    """Every instance decided on (mastered, kept with a reason, or refused by the check), by SOP Instance UID."""
     if study_uid is None:
-        rows = store.query("SELECT * FROM masters")
+        rows = store.query(f"SELECT m.* FROM masters m {_STANDS[0]} WHERE {_STANDS[1]}")
     else:
-        rows = store.query("SELECT m.* FROM masters m JOIN instances i USING (sop_uid) JOIN series s USING (series_uid) "
-                           "WHERE s.study_uid=?", (study_uid,))
+        rows = store.query(f"SELECT m.* FROM masters m JOIN instances i USING (sop_uid) JOIN series s USING (series_uid) "
+                           f"{_STANDS[0]} WHERE s.study_uid=? AND {_STANDS[1]}", (study_uid,))
     return {r["sop_uid"]: _master(r) for r in rows}
+
+
+def retry_failed_masters(store: Store, study_uid: str | None = None) -> list[str]:
+    """Forget the failed checks (of one study, or all) so the next job checks those masters again; audited.
+    Returns the studies concerned, for which the caller queues a job."""
+    with store.connect() as db:
+        rows = db.execute("SELECT m.sop_uid, s.study_uid FROM masters m JOIN instances i USING (sop_uid) "
+                          "JOIN series s USING (series_uid) WHERE m.state='failed' AND (? IS NULL OR s.study_uid=?)",
+                          (study_uid, study_uid)).fetchall()
+        for row in rows:
+            db.execute("DELETE FROM masters WHERE sop_uid=? AND state='failed'", (row["sop_uid"],))
+            db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
+                       (time.time(), "system", f"lossless master of {row['sop_uid']}: to be checked again", json.dumps("failed"),
+                        json.dumps(None)))
+    return sorted({r["study_uid"] for r in rows})
 
 
 def not_mastered_reason(row) -> str | None:
@@ -146,21 +170,36 @@ def independent_pixels(source: Path | Dataset) -> np.ndarray:
 
 
 def _changed_attributes(original: Dataset, master: Dataset) -> list[str]:
-    """Attributes of *original* the master lost or changed (pixel data and its encapsulation aside)."""
-    big_endian = original.file_meta.TransferSyntaxUID == ExplicitVRBigEndian
+    """Attributes of *original* the master lost or changed (pixel data and its encapsulation aside), in sequence
+    items too (named ``Sequence[i].Keyword``)."""
+    return sorted(_differences(original, master, original.file_meta.TransferSyntaxUID == ExplicitVRBigEndian, ""))
+
+
+def _differences(original: Dataset, master: Dataset, big_endian: bool, within: str) -> list[str]:
     changed = []
     for tag in set(original.keys()) | set(master.keys()):
-        if tag in _PIXEL_TAGS:
+        if not within and tag in _PIXEL_TAGS:
             continue
         if tag not in original or tag not in master:
-            changed.append(str(tag))
+            changed.append(f"{within}{tag}")
             continue
         a, b = original[tag], master[tag]
-        if big_endian and a.VR in ("OW", "OL", "OF", "OD", "OV", "SQ"):
-            continue  # words swapped to little endian on purpose (core.derive); their values are compared as pixels are not
-        if a.value != b.value:
-            changed.append(a.keyword or str(tag))
-    return sorted(changed)
+        name = f"{within}{a.keyword or tag}"
+        if a.VR == "SQ" and b.VR == "SQ" and len(a.value) == len(b.value):
+            for index, (item, copied) in enumerate(zip(a.value, b.value)):
+                changed += _differences(item, copied, big_endian, f"{name}[{index}].")
+        elif a.value != (_little_endian(b) if big_endian else b.value):
+            changed.append(name)
+    return changed
+
+
+def _little_endian(element):
+    """A master's element as its big-endian original holds it: binary words were swapped to little endian on purpose
+    (core.derive), so they are swapped back; any other value pydicom decoded whatever the byte order."""
+    size = _WORD_SIZES.get(element.VR)
+    if size is None or not isinstance(element.value, bytes) or len(element.value) % size:
+        return element.value
+    return np.frombuffer(element.value, f"<u{size}").astype(f">u{size}").tobytes()
 
 
 def _unused_bits(ds: Dataset, spec) -> bool:
@@ -193,14 +232,15 @@ def _audit(store: Store, what: str, old, new) -> None:
                    (time.time(), "system", what, json.dumps(old), json.dumps(new)))
 
 
-def _keep(store: Store, original: Artifact, reason: str) -> Artifact:
-    """Record that this instance keeps its original under strategy 5, and why (shown on the Study page)."""
+def _keep(store: Store, original: Artifact, reason: str, state: str = "kept") -> Artifact:
+    """Record that this instance keeps its original under strategy 5, and why (shown on the Study page); *state*
+    ``failed``: the independent check refused its master, for this original (its checksum) only."""
     with store.connect() as db:  # not for an instance deleted meanwhile (core.housekeeping)
         db.execute("INSERT OR REPLACE INTO masters (sop_uid, state, reason, codec, transfer_syntax, original_transfer_syntax, "
                    "original_bytes, original_checksum, pixel_digest, checked_by, created) SELECT ?,?,?,?,?,?,?,?,?,?,? "
                    "WHERE EXISTS (SELECT 1 FROM instances WHERE sop_uid=?)",
-                   (original.sop_uid, "kept", reason, "", original.transfer_syntax, original.transfer_syntax,
-                    original.bytes, original.checksum, "", "", time.time(), original.sop_uid))
+                   (original.sop_uid, state, reason, "", original.transfer_syntax, original.transfer_syntax,
+                    original.bytes, original.checksum, "", CHECKER if state == "failed" else "", time.time(), original.sop_uid))
     return original
 
 
@@ -217,7 +257,9 @@ def make_master(store: Store, sop_uid: str) -> Artifact:
     """
     with item_lock(store.root, f"master:{uid_key(sop_uid)}"):  # once, however many jobs ask
         original = store.artifact(sop_uid, "original")
-        if master_of(store, sop_uid) is not None:
+        if (decided := master_of(store, sop_uid)) is not None:
+            if decided.state == "failed":  # checked and refused already (and audited then): not again for this original
+                raise MasterCheckFailed(decided.reason, hint="Run `python -m core check --verify` to check it again.")
             return original
         reason = not_mastered_reason(store.instance(sop_uid))
         if reason:
@@ -245,6 +287,10 @@ def make_master(store: Store, sop_uid: str) -> Artifact:
             staged.unlink(missing_ok=True)
         try:
             _check(store, original, ds, before, target)
+        except MasterCheckFailed as exc:
+            target.unlink(missing_ok=True)
+            _keep(store, original, exc.message, "failed")
+            raise
         except BaseException:
             target.unlink(missing_ok=True)
             raise

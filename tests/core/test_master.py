@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -112,10 +113,96 @@ def test_a_failing_independent_check_keeps_the_original_and_reports(tmp_path, mo
     with pytest.raises(MasterCheckFailed, match="1 sample"):
         make_master(store, sop)
     assert store.artifact(sop, "original") == before and sha256_file(before.path) == before.checksum
-    assert master_of(store, sop) is None  # not decided: a later job tries again
+    failed = master_of(store, sop)  # recorded for this original: the Study page shows why it is kept
+    assert failed.state == "failed" and not failed.mastered and failed.original_checksum == before.checksum and "1 sample" in failed.reason
     assert not master_module.master_path(store, sop).exists()
-    assert any("refused" in what for what in _audit(store))
+    assert sum("refused" in what for what in _audit(store)) == 1
     assert not list((store.root / "tmp").iterdir())
+
+
+def test_a_failed_check_is_not_repeated_by_later_jobs_until_asked(tmp_path, monkeypatch):
+    """Every later job of the study used to check (and audit) the refused master again: now neither, until the
+    original changes or `check --verify` asks; then a job makes it, with a correct encoder this time."""
+    from core.cli import main
+
+    store, sop, source = _stored(tmp_path, "u12_odd")
+    study = store.instance(sop)["study_uid"]
+    store.set_study_strategy(study, 5)
+    real, encodes = master_module.compress, []
+
+    def corrupting(ds, *args, **kwargs):
+        encodes.append(1)
+        result = real(ds, *args, **kwargs)
+        result.dataset.PatientName = "Changed^By^Encoder"
+        return result
+
+    monkeypatch.setattr(master_module, "compress", corrupting)
+    with pytest.raises(MasterCheckFailed, match="attributes changed: PatientName"):
+        make_master(store, sop)
+    audited = _audit(store)
+    assert "master" not in {w.variant for w in plan(store, study).make}  # later jobs: decided
+    with pytest.raises(MasterCheckFailed, match="attributes changed: PatientName"):  # asked directly: the record answers
+        make_master(store, sop)
+    assert encodes == [1] and _audit(store) == audited  # not encoded, checked nor audited again
+    with store.connect() as db:  # another original under this UID (as a resolved conflict leaves): tried again
+        db.execute("UPDATE artifacts SET checksum='other' WHERE sop_uid=? AND variant='original'", (sop,))
+    assert master_of(store, sop) is None and "master" in {w.variant for w in plan(store, study).make}
+    with store.connect() as db:
+        db.execute("UPDATE artifacts SET checksum=? WHERE sop_uid=? AND variant='original'", (sha256_file(source), sop))
+    assert master_of(store, sop).state == "failed"
+    monkeypatch.setattr(master_module, "compress", real)  # the encoder fixed
+    assert main(["check", "--verify", "--data", str(store.root)]) == 0
+    assert master_of(store, sop) is None and _audit(store)[-1] == f"lossless master of {sop}: to be checked again"
+    assert [(j["kind"], j["study_uid"], j["state"]) for j in Jobs(store).list()] == [("materialize", study, "queued")]
+    Jobs(store, workers=1).run_pending()
+    assert master_of(store, sop).mastered
+    assert np.array_equal(decode_all(read_dataset(store.artifact(sop, "original").path)), decode_all(read_dataset(source)))
+
+
+def _with_sequences(ds):
+    """*ds* with a Referenced Image Sequence and an icon (16-bit words in a sequence item)."""
+    from pydicom.dataset import Dataset
+
+    reference, icon = Dataset(), Dataset()
+    reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.5"
+    icon.Rows, icon.Columns, icon.SamplesPerPixel, icon.PhotometricInterpretation = 2, 3, 1, "MONOCHROME2"
+    icon.BitsAllocated, icon.BitsStored, icon.HighBit, icon.PixelRepresentation = 16, 16, 15, 0
+    icon.add_new(0x7FE00010, "OW", np.arange(1, 7, dtype=">u2").tobytes())  # as a big-endian file holds them
+    ds.ReferencedImageSequence, ds.IconImageSequence = [reference], [icon]
+    return ds
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda item: setattr(item, "ReferencedSOPInstanceUID", "1.2.3.4.6"), "ReferencedImageSequence[0].ReferencedSOPInstanceUID"),
+    (lambda item: setattr(item, "PixelData", item.PixelData[:-2] + b"\x00\x07"), "IconImageSequence[0].PixelData"),
+], ids=["uid-in-item", "words-in-item"])
+def test_the_attribute_check_looks_inside_sequences_of_big_endian_originals(tmp_path, monkeypatch, change, named):
+    """Sequence items of a big-endian original are compared too (their binary words swapped back): an item the
+    master changed is refused; one copied faithfully (words now little endian) is mastered."""
+    from tests.synthetic import KINDS, make_dataset, write
+
+    source = write(_with_sequences(make_dataset(**KINDS["big_endian"])), tmp_path / "in" / "be.dcm")
+    store = Store(tmp_path / "data")
+    [result] = list(ingest(store, [source]))
+    sop = str(read_dataset(source).SOPInstanceUID)
+    real = master_module.compress
+
+    def changing(ds, *args, **kwargs):
+        result = real(ds, *args, **kwargs)
+        sequence = "ReferencedImageSequence" if named.startswith("Referenced") else "IconImageSequence"
+        change(result.dataset[sequence][0])
+        return result
+
+    monkeypatch.setattr(master_module, "compress", changing)
+    with pytest.raises(MasterCheckFailed, match=re.escape(f"attributes changed: {named}")):
+        make_master(store, sop)
+    monkeypatch.setattr(master_module, "compress", real)
+    store2 = Store(tmp_path / "data2")
+    list(ingest(store2, [source]))
+    assert make_master(store2, sop).codec == "jpegls" and master_of(store2, sop).mastered
+    master = read_dataset(store2.artifact(sop, "original").path)
+    assert master.IconImageSequence[0].PixelData == np.arange(1, 7, dtype="<u2").tobytes()  # little endian now, same words
+    assert master.ReferencedImageSequence[0].ReferencedSOPInstanceUID == "1.2.3.4.5"
 
 
 def test_a_crash_before_the_switch_leaves_the_original(tmp_path, monkeypatch):
