@@ -94,6 +94,7 @@ def test_no_celery_worker_is_said_plainly_once_jobs_wait(tmp_path, redis_url, li
 
     import core.engine
     from core.joblist import missing_worker
+    from tests.conftest import ADMIN
     from tests.test_job_engine import start_worker
 
     store = Store(tmp_path / "data")
@@ -124,6 +125,11 @@ def test_no_celery_worker_is_said_plainly_once_jobs_wait(tmp_path, redis_url, li
             assert time.monotonic() < deadline, "the Celery worker did not start"
         monkeypatch.setattr(core.engine, "_pinged", {})  # asked again now, not after PING_EVERY_S
         assert missing_worker(store, redis_url) is None  # the other archive's job still waits, but a worker answers
+        saved = requests.put(f"{base}/api/policy", json={"strategies": {"CR": 4}}, auth=ADMIN, timeout=30).json()
+        while (job := requests.get(f"{base}{saved['progress']}", auth=ADMIN, timeout=30).json())["state"] != "done":
+            assert time.monotonic() < deadline and job["state"] in ("queued", "running"), job
+            time.sleep(0.1)
+        assert "1 study gets new copies" in job["message"]  # the policy's comparison, as a Celery task of that worker
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
