@@ -108,8 +108,8 @@ def masters(store: Store, study_uid: str | None = None) -> dict[str, Master]:
     return {r["sop_uid"]: _master(r) for r in rows}
 
 
-def retry_failed_masters(store: Store, study_uid: str | None = None) -> list[str]:
-    """Forget the failed checks (of one study, or all) so the next job checks those masters again; audited.
+def retry_failed_masters(store: Store, study_uid: str | None = None, user: str = "system") -> list[str]:
+    """Forget the failed checks (of one study, or all) so the next job checks those masters again; audited as *user*'s.
     Returns the studies concerned, for which the caller queues a job."""
     with store.connect() as db:
         rows = db.execute("SELECT m.sop_uid, s.study_uid FROM masters m JOIN instances i USING (sop_uid) "
@@ -118,7 +118,7 @@ def retry_failed_masters(store: Store, study_uid: str | None = None) -> list[str
         for row in rows:
             db.execute("DELETE FROM masters WHERE sop_uid=? AND state='failed'", (row["sop_uid"],))
             db.execute("INSERT INTO audit (at, user, what, old, new) VALUES (?,?,?,?,?)",
-                       (time.time(), "system", f"lossless master of {row['sop_uid']}: to be checked again", json.dumps("failed"),
+                       (time.time(), user, f"lossless master of {row['sop_uid']}: to be checked again", json.dumps("failed"),
                         json.dumps(None)))
     return sorted({r["study_uid"] for r in rows})
 

@@ -374,6 +374,18 @@ def set_strategy(study_uid):
     return jsonify(strategy=store.study_strategy(study_uid), job=job, make=len(todo.make), remove=len(todo.remove))
 
 
+@blueprint.post("/api/studies/<study_uid>/masters/retry")
+@require("policy")
+def retry_masters(study_uid):
+    """Strategy 5: the study's masters the independent check refused are checked again by a job (core.master)."""
+    from .master import retry_failed_masters
+
+    store, jobs = archive()
+    _check_study(store, study_uid, "policy")
+    retried = retry_failed_masters(store, study_uid, current_user().name)
+    return jsonify(job=jobs.submit(study_uid) if retried else None)
+
+
 @blueprint.get("/api/strategies")
 @require("view")
 def strategies():

@@ -437,3 +437,23 @@ def test_a_compressed_original_only_one_decoder_reads_is_kept(tmp_path):
     assert make_master(store, sop) == before and sha256_file(before.path) == sha256_file(path)
     record = master_of(store, sop)
     assert record.state == "kept" and "only one decoder here reads it" in record.reason
+
+
+def test_an_administrator_asks_for_a_refused_master_to_be_checked_again(tmp_path, live_app):
+    """POST /api/studies/<uid>/masters/retry: administrators only; the record goes (audited as theirs) and a job is queued."""
+    from core.users import Users
+
+    base, app = live_app(demo=False)
+    store = app.server.extensions["radpress"]["store"]
+    [result] = list(ingest(store, [write_kind("u12_odd", tmp_path / "in")]))
+    sop = store.instances(result.study_uid)[0]["sop_uid"]
+    master_module._keep(store, store.artifact(sop, "original"), "the check refused it (simulated)", "failed")
+    Users(store).add("rad", "radiologist-pw", "radiologist")
+    url = f"{base}/api/studies/{result.study_uid}/masters/retry"
+    assert requests.post(url, auth=("rad", "radiologist-pw"), timeout=30).status_code == 403
+    assert master_of(store, sop).state == "failed"
+    answer = requests.post(url, auth=ADMIN, timeout=30)
+    assert answer.status_code == 200 and isinstance(answer.json()["job"], int) and master_of(store, sop) is None
+    assert store.query("SELECT user FROM audit ORDER BY id DESC LIMIT 1")[0]["user"] == ADMIN[0]
+    assert requests.post(url, auth=ADMIN, timeout=30).json() == {"job": None}  # nothing left to check again
+    assert requests.post(f"{base}/api/studies/1.2.3.999/masters/retry", auth=ADMIN, timeout=30).status_code == 404
