@@ -24,7 +24,7 @@ from .locks import item_lock
 from .policy import Policy
 from .store import Store, StoreError
 
-__all__ = ["KIND", "POLICY_LOCK", "APPLIED", "pending_policy", "run_policy_job"]
+__all__ = ["KIND", "POLICY_LOCK", "APPLIED", "pending_policy", "comparison_stalled", "run_policy_job"]
 
 KIND = "policy"
 POLICY_LOCK = "policy"  # held by a save (the two rows it writes) and by the job's last step (compare and clear)
@@ -42,6 +42,12 @@ def pending_policy(store: Store) -> Policy | None:
     """The policy the archive's copies still follow while a saved policy's comparison has not finished, else None."""
     applied, _ = _rows(store.query)
     return None if applied is None else _policy(applied)
+
+
+def comparison_stalled(store: Store) -> bool:
+    """True when a comparison is pending and no job will run it (cancelled, or failed): the next save starts one."""
+    return pending_policy(store) is not None and not store.query(
+        "SELECT 1 FROM jobs WHERE kind=? AND state IN ('queued', 'running') LIMIT 1", (KIND,))
 
 
 def _policy(text: str | None) -> Policy:

@@ -22,6 +22,7 @@ from core.context import open_store
 from core.errors import InvalidOptionError, RadPressError
 from core.policy import (LOSSLESS_CHOICES, MODALITIES, RECOMMENDED_RATIOS, STRATEGIES, UPPER_BOUNDS, Policy, check_bound,
                          parse_ratio, ratio_fallback, ratio_for, ratio_warning)
+from core.policyjobs import comparison_stalled
 from core.present import human_size
 from core.users import allowed, authorize
 
@@ -145,6 +146,9 @@ def layout(**_query):
         html.H2("Storage policy"),
         html.P(f"{report['studies']} studies, {report['bytes_total'] / 1e6:.1f} MB stored now.", className="text-muted"),
         html.P(_projection(report), id="policy-projection"),
+        dbc.Alert("The last saved policy was never compared with the one before it (its job was cancelled or failed): "
+                  "some studies may still have the earlier policy's copies. Save the policy again to compare.",
+                  color="warning", id="policy-stalled") if comparison_stalled(store) else None,
         html.Div(_cards(policy, report), id="policy-cards"),
         dbc.Card([dbc.CardHeader("Clinic settings"), dbc.CardBody([
             dbc.Row([

@@ -121,3 +121,30 @@ def test_the_form_is_saved_all_or_nothing(live_app):
     assert policy.lossy_codecs == {"CT": "jxl"}  # MR's ratio was emptied: the codec chosen with it goes too
     assert _form_policy(old, ratios={DEFAULT: "10"}, **{**form, "banner": "no ratio"})[1] == [
         "The lossy banner must show the ratio. Keep {ratio} in the wording."]
+
+
+def test_the_page_says_when_a_saved_policy_was_never_compared(live_app):
+    """A saved policy's comparison cancelled before it ran: the page warns until a save queues another."""
+    from dataclasses import replace
+
+    from flask import g
+
+    from core.archive import save_policy
+    from core.users import User
+
+    _, app = live_app(demo=False, run_jobs=False)
+    from pages.policy import layout  # (pages register with an app)
+
+    store, jobs = (app.server.extensions["radpress"][k] for k in ("store", "jobs"))
+
+    def page() -> str:
+        with app.server.test_request_context("/policy"):
+            g.user = User("admin", "admin")
+            return str(layout())
+
+    job = save_policy(store, jobs, replace(store.policy(), strategy=2), "admin")
+    assert "policy-stalled" not in page()  # its job is queued
+    jobs.cancel(job)
+    assert "policy-stalled" in page() and "Save the policy again to compare" in page()
+    save_policy(store, jobs, store.policy(), "admin")
+    assert "policy-stalled" not in page()

@@ -349,6 +349,11 @@ def test_saving_a_policy_compares_nothing_in_the_request(archive_of_three, monke
     assert store.policy().strategies == {"CR": 3} and store.policy().ratios["CT"] == 9 and queued_studies(store) == []
     assert core.policyjobs.pending_policy(store) == base  # the copies still follow the first policy
     assert jobs.get(job)["state"] == "queued" and jobs.get(job)["study_uid"] is None
+    assert not core.policyjobs.comparison_stalled(store)
+    jobs.cancel(job)  # nothing will compare now: the Policy page says so, and the next save compares from the first policy
+    assert core.policyjobs.comparison_stalled(store)
+    again = save_policy(store, jobs, store.policy(), "admin")
+    assert again != job and not core.policyjobs.comparison_stalled(store) and core.policyjobs.pending_policy(store) == base
 
 
 def test_two_saves_racing_leave_no_study_on_the_older_policy(archive_of_three, monkeypatch):
