@@ -87,7 +87,7 @@ _pinged: dict[str, tuple[float, bool]] = {}  # per broker URL: when this process
 _ping_lock = threading.Lock()
 
 
-def workers_answer(url: str | None = None, timeout: float = 0.5) -> bool:
+def workers_answer(url: str | None = None, timeout: float = 1.0) -> bool:
     """Whether a Celery worker answers a ping on *url* (default REDIS_URL); asked at most every :data:`PING_EVERY_S`
     per process, so the Jobs page and ``/api/health`` never wait on the broker more than once in that time."""
     url = url or os.environ.get("REDIS_URL")

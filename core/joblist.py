@@ -52,8 +52,9 @@ def job_page(jobs: Jobs, user: User, page: int = 1, per_page: int = PER_PAGE) ->
     return JobPage(visible_jobs(store, user, shown) if user.sees_only_demo else shown, page, pages, total)  # demo: sample errors only
 
 
-def missing_worker(store: Store, url: str | None = None, grace: float = WAIT_GRACE_S) -> str | None:
-    """What to tell users when jobs wait for a Celery worker and none runs, else None.
+def missing_worker(store: Store, url: str | None = None, grace: float = WAIT_GRACE_S, detail: bool = True) -> str | None:
+    """What to tell users when jobs wait for a Celery worker and none runs, else None; with *detail*, how many
+    jobs wait and for how long (not for ``/api/health``, which anyone may read).
 
     Only with a broker (*url*, default REDIS_URL: without one, jobs run in this host's processes) and once the
     oldest unfinished job has waited *grace* seconds; the broker is asked then (:func:`core.engine.workers_answer`).
@@ -64,6 +65,8 @@ def missing_worker(store: Store, url: str | None = None, grace: float = WAIT_GRA
     waiting = store.query("SELECT count(*) AS n, min(created) AS since FROM jobs WHERE state IN ('queued', 'running')")[0]
     if not waiting["n"] or time.time() - waiting["since"] < grace or workers_answer(url):
         return None
+    if not detail:
+        return "No job worker is running: start one with `make worker`."
     jobs = f"{waiting['n']} job{'s' if waiting['n'] != 1 else ''}"
     return (f"No job worker is running: start one with `make worker`. {jobs} waiting, the oldest for "
             f"{duration(time.time() - waiting['since'])}; with REDIS_URL set, jobs run on Celery workers only.")

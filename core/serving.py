@@ -159,7 +159,7 @@ def health(store: Store, background) -> tuple[dict, int]:
     ok = all(c.ok for c in checks)
     body = {"status": "ok" if ok else "degraded", "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}}
     try:
-        body["warnings"] = [warning] if (warning := missing_worker(store)) else []
+        body["warnings"] = [warning] if (warning := missing_worker(store, detail=False)) else []
     except Exception as exc:  # noqa: BLE001 - an index that does not open is the index check's to report
         body["warnings"] = [f"jobs not checked: {type(exc).__name__}"]
     return body, 200 if ok else 503
