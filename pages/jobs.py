@@ -68,4 +68,4 @@ def worker_warning(_n):
 
     store, _ = archive()
     missing = missing_worker(store)
-    return dbc.Alert(missing, color="danger", id="jobs-no-worker") if missing else None
+    return dbc.Alert(dcc.Markdown(missing, className="mb-0"), color="danger", id="jobs-no-worker") if missing else None  # `make worker` as code

@@ -116,7 +116,7 @@ def test_no_celery_worker_is_said_plainly_once_jobs_wait(tmp_path, redis_url, li
 
     with app.server.app_context():
         alert = worker_warning(1)
-    assert alert.id == "jobs-no-worker" and alert.children.startswith("No job worker is running: start one with `make worker`")
+    assert alert.id == "jobs-no-worker" and alert.children.children.startswith("No job worker is running: start one with `make worker`")
 
     worker = start_worker("w1", redis_url, served.root)
     try:
