@@ -497,10 +497,37 @@ def test_port_from_environment_is_validated(monkeypatch):
     assert NodeConfig.from_env().port == 0
 
 
-def test_get_of_a_big_endian_original_by_a_little_endian_receiver(node):
-    """pynetdicom never swaps bytes: a big-endian original sent to a receiver of little endian only failed (A702)."""
+@pytest.fixture
+def get_uncompressed(node):
+    """C-GET of a study by a receiver that takes its images in Explicit VR Little Endian only: what it received."""
     from pynetdicom import AE, build_role, evt
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    def get(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
+        received = []
+
+        def on_store(event):
+            received.append(event.dataset)
+            return 0x0000
+
+        scu = AE(ae_title="LITTLE")
+        scu.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        scu.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian])
+        assoc = scu.associate("127.0.0.1", node.port, ae_title="RADPRESS", ext_neg=[build_role(ds.SOPClassUID, scp_role=True)],
+                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        query = pydicom.Dataset()
+        query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", ds.StudyInstanceUID
+        statuses = [s.Status for s, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet) if s]
+        assoc.release()
+        assert statuses[-1] == 0x0000
+        return received
+
+    return get
+
+
+def test_get_of_a_big_endian_original_by_a_little_endian_receiver(node, get_uncompressed):
+    """pynetdicom never swaps bytes: a big-endian original sent to a receiver of little endian only failed (A702)."""
     from pydicom.uid import ExplicitVRLittleEndian
 
     from core.ingest import ingest_instance
@@ -510,35 +537,15 @@ def test_get_of_a_big_endian_original_by_a_little_endian_receiver(node):
     ds.save_as(buffer, enforce_file_format=True)
     buffer.seek(0)
     assert ingest_instance(node.store, buffer, "be.dcm").status == "stored"
-    received = []
-
-    def on_store(event):
-        received.append(event.dataset)
-        return 0x0000
-
-    scu = AE(ae_title="LITTLE")
-    scu.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    scu.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian])
-    assoc = scu.associate("127.0.0.1", node.port, ae_title="RADPRESS", ext_neg=[build_role(ds.SOPClassUID, scp_role=True)],
-                          evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    query = pydicom.Dataset()
-    query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", ds.StudyInstanceUID
-    statuses = [s.Status for s, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet) if s]
-    assoc.release()
-    assert statuses[-1] == 0x0000 and len(received) == 1
-    [got] = received
+    [got] = get_uncompressed(ds)
     got.file_meta = pydicom.dataset.FileMetaDataset()
     got.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     assert got.SOPInstanceUID == ds.SOPInstanceUID and np.array_equal(decode_all(got), decode_all(ds))
 
 
-def test_get_of_a_mastered_ybr_full_original_gives_its_stored_values(node, tmp_path):
+def test_get_of_a_mastered_ybr_full_original_gives_its_stored_values(node, get_uncompressed, tmp_path):
     """Strategy 5 keeps a YBR_FULL original as a JPEG-LS master; a receiver of uncompressed only got it converted to
     RGB under the same SOP Instance UID (other values than the original's, unmarked): now the original's bytes."""
-    from pynetdicom import AE, build_role, evt
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
-    from pydicom.uid import ExplicitVRLittleEndian
-
     from core.ingest import ingest
     from core.master import make_master, master_of
 
@@ -547,22 +554,6 @@ def test_get_of_a_mastered_ybr_full_original_gives_its_stored_values(node, tmp_p
     assert [r.status for r in ingest(node.store, [path])] == ["stored"]
     make_master(node.store, ds.SOPInstanceUID)
     assert master_of(node.store, ds.SOPInstanceUID).mastered
-    received = []
-
-    def on_store(event):
-        received.append(event.dataset)
-        return 0x0000
-
-    scu = AE(ae_title="LITTLE")
-    scu.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    scu.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian])
-    assoc = scu.associate("127.0.0.1", node.port, ae_title="RADPRESS", ext_neg=[build_role(ds.SOPClassUID, scp_role=True)],
-                          evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    query = pydicom.Dataset()
-    query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", ds.StudyInstanceUID
-    statuses = [s.Status for s, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet) if s]
-    assoc.release()
-    assert statuses[-1] == 0x0000 and len(received) == 1
-    [got] = received
+    [got] = get_uncompressed(ds)
     assert got.SOPInstanceUID == ds.SOPInstanceUID and got.PhotometricInterpretation == "YBR_FULL"
     assert got.PixelData == read_dataset(path).PixelData  # byte for byte what was sent in
