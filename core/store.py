@@ -329,7 +329,8 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(path) as fh:
             fh.write(data)
-        return self._index_artifact(sop_uid, variant, ratio, codec, transfer_syntax, path, achieved_ratio)
+        return self._index_artifact(sop_uid, variant, ratio, codec, transfer_syntax, path, achieved_ratio,
+                                    (len(data), hashlib.sha256(data).hexdigest()))
 
     def put_artifact_file(self, sop_uid: str, variant: str, ratio: float, codec: str, transfer_syntax: str,
                           staged: Path, achieved_ratio: float | None = None) -> Artifact:
@@ -340,8 +341,10 @@ class Store:
         _place(staged, path)
         return self._index_artifact(sop_uid, variant, ratio, codec, transfer_syntax, path, achieved_ratio)
 
-    def _index_artifact(self, sop_uid, variant, ratio, codec, transfer_syntax, path: Path, achieved_ratio) -> Artifact:
-        size, checksum = path.stat().st_size, sha256_file(path)
+    def _index_artifact(self, sop_uid, variant, ratio, codec, transfer_syntax, path: Path, achieved_ratio,
+                        written: tuple[int, str] | None = None) -> Artifact:
+        """*written*: the size and checksum of the bytes just written, else read from the file."""
+        size, checksum = written or (path.stat().st_size, sha256_file(path))
         with self.connect() as db:
             if not db.execute("SELECT 1 FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone():
                 path.unlink(missing_ok=True)  # deleted while this copy was made (core.housekeeping): nothing may bring it back

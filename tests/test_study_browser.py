@@ -2,16 +2,12 @@
 next page drawn by the server when the pager is clicked; lossy originals marked on their cards.  A study of many
 series: a group of series at a time, the others behind the series pager."""
 
-import copy
-
-from pydicom.uid import generate_uid
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 
-from core.ingest import ingest
 from core.studyview import FIRST_CARDS, SERIES_PER_PAGE
 from tests.conftest import ADMIN
-from tests.synthetic import KINDS, make_dataset, write
+from tests.core.test_studyview import make_study
 from tests.test_browser import ARTIFACTS, browser, login, wait  # noqa: F401 - browser is a fixture
 
 SLICES = 60
@@ -27,17 +23,9 @@ def _cards_loaded(driver, count: int):
 
 def test_a_long_series_pages_its_cards(live_app, browser, tmp_path):  # noqa: F811
     base, app = live_app(demo=False, run_jobs=False)
-    ct = make_dataset(rows=40, columns=36, modality="CT")
-    lossy = make_dataset(**{**KINDS["already_lossy"], "rows": 40, "columns": 36, "modality": "CT"})
-    paths = []
-    for number in range(1, SLICES + 1):
-        ds = copy.deepcopy(lossy if number % 9 == 1 else ct)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = ct.StudyInstanceUID, ct.SeriesInstanceUID, number
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        paths.append(write(ds, tmp_path / f"{number}.dcm"))
-    assert {r.status for r in ingest(app.server.extensions["radpress"]["store"], paths)} == {"stored"}
+    study = make_study(app.server.extensions["radpress"]["store"], tmp_path, [SLICES], lambda s, n: n % 9 == 0, 40, 36)
     login(browser, base, ADMIN)
-    browser.get(f"{base}/study?uid={ct.StudyInstanceUID}")
+    browser.get(f"{base}/study?uid={study}")
     first = wait(browser).until(lambda d: _cards_loaded(d, FIRST_CARDS))
     assert all("?v=" in src for src in first)  # versioned: the browser keeps them
     shown = browser.find_element(By.CSS_SELECTOR, ".series-shown")
@@ -70,17 +58,9 @@ def test_a_study_of_many_series_pages_its_series(live_app, browser, tmp_path):  
     """One-slice series beyond a group: the first group drawn, the others one pager click away, lossy ones marked."""
     series = 2 * SERIES_PER_PAGE + 3
     base, app = live_app(demo=False, run_jobs=False)
-    ct = make_dataset(rows=40, columns=36, modality="CT")
-    lossy = make_dataset(**{**KINDS["already_lossy"], "rows": 40, "columns": 36, "modality": "CT"})
-    paths = []
-    for n in range(series):
-        ds = copy.deepcopy(lossy if n % 4 == 0 else ct)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = ct.StudyInstanceUID, generate_uid(), n + 1, 1
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        paths.append(write(ds, tmp_path / f"{n}.dcm"))
-    assert {r.status for r in ingest(app.server.extensions["radpress"]["store"], paths)} == {"stored"}
+    study = make_study(app.server.extensions["radpress"]["store"], tmp_path, [1] * series, lambda s, n: s % 4 == 0, 40, 36)
     login(browser, base, ADMIN)
-    browser.get(f"{base}/study?uid={ct.StudyInstanceUID}")
+    browser.get(f"{base}/study?uid={study}")
     first = wait(browser).until(lambda d: _cards_loaded(d, SERIES_PER_PAGE))
     assert browser.find_element(By.ID, "study-series-shown").text == f"series 1–{SERIES_PER_PAGE} of {series}"
     assert browser.find_element(By.ID, "study-lossy-originals").text.startswith(f"⚠ {len(range(0, series, 4))} of {series} ")

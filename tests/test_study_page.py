@@ -16,6 +16,7 @@ from core.serving import HEARTBEAT_ENV
 from core.studyview import FIRST_CARDS, SERIES_PER_PAGE
 from core.users import Users, set_readers
 from tests.conftest import ADMIN
+from tests.core.test_studyview import make_study
 from tests.synthetic import KINDS, make_dataset, write
 
 BIG, CINES = 290, 10  # two series: 290 CT slices (every 9th arrived lossy) and 10 US instances (every 3rd a cine)
@@ -172,17 +173,8 @@ MANY = 100  # one-slice series (every 3rd arrived lossy), as some CT exams come
 @pytest.fixture(scope="module")
 def many_series(study, tmp_path_factory):
     app, _uid, _series = study
-    tmp = tmp_path_factory.mktemp("many-series")
-    ct = make_dataset(rows=8, columns=8, modality="CT")
-    lossy = make_dataset(**{**KINDS["already_lossy"], "rows": 8, "columns": 8, "modality": "CT"})
-    paths = []
-    for n in range(MANY):
-        ds = copy.deepcopy(lossy if n % 3 == 0 else ct)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = ct.StudyInstanceUID, generate_uid(), n + 1, 1
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        paths.append(write(ds, tmp / f"{n}.dcm"))
-    assert {r.status for r in ingest(app.server.extensions["radpress"]["store"], paths)} == {"stored"}
-    return app, ct.StudyInstanceUID
+    store = app.server.extensions["radpress"]["store"]
+    return app, make_study(store, tmp_path_factory.mktemp("many-series"), [1] * MANY, lambda s, n: s % 3 == 0, 8, 8)
 
 
 def test_a_study_of_many_series_draws_a_group_of_them(many_series):

@@ -23,16 +23,18 @@ def store(tmp_path):
     return Store(tmp_path / "data")
 
 
-def _study(store: Store, folder, sizes: list[int], lossy_every: int = 0) -> str:
-    """A study with one series per entry of *sizes* (that many 16×16 CT instances); every *lossy_every*-th instance
-    arrived already lossy-compressed."""
-    base = make_dataset(rows=16, columns=16, modality="CT")
-    lossy = make_dataset(**{**KINDS["already_lossy"], "rows": 16, "columns": 16, "modality": "CT"})
+def make_study(store: Store, folder, sizes: list[int], lossy=lambda series, number: False, rows: int = 16,
+               columns: int = 16) -> str:
+    """A CT study with one series per entry of *sizes* (that many instances, numbered from 1, Series Number from 1);
+    *lossy(series, number)* (both from 0) says which arrived already lossy-compressed.  Also used by the page's
+    HTTP and browser tests."""
+    base = make_dataset(rows=rows, columns=columns, modality="CT")
+    already_lossy = make_dataset(**{**KINDS["already_lossy"], "rows": rows, "columns": columns, "modality": "CT"})
     paths = []
     for s, size in enumerate(sizes):
         series_uid = generate_uid()
         for n in range(size):
-            ds = copy.deepcopy(lossy if lossy_every and n % lossy_every == 0 else base)
+            ds = copy.deepcopy(already_lossy if lossy(s, n) else base)
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = base.StudyInstanceUID, series_uid, s + 1, n + 1
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
             paths.append(write(ds, folder / f"{s}-{n}.dcm"))
@@ -41,7 +43,7 @@ def _study(store: Store, folder, sizes: list[int], lossy_every: int = 0) -> str:
 
 
 def test_cards_are_paged_per_series_within_the_first_render_budget(store, tmp_path):
-    uid = _study(store, tmp_path / "in", [110, 3])
+    uid = make_study(store, tmp_path / "in", [110, 3])
     view = study_view(store, ADMIN, uid)
     big, small = view.series
     assert view.per_page == FIRST_CARDS // 2 == 24  # two series share the first render
@@ -56,21 +58,21 @@ def test_cards_are_paged_per_series_within_the_first_render_budget(store, tmp_pa
     for bad in (0, -1, "2", 2.0, True, None):
         with pytest.raises(InvalidOptionError, match="whole numbers from 1"):
             view.page(big, bad)
-    other = _study(store, tmp_path / "other", [1])
+    other = make_study(store, tmp_path / "other", [1])
     with pytest.raises(InvalidOptionError, match="not a series of study"):
         view.page(study_view(store, ADMIN, other).instances[0]["series_uid"])
 
 
 @pytest.mark.parametrize("series, per_page", [(1, FIRST_CARDS), (5, 8), (7, 4), (20, MIN_PER_PAGE), (13, MIN_PER_PAGE)])
 def test_each_series_gets_whole_rows_and_at_least_one(store, tmp_path, series, per_page):
-    view = study_view(store, ADMIN, _study(store, tmp_path / "in", [1] * series))
+    view = study_view(store, ADMIN, make_study(store, tmp_path / "in", [1] * series))
     assert view.per_page == per_page and per_page % MIN_PER_PAGE == 0
 
 
 def test_many_series_are_drawn_a_group_at_a_time_and_each_is_reached_once(store, tmp_path):
     """A CT of one-slice series: a group of SERIES_PER_PAGE series, one row each, within the first-render budget."""
     sizes = [1] * 28 + [9]
-    uid = _study(store, tmp_path / "in", sizes, lossy_every=2)
+    uid = make_study(store, tmp_path / "in", sizes, lambda s, n: n % 2 == 0)
     view = study_view(store, ADMIN, uid)
     assert SERIES_PER_PAGE * MIN_PER_PAGE <= FIRST_CARDS and view.per_page == MIN_PER_PAGE
     first = view.group()
@@ -87,13 +89,13 @@ def test_many_series_are_drawn_a_group_at_a_time_and_each_is_reached_once(store,
     for bad in (0, -1, "2", 2.0, True, None):
         with pytest.raises(InvalidOptionError, match="whole numbers from 1"):
             view.group(bad)
-    few = study_view(store, ADMIN, _study(store, tmp_path / "few", [2, 3]))
+    few = study_view(store, ADMIN, make_study(store, tmp_path / "few", [2, 3]))
     assert few.group().pages == 1 and few.group().shown == "2 series"
 
 
 def test_thumbnail_urls_name_the_etag_the_route_answers_with(store, tmp_path):
     """Made on demand (no thumbnail stored) and stored by the archive: the URL's v is the thumbnail's own ETag."""
-    uid = _study(store, tmp_path / "in", [3])
+    uid = make_study(store, tmp_path / "in", [3])
     store.set_study_strategy(uid, 1)
     first = store.instances(uid)[0]["sop_uid"]
     for wanted in plan(store, uid).make:
@@ -108,7 +110,7 @@ def test_thumbnail_urls_name_the_etag_the_route_answers_with(store, tmp_path):
 
 
 def test_the_study_is_read_in_a_few_queries_whatever_its_size(store, tmp_path, monkeypatch):
-    small, large = _study(store, tmp_path / "s", [4]), _study(store, tmp_path / "l", [60, 40], lossy_every=7)
+    small, large = make_study(store, tmp_path / "s", [4]), make_study(store, tmp_path / "l", [60, 40], lambda s, n: n % 7 == 0)
     calls = []
     real = Store.query
     monkeypatch.setattr(Store, "query", lambda self, sql, params=(): calls.append(sql) or real(self, sql, params))
@@ -122,7 +124,7 @@ def test_the_study_is_read_in_a_few_queries_whatever_its_size(store, tmp_path, m
 
 
 def test_a_demo_login_sees_the_sample_instances_only_and_marks_survive(store, tmp_path):
-    uid = _study(store, tmp_path / "in", [30], lossy_every=3)
+    uid = make_study(store, tmp_path / "in", [30], lambda s, n: n % 3 == 0)
     rows = store.instances(uid)
     mark_demo(store, [r["sop_uid"] for r in rows[:5]])
     view = study_view(store, DEMO, uid)
