@@ -308,11 +308,17 @@ class Jobs:
         """
         queue = list(by_sop.items())
         ended = "done"
-        while (queue and ended == "done") or pool.busy:
+
+        def hand_out() -> None:
             while queue and ended == "done" and pool.free:
                 sop, items = queue.pop(0)
                 pool.submit(sop, _make_for_instance, str(self.store.root), items)
-            for outcome in pool.wait(timeout=0.5):
+
+        while (queue and ended == "done") or pool.busy:
+            hand_out()
+            outcomes = pool.wait(timeout=0.5)
+            hand_out()  # a worker that answered gets its next instance before its outcome is recorded
+            for outcome in outcomes:
                 if self._record(job_id, outcome) and progress:  # not recorded once the job is lost
                     progress(self.get(job_id))
             if ended == "done" and not self._still_mine(job_id):

@@ -72,10 +72,15 @@ def _let_the_fork_server_go() -> None:
         server._forkserver_alive_fd = None
 
 
-def _serve(tasks: Connection, app: int) -> None:
-    """A worker's life: run tasks until told to stop or until the app's end of the pipe closes."""
+def _serve(tasks: Connection, app: int, environment: dict[str, str]) -> None:
+    """A worker's life: run tasks until told to stop or until the app's end of the pipe closes.
+
+    It runs with the app's environment of now, not the fork server's of its start (as a spawned process would).
+    """
     _let_the_fork_server_go()
     _die_with(app)
+    os.environ.clear()
+    os.environ.update(environment)
     os.nice(JOB_NICE)
     while True:
         try:
@@ -136,7 +141,8 @@ def warm() -> None:
 class _Worker:
     def __init__(self, context):
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, os.getpid()), daemon=True, name=WORKER_NAME)
+        self.process = context.Process(target=_serve, args=(child, os.getpid(), dict(os.environ)), daemon=True,
+                                       name=WORKER_NAME)
         with _without_main():
             self.process.start()
         child.close()

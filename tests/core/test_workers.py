@@ -159,3 +159,19 @@ def test_workers_are_forked_with_the_task_modules_already_imported():
         pid = pool.pids()[0]
         assert Path(f"/proc/{pid}/comm").read_text().strip() == WORKER_NAME
     assert outcome.value == list(PRELOAD)
+
+
+def _environment(name):
+    return os.environ.get(name)
+
+
+def test_a_worker_runs_with_the_apps_environment_of_now(monkeypatch):
+    """Forked by a server started earlier, a worker still sees what the app's environment says when it starts."""
+    from core.workers import warm
+
+    warm()
+    monkeypatch.setenv("RADPRESS_INDEX_JOURNAL", "delete")
+    with WorkerPool(1) as pool:
+        pool.submit("env", _environment, "RADPRESS_INDEX_JOURNAL")
+        [outcome] = pool.wait(30)
+    assert outcome.value == "delete"
