@@ -412,7 +412,8 @@ def put_policy():
         raise InvalidOptionError(f"The policy is not valid: {exc}") from None
     job = save_policy(store, jobs, policy, current_user().name)  # which studies' artifacts change: worked out by this job
     warnings = [w for m, r in policy.ratios.items() if (w := ratio_warning(m.split()[0], float(r), *m.split()[1:2]))]
-    return jsonify(policy=policy.to_dict(), warnings=warnings, job=job, progress=f"/api/jobs/{job}")
+    return jsonify(policy=policy.to_dict(), warnings=warnings, job=job, progress=f"/api/jobs/{job}",
+                   message=f"Saved; working out which studies' copies change (job {job}).")
 
 
 @blueprint.get("/api/dicom/peers")

@@ -408,6 +408,7 @@ def test_put_policy_refuses_bad_modality_values_and_queues_only_changed_studies(
     answer = http.put(f"{base}/api/policy", json={"strategies": {"CR": 4}, "lossless_codecs": {"CT": "smallest"}})
     assert answer.status_code == 200, answer.text
     progress = answer.json()["progress"]
+    assert answer.json()["message"] == f"Saved; working out which studies' copies change (job {answer.json()['job']})."
     deadline = time.monotonic() + 60
     while (job := http.get(f"{base}{progress}").json())["state"] != "done":  # the app's runner compares
         assert time.monotonic() < deadline and job["state"] in ("queued", "running"), job
