@@ -108,6 +108,7 @@ log = logging.getLogger(__name__)
 
 # A file without a live owner that nobody wrote for this long is abandoned (writers rename, then commit a row).
 QUIET_SECONDS = 600
+WRITE_WAIT_S = 30  # seconds a write transaction waits for this process's others, as long as for another process's
 
 _INSERT_ARTIFACT = ("INSERT OR REPLACE INTO artifacts (sop_uid, variant, ratio, codec, transfer_syntax, bytes, checksum, "
                     "path, created, achieved_ratio) VALUES (?,?,?,?,?,?,?,?,?,?)")
@@ -165,6 +166,7 @@ class Store:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "index.sqlite"
         self._local = threading.local()
+        self._writer = threading.RLock()
         conn = self._connection()
         conn.executescript(SCHEMA)
         self._migrate(conn)
@@ -205,15 +207,24 @@ class Store:
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
-        """A transaction: committed on success, rolled back on error."""
+        """A transaction: committed on success, rolled back on error.
+
+        This process's threads take turns on a lock first, each woken the moment the one before commits; in
+        SQLite's busy handler they would poll with sleeps growing to 100 ms (other processes still wait there).
+        """
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
+        queued = self._writer.acquire(timeout=WRITE_WAIT_S)  # after that, SQLite's own wait (and its error)
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            if queued:
+                self._writer.release()
 
     def query(self, sql: str, params=()) -> list[sqlite3.Row]:
         return self._connection().execute(sql, params).fetchall()

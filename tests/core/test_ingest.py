@@ -409,3 +409,45 @@ def test_archive_members_are_indexed_with_the_checksum_of_their_bytes(store, tmp
         original = store.artifact(result.sop_uid, "original")
         assert original.checksum == hashlib.sha256(original.path.read_bytes()).hexdigest()
     assert Store(store.root).check(verify=True)["replaced_originals"] == []
+
+
+def test_an_instance_is_synced_while_it_is_validated_an_archive_upload_is_not(store, tmp_path, monkeypatch):
+    """The early fsync (a latency measure) runs for what the store will place: an uploaded instance and each archive
+    member, never the archive itself; the store's own fsync before it links a file still runs for every one."""
+    import core.ingest
+    import core.store
+
+    early, placed = [], []
+    start, fsync = core.ingest._start_sync, core.store._fsync_file
+    monkeypatch.setattr(core.ingest, "_start_sync", lambda path: (early.append(path.name), start(path)))
+    monkeypatch.setattr(core.store, "_fsync_file", lambda path: (placed.append(path.name), fsync(path)))
+    files = fresh(tmp_path, 3)
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as archive:
+        for path in files[1:]:
+            archive.write(path, path.name)
+    with open(files[0], "rb") as fh:
+        assert statuses(ingest_stream(store, fh, "one.dcm")) == ["stored"]
+    with open(tmp_path / "a.zip", "rb") as fh:
+        assert statuses(ingest_stream(store, fh, "a.zip")) == ["stored", "stored"]
+    assert len(early) == 3 and early[0].endswith(".dcm-upload") and all(n.endswith(".dcm") for n in early[1:])
+    assert placed == early  # every placed file fsynced by the store itself, the zip never
+    assert nothing_staged(store)
+    for path in files:  # byte-exact
+        ds = core.ingest.read_checked(path)
+        assert store.artifact(str(ds.SOPInstanceUID), "original").path.read_bytes() == path.read_bytes()
+
+
+def test_early_sync_closes_its_descriptor_even_when_the_file_is_gone(store, tmp_path):
+    """A staged file refused (and unlinked) before its early fsync ends: the descriptor is closed all the same."""
+    from core.ingest import _start_sync
+
+    before = len(os.listdir("/proc/self/fd"))
+    for index in range(20):
+        path = tmp_path / f"{index}.bin"
+        path.write_bytes(b"x" * 4096)
+        _start_sync(path)
+        path.unlink()
+    deadline = time.monotonic() + 10
+    while len(os.listdir("/proc/self/fd")) > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(os.listdir("/proc/self/fd")) <= before

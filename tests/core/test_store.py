@@ -303,3 +303,42 @@ def test_the_index_journal_is_delete_for_workers_on_other_hosts(tmp_path, monkey
     monkeypatch.setenv("RADPRESS_INDEX_JOURNAL", "memory")
     with pytest.raises(InvalidOptionError, match="RADPRESS_INDEX_JOURNAL='MEMORY'"):
         Store(tmp_path / "other")
+
+
+def test_threads_of_one_process_take_turns_before_sqlite_is_asked(store):
+    """A second thread's write transaction waits for the first on the process's lock, not in SQLite's busy handler
+    (which polls with sleeps up to 100 ms): with SQLite's own wait set to zero it still gets its turn."""
+    inside, done, order = threading.Event(), threading.Event(), []
+
+    def first():
+        with store.connect() as db:
+            db.execute("INSERT INTO users (name, password_hash, role) VALUES ('first', 'x', 'admin')")
+            inside.set()
+            time.sleep(0.3)
+            order.append("first")
+        done.set()
+
+    def second():
+        store._connection().execute("PRAGMA busy_timeout=0")  # SQLite alone would answer 'database is locked'
+        inside.wait(10)
+        with store.connect() as db:
+            order.append("second")
+            db.execute("INSERT INTO users (name, password_hash, role) VALUES ('second', 'x', 'admin')")
+
+    errors = []
+
+    def guarded(work):
+        def run():
+            try:
+                work()
+            except Exception as exc:  # noqa: BLE001 - the assertion below shows it
+                errors.append(exc)
+        return threading.Thread(target=run)
+
+    threads = [guarded(first), guarded(second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert errors == [] and order == ["first", "second"]
+    assert {r["name"] for r in store.query("SELECT name FROM users")} >= {"first", "second"}
