@@ -225,11 +225,13 @@ def test_a_task_message_never_names_a_path(tmp_path, monkeypatch):
     item = {"sop_uid": "1.2.826.0.1.3680043.8.498.1", "variant": "lossless", "ratio": 0, "codec": "jpegls"}
     assert _checked("instance", [str(tmp_path / "x" / ".." / "data"), [item]]) == [str(data.resolve()), [item]]
     assert _checked("lab", [str(data), 7, "admin"]) == [str(data.resolve()), 7, "admin"]
+    assert _checked("policy", [str(data), 8, "host:1:ab"]) == [str(data.resolve()), 8, "host:1:ab"]  # a saved policy's comparison
     bad = [("instance", [str(tmp_path / "elsewhere"), [item]]), ("instance", ["/etc", [item]]), ("lab", ["\x00", 7, "admin"]),
            ("instance", [str(data), [{**item, "variant": "../../../tmp/x"}]]), ("instance", [str(data), [{**item, "codec": "j2k/../../x"}]]),
            ("instance", [str(data), [{**item, "sop_uid": "../1.2"}]]), ("instance", [str(data), [{**item, "ratio": "10"}]]),
            ("instance", [str(data), [{**item, "path": "/tmp"}]]), ("instance", [str(data), []]), ("lab", [str(data), "7", "admin"]),
-           ("instance", [5, [item]]), ("instance", "not a list")]
+           ("instance", [5, [item]]), ("instance", "not a list"), ("policy", ["/etc", 8, "x"]), ("policy", [str(data), True, "x"]),
+           ("policy", [str(data), 8])]
     for name, args in bad:
         with pytest.raises(RadPressError):
             _checked(name, args)
