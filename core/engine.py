@@ -39,7 +39,7 @@ from .locks import item_lock
 from .policyjobs import run_policy_job
 from .store import Store
 from .validate import check_uid
-from .workers import Outcome, WorkerPool
+from .workers import Outcome, Pool, WorkerPool
 
 __all__ = ["celery_app", "pool_factory", "workers_answer", "CeleryPool", "TASK", "STALE_SECONDS", "PING_EVERY_S"]
 
@@ -56,7 +56,7 @@ _NAMES = {fn: name for name, fn in _FUNCTIONS.items()}
 _worker_pid: int | None = None  # the Celery worker's main process (set in it before its pool starts)
 
 
-def pool_factory(url: str | None = None) -> Callable[[int], WorkerPool | CeleryPool]:
+def pool_factory(url: str | None = None) -> Callable[[int], Pool]:
     """The pool a job runner uses: Celery when *url* (default REDIS_URL) is set, else local worker processes."""
     url = url or os.environ.get("REDIS_URL")
     return functools.partial(CeleryPool, url=url) if url else WorkerPool
@@ -196,7 +196,7 @@ class _Sent:
     result: object  # celery AsyncResult
 
 
-class CeleryPool:
+class CeleryPool(Pool):
     """:class:`core.workers.WorkerPool`'s interface over Celery: up to *size* tasks in flight, outcomes by :meth:`wait`.
 
     *size* is how many instances are queued at once; set it to at least the
@@ -211,20 +211,6 @@ class CeleryPool:
         self._poll = poll
         self._busy: dict[Hashable, _Sent] = {}
         self._heard = time.monotonic()  # when a worker last took or finished one of our tasks
-
-    def __enter__(self) -> CeleryPool:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @property
-    def free(self) -> int:
-        return self.size - len(self._busy)
-
-    @property
-    def busy(self) -> int:
-        return len(self._busy)
 
     def submit(self, key: Hashable, fn: Callable, *args) -> None:
         """Queue *fn* (a registered job function) for a Celery worker."""

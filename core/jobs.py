@@ -29,7 +29,7 @@ from .errors import RadPressError
 from .labjobs import run_lab_job
 from .policyjobs import run_policy_job
 from .store import Store, StoreError
-from .workers import Outcome, WorkerPool, warm
+from .workers import Outcome, Pool, WorkerPool, warm
 
 __all__ = ["Jobs", "LEASE_SECONDS"]
 
@@ -91,7 +91,7 @@ def _runner_gone(owner: str | None) -> bool:
 
 class Jobs:
     def __init__(self, store: Store, workers: int = 2, lease: float = LEASE_SECONDS, kinds: tuple[str, ...] | None = None,
-                 pool: Callable[[int], WorkerPool] = WorkerPool):
+                 pool: Callable[[int], Pool] = WorkerPool):
         self.store = store
         self.pool = pool  # where instances are made: local processes, or Celery (core.engine.pool_factory)
         self.kinds = kinds  # the kinds this runner claims (None: every kind but those its lanes run)
@@ -239,7 +239,7 @@ class Jobs:
                 finished.append(self._run(job, pool, progress))
         return finished
 
-    def _run(self, job: dict, pool: WorkerPool, progress) -> dict:
+    def _run(self, job: dict, pool: Pool, progress) -> dict:
         """Plan, make, and plan again until nothing new is missing; superseded artifacts go last."""
         job_id = job["id"]
         if job["cancel"]:
@@ -283,7 +283,7 @@ class Jobs:
         message = f"{job['done']} instance(s) done, {job['failed']} failed, {len(todo.remove)} superseded artifact(s) removed"
         return self._finish(job_id, state, message)
 
-    def _run_task(self, job: dict, pool: WorkerPool, task: Callable) -> dict:
+    def _run_task(self, job: dict, pool: Pool, task: Callable) -> dict:
         """A job that is one task (a lab sweep) in a worker process, which records its own progress and reads the
         cancel flag; meanwhile the lease is renewed.  Shutting down kills the task and queues the job again."""
         job_id = job["id"]
@@ -297,10 +297,10 @@ class Jobs:
                     db.execute("UPDATE jobs SET state='queued', owner=NULL, lease=NULL WHERE id=? AND owner=?", (job_id, self.owner))
                 return self.get(job_id)
         outcome = outcomes[0]
-        state, message = outcome.value if outcome.error is None else ("failed", f"the sweep stopped: {outcome.error}")
+        state, message = outcome.value if outcome.error is None else ("failed", f"the {job['kind']} job stopped: {outcome.error}")
         return self._finish(job_id, state, message)
 
-    def _execute(self, job_id: int, by_sop: dict[str, list[Wanted]], pool: WorkerPool, progress) -> str:
+    def _execute(self, job_id: int, by_sop: dict[str, list[Wanted]], pool: Pool, progress) -> str:
         """Make every instance's artifacts in worker processes; returns done, cancelled, stopped or lost (the lease).
 
         Whatever ends it, the tasks already handed out are waited for, so the
@@ -327,7 +327,7 @@ class Jobs:
                 ended = "stopped"
             elif ended == "done" and self.store.query("SELECT cancel FROM jobs WHERE id=?", (job_id,))[0]["cancel"]:
                 ended = "cancelled"
-            if ended == "stopped" and getattr(pool, "remote", False):  # Celery: its tasks finish on their workers, and
+            if ended == "stopped" and pool.remote:  # Celery: its tasks finish on their workers, and
                 pool.close()  # the runner that takes the job next makes nothing twice; shutting down waits for none
         return ended
 

@@ -14,6 +14,7 @@ worker also leaves when its task pipe closes.  No orphan outlives the app.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import ctypes
 import multiprocessing
@@ -26,9 +27,9 @@ import time
 import types
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Sized
 
-__all__ = ["WorkerPool", "Outcome"]
+__all__ = ["Pool", "WorkerPool", "Outcome", "warm"]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -158,7 +159,39 @@ def _death(exitcode: int | None) -> str:
     return f"the worker process making this instance's copies exited unexpectedly (exit code {exitcode})"
 
 
-class WorkerPool:
+class Pool(abc.ABC):
+    """What a job runner asks of a pool, local (:class:`WorkerPool`) or remote (:class:`core.engine.CeleryPool`):
+    *size* task slots, :meth:`submit` to a free one, :meth:`wait` for outcomes, :meth:`close` when done."""
+
+    size: int
+    _busy: Sized  # the tasks in flight
+    remote = False  # True when tasks run elsewhere: a runner shutting down then waits for none
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def free(self) -> int:
+        return self.size - len(self._busy)
+
+    @property
+    def busy(self) -> int:
+        return len(self._busy)
+
+    @abc.abstractmethod
+    def submit(self, key: Hashable, fn: Callable, *args) -> None: ...
+
+    @abc.abstractmethod
+    def wait(self, timeout: float | None = None) -> list[Outcome]: ...
+
+    @abc.abstractmethod
+    def close(self, timeout: float = 0) -> None: ...
+
+
+class WorkerPool(Pool):
     """Up to *size* worker processes; :meth:`submit` a task to a free one, :meth:`wait` for outcomes.
 
     Linux sends the death signal when the *thread* that started a worker
@@ -172,20 +205,6 @@ class WorkerPool:
         self._context = _context()
         self._idle: list[_Worker] = []
         self._busy: list[_Worker] = []
-
-    def __enter__(self) -> WorkerPool:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @property
-    def free(self) -> int:
-        return self.size - len(self._busy)
-
-    @property
-    def busy(self) -> int:
-        return len(self._busy)
 
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._idle + self._busy]
