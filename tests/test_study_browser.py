@@ -5,7 +5,7 @@ series: a group of series at a time, the others behind the series pager."""
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 
-from core.studyview import FIRST_CARDS, SERIES_PER_PAGE
+from core.studyview import FIRST_CARDS, MIN_PER_PAGE, SERIES_PER_PAGE
 from tests.conftest import ADMIN
 from tests.core.test_studyview import make_study
 from tests.test_browser import ARTIFACTS, browser, login, wait  # noqa: F401 - browser is a fixture
@@ -35,7 +35,7 @@ def test_a_long_series_pages_its_cards(live_app, browser, tmp_path):  # noqa: F8
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "study-paged-1.png"))
     pager = browser.find_element(By.CSS_SELECTOR, ".series-pager")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", pager)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center', behavior: 'instant'});", pager)
     pager.find_element(By.XPATH, ".//a[text()='2']").click()
     wait(browser).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".series-shown"),
                                                          f"instances {FIRST_CARDS + 1}–{SLICES} of {SLICES}"))
@@ -55,15 +55,17 @@ def test_a_long_series_pages_its_cards(live_app, browser, tmp_path):  # noqa: F8
 
 
 def test_a_study_of_many_series_pages_its_series(live_app, browser, tmp_path):  # noqa: F811
-    """One-slice series beyond a group: the first group drawn, the others one pager click away, lossy ones marked."""
+    """One-slice series beyond a group (the last of 9 slices): the first group drawn, the others one pager click
+    away, lossy ones marked, and a series drawn by the series pager pages its own cards."""
     series = 2 * SERIES_PER_PAGE + 3
     base, app = live_app(demo=False, run_jobs=False)
-    study = make_study(app.server.extensions["radpress"]["store"], tmp_path, [1] * series, lambda s, n: s % 4 == 0, 40, 36)
+    study = make_study(app.server.extensions["radpress"]["store"], tmp_path, [1] * (series - 1) + [9], lambda s, n: s % 4 == 0,
+                       40, 36)
     login(browser, base, ADMIN)
     browser.get(f"{base}/study?uid={study}")
     first = wait(browser).until(lambda d: _cards_loaded(d, SERIES_PER_PAGE))
     assert browser.find_element(By.ID, "study-series-shown").text == f"series 1–{SERIES_PER_PAGE} of {series}"
-    assert browser.find_element(By.ID, "study-lossy-originals").text.startswith(f"⚠ {len(range(0, series, 4))} of {series} ")
+    assert browser.find_element(By.ID, "study-lossy-originals").text.startswith(f"⚠ {len(range(0, series, 4))} of {series + 8} ")
     marked = [("lossy-card" in c.get_attribute("class")) for c in browser.find_elements(By.CSS_SELECTOR, ".study-card")]
     assert marked == [n % 4 == 0 for n in range(SERIES_PER_PAGE)]
     assert len(browser.find_elements(By.CSS_SELECTOR, ".series-lossy")) == len(range(0, SERIES_PER_PAGE, 4))
@@ -73,9 +75,19 @@ def test_a_study_of_many_series_pages_its_series(live_app, browser, tmp_path):  
     pager.find_element(By.XPATH, ".//a[text()='3']").click()
     wait(browser).until(EC.text_to_be_present_in_element((By.ID, "study-series-shown"),
                                                          f"series {2 * SERIES_PER_PAGE + 1}–{series} of {series}"))
-    third = wait(browser).until(lambda d: _cards_loaded(d, series - 2 * SERIES_PER_PAGE))
+    shown = series - 2 * SERIES_PER_PAGE - 1 + MIN_PER_PAGE  # one-slice series, then the first row of the last
+    third = wait(browser).until(lambda d: _cards_loaded(d, shown))
     assert not set(third) & set(first)
     cards = browser.find_elements(By.CSS_SELECTOR, ".study-card")
-    assert [("lossy-card" in c.get_attribute("class")) for c in cards] == [n % 4 == 0 for n in range(2 * SERIES_PER_PAGE, series)]
+    assert [("lossy-card" in c.get_attribute("class")) for c in cards] == \
+           [n % 4 == 0 for n in range(2 * SERIES_PER_PAGE, series - 1)] + [(series - 1) % 4 == 0] * MIN_PER_PAGE
     assert not browser.find_elements(By.CSS_SELECTOR, ".modal.show")  # new series' delete buttons open no dialog
     browser.save_screenshot(str(ARTIFACTS / "study-series-3.png"))
+    pager = browser.find_element(By.CSS_SELECTOR, ".series-pager")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center', behavior: 'instant'});", pager)
+    pager.find_element(By.XPATH, ".//a[text()='2']").click()
+    wait(browser).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".series-block:last-of-type .series-shown"),
+                                                         f"instances {MIN_PER_PAGE + 1}–{2 * MIN_PER_PAGE} of 9"))
+    turned = wait(browser).until(lambda d: _cards_loaded(d, shown))
+    assert turned[:-MIN_PER_PAGE] == third[:-MIN_PER_PAGE] and not set(turned[-MIN_PER_PAGE:]) & set(third)  # that series only
+    browser.save_screenshot(str(ARTIFACTS / "study-series-3-last.png"))
