@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import lzma
 import os
+import queue
 import shutil
 import stat
 import tarfile
@@ -122,25 +123,48 @@ def _stage_stream(store: Store, stream: BinaryIO, limit: int, what: str, suffix:
     return staged, reader.sha256.hexdigest()
 
 
+class _EarlySync:
+    """A few threads per process that fsync the staged files handed to them: handing one over never waits (a
+    thread started per file made the request wait for the new thread's first turn at the GIL).  Made again in a
+    forked child, whose copy of the threads is gone."""
+
+    THREADS = 4  # concurrent fsyncs share the file system's journal commits
+    BACKLOG = 64  # beyond this, files are left to the store's own fsync
+
+    def __init__(self):
+        self._lock, self._pid, self._queue = threading.Lock(), None, None
+
+    def put(self, path: Path) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._queue = queue.SimpleQueue()
+                    for _ in range(self.THREADS):
+                        threading.Thread(target=self._run, args=(self._queue,), name="radpress-stage-fsync",
+                                         daemon=True).start()
+                    self._pid = os.getpid()
+        if self._queue.qsize() < self.BACKLOG:
+            self._queue.put(os.open(path, os.O_RDONLY))
+
+    @staticmethod
+    def _run(jobs: queue.SimpleQueue) -> None:
+        while True:
+            fd = jobs.get()
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass  # the store's own fsync reports it
+            finally:
+                os.close(fd)
+
+
+_EARLY_SYNC = _EarlySync()
+
+
 def _start_sync(path: Path) -> None:
-    """fsync a staged file in a thread of its own while the caller validates it, so the disk's wait overlaps that
-    work; a latency measure only: the store's own fsync before placing the file is the durability step (it then
-    finds the work done)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        threading.Thread(target=_sync_and_close, args=(fd,), name="radpress-stage-fsync", daemon=True).start()
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _sync_and_close(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # the store's own fsync reports it
-    finally:
-        os.close(fd)
+    """Start fsyncing a staged file while the caller validates it, so the disk's wait overlaps that work; a latency
+    measure only: the store's own fsync before it places the file is the durability step (it then finds it done)."""
+    _EARLY_SYNC.put(path)
 
 
 def _admit(store: Store, staged: Path, name: str, checksum: str | None = None) -> IngestResult:

@@ -24,6 +24,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -39,7 +40,7 @@ from .serving import HEARTBEAT_ENV, Background, LauncherBackground
 from .store import Store
 from .users import DEMO_USER, Users
 
-__all__ = ["ServeConfig", "prepare", "start_job_runner", "serve", "ensure_certificate", "nginx_config"]
+__all__ = ["ServeConfig", "prepare", "start_job_runner", "serve", "check_port_free", "ensure_certificate", "nginx_config"]
 
 GRACEFUL_S = 30
 HEARTBEAT_EVERY_S = 2.0
@@ -120,13 +121,34 @@ def _die_with_launcher() -> None:
 
 def gunicorn_command(config: ServeConfig, bind: str, proxied: bool = False) -> list[str]:
     """gunicorn on ``app:wsgi()``; the access log (stdout) names the client (behind nginx: its X-Forwarded-For) and
-    how long each answer took."""
+    how long each answer took.
+
+    On TCP each worker listens on a socket of its own (SO_REUSEPORT) and the kernel deals new connections out
+    among them; on one shared socket whichever worker woke first took them, and a few keep-alive clients (a
+    modality's parallel senders) could all end up on one worker, one core.
+    """
     client = "%({x-forwarded-for}i)s" if proxied else "%(h)s"
     log_format = client + ' %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms'
+    spread = [] if bind.startswith("unix:") or bind.endswith(":0") else ["--reuse-port"]  # port 0: one port for all
     return [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", str(config.workers),
-            "--threads", str(config.threads), "--bind", bind, "--access-logfile", "-", "--access-logformat", log_format,
-            "--graceful-timeout", str(GRACEFUL_S), "--timeout", "120", "--no-control-socket",
-            "--chdir", str(Path(__file__).resolve().parents[1]), "app:wsgi()"]
+            "--threads", str(config.threads), "--bind", bind, *spread, "--access-logfile", "-",
+            "--access-logformat", log_format, "--graceful-timeout", str(GRACEFUL_S), "--timeout", "120",
+            "--no-control-socket", "--chdir", str(Path(__file__).resolve().parents[1]), "app:wsgi()"]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another server listens on: the workers' SO_REUSEPORT sockets would otherwise share it with a
+    server that set the flag too (another RadPress) instead of failing, and the kernel would split the clients."""
+    if not port:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn: old connections do not count
+            probe.bind(address)
+    except OSError as exc:
+        raise InvalidOptionError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.",
+                                 hint="Another server uses that port: stop it, or set PORT (and HOST).") from None
 
 
 def serve(make_jobs: Callable[[Store], Jobs], *, https: bool = False) -> int:
@@ -159,6 +181,7 @@ def serve(make_jobs: Callable[[Store], Jobs], *, https: bool = False) -> int:
         children.append(subprocess.Popen(nginx, **start))
         print(f"RadPress: https://{config.host}:{config.https_port}/ (HTTP/2; certificate in {store.root / 'tls'})", flush=True)
     else:
+        check_port_free(config.host, config.port)
         children.append(subprocess.Popen(gunicorn_command(config, f"{config.host}:{config.port}"), env=env, **start))
     web = children[0]
 
