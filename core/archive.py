@@ -29,7 +29,7 @@ from .locks import item_lock
 from .master import MASTER_CODEC, make_master, master_of, masters, not_mastered_reason
 from .pixels import decode_frame, pixel_spec, read_dataset
 from .policy import Policy, anatomy, check_bound, get_strategy, lossless_codec_for, lossy_setting
-from .render import render_version, thumbnail_png
+from .render import picture_codec, render_version, thumbnail_png
 from .store import Artifact, Store, StoreError
 
 __all__ = ["Wanted", "Plan", "plan", "study_wanted", "changed_studies", "save_policy", "make_artifact", "make_artifacts", "variant_file", "storage_report", "Forbidden", "CACHE_LIMIT"]
@@ -77,8 +77,8 @@ def wanted_for(policy: Policy, strategy: int, row, signed: bool | None = None) -
             # (palette indices are never compressed lossily: a small error is another colour, so none is planned)
             setting = lossy_setting(policy, row)  # codec and ratio chosen together
             wanted.add(Wanted(row["sop_uid"], "lossy", setting.ratio, "j2k" if large else setting.codec))
-        elif variant == "thumbnail":
-            wanted.add(Wanted(row["sop_uid"], "thumbnail", 0, "png"))
+        elif variant == "thumbnail":  # drawn by this renderer: a thumbnail another one drew is made again
+            wanted.add(Wanted(row["sop_uid"], "thumbnail", 0, picture_codec("png")))
         elif variant == "master" and not_mastered_reason(row) is None:  # strategy 5 (core.master)
             wanted.add(Wanted(row["sop_uid"], "master", 0, MASTER_CODEC))
     if strategy == 1 and rendered_at_ingest(row):  # "everything ready": a US/XA loop's video too
@@ -337,7 +337,7 @@ def _make_large(store: Store, wanted: Wanted, original: Artifact) -> Artifact:
         # the coarsest level still at least a thumbnail wide
         level = max(0, min(source.levels, int(math.log2(max(source.width, source.height) / THUMBNAIL_SIZE))))
         coarse = to_display(source.region(level, 0, source.height, 0, source.width), ds)
-        return store.put_artifact(wanted.sop_uid, "thumbnail", 0, "png", "", shrink_png(coarse, THUMBNAIL_SIZE))
+        return store.put_artifact(wanted.sop_uid, "thumbnail", 0, wanted.codec, "", shrink_png(coarse, THUMBNAIL_SIZE))
     lossy = wanted.variant == "lossy"
     codec = get_codec("j2k", lossy)
     path, achieved = _pyramid(store, original, wanted.ratio if lossy else None)
@@ -544,10 +544,10 @@ def _master_sizes(store: Store, rows, by_key, lossless_ratio: float) -> dict[str
 
 
 def thumbnail_bytes(store: Store, sop_uid: str) -> tuple[bytes, str]:
-    """The stored thumbnail, or one made from the original and cached."""
+    """The stored thumbnail (drawn by this renderer), or one made from the original and cached."""
     store.instance(sop_uid)
     stored = store.artifact(sop_uid, "thumbnail")
-    if stored is not None:
+    if stored is not None and stored.codec == picture_codec("png"):
         return stored.path.read_bytes(), stored.checksum[:32]
     original = store.artifact(sop_uid, "original")
     key = _thumbnail_key(original.checksum)
@@ -572,8 +572,9 @@ def thumbnail_versions(artifacts) -> dict[str, str]:
     query), without making any thumbnail: pages link ``/thumbnail/<sop>?v=<version>``, a URL that names its content
     (cached by the browser as immutable)."""
     found: dict[str, dict] = {}
+    current = picture_codec("png")
     for a in artifacts:
-        if a.variant in ("thumbnail", "original"):
+        if a.variant == "original" or (a.variant == "thumbnail" and a.codec == current):  # (another renderer's: not served)
             found.setdefault(a.sop_uid, {})[a.variant] = a
     return {sop: (pair["thumbnail"].checksum[:32] if "thumbnail" in pair else
                   hashlib.sha256(_thumbnail_key(pair["original"].checksum).encode()).hexdigest()[:32])

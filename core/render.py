@@ -19,15 +19,15 @@ from .pixels import decode_frame, pixel_spec
 __all__ = [
     "display_frame", "to_display", "modality_values", "own_window", "window_of", "window_presets", "preset_window",
     "thumbnail_png", "shrink_png", "encode_image", "IMAGE_TYPES", "WINDOW_PRESETS", "IMAGE_DEFAULT", "FULL_RANGE",
-    "RENDER_VERSION", "render_version",
+    "RENDER_VERSION", "render_version", "picture_codec",
 ]
 
 # What this module draws, as a number.  It is part of every URL ``?v=`` and cache key naming a picture drawn here
 # (previews, DeepZoom tiles, thumbnails made on demand), which browsers keep for a year as immutable
 # (core.serving.versioned): BUMP IT in any change that alters a drawn pixel or byte — windowing, LUTs, inversion,
 # colour, downsampling, the thumbnail size, the PNG/JPEG writers — so browsers and the server's caches fetch and
-# draw again after the upgrade instead of showing the old picture.  Stored thumbnails are named by their own
-# checksum and are not redrawn by a bump.
+# draw again after the upgrade instead of showing the old picture.  Stored thumbnails record it too
+# (picture_codec): one drawn by another version is not served, and the study's next job draws it again.
 RENDER_VERSION = 1
 
 IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif", "jp2": "image/jp2"}
@@ -47,6 +47,12 @@ def render_version(source: str) -> str:
     """The name of a picture drawn by this renderer from *source* (a file's checksum, an ETag): the ``v`` of its URL,
     its ETag or cache key, e.g. ``<32 hex digits>-r1``."""
     return f"{source}-r{RENDER_VERSION}"
+
+
+def picture_codec(fmt: str) -> str:
+    """The codec a stored picture (a thumbnail) is recorded with: its format and :data:`RENDER_VERSION`, e.g.
+    ``png1`` (letters and digits, as job messages carry codec names)."""
+    return f"{fmt}{RENDER_VERSION}"
 
 
 def _first(value) -> float | None:

@@ -109,6 +109,33 @@ def test_thumbnail_urls_name_the_etag_the_route_answers_with(store, tmp_path):
     assert len({c.thumbnail for c in cards}) == 3
 
 
+def test_a_stored_thumbnail_drawn_by_another_renderer_is_not_linked_and_is_made_again(store, tmp_path, monkeypatch):
+    """core.render.RENDER_VERSION bumped by an upgrade: the page links a thumbnail drawn now, not the stored one (its
+    URL, hence the browser's copy, changes), and the study's next job draws the stored ones again."""
+    uid = make_study(store, tmp_path / "in", [2])
+    store.set_study_strategy(uid, 1)
+    for wanted in plan(store, uid).make:
+        if wanted.variant == "thumbnail":
+            assert wanted.codec == "png1"
+            make_artifact(store, wanted)
+    sops = [r["sop_uid"] for r in store.instances(uid)]
+    before = {c.row["sop_uid"]: c.thumbnail for c in study_view(store, ADMIN, uid).pages()[0].cards}
+    assert all(before[sop].endswith(f"?v={store.artifact(sop, 'thumbnail').checksum[:32]}") for sop in sops)
+    monkeypatch.setattr("core.render.RENDER_VERSION", 2)
+    after = {c.row["sop_uid"]: c.thumbnail for c in study_view(store, ADMIN, uid).pages()[0].cards}
+    for sop in sops:
+        _png, etag = thumbnail_bytes(store, sop)
+        assert after[sop] == f"/thumbnail/{sop}?v={etag}" != before[sop]  # drawn on request meanwhile, under a new name
+    again = [w for w in plan(store, uid).make if w.variant == "thumbnail"]
+    assert sorted(w.sop_uid for w in again) == sorted(sops) and {w.codec for w in again} == {"png2"}
+    for wanted in again:
+        make_artifact(store, wanted)
+    assert not [w for w in plan(store, uid).make if w.variant == "thumbnail"] and not plan(store, uid).remove
+    for sop in sops:
+        stored = store.artifact(sop, "thumbnail")
+        assert stored.codec == "png2" and thumbnail_bytes(store, sop) == (stored.path.read_bytes(), stored.checksum[:32])
+
+
 def test_the_study_is_read_in_a_few_queries_whatever_its_size(store, tmp_path, monkeypatch):
     small, large = make_study(store, tmp_path / "s", [4]), make_study(store, tmp_path / "l", [60, 40], lambda s, n: n % 7 == 0)
     calls = []
