@@ -15,6 +15,13 @@ SLICES = 60
 _LOADED = "return Array.from(document.querySelectorAll('img.thumb')).map(i => i.complete && i.naturalWidth > 0 ? i.src : '')"
 
 
+def _turn(driver, pager, number: int, shown: str, text: str) -> None:
+    """Click page *number* of *pager* (scrolled into view) and wait until the element *shown* (CSS) says *text*."""
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center', behavior: 'instant'});", pager)
+    pager.find_element(By.XPATH, f".//a[text()='{number}']").click()
+    wait(driver).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, shown), text))
+
+
 def _cards_loaded(driver, count: int):
     """The page's thumbnails once exactly *count* are in place and all have loaded, else False."""
     sources = driver.execute_script(_LOADED)
@@ -34,11 +41,8 @@ def test_a_long_series_pages_its_cards(live_app, browser, tmp_path):  # noqa: F8
     assert len(badges) == len(browser.find_elements(By.CSS_SELECTOR, ".lossy-card")) == len(range(1, FIRST_CARDS + 1, 9))
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "study-paged-1.png"))
-    pager = browser.find_element(By.CSS_SELECTOR, ".series-pager")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center', behavior: 'instant'});", pager)
-    pager.find_element(By.XPATH, ".//a[text()='2']").click()
-    wait(browser).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".series-shown"),
-                                                         f"instances {FIRST_CARDS + 1}–{SLICES} of {SLICES}"))
+    _turn(browser, browser.find_element(By.CSS_SELECTOR, ".series-pager"), 2, ".series-shown",
+          f"instances {FIRST_CARDS + 1}–{SLICES} of {SLICES}")
     second = wait(browser).until(lambda d: _cards_loaded(d, SLICES - FIRST_CARDS))
     assert not set(second) & set(first)
     cards = browser.find_elements(By.CSS_SELECTOR, ".study-card")
@@ -71,10 +75,8 @@ def test_a_study_of_many_series_pages_its_series(live_app, browser, tmp_path):  
     assert len(browser.find_elements(By.CSS_SELECTOR, ".series-lossy")) == len(range(0, SERIES_PER_PAGE, 4))
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "study-series-1.png"))
-    pager = browser.find_element(By.ID, "study-series-pager")
-    pager.find_element(By.XPATH, ".//a[text()='3']").click()
-    wait(browser).until(EC.text_to_be_present_in_element((By.ID, "study-series-shown"),
-                                                         f"series {2 * SERIES_PER_PAGE + 1}–{series} of {series}"))
+    _turn(browser, browser.find_element(By.ID, "study-series-pager"), 3, "#study-series-shown",
+          f"series {2 * SERIES_PER_PAGE + 1}–{series} of {series}")
     shown = series - 2 * SERIES_PER_PAGE - 1 + MIN_PER_PAGE  # one-slice series, then the first row of the last
     third = wait(browser).until(lambda d: _cards_loaded(d, shown))
     assert not set(third) & set(first)
@@ -83,11 +85,8 @@ def test_a_study_of_many_series_pages_its_series(live_app, browser, tmp_path):  
            [n % 4 == 0 for n in range(2 * SERIES_PER_PAGE, series - 1)] + [(series - 1) % 4 == 0] * MIN_PER_PAGE
     assert not browser.find_elements(By.CSS_SELECTOR, ".modal.show")  # new series' delete buttons open no dialog
     browser.save_screenshot(str(ARTIFACTS / "study-series-3.png"))
-    pager = browser.find_element(By.CSS_SELECTOR, ".series-pager")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center', behavior: 'instant'});", pager)
-    pager.find_element(By.XPATH, ".//a[text()='2']").click()
-    wait(browser).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".series-block:last-of-type .series-shown"),
-                                                         f"instances {MIN_PER_PAGE + 1}–{2 * MIN_PER_PAGE} of 9"))
+    _turn(browser, browser.find_element(By.CSS_SELECTOR, ".series-pager"), 2, ".series-block:last-of-type .series-shown",
+          f"instances {MIN_PER_PAGE + 1}–{2 * MIN_PER_PAGE} of 9")
     turned = wait(browser).until(lambda d: _cards_loaded(d, shown))
     assert turned[:-MIN_PER_PAGE] == third[:-MIN_PER_PAGE] and not set(turned[-MIN_PER_PAGE:]) & set(third)  # that series only
     browser.save_screenshot(str(ARTIFACTS / "study-series-3-last.png"))
