@@ -56,6 +56,11 @@ class IngestResult:
         return asdict(self)
 
 
+# An instance this size or smaller, sent as one (an upload, C-STORE), is also kept in memory while it is staged and
+# parsed from there (a CT or MR slice: ~0.5 MB); larger ones are read back from the staged file.
+KEEP_BYTES = 8 << 20
+
+
 class _Rejected(Exception):
     pass
 
@@ -66,10 +71,11 @@ class _Bomb(_Rejected):
 
 class _LimitedReader:
     """Counts bytes as they are extracted (archive headers can lie about sizes) and hashes them (the store's
-    checksum, without reading the staged file again)."""
+    checksum, without reading the staged file again); keeps them while they come to *keep* bytes at most."""
 
-    def __init__(self, raw: BinaryIO, limit: int, what: str):
+    def __init__(self, raw: BinaryIO, limit: int, what: str, keep: int = 0):
         self.raw, self.limit, self.what, self.count, self.sha256 = raw, limit, what, 0, hashlib.sha256()
+        self.keep, self.kept = keep, []
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n if n and n > 0 else 1 << 20)
@@ -77,7 +83,14 @@ class _LimitedReader:
         if self.count > self.limit:
             raise _Rejected(self.what)
         self.sha256.update(data)
+        if self.count <= self.keep:
+            self.kept.append(data)
+        else:
+            self.kept.clear()
         return data
+
+    def data(self) -> bytes | None:
+        return b"".join(self.kept) if self.keep and self.count <= self.keep else None
 
 
 def _safe_member_name(name: str) -> str:
@@ -102,16 +115,16 @@ def _is_dicomdir(name: str) -> bool:
 
 
 def _stage_stream(store: Store, stream: BinaryIO, limit: int, what: str, suffix: str = ".dcm",
-                  instance: bool = True) -> tuple[Path, str]:
+                  instance: bool = True, keep: int = 0) -> tuple[Path, str, bytes | None]:
     """Copy *stream* to a private staging file (pid in its name, so :meth:`Store.check` leaves it alone while we run);
-    returns it and the SHA-256 of its bytes.
+    returns it, the SHA-256 of its bytes and, when they are *keep* bytes at most, the bytes (parsed from memory).
 
     A staged file is nothing until the store places it, and placing fsyncs it first; for an *instance* that fsync
     starts here (:func:`_start_sync`), beside the validation that comes next (not for an upload that may be an
     archive: it is never placed).
     """
     staged = store.tmp_path(suffix)
-    reader = _LimitedReader(stream, limit, what)
+    reader = _LimitedReader(stream, limit, what, keep)
     try:
         with open(staged, "xb") as out:
             shutil.copyfileobj(reader, out, 1 << 20)
@@ -120,7 +133,7 @@ def _stage_stream(store: Store, stream: BinaryIO, limit: int, what: str, suffix:
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
-    return staged, reader.sha256.hexdigest()
+    return staged, reader.sha256.hexdigest(), reader.data()
 
 
 class _EarlySync:
@@ -167,10 +180,12 @@ def _start_sync(path: Path) -> None:
     _EARLY_SYNC.put(path)
 
 
-def _admit(store: Store, staged: Path, name: str, checksum: str | None = None) -> IngestResult:
-    """Validate a staged file as an image and hand it to the store; the staged file is gone afterwards."""
+def _admit(store: Store, staged: Path, name: str, checksum: str | None = None,
+           data: bytes | None = None) -> IngestResult:
+    """Validate a staged file as an image (from *data*, its bytes, when the caller holds them) and hand it to the
+    store; the staged file is gone afterwards."""
     try:
-        ds = read_checked(staged)
+        ds = read_checked(staged, data)
         status = store.add_original(staged, ds, name, checksum)
     except RadPressError as exc:
         return IngestResult(name, "rejected", _reason(exc, staged))
@@ -251,7 +266,7 @@ def _from_zip(store: Store, path: Path, label: str, limits: Limits) -> Iterator[
                 if total > budget:
                     raise _Rejected(f"decompression bomb: archive expands beyond {budget:.0f} bytes: rest refused")
                 with archive.open(member) as stream:
-                    staged, checksum = _stage_stream(store, stream, min(member.file_size, limits.max_file_bytes),
+                    staged, checksum, _ = _stage_stream(store, stream, min(member.file_size, limits.max_file_bytes),
                                            "entry larger than its header says: refused")
             except _Rejected as exc:
                 yield IngestResult(name, "rejected", str(exc))
@@ -336,7 +351,7 @@ def _from_tar(store: Store, path: Path, label: str, limits: Limits) -> Iterator[
                     if not member.isfile():
                         raise _Rejected("not a regular file (device, fifo)")
                     reading = name
-                    staged, checksum = _stage_stream(store, archive.extractfile(member), member.size,
+                    staged, checksum, _ = _stage_stream(store, archive.extractfile(member), member.size,
                                                      "entry larger than declared")
                 except _Bomb:
                     raise
@@ -350,12 +365,14 @@ def _from_tar(store: Store, path: Path, label: str, limits: Limits) -> Iterator[
             yield IngestResult(reading, "rejected", f"truncated: damaged tar archive ({exc or type(exc).__name__})")
 
 
-def _from_file(store: Store, path: Path, label: str, limits: Limits, owned: str | None = None) -> Iterator[IngestResult]:
-    """*owned*: the SHA-256 of *path* when it is already a private copy in the store's tmp folder (moved, not copied)."""
+def _from_file(store: Store, path: Path, label: str, limits: Limits, owned: str | None = None,
+               data: bytes | None = None) -> Iterator[IngestResult]:
+    """*owned*: the SHA-256 of *path* when it is already a private copy in the store's tmp folder (moved, not copied);
+    *data*: its bytes, when they were kept."""
     if _is_dicomdir(path.name):
         yield IngestResult(label, "skipped", "DICOMDIR index file")
         return
-    if not _dicom_magic(path):  # a DICOM file is never an archive, even when its last bytes look like a zip directory
+    if not (data[128:132] == b"DICM" if data is not None else _dicom_magic(path)):  # a DICOM file is never an archive, even when its last bytes look like a zip directory
         if zipfile.is_zipfile(path):
             yield from _from_zip(store, path, label, limits)
             return
@@ -369,16 +386,16 @@ def _from_file(store: Store, path: Path, label: str, limits: Limits, owned: str 
         if path.suffix.lower() in (".tif", ".tiff"):
             yield _from_tiff(store, path, label)
             return
-    size = path.stat().st_size
+    size = len(data) if data is not None else path.stat().st_size
     if size > limits.max_file_bytes:
         yield IngestResult(label, "rejected", f"too large: {size} bytes, the limit is {limits.max_file_bytes}")
         return
     if owned:
         _start_sync(path)
-        yield _admit(store, path, label, owned)
+        yield _admit(store, path, label, owned, data)
         return
     with open(path, "rb") as stream:
-        staged, checksum = _stage_stream(store, stream, limits.max_file_bytes, "file grew while reading")
+        staged, checksum, _ = _stage_stream(store, stream, limits.max_file_bytes, "file grew while reading")
     yield _admit(store, staged, label, checksum)
 
 
@@ -442,20 +459,23 @@ def ingest_instance(store: Store, stream: BinaryIO, name: str, limits: Limits = 
     """One DICOM instance from a network receiver (C-STORE): staged in chunks and admitted, never opened as an archive
     (a dataset whose last bytes happen to look like a zip directory is still the instance it is)."""
     try:
-        staged, checksum = _stage_stream(store, stream, limits.max_file_bytes, "instance larger than the file limit")
+        staged, checksum, data = _stage_stream(store, stream, limits.max_file_bytes, "instance larger than the file limit",
+                                               keep=KEEP_BYTES)
     except _Rejected as exc:
         return IngestResult(name, "rejected", f"too large: {exc}")
-    return _admit(store, staged, name, checksum)
+    return _admit(store, staged, name, checksum, data)
 
 
 def ingest_stream(store: Store, stream: BinaryIO, name: str, limits: Limits = Limits()) -> list[IngestResult]:
-    """Ingest an uploaded body: spooled to disk in chunks (never held in memory), then handled as a file."""
+    """Ingest an uploaded body: spooled to disk in chunks (held in memory as well only up to :data:`KEEP_BYTES`, to be
+    parsed from there), then handled as a file."""
     try:
-        upload, checksum = _stage_stream(store, stream, limits.max_archive_bytes, "upload larger than the archive limit",
-                                         ".dcm-upload", instance=False)
+        upload, checksum, data = _stage_stream(store, stream, limits.max_archive_bytes,
+                                               "upload larger than the archive limit", ".dcm-upload", instance=False,
+                                               keep=KEEP_BYTES)
     except _Rejected as exc:
         return [IngestResult(name, "rejected", f"too large: {exc}")]
     try:
-        return list(_from_file(store, upload, name, limits, owned=checksum))
+        return list(_from_file(store, upload, name, limits, owned=checksum, data=data))
     finally:
         upload.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ receiver) reaches :func:`read_checked` through :func:`core.ingest.ingest_file`.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -240,20 +241,31 @@ def is_image(ds: Dataset) -> bool:
     return any(tag in ds for tag in _PIXEL_TAGS)
 
 
-def read_checked(path: str | os.PathLike) -> Dataset:
-    """Read a file and apply every check above; each failure is a :class:`RadPressError` with a reason."""
+def read_checked(path: str | os.PathLike, data: bytes | None = None) -> Dataset:
+    """Read a file and apply every check above; each failure is a :class:`RadPressError` with a reason.
+
+    *data*: the file's bytes when the caller still holds them (an upload just staged at *path*): parsed from
+    memory, without reading the file again.
+    """
     from .pixels import pixel_spec, read_dataset
+
+    def source():
+        if data is None:
+            return path
+        buffer = io.BytesIO(data)
+        buffer.name = os.path.basename(path)  # messages name the file as they would when it is read from disk
+        return buffer
 
     try:
         try:
-            ds = read_dataset(path)
+            ds = read_dataset(source())
         except TruncatedError:
-            header = read_dataset(path, pixels=False)
+            header = read_dataset(source(), pixels=False)
             if "Rows" in header:  # a header no image can have is the better reason than the size it implies
                 check_image_header(header)
             raise
         parse_all(ds.file_meta)
-        parse_all(ds, os.path.getsize(path))
+        parse_all(ds, os.path.getsize(path) if data is None else len(data))
         if is_image(ds) or "Rows" in ds:
             pixel_spec(ds)  # an image header without pixel data: refused with that reason first
             check_identifiers(ds)

@@ -451,3 +451,33 @@ def test_early_sync_closes_its_descriptor_even_when_the_file_is_gone(store, tmp_
     while len(os.listdir("/proc/self/fd")) > before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_sent_instance_is_parsed_from_memory_with_the_same_outcome_as_from_disk(store, tmp_path, monkeypatch):
+    """An upload of KEEP_BYTES or less is validated from the bytes held while staging (the file is not read back);
+    good and broken files get the same result and reason as from disk, a larger one is read from its staged file."""
+    import core.ingest
+    import core.validate
+
+    good = fresh(tmp_path, 2)
+    damaged = tmp_path / "cut.dcm"
+    damaged.write_bytes(CT.read_bytes()[:300_000])
+    bad_uid = make_dataset(rows=16, columns=16)
+    bad_uid.SOPInstanceUID = "1.2.03"
+    cases = [good[0], damaged, write(bad_uid, tmp_path / "uid.dcm"), pydicom_test_dir() / "MR_truncated.dcm",
+             pydicom_test_dir() / "README.txt"]
+    expected = [(r.status, r.reason) for r in ingest(Store(tmp_path / "other"), cases)]
+    assert [s for s, _ in expected] == ["stored", "rejected", "rejected", "rejected", "rejected"]
+    sources, read = [], core.validate.read_checked
+    monkeypatch.setattr(core.ingest, "read_checked", lambda path, data=None: (sources.append(data is not None),
+                                                                               read(path, data))[1])
+    for path in cases:
+        with open(path, "rb") as fh:
+            (result,) = ingest_stream(store, fh, path.name)
+        assert (result.status, result.reason) == expected[cases.index(path)]
+    assert all(sources)  # every DICOM one parsed from memory (README.txt is refused before: not DICOM)
+    monkeypatch.setattr(core.ingest, "KEEP_BYTES", 1000)
+    with open(good[1], "rb") as fh:
+        assert statuses(ingest_stream(store, fh, "big.dcm")) == ["stored"]
+    assert sources[-1] is False
+    assert nothing_staged(store)
