@@ -84,24 +84,41 @@ def celery_app(url: str | None = None):
 
 
 _pinged: dict[str, tuple[float, bool]] = {}  # per broker URL: when this process last asked, and whether a worker answered
+_asking: dict[str, tuple[float, threading.Thread]] = {}  # per broker URL: the ping under way, since when
 _ping_lock = threading.Lock()
 
 
 def workers_answer(url: str | None = None, timeout: float = 1.0) -> bool:
     """Whether a Celery worker answers a ping on *url* (default REDIS_URL); asked at most every :data:`PING_EVERY_S`
-    per process, so the Jobs page and ``/api/health`` never wait on the broker more than once in that time."""
+    per process, so the Jobs page and ``/api/health`` never wait on the broker more than once in that time.
+
+    The ping runs in a thread of its own and its caller waits *timeout* (and half a second) at most: a broker that
+    is down keeps kombu retrying its connection for ~6 s, too long for a health check; no worker answers then."""
     url = url or os.environ.get("REDIS_URL")
     if not url:
         raise InvalidOptionError("Celery workers need REDIS_URL.", hint="Set REDIS_URL=redis://host:6379/0.")
     with _ping_lock:
         asked = _pinged.get(url)
-        if asked is None or time.monotonic() - asked[0] >= PING_EVERY_S:
-            try:
-                answered = bool(celery_app(url).control.ping(timeout=timeout))
-            except Exception:  # noqa: BLE001 - a broker that does not answer has no worker answering either
-                answered = False
-            asked = _pinged[url] = (time.monotonic(), answered)
-    return asked[1]
+        if asked is not None and time.monotonic() - asked[0] < PING_EVERY_S:
+            return asked[1]
+        since, thread = _asking.get(url) or (0.0, None)
+        if thread is None or not thread.is_alive():
+            since, thread = _asking[url] = (time.monotonic(), threading.Thread(
+                target=_ping, args=(url, timeout), name="radpress-ping", daemon=True))
+            thread.start()
+    thread.join(max(0.0, since + timeout + 0.5 - time.monotonic()))
+    with _ping_lock:
+        asked = _pinged.get(url)
+        return asked is not None and asked[0] >= since and asked[1]
+
+
+def _ping(url: str, timeout: float) -> None:
+    try:
+        answered = bool(celery_app(url).control.ping(timeout=timeout))
+    except Exception:  # noqa: BLE001 - a broker that does not answer has no worker answering either
+        answered = False
+    with _ping_lock:
+        _pinged[url] = (time.monotonic(), answered)
 
 
 def _remember_worker(**_kwargs) -> None:

@@ -236,3 +236,33 @@ def test_a_task_message_never_names_a_path(tmp_path, monkeypatch):
         with pytest.raises(RadPressError):
             _checked(name, args)
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_broker_that_does_not_answer_holds_no_request_longer_than_the_ping(tmp_path, live_app, monkeypatch):
+    """Redis down (nothing listens on its port): kombu retries its connection for ~6 s, but /api/health and the Jobs
+    page wait no longer than the ping's own timeout (a liveness probe that times out restarts a serving process)
+    and say no worker answers; asking again within PING_EVERY_S does not wait at all."""
+    import requests
+
+    import core.engine
+    from core.engine import workers_answer
+
+    monkeypatch.setattr(core.engine, "_pinged", {})
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    started = time.monotonic()
+    assert workers_answer(dead, timeout=0.5) is False
+    assert time.monotonic() - started < 1.5
+    started = time.monotonic()
+    assert workers_answer(dead, timeout=0.5) is False  # the answer of the ping still under way
+    assert time.monotonic() - started < 0.2
+
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    base, app = live_app(demo=False)
+    store = app.server.extensions["radpress"]["store"]
+    with store.connect() as db:  # a job that has waited a minute (Redis is down: no worker takes it)
+        db.execute("INSERT INTO jobs (kind, study_uid, state, params, created) VALUES ('policy', NULL, 'queued', '{}', ?)",
+                   (time.time() - 60,))
+    started = time.monotonic()
+    health = requests.get(f"{base}/api/health", timeout=30)
+    assert time.monotonic() - started < 2.0, "the health check waited on the broker's connection retries"
+    assert health.json()["warnings"] == ["No job worker is running: start one with `make worker`."]
