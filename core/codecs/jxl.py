@@ -81,8 +81,17 @@ def encode(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
 
 
 def decode(data: bytes, spec: PixelSpec) -> np.ndarray:
-    """The codestream's pixels, rounded to its bit depth without libjxl's 8-bit dither (see the module's note)."""
-    return reconstruct(data).astype(spec.dtype, copy=False)
+    """The codestream's pixels, rounded to its bit depth without libjxl's 8-bit dither (see the module's note).
+
+    A codestream that is not the image *spec* describes is refused: reshaped to Rows × Columns it would be drawn
+    scrambled, and cast to Bits Allocated wrapped, and copied "losslessly" that way."""
+    pixels = reconstruct(data)
+    if pixels.shape != spec.shape or pixels.dtype.itemsize > spec.dtype.itemsize:
+        held = f"{pixels.shape[0]} × {pixels.shape[1]}" + (f" × {pixels.shape[2]}" if pixels.ndim == 3 else "")
+        raise CodecError(f"The JPEG XL codestream holds a {held} image of {8 * pixels.dtype.itemsize}-bit samples, but "
+                         f"the DICOM header describes {' × '.join(map(str, spec.shape))} of {spec.bits_allocated}-bit: "
+                         "one of them is wrong.", hint="Ask the sender for an uncompressed or re-encoded export.")
+    return pixels.astype(spec.dtype, copy=False)
 
 
 class _BasicInfo(ctypes.Structure):

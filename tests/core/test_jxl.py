@@ -56,3 +56,34 @@ def test_a_damaged_codestream_is_refused_with_a_message():
     for damaged in (codestream[: len(codestream) // 2], b"\xff\x0a" + b"\0" * 40, b"not JPEG XL at all"):
         with pytest.raises(CodecError, match="JPEG XL"):
             reconstruct(damaged)
+
+
+def test_a_codestream_that_contradicts_the_dicom_header_is_refused(tmp_path):
+    """A JPEG XL original whose codestream is not the image its header describes (Rows and Columns swapped: the same
+    pixel count; a 16-bit codestream under Bits Allocated 8) was drawn scrambled or wrapped and copied "losslessly"
+    that way; it is refused with a message, at upload too."""
+    from dataclasses import replace
+
+    from core.codecs.jxl import decode
+    from core.ingest import ingest
+    from core.store import Store
+    from tests.synthetic import write
+
+    ds = make_dataset(rows=40, columns=30, bits_allocated=8, bits_stored=8, modality="OT")
+    copy = compress(ds, "jxl", "lossless").dataset
+    codestream, spec = next(generate_frames(copy.PixelData, number_of_frames=1)), pixel_spec(copy)
+    assert np.array_equal(decode(codestream, spec), decode_all(ds)[0])
+    for wrong in (replace(spec, rows=30, columns=40), replace(spec, samples=3, photometric="RGB")):
+        with pytest.raises(CodecError, match="JPEG XL codestream holds a 40 × 30 image"):
+            decode(codestream, wrong)
+    wide = compress(make_dataset(**KINDS["u16"]), "jxl", "lossless").dataset
+    with pytest.raises(CodecError, match="16-bit"):
+        decode(next(generate_frames(wide.PixelData, number_of_frames=1)), replace(pixel_spec(wide), bits_allocated=8, bits_stored=8))
+
+    copy.Rows, copy.Columns = 30, 40
+    wide.BitsAllocated = wide.BitsStored = 8
+    wide.HighBit = 7
+    store = Store(tmp_path / "data")
+    results = list(ingest(store, [write(copy, tmp_path / "in" / "swapped.dcm"), write(wide, tmp_path / "in" / "wide.dcm")]))
+    assert [r.status for r in results] == ["rejected", "rejected"], results
+    assert all("JPEG XL codestream" in r.reason for r in results) and store.query("SELECT * FROM instances") == []
