@@ -210,7 +210,58 @@ def decode_frame(ds: Dataset, index: int = 0) -> np.ndarray:
 
         frame = get_frame(ds.PixelData, index, number_of_frames=spec.frames)
         return codec.decode(frame, spec)
+    if uid.is_compressed and uid.is_encapsulated:
+        from pydicom.encaps import get_frame
+
+        try:
+            frame = get_frame(ds.PixelData, index, number_of_frames=spec.frames)
+        except (ValueError, KeyError, EOFError, struct.error):
+            frame = b""  # the decoder reports it
+        _check_geometry(frame, spec, index, uid)
     return _pydicom_frame(ds, index, spec)
+
+
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})  # and JPEG-LS
+
+
+def _frame_geometry(frame: bytes) -> tuple[int, int, int, int] | None:
+    """(rows, columns, components, precision) as a JPEG 2000 / HTJ2K, JPEG or JPEG-LS frame's own header says
+    (None: another format, or a header not read here, left to the decoder)."""
+    if frame[:4] == b"\xff\x4f\xff\x51":  # SOC, then SIZ
+        from .codecs.codestream import parse_main_header
+
+        try:
+            info = parse_main_header(frame)
+        except (ValueError, TypeError, struct.error):
+            return None
+        return info.height, info.width, info.components, info.precision
+    pos = 2 if frame[:2] == b"\xff\xd8" else len(frame)
+    while pos + 10 <= len(frame) and frame[pos] == 0xFF:
+        marker = frame[pos + 1]
+        if marker == 0xFF:  # a fill byte
+            pos += 1
+        elif marker in _JPEG_SOF:
+            rows, columns = struct.unpack(">HH", frame[pos + 5:pos + 9])
+            return (rows or None), columns, frame[pos + 9], frame[pos + 4]  # rows 0: defined later (DNL)
+        elif marker == 0xDA:  # start of scan: no frame header before it
+            return None
+        else:
+            pos += 2 + struct.unpack(">H", frame[pos + 2:pos + 4])[0]
+    return None
+
+
+def _check_geometry(frame: bytes, spec: PixelSpec, index: int, uid) -> None:
+    """A frame that is another image than the header describes is refused: reshaped to Rows × Columns (the decoders
+    do) it would be drawn scrambled, cast to Bits Allocated wrapped, and copied "losslessly" that way."""
+    held = _frame_geometry(frame)
+    if held is None:
+        return
+    rows, columns, components, precision = held
+    if (rows or spec.rows, columns, components) != (spec.rows, spec.columns, spec.samples) or precision > spec.bits_allocated:
+        raise CodecError(
+            f"Frame {index + 1} ({uid.name}) holds a {rows or '?'} × {columns} image of {components} sample(s) of "
+            f"{precision} bits, but the DICOM header describes {spec.rows} × {spec.columns}, {spec.samples} sample(s) of "
+            f"{spec.bits_allocated} bits: one of them is wrong.", hint="Ask the sender for an uncompressed export.")
 
 
 def _pydicom_frame(ds: Dataset, index: int, spec: PixelSpec) -> np.ndarray:

@@ -109,3 +109,27 @@ def test_decoded_values_are_clamped_to_bits_stored():
     clipped = clip_to_stored(overshoot, spec)
     assert clipped.tolist() == [[-512, -512, 511, 511]] and clipped.dtype == np.int16
 
+
+
+@pytest.mark.parametrize("codec", ["j2k", "htj2k", "jpegls"])
+def test_a_frame_that_is_not_the_image_the_header_describes_is_refused(codec, tmp_path):
+    """A compressed original whose frame is another image than Rows, Columns, Samples per Pixel and Bits Allocated
+    say (Rows and Columns swapped keep the pixel count; a 16-bit codestream under Bits Allocated 8 was wrapped):
+    decoded it was drawn scrambled and copied "losslessly" so; refused with a message, at upload too."""
+    from core.ingest import ingest
+    from core.store import Store
+    from tests.synthetic import KINDS, make_dataset, write
+
+    source = make_dataset(rows=40, columns=30, bits_allocated=8, bits_stored=8, modality="OT")
+    swapped = compress(source, codec, "lossless").dataset
+    assert np.array_equal(decode_frame(swapped, 0), decode_all(source)[0])
+    swapped.Rows, swapped.Columns = 30, 40
+    with pytest.raises(CodecError, match=r"holds a 40 × 30 image of 1 sample\(s\) of 8 bits"):
+        decode_frame(swapped, 0)
+    wide = compress(make_dataset(**KINDS["u16"]), codec, "lossless").dataset
+    wide.BitsAllocated, wide.BitsStored, wide.HighBit = 8, 8, 7
+    with pytest.raises(CodecError, match="of 16 bits"):
+        decode_frame(wide, 0)
+    store = Store(tmp_path / "data")
+    results = list(ingest(store, [write(swapped, tmp_path / "in" / "swapped.dcm"), write(wide, tmp_path / "in" / "wide.dcm")]))
+    assert [r.status for r in results] == ["rejected", "rejected"] and all("one of them is wrong" in r.reason for r in results)
