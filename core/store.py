@@ -262,12 +262,13 @@ class Store:
         checksum = checksum or sha256_file(staged)
         target = self.original_path(sop_uid)
         try:
+            rows = _original_rows(ds, checksum, target, staged.stat().st_size)  # the bytes of the file placed
             placed = _place_if_free(staged, target)
             with self.connect() as db:
                 row = db.execute("SELECT checksum, path FROM artifacts WHERE sop_uid=? AND variant='original'", (sop_uid,)).fetchone()
                 if row is None and placed:
                     try:
-                        self._index_original(db, target, ds, checksum)
+                        self._index_original(db, target, ds, checksum, rows)
                     except BaseException:
                         target.unlink()  # never acknowledged: the transaction rolls back with it
                         raise
@@ -282,7 +283,7 @@ class Store:
                 if row is None:  # its file vanished between our attempt and the lock
                     _place_new(staged, target)
                     try:
-                        self._index_original(db, target, ds, checksum)
+                        self._index_original(db, target, ds, checksum, rows)
                     except BaseException:
                         target.unlink()
                         raise
@@ -301,36 +302,12 @@ class Store:
         finally:
             staged.unlink(missing_ok=True)
 
-    def _index_original(self, db: sqlite3.Connection, target: Path, ds: Dataset, checksum: str) -> None:
-        """The rows of an original placed at *target*, inside the caller's transaction."""
-        from .derive import lossy_history
-        from .pixels import pixel_spec
-
-        sop_uid = _text(ds, "SOPInstanceUID")
-        spec = pixel_spec(ds) if is_image(ds) else _NO_IMAGE  # a report, plan, PDF ...: rows 0, nothing to compress
-        now = time.time()
-        patient_key = f"{_text(ds, 'PatientID')}|{_text(ds, 'PatientName')}"
-        db.execute("INSERT OR IGNORE INTO patients (patient_key, patient_id, name, birth_date, sex) VALUES (?,?,?,?,?)",
-                   (patient_key, _text(ds, "PatientID"), _text(ds, "PatientName"), _text(ds, "PatientBirthDate"),
-                    _text(ds, "PatientSex")))
-        db.execute("INSERT OR IGNORE INTO studies (study_uid, patient_key, date, description, accession, strategy, created, "
-                   "demo, ratio) VALUES (?,?,?,?,?,NULL,?,0,NULL)",
-                   (_text(ds, "StudyInstanceUID"), patient_key, _text(ds, "StudyDate"), _text(ds, "StudyDescription"),
-                    _text(ds, "AccessionNumber"), now))
-        db.execute("INSERT OR IGNORE INTO series (series_uid, study_uid, modality, number, description, body_part) "
-                   "VALUES (?,?,?,?,?,?)",
-                   (_text(ds, "SeriesInstanceUID"), _text(ds, "StudyInstanceUID"), _text(ds, "Modality"),
-                    _int(ds.get("SeriesNumber")), _text(ds, "SeriesDescription"), _text(ds, "BodyPartExamined")))
-        db.execute("INSERT INTO instances (sop_uid, series_uid, sop_class, number, rows, columns, frames, samples, "
-                   "bits_allocated, bits_stored, photometric, transfer_syntax, uncompressed_bytes, lossy, lossy_ratio, "
-                   "lossy_methods, created, signed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                   (sop_uid, _text(ds, "SeriesInstanceUID"), _text(ds, "SOPClassUID"), _int(ds.get("InstanceNumber")),
-                    spec.rows, spec.columns, spec.frames, spec.samples, spec.bits_allocated, spec.bits_stored,
-                    _text(ds, "PhotometricInterpretation"), str(ds.file_meta.TransferSyntaxUID),
-                    spec.frame_bytes * spec.frames, *lossy_history(ds).to_index(), now, int(spec.signed)))
-        db.execute(_INSERT_ARTIFACT.replace("INSERT OR REPLACE", "INSERT"),
-                   (sop_uid, "original", 0, "", str(ds.file_meta.TransferSyntaxUID), target.stat().st_size,
-                    checksum, str(target), now, None))
+    def _index_original(self, db: sqlite3.Connection, target: Path, ds: Dataset, checksum: str,
+                        rows: list[tuple[str, tuple]] | None = None) -> None:
+        """The rows of an original placed at *target*, inside the caller's transaction (*rows*: made beforehand by
+        :func:`_original_rows`, so the write lock is held for the statements only)."""
+        for sql, params in rows or _original_rows(ds, checksum, target, target.stat().st_size):
+            db.execute(sql, params)
 
     # -- artifacts --------------------------------------------------------------
     def put_artifact(self, sop_uid: str, variant: str, ratio: float, codec: str, transfer_syntax: str,
@@ -585,6 +562,40 @@ def _int(value) -> int | None:
     except (TypeError, ValueError, OverflowError):
         return None
     return number if -(1 << 63) <= number < 1 << 63 else None
+
+
+def _original_rows(ds: Dataset, checksum: str, target: Path, size: int) -> list[tuple[str, tuple]]:
+    """The statements that index an original stored at *target* (*size* bytes): patient, study, series, instance,
+    artifact."""
+    from .derive import lossy_history
+    from .pixels import pixel_spec
+
+    sop_uid = _text(ds, "SOPInstanceUID")
+    spec = pixel_spec(ds) if is_image(ds) else _NO_IMAGE  # a report, plan, PDF ...: rows 0, nothing to compress
+    now = time.time()
+    patient_key = f"{_text(ds, 'PatientID')}|{_text(ds, 'PatientName')}"
+    return [
+        ("INSERT OR IGNORE INTO patients (patient_key, patient_id, name, birth_date, sex) VALUES (?,?,?,?,?)",
+         (patient_key, _text(ds, "PatientID"), _text(ds, "PatientName"), _text(ds, "PatientBirthDate"),
+          _text(ds, "PatientSex"))),
+        ("INSERT OR IGNORE INTO studies (study_uid, patient_key, date, description, accession, strategy, created, "
+         "demo, ratio) VALUES (?,?,?,?,?,NULL,?,0,NULL)",
+         (_text(ds, "StudyInstanceUID"), patient_key, _text(ds, "StudyDate"), _text(ds, "StudyDescription"),
+          _text(ds, "AccessionNumber"), now)),
+        ("INSERT OR IGNORE INTO series (series_uid, study_uid, modality, number, description, body_part) "
+         "VALUES (?,?,?,?,?,?)",
+         (_text(ds, "SeriesInstanceUID"), _text(ds, "StudyInstanceUID"), _text(ds, "Modality"),
+          _int(ds.get("SeriesNumber")), _text(ds, "SeriesDescription"), _text(ds, "BodyPartExamined"))),
+        ("INSERT INTO instances (sop_uid, series_uid, sop_class, number, rows, columns, frames, samples, "
+         "bits_allocated, bits_stored, photometric, transfer_syntax, uncompressed_bytes, lossy, lossy_ratio, "
+         "lossy_methods, created, signed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+         (sop_uid, _text(ds, "SeriesInstanceUID"), _text(ds, "SOPClassUID"), _int(ds.get("InstanceNumber")),
+          spec.rows, spec.columns, spec.frames, spec.samples, spec.bits_allocated, spec.bits_stored,
+          _text(ds, "PhotometricInterpretation"), str(ds.file_meta.TransferSyntaxUID),
+          spec.frame_bytes * spec.frames, *lossy_history(ds).to_index(), now, int(spec.signed))),
+        (_INSERT_ARTIFACT.replace("INSERT OR REPLACE", "INSERT"),
+         (sop_uid, "original", 0, "", str(ds.file_meta.TransferSyntaxUID), size, checksum, str(target), now, None)),
+    ]
 
 
 def _artifact(row: sqlite3.Row) -> Artifact:
