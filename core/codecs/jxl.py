@@ -81,17 +81,8 @@ def encode(frame: np.ndarray, spec: PixelSpec, ratio: float | None) -> bytes:
 
 
 def decode(data: bytes, spec: PixelSpec) -> np.ndarray:
-    """The codestream's pixels, rounded to its bit depth without libjxl's 8-bit dither (see the module's note).
-
-    A codestream that is not the image *spec* describes is refused: reshaped to Rows × Columns it would be drawn
-    scrambled, and cast to Bits Allocated wrapped, and copied "losslessly" that way."""
-    pixels = reconstruct(data)
-    if pixels.shape != spec.shape or pixels.dtype.itemsize > spec.dtype.itemsize:
-        held = f"{pixels.shape[0]} × {pixels.shape[1]}" + (f" × {pixels.shape[2]}" if pixels.ndim == 3 else "")
-        raise CodecError(f"The JPEG XL codestream holds a {held} image of {8 * pixels.dtype.itemsize}-bit samples, but "
-                         f"the DICOM header describes {' × '.join(map(str, spec.shape))} of {spec.bits_allocated}-bit: "
-                         "one of them is wrong.", hint="Ask the sender for an uncompressed or re-encoded export.")
-    return pixels.astype(spec.dtype, copy=False)
+    """The codestream's pixels, rounded to its bit depth without libjxl's 8-bit dither (see the module's note)."""
+    return reconstruct(data, spec).astype(spec.dtype, copy=False)
 
 
 class _BasicInfo(ctypes.Structure):
@@ -138,9 +129,13 @@ def _libjxl() -> ctypes.CDLL:
     return lib
 
 
-def reconstruct(data: bytes) -> np.ndarray:
+def reconstruct(data: bytes, spec: PixelSpec | None = None) -> np.ndarray:
     """A JPEG XL codestream's image at its own bit depth (uint8 up to 8 bits, else uint16): libjxl's float
-    reconstruction rounded to the nearest level, rows × columns (× 3 for colour)."""
+    reconstruction rounded to the nearest level, rows × columns (× 3 for colour).
+
+    With *spec*, a codestream that is not the image it describes is refused from its header, before anything is
+    allocated (a few bytes may declare 100,000 × 100,000 pixels): reshaped to Rows × Columns it would be drawn
+    scrambled, cast to Bits Allocated wrapped, and copied "losslessly" that way."""
     lib = _libjxl()
     decoder = lib.JxlDecoderCreate(None)
     if not decoder:
@@ -159,6 +154,11 @@ def reconstruct(data: bytes) -> np.ndarray:
                     raise CodecError(f"JPEG XL codestream of {info.bits_per_sample}-bit samples, {info.num_color_channels} "
                                      "colour channels: not an image DICOM stores.")
                 shape = (info.ysize, info.xsize) + ((3,) if info.num_color_channels == 3 else ())
+                if spec is not None and (shape != spec.shape or (info.bits_per_sample > 8) + 1 > spec.dtype.itemsize):
+                    raise CodecError(f"The JPEG XL codestream holds a {' × '.join(map(str, shape))} image of "
+                                     f"{info.bits_per_sample}-bit samples, but the DICOM header describes "
+                                     f"{' × '.join(map(str, spec.shape))} of {spec.bits_allocated}-bit: one of them is wrong.",
+                                     hint="Ask the sender for an uncompressed or re-encoded export.")
                 out = np.empty(shape, np.float32)
                 pixel_format = _PixelFormat(info.num_color_channels, _FLOAT, 0, 0)
             elif status == _NEED_IMAGE_OUT_BUFFER and out is not None:

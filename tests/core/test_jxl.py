@@ -10,9 +10,9 @@ from pydicom.encaps import generate_frames
 
 from core.compress import compress
 from core.errors import CodecError
-from core.codecs.jxl import reconstruct
+from core.codecs.jxl import decode, reconstruct
 from core.metrics import compare
-from core.pixels import decode_all, pixel_spec
+from core.pixels import PixelSpec, decode_all, pixel_spec
 from tests.checkers import read_pnm, require, run
 from tests.synthetic import KINDS, make_dataset
 
@@ -64,7 +64,6 @@ def test_a_codestream_that_contradicts_the_dicom_header_is_refused(tmp_path):
     that way; it is refused with a message, at upload too."""
     from dataclasses import replace
 
-    from core.codecs.jxl import decode
     from core.ingest import ingest
     from core.store import Store
     from tests.synthetic import write
@@ -77,7 +76,7 @@ def test_a_codestream_that_contradicts_the_dicom_header_is_refused(tmp_path):
         with pytest.raises(CodecError, match="JPEG XL codestream holds a 40 × 30 image"):
             decode(codestream, wrong)
     wide = compress(make_dataset(**KINDS["u16"]), "jxl", "lossless").dataset
-    with pytest.raises(CodecError, match="16-bit"):
+    with pytest.raises(CodecError, match="of 16-bit samples"):
         decode(next(generate_frames(wide.PixelData, number_of_frames=1)), replace(pixel_spec(wide), bits_allocated=8, bits_stored=8))
 
     copy.Rows, copy.Columns = 30, 40
@@ -87,3 +86,20 @@ def test_a_codestream_that_contradicts_the_dicom_header_is_refused(tmp_path):
     results = list(ingest(store, [write(copy, tmp_path / "in" / "swapped.dcm"), write(wide, tmp_path / "in" / "wide.dcm")]))
     assert [r.status for r in results] == ["rejected", "rejected"], results
     assert all("JPEG XL codestream" in r.reason for r in results) and store.query("SELECT * FROM instances") == []
+
+
+def _header_only(columns: int, rows: int) -> bytes:
+    """A JPEG XL codestream's first bytes: signature, a SizeHeader of 30-bit sizes, default image metadata."""
+    bits: list[int] = []
+    for value, width in ((0, 1), (3, 2), (rows - 1, 30), (0, 3), (3, 2), (columns - 1, 30), (1, 1)):
+        bits += [(value >> i) & 1 for i in range(width)]
+    bits += [0] * (-len(bits) % 8)
+    return b"\xff\x0a" + bytes(sum(b << i for i, b in enumerate(bits[k:k + 8])) for k in range(0, len(bits), 8)) + bytes(64)
+
+
+def test_a_codestream_declaring_a_huge_image_is_refused_before_anything_is_allocated():
+    """A few bytes declaring 100,000 x 100,000 colour pixels under a 16 x 16 header: refused from the codestream's
+    header (it was a MemoryError for 112 GiB of floats: a 500 at upload); the sizes it declares are named."""
+    spec = PixelSpec(rows=16, columns=16, samples=1, bits_allocated=8, bits_stored=8, signed=False, photometric="MONOCHROME2")
+    with pytest.raises(CodecError, match="holds a 100000 × 100000 × 3 image"):
+        decode(_header_only(100_000, 100_000), spec)
