@@ -16,6 +16,7 @@ import re
 import struct
 import warnings
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
@@ -220,6 +221,7 @@ def parse_all(ds: Dataset, file_size: int | None = None) -> None:
 def _walk(ds: Dataset, file_size: int | None, depth: int) -> None:
     if depth > 32:
         raise InvalidHeaderError("Sequences are nested more than 32 deep.")
+    charset = _charset_key(ds) if depth == 0 else None
     for tag in list(ds.keys()):
         raw = ds.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF:
@@ -230,10 +232,47 @@ def _walk(ds: Dataset, file_size: int | None, depth: int) -> None:
                                      "the file is cut short or the length is wrong.")
         if tag in _PIXEL_TAGS:
             continue
+        key = _converted_key(tag, raw, charset) if depth == 0 else None
+        if key is not None and key in _CONVERTED:
+            continue  # these very bytes converted before: they convert again (when the archive reads them)
         value = ds[tag].value
+        if key is not None:
+            if len(_CONVERTED) >= _CONVERTED_MAX:
+                _CONVERTED.clear()
+            _CONVERTED[key] = None
         if isinstance(value, Sequence):
             for item in value:
                 _walk(item, file_size, depth + 1)
+
+
+# Top-level elements that converted in this process, by everything their conversion depends on: the next slices of
+# a series repeat most of them byte for byte (patient, study, equipment, geometry), and converting is most of the
+# cost of reading a header.  Sequences, ambiguous and unknown VRs, and private elements without a VR are always
+# converted (their reading depends on other elements); large values too.
+_CONVERTED: dict[tuple, None] = {}
+_CONVERTED_MAX = 8192
+_CONVERTED_VALUE_BYTES = 1024
+
+
+def _charset_key(ds: Dataset):
+    raw = ds.get_item(0x00080005, keep_deferred=True)
+    return None if raw is None else bytes(raw.value or b"") if isinstance(raw, RawDataElement) else repr(raw.value)
+
+
+def _converted_key(tag, raw, charset) -> tuple | None:
+    if not isinstance(raw, RawDataElement) or raw.value is None or len(raw.value) > _CONVERTED_VALUE_BYTES:
+        return None
+    vr = raw.VR
+    if vr is None:  # implicit VR: the dictionary's, for a public element
+        if tag.is_private:
+            return None
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return None
+    if vr in ("SQ", "UN") or " or " in vr:
+        return None
+    return int(tag), vr, raw.is_implicit_VR, raw.is_little_endian, charset, bytes(raw.value)
 
 
 def is_image(ds: Dataset) -> bool:

@@ -216,3 +216,28 @@ def test_compressed_pixel_data_that_does_not_decode_is_refused_at_ingest(syntax,
     [result] = ingest(store, [path])
     assert result.status == "rejected" and "could not be decoded" in result.reason
     assert not store.studies() and not list((store.root / "tmp").iterdir())
+
+
+def test_elements_seen_before_are_not_converted_again_yet_a_broken_one_is_still_refused(tmp_path, monkeypatch):
+    """The next slices of a series repeat most elements byte for byte: those are not converted a second time; a
+    value that differs (even in one byte, under a tag seen before) is converted, and refused when it does not."""
+    from pydicom.dataset import Dataset
+
+    import core.validate
+
+    monkeypatch.setattr(core.validate, "_CONVERTED", {})
+    good = write(make_dataset(rows=8, columns=8), tmp_path / "good.dcm").read_bytes()
+    paths = {}
+    for name, tail in {"a": _element(0x7FE1, 0x0010, b"LO", b"x ") + _element(0x7FE1, 0x1002, b"US", b"ab"),
+                       "b": _element(0x7FE1, 0x0010, b"LO", b"x ") + _element(0x7FE1, 0x1002, b"US", b"ab"),
+                       "broken": _element(0x7FE1, 0x0010, b"LO", b"x ") + _element(0x7FE1, 0x1002, b"US", b"abc")}.items():
+        paths[name] = tmp_path / f"{name}.dcm"
+        paths[name].write_bytes(good + tail)
+    converted, getitem = [], Dataset.__getitem__
+    monkeypatch.setattr(Dataset, "__getitem__", lambda ds, key: (converted.append(key), getitem(ds, key))[1])
+    read_checked(paths["a"])
+    first, converted[:] = len(converted), []
+    read_checked(paths["b"])
+    assert len(converted) < first / 2  # the same header again: the UIDs and such are read, not every element
+    with pytest.raises(InvalidHeaderError, match="cannot be read"):
+        read_checked(paths["broken"])
