@@ -123,7 +123,8 @@ def is_marked_lossy(ds: Dataset) -> bool:
     meta = getattr(ds, "file_meta", None)
     uid = meta.get("TransferSyntaxUID") if meta is not None else None
     return (flag == "01" or uid in _LOSSY_SYNTAXES or (uid in _EITHER_SYNTAXES and flag != "00")
-            or _irreversible_j2k(ds, uid) is not None or _near_lossless_jls(ds, uid) is not None)
+            or _irreversible_j2k(ds, uid) is not None or _near_lossless_jls(ds, uid) is not None
+            or _xyb_jxl(ds, uid) is not None)
 
 
 _J2K_SYNTAXES = frozenset(UID(f"1.2.840.10008.1.2.4.{n}") for n in (90, 91, 201, 202, 203))
@@ -156,6 +157,26 @@ def _near_lossless_jls(ds: Dataset, uid) -> str | None:
             return "ISO_14495_1" if near < len(value) and value[near] > 0 else None
         pos += 2 + length
     return None
+
+
+_JXL_SYNTAXES = frozenset(UID(f"1.2.840.10008.1.2.4.{n}") for n in (110, 112))
+
+
+def _xyb_jxl(ds: Dataset, uid) -> str | None:
+    """"ISO_18181_1" when a JPEG XL first frame is coded in XYB, libjxl's lossy mode (lossy whatever the syntax or
+    the flag claims: "JPEG XL Lossless", or "00"), else None."""
+    from pydicom.encaps import generate_fragmented_frames
+
+    from .codecs.jxl import coded_in_xyb
+
+    value = getattr(ds.get_item("PixelData", keep_deferred=True), "value", None) if uid in _JXL_SYNTAXES and "PixelData" in ds else None
+    if not isinstance(value, (bytes, bytearray)):
+        return None
+    try:
+        first = b"".join(next(generate_fragmented_frames(value, number_of_frames=int(ds.get("NumberOfFrames") or 1))))
+        return "ISO_18181_1" if coded_in_xyb(first) else None
+    except (ValueError, TypeError, KeyError, StopIteration, struct.error, RadPressError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -255,7 +276,8 @@ def lossy_history(ds: Dataset) -> LossyHistory:
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     if not methods and syntax in _SYNTAX_METHODS:
         methods = (_SYNTAX_METHODS[syntax],)
-    elif not methods and (irreversible := _irreversible_j2k(ds, syntax) or _near_lossless_jls(ds, syntax)):
+    elif not methods and (irreversible := _irreversible_j2k(ds, syntax) or _near_lossless_jls(ds, syntax)
+                          or _xyb_jxl(ds, syntax)):
         methods = (irreversible,)
     cumulative = math.prod(ratios) if ratios else _stored_ratio(ds, syntax)
     return LossyHistory(True, methods, ratios, cumulative)

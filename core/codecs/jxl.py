@@ -129,6 +129,25 @@ def _libjxl() -> ctypes.CDLL:
     return lib
 
 
+def coded_in_xyb(data: bytes) -> bool | None:
+    """Whether a JPEG XL codestream is coded in XYB, libjxl's lossy colour space (lossless coding keeps the image's
+    own: ``uses_original_profile``), from its header alone; None when the header cannot be read."""
+    lib = _libjxl()
+    decoder = lib.JxlDecoderCreate(None)
+    if not decoder:
+        return None
+    source, info = ctypes.create_string_buffer(bytes(data), len(data)), _BasicInfo()
+    try:
+        if lib.JxlDecoderSubscribeEvents(decoder, _BASIC_INFO) or lib.JxlDecoderSetInput(decoder, source, len(data)):
+            return None
+        lib.JxlDecoderCloseInput(decoder)
+        if lib.JxlDecoderProcessInput(decoder) != _BASIC_INFO or lib.JxlDecoderGetBasicInfo(decoder, ctypes.byref(info)):
+            return None
+    finally:
+        lib.JxlDecoderDestroy(decoder)
+    return not info.uses_original_profile
+
+
 def reconstruct(data: bytes, spec: PixelSpec | None = None) -> np.ndarray:
     """A JPEG XL codestream's image at its own bit depth (uint8 up to 8 bits, else uint16): libjxl's float
     reconstruction rounded to the nearest level, rows × columns (× 3 for colour).
