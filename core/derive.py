@@ -124,7 +124,7 @@ def is_marked_lossy(ds: Dataset) -> bool:
     uid = meta.get("TransferSyntaxUID") if meta is not None else None
     return (flag == "01" or uid in _LOSSY_SYNTAXES or (uid in _EITHER_SYNTAXES and flag != "00")
             or _irreversible_j2k(ds, uid) is not None or _near_lossless_jls(ds, uid) is not None
-            or _xyb_jxl(ds, uid) is not None)
+            or _xyb_jxl(ds, uid) is not None or _dct_jpeg(ds, uid) is not None)
 
 
 _J2K_SYNTAXES = frozenset(UID(f"1.2.840.10008.1.2.4.{n}") for n in (90, 91, 201, 202, 203))
@@ -155,6 +155,25 @@ def _near_lossless_jls(ds: Dataset, uid) -> str | None:
         if marker == 0xFFDA:
             near = pos + 5 + 2 * value[pos + 4]
             return "ISO_14495_1" if near < len(value) and value[near] > 0 else None
+        pos += 2 + length
+    return None
+
+
+_LOSSLESS_JPEG_SYNTAXES = frozenset(UID(f"1.2.840.10008.1.2.4.{n}") for n in (57, 70))
+_DCT_FRAMES = frozenset({0xFFC0, 0xFFC1, 0xFFC2, 0xFFC5, 0xFFC6, 0xFFC9, 0xFFCA, 0xFFCD, 0xFFCE})  # SOF3/7/11/15: lossless
+
+
+def _dct_jpeg(ds: Dataset, uid) -> str | None:
+    """"ISO_10918_1" when a first frame under a JPEG Lossless syntax (.57, .70) has a DCT frame header (baseline,
+    extended, progressive: lossy, and any JPEG decoder reads it), else None."""
+    value = getattr(ds.get_item("PixelData", keep_deferred=True), "value", None) if uid in _LOSSLESS_JPEG_SYNTAXES and "PixelData" in ds else None
+    pos = value.find(b"\xff\xd8", 0, 4096) + 2 if isinstance(value, (bytes, bytearray)) else 0
+    while 1 < pos < min(len(value), 1 << 20) - 4:  # marker segments up to the frame header (SOF) or the first scan
+        marker, length = struct.unpack(">HH", value[pos:pos + 4])
+        if marker in _DCT_FRAMES:
+            return "ISO_10918_1"
+        if marker in (0xFFC3, 0xFFC7, 0xFFCB, 0xFFCF, 0xFFDA):
+            return None
         pos += 2 + length
     return None
 
@@ -277,7 +296,7 @@ def lossy_history(ds: Dataset) -> LossyHistory:
     if not methods and syntax in _SYNTAX_METHODS:
         methods = (_SYNTAX_METHODS[syntax],)
     elif not methods and (irreversible := _irreversible_j2k(ds, syntax) or _near_lossless_jls(ds, syntax)
-                          or _xyb_jxl(ds, syntax)):
+                          or _xyb_jxl(ds, syntax) or _dct_jpeg(ds, syntax)):
         methods = (irreversible,)
     cumulative = math.prod(ratios) if ratios else _stored_ratio(ds, syntax)
     return LossyHistory(True, methods, ratios, cumulative)

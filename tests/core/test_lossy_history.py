@@ -227,3 +227,26 @@ def test_demo_counts_only_the_lossy_originals_it_may_see(live_app, tmp_path):
     assert demo.post(f"{base}/login", data={"demo": "1"}, allow_redirects=False).status_code == 302
     listed = next(s for s in demo.get(f"{base}/api/studies").json() if s["study_uid"] == study_uid)
     assert listed["lossy_originals"] == 0
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"])
+def test_a_dct_jpeg_under_a_lossless_jpeg_syntax_is_lossy(syntax, tmp_path):
+    """A baseline (DCT) JPEG frame labelled JPEG Lossless was indexed as a lossless original (its decoder reads any
+    JPEG); its frame header (SOF0, not the lossless SOF3) says what it is."""
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+
+    from core.ingest import ingest
+    from core.store import Store
+
+    out = make_dataset(rows=64, columns=64, bits_allocated=8, bits_stored=8, modality="OT")
+    jpeg = io.BytesIO()
+    Image.fromarray(out.pixel_array).save(jpeg, "JPEG", quality=50)
+    out.PixelData = encapsulate([jpeg.getvalue()])
+    out["PixelData"].VR, out["PixelData"].is_undefined_length = "OB", True
+    out.file_meta.TransferSyntaxUID = syntax
+    history = lossy_history(out)
+    assert history.lossy and history.methods == ("ISO_10918_1",)
+    store = Store(tmp_path / "data")
+    [result] = ingest(store, [write(out, tmp_path / "relabelled.dcm")])
+    assert result.status == "stored" and store.instance(out.SOPInstanceUID)["lossy"] == 1
