@@ -127,6 +127,15 @@ def is_marked_lossy(ds: Dataset) -> bool:
             or _xyb_jxl(ds, uid) is not None or _dct_jpeg(ds, uid) is not None)
 
 
+def _first_fragment(value):
+    """Encapsulated pixel data from its first fragment on (1 MB of it): its first frame's headers, however long the
+    Basic Offset Table before it (1,100 frames: 4.4 KB); *value* as it is when it is not encapsulated items."""
+    if not isinstance(value, (bytes, bytearray)) or value[:4] != b"\xfe\xff\x00\xe0" or len(value) < 8:
+        return value
+    start = 8 + int.from_bytes(value[4:8], "little")
+    return bytes(value[start + 8:start + 8 + (1 << 20)]) if value[start:start + 4] == b"\xfe\xff\x00\xe0" else value
+
+
 _J2K_SYNTAXES = frozenset(UID(f"1.2.840.10008.1.2.4.{n}") for n in (90, 91, 201, 202, 203))
 
 
@@ -135,7 +144,7 @@ def _irreversible_j2k(ds: Dataset, uid) -> str | None:
     or the flag claims: "Lossless Only", or "00"), else None."""
     from .codecs.codestream import parse_main_header
 
-    value = getattr(ds.get_item("PixelData", keep_deferred=True), "value", None) if uid in _J2K_SYNTAXES and "PixelData" in ds else None
+    value = _first_fragment(getattr(ds.get_item("PixelData", keep_deferred=True), "value", None) if uid in _J2K_SYNTAXES and "PixelData" in ds else None)
     start = value.find(b"\xff\x4f\xff\x51", 0, 4096) if isinstance(value, (bytes, bytearray)) else -1
     try:
         info = parse_main_header(memoryview(value)[start:]) if start >= 0 else None
@@ -148,7 +157,7 @@ def _irreversible_j2k(ds: Dataset, uid) -> str | None:
 
 def _near_lossless_jls(ds: Dataset, uid) -> str | None:
     """"ISO_14495_1" when a first frame under the lossless-only JPEG-LS syntax (.80) is coded with NEAR > 0."""
-    value = getattr(ds.get_item("PixelData", keep_deferred=True), "value", None) if uid == "1.2.840.10008.1.2.4.80" and "PixelData" in ds else None
+    value = _first_fragment(getattr(ds.get_item("PixelData", keep_deferred=True), "value", None) if uid == "1.2.840.10008.1.2.4.80" and "PixelData" in ds else None)
     pos = value.find(b"\xff\xd8", 0, 4096) + 2 if isinstance(value, (bytes, bytearray)) else 0
     while 1 < pos < min(len(value), 1 << 20) - 4:  # marker segments up to the first scan header (SOS)
         marker, length = struct.unpack(">HH", value[pos:pos + 4])
@@ -166,7 +175,7 @@ _DCT_FRAMES = frozenset({0xFFC0, 0xFFC1, 0xFFC2, 0xFFC5, 0xFFC6, 0xFFC9, 0xFFCA,
 def _dct_jpeg(ds: Dataset, uid) -> str | None:
     """"ISO_10918_1" when a first frame under a JPEG Lossless syntax (.57, .70) has a DCT frame header (baseline,
     extended, progressive: lossy, and any JPEG decoder reads it), else None."""
-    value = getattr(ds.get_item("PixelData", keep_deferred=True), "value", None) if uid in _LOSSLESS_JPEG_SYNTAXES and "PixelData" in ds else None
+    value = _first_fragment(getattr(ds.get_item("PixelData", keep_deferred=True), "value", None) if uid in _LOSSLESS_JPEG_SYNTAXES and "PixelData" in ds else None)
     pos = value.find(b"\xff\xd8", 0, 4096) + 2 if isinstance(value, (bytes, bytearray)) else 0
     while 1 < pos < min(len(value), 1 << 20) - 4:  # marker segments up to the frame header (SOF) or the first scan
         marker, length = struct.unpack(">HH", value[pos:pos + 4])

@@ -250,3 +250,20 @@ def test_a_dct_jpeg_under_a_lossless_jpeg_syntax_is_lossy(syntax, tmp_path):
     store = Store(tmp_path / "data")
     [result] = ingest(store, [write(out, tmp_path / "relabelled.dcm")])
     assert result.status == "stored" and store.instance(out.SOPInstanceUID)["lossy"] == 1
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.110"])
+def test_the_first_frame_is_read_past_a_long_basic_offset_table(syntax):
+    """1,100 frames: the Basic Offset Table alone is 4.4 KB, and the first frame's header was looked for in the
+    first 4 KB only, so a relabelled lossy multi-frame image was called lossless."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    codec = {"80": "jpegls", "110": "jxl"}.get(syntax.rsplit(".", 1)[1], "j2k")
+    one = compress(make_dataset(**KINDS["u12_odd"]), codec, "lossy", 12).dataset
+    frame = next(generate_frames(one.PixelData, number_of_frames=1))
+    for keyword in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        del one[keyword]
+    one.NumberOfFrames = 1100
+    one.PixelData = encapsulate([frame] * 1100, has_bot=True)
+    one.file_meta.TransferSyntaxUID = syntax
+    assert lossy_history(one).lossy
