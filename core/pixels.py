@@ -232,7 +232,7 @@ def _frame_geometry(frame: bytes) -> tuple[int, int, int, int] | None:
 
         try:
             info = parse_main_header(frame)
-        except (ValueError, TypeError, struct.error):
+        except (ValueError, TypeError, IndexError, KeyError, struct.error):
             return None
         return info.height, info.width, info.components, info.precision
     pos = 2 if frame[:2] == b"\xff\xd8" else len(frame)

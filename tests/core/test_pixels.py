@@ -133,3 +133,21 @@ def test_a_frame_that_is_not_the_image_the_header_describes_is_refused(codec, tm
     store = Store(tmp_path / "data")
     results = list(ingest(store, [write(swapped, tmp_path / "in" / "swapped.dcm"), write(wide, tmp_path / "in" / "wide.dcm")]))
     assert [r.status for r in results] == ["rejected", "rejected"] and all("one of them is wrong" in r.reason for r in results)
+
+
+def test_a_frame_header_that_cannot_be_read_is_left_to_the_decoder():
+    """A JPEG 2000 COD naming progression order 9 (there are 5): the header check does not fail with IndexError
+    (an upload was refused as "An element cannot be read: tuple index out of range"); the decoder says what it can."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from tests.synthetic import make_dataset
+
+    ds = compress(make_dataset(rows=40, columns=30, bits_allocated=8, bits_stored=8, modality="OT"), "j2k", "lossless").dataset
+    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    frame[frame.find(b"\xff\x52") + 5] = 9
+    ds.PixelData = encapsulate([bytes(frame)])
+    try:
+        decoded = decode_frame(ds, 0)
+    except RadPressError:
+        return
+    assert decoded.shape == (40, 30)
