@@ -303,8 +303,8 @@ class Jobs:
     def _execute(self, job_id: int, by_sop: dict[str, list[Wanted]], pool: Pool, progress) -> str:
         """Make every instance's artifacts in worker processes; returns done, cancelled, stopped or lost (the lease).
 
-        Whatever ends it, the tasks already handed out are waited for, so the
-        pool is idle for the next job.
+        Whatever else ends it, the tasks already handed out are waited for, so
+        the pool is idle for the next job; shutting down waits for none.
         """
         queue = list(by_sop.items())
         ended = "done"
@@ -327,8 +327,9 @@ class Jobs:
                 ended = "stopped"
             elif ended == "done" and self.store.query("SELECT cancel FROM jobs WHERE id=?", (job_id,))[0]["cancel"]:
                 ended = "cancelled"
-            if ended == "stopped" and pool.remote:  # Celery: its tasks finish on their workers, and
-                pool.close()  # the runner that takes the job next makes nothing twice; shutting down waits for none
+            if ended == "stopped":  # shutting down waits for no instance (a 120-frame one takes a minute): local workers
+                pool.close(timeout=0)  # are killed (their writes are atomic), Celery's finish on their hosts; the
+                # runner that takes the job next makes what is missing
         return ended
 
     def _record(self, job_id: int, outcome: Outcome) -> bool:

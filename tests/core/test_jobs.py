@@ -364,3 +364,25 @@ def test_a_second_app_process_takes_over_the_job_of_one_killed_mid_job(live_app,
     assert store.query("SELECT owner FROM jobs")[0]["owner"] == app.server.extensions["radpress"]["jobs"].owner
     for row in store.instances(job["study_uid"]):
         assert {a.variant for a in store.artifacts(row["sop_uid"])} == {"original", "lossless", "lossy", "thumbnail"}
+
+
+def test_stopping_a_runner_mid_instance_waits_for_no_worker(tmp_path):
+    """Shutting down kills the worker busy with a long instance (120 colour frames) and queues the job again
+    (the next runner makes what is missing, as after a kill: test_killed_mid_job_resumes_after_restart)."""
+    from core.samples import sample
+
+    store = Store(tmp_path / "data")
+    [result] = ingest(store, [sample("color3d_jpeg_baseline")])
+    jobs = Jobs(store, workers=1)
+    job_id = jobs.submit(result.study_uid)
+    jobs.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not worker_pids():
+        time.sleep(0.05)
+    busy = worker_pids()
+    assert busy
+    started = time.monotonic()
+    jobs.stop()
+    assert time.monotonic() - started < 15  # the instance alone takes about a minute here
+    assert not [pid for pid in busy if alive(pid)]
+    assert jobs.get(job_id)["state"] == "queued"
