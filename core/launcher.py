@@ -183,6 +183,8 @@ def serve(make_jobs: Callable[[Store], Jobs], *, https: bool = False) -> int:
     else:
         check_port_free(config.host, config.port)
         children.append(subprocess.Popen(gunicorn_command(config, f"{config.host}:{config.port}"), env=env, **start))
+        if config.port:  # gunicorn's own "Listening at" is empty when each worker binds its socket
+            print(f"RadPress: http://{config.host}:{config.port}/", flush=True)
     web = children[0]
 
     def graceful(_signum, _frame):

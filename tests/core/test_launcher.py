@@ -61,6 +61,7 @@ def test_keep_alive_clients_are_spread_over_the_workers_and_a_second_server_is_r
                 break
             time.sleep(0.2)
         assert listeners == workers and owners == workers
+        assert f"RadPress: http://127.0.0.1:{port}/" in log.read_text()  # where it listens, said once
         second = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                                 env={**_env(tmp_path / "second"), "PORT": str(port)})
         assert second.returncode == 2 and f"127.0.0.1:{port}" in second.stderr and "in use" in second.stderr
