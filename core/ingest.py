@@ -157,7 +157,10 @@ class _EarlySync:
                                          daemon=True).start()
                     self._pid = os.getpid()
         if self._queue.qsize() < self.BACKLOG:
-            self._queue.put(os.open(path, os.O_RDONLY))
+            try:
+                self._queue.put(os.open(path, os.O_RDONLY))
+            except OSError:  # out of descriptors, say: the store's own fsync still comes
+                pass
 
     @staticmethod
     def _run(jobs: queue.SimpleQueue) -> None:

@@ -481,3 +481,21 @@ def test_a_sent_instance_is_parsed_from_memory_with_the_same_outcome_as_from_dis
         assert statuses(ingest_stream(store, fh, "big.dcm")) == ["stored"]
     assert sources[-1] is False
     assert nothing_staged(store)
+
+
+def test_an_upload_is_stored_when_its_early_sync_cannot_start(store, monkeypatch):
+    """Out of file descriptors for the early fsync: the upload is stored all the same (the store's fsync is the one
+    that counts)."""
+    import core.ingest
+
+    real_open = os.open
+
+    def no_descriptor(path, flags, *args):
+        if flags == os.O_RDONLY and str(path).startswith(str(store.root / "tmp")):
+            raise OSError(24, "Too many open files")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(core.ingest.os, "open", no_descriptor)
+    with open(MR2, "rb") as fh:
+        assert statuses(ingest_stream(store, fh, "MR2.dcm")) == ["stored"]
+    assert nothing_staged(store)
