@@ -227,6 +227,9 @@ _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xC
 def _frame_geometry(frame: bytes) -> tuple[int, int, int, int] | None:
     """(rows, columns, components, precision) as a JPEG 2000 / HTJ2K, JPEG or JPEG-LS frame's own header says
     (None: another format, or a header not read here, left to the decoder)."""
+    if frame[4:8] == b"jP  ":  # a JP2 file (not what DICOM asks for, but its decoders read it): its codestream
+        start = frame.find(b"\xff\x4f\xff\x51", 0, 4096)
+        frame = frame[start:] if start > 0 else b""
     if frame[:4] == b"\xff\x4f\xff\x51":  # SOC, then SIZ
         from .codecs.codestream import parse_main_header
 

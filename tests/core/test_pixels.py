@@ -151,3 +151,22 @@ def test_a_frame_header_that_cannot_be_read_is_left_to_the_decoder():
     except RadPressError:
         return
     assert decoded.shape == (40, 30)
+
+
+def test_a_jp2_wrapped_frame_is_checked_too(tmp_path):
+    """A JPEG 2000 frame in a JP2 file's boxes (not what DICOM asks for, but its decoders read it), 40 x 30 under
+    Rows 30, Columns 40: refused like a bare codestream, not drawn scrambled."""
+    from pydicom.encaps import encapsulate
+
+    from core.codecs.openjpeg import load_glymur
+    from tests.synthetic import make_dataset
+
+    image = (np.arange(40 * 30) % 251).astype(np.uint8).reshape(40, 30)
+    load_glymur().Jp2k(str(tmp_path / "frame.jp2"), data=image, numres=3)
+    ds = make_dataset(rows=40, columns=30, bits_allocated=8, bits_stored=8, modality="OT")
+    ds.PixelData = encapsulate([(tmp_path / "frame.jp2").read_bytes()])
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"
+    assert np.array_equal(decode_frame(ds, 0), image)
+    ds.Rows, ds.Columns = 30, 40
+    with pytest.raises(CodecError, match="holds a 40 × 30 image"):
+        decode_frame(ds, 0)
