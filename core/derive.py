@@ -155,9 +155,13 @@ def _irreversible_j2k(ds: Dataset, uid) -> str | None:
     return "ISO_15444_15" if info.htj2k else "ISO_15444_1"
 
 
+_JLS_SYNTAXES = frozenset(UID(f"1.2.840.10008.1.2.4.{n}") for n in (80, 81))
+
+
 def _near_lossless_jls(ds: Dataset, uid) -> str | None:
-    """"ISO_14495_1" when a first frame under the lossless-only JPEG-LS syntax (.80) is coded with NEAR > 0."""
-    value = _first_fragment(getattr(ds.get_item("PixelData", keep_deferred=True), "value", None) if uid == "1.2.840.10008.1.2.4.80" and "PixelData" in ds else None)
+    """"ISO_14495_1" when a first frame under a JPEG-LS syntax (.80 lossless only; .81 flagged 00) is coded with
+    NEAR > 0."""
+    value = _first_fragment(getattr(ds.get_item("PixelData", keep_deferred=True), "value", None) if uid in _JLS_SYNTAXES and "PixelData" in ds else None)
     pos = value.find(b"\xff\xd8", 0, 4096) + 2 if isinstance(value, (bytes, bytearray)) else 0
     while 1 < pos < min(len(value), 1 << 20) - 4:  # marker segments up to the first scan header (SOS)
         marker, length = struct.unpack(">HH", value[pos:pos + 4])

@@ -45,15 +45,16 @@ def test_a_lossy_syntax_without_the_attributes_is_measured():
 
 @pytest.mark.parametrize("syntax, flag", [("1.2.840.10008.1.2.4.90", None), ("1.2.840.10008.1.2.4.91", "00"),
                                           ("1.2.840.10008.1.2.4.201", None), ("1.2.840.10008.1.2.4.80", None),
-                                          ("1.2.840.10008.1.2.4.110", None), ("1.2.840.10008.1.2.4.112", "00")])
+                                          ("1.2.840.10008.1.2.4.81", "00"), ("1.2.840.10008.1.2.4.110", None),
+                                          ("1.2.840.10008.1.2.4.112", "00")])
 def test_an_irreversible_codestream_is_lossy_whatever_the_file_claims(syntax, flag, tmp_path):
     """A 9-7 wavelet stream labelled "Lossless Only" (or flagged 00), a JPEG-LS stream with NEAR > 0 under the
-    lossless JPEG-LS syntax, or a JPEG XL stream coded in XYB (libjxl's lossy mode) labelled "JPEG XL Lossless" (or
+    lossless JPEG-LS syntax (or flagged 00 under the near-lossless one), or a JPEG XL stream coded in XYB (libjxl's lossy mode) labelled "JPEG XL Lossless" (or
     flagged 00), was indexed as a lossless original."""
     from core.ingest import ingest
     from core.store import Store
 
-    codec = {"201": "htj2k", "80": "jpegls", "110": "jxl", "112": "jxl"}.get(syntax.rsplit(".", 1)[1], "j2k")
+    codec = {"201": "htj2k", "80": "jpegls", "81": "jpegls", "110": "jxl", "112": "jxl"}.get(syntax.rsplit(".", 1)[1], "j2k")
     out = compress(make_dataset(**KINDS["u12_odd"]), codec, "lossy", 12).dataset
     for keyword in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
         del out[keyword]
