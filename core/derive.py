@@ -178,15 +178,20 @@ _DCT_FRAMES = frozenset({0xFFC0, 0xFFC1, 0xFFC2, 0xFFC5, 0xFFC6, 0xFFC9, 0xFFCA,
 
 def _dct_jpeg(ds: Dataset, uid) -> str | None:
     """"ISO_10918_1" when a first frame under a JPEG Lossless syntax (.57, .70) has a DCT frame header (baseline,
-    extended, progressive: lossy, and any JPEG decoder reads it), else None."""
+    extended, progressive: lossy, and any JPEG decoder reads it), or a lossless one whose first scan has a point
+    transform (Pt > 0: the low bits are dropped before coding), else None."""
     value = _first_fragment(getattr(ds.get_item("PixelData", keep_deferred=True), "value", None) if uid in _LOSSLESS_JPEG_SYNTAXES and "PixelData" in ds else None)
     pos = value.find(b"\xff\xd8", 0, 4096) + 2 if isinstance(value, (bytes, bytearray)) else 0
-    while 1 < pos < min(len(value), 1 << 20) - 4:  # marker segments up to the frame header (SOF) or the first scan
+    lossless = False
+    while 1 < pos < min(len(value), 1 << 20) - 4:  # marker segments up to the first scan header (SOS)
         marker, length = struct.unpack(">HH", value[pos:pos + 4])
         if marker in _DCT_FRAMES:
             return "ISO_10918_1"
-        if marker in (0xFFC3, 0xFFC7, 0xFFCB, 0xFFCF, 0xFFDA):
-            return None
+        if marker in (0xFFC3, 0xFFC7, 0xFFCB, 0xFFCF):
+            lossless = True
+        elif marker == 0xFFDA:
+            point_transform = pos + 4 + 1 + 2 * value[pos + 4] + 2  # after Ns, the components, Ss and Se: Ah|Al
+            return "ISO_10918_1" if lossless and point_transform < len(value) and value[point_transform] & 0x0F else None
         pos += 2 + length
     return None
 

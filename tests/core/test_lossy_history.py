@@ -268,3 +268,22 @@ def test_the_first_frame_is_read_past_a_long_basic_offset_table(syntax):
     one.PixelData = encapsulate([frame] * 1100, has_bot=True)
     one.file_meta.TransferSyntaxUID = syntax
     assert lossy_history(one).lossy
+
+
+def test_a_lossless_jpeg_with_a_point_transform_is_lossy():
+    """Process 14 with a point transform (Pt > 0 in the scan header) drops the low bits before coding: lossy, under
+    a JPEG Lossless syntax too."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from core.pixels import read_dataset
+    from core.samples import sample
+
+    ds = read_dataset(sample("JPEG-LL"))
+    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    assert not lossy_history(ds).lossy
+    sos = frame.find(b"\xff\xda")
+    frame[sos + 4 + 1 + 2 * frame[sos + 4] + 2] |= 0x02  # Al, the point transform, 2
+    ds.PixelData = encapsulate([bytes(frame)])
+    del ds.LossyImageCompression
+    history = lossy_history(ds)
+    assert history.lossy and history.methods == ("ISO_10918_1",)
