@@ -116,6 +116,8 @@ def _cpu_seconds(pid: int) -> dict[str, float]:
             continue
         web = "gunicorn" in command or process.pid == pid and "Orthanc" in command
         totals["web" if web else "background"] += times.user + times.system
+        if web:
+            totals[process.pid] = times.user + times.system
     return totals
 
 
@@ -128,9 +130,11 @@ def _timed_upload(files: list[Path], warmup: list[Path], post, pid: int, clients
     after, client = _cpu_seconds(pid), time.process_time() - client
     n = len(files)
     p90 = statistics.quantiles(latencies, n=10, method="inclusive")[-1] if n > 1 else latencies[0]
+    by_process = sorted(((after[p] - before.get(p, 0.0)) / n * 1000 for p in after if isinstance(p, int)), reverse=True)
     return {"per_s": n / seconds, "seconds": seconds, "client_cpu_ms": client / n * 1000,
             "latency_ms": statistics.median(latencies) * 1000, "latency_p90_ms": p90 * 1000,
-            **{f"{side}_cpu_ms": (after[side] - before[side]) / n * 1000 for side in after}}
+            "web_cpu_ms_by_process": [round(ms, 2) for ms in by_process if ms > 0.01],  # how the clients were spread
+            **{f"{side}_cpu_ms": (after[side] - before[side]) / n * 1000 for side in ("web", "background")}}
 
 
 def _post_radpress(base: str) -> Callable[[requests.Session, bytes, str], str]:
@@ -244,4 +248,7 @@ def _table(r: dict) -> str:
     lines.append(f"{r['instances']} instances of {r['instance_bytes'] / 1e3:.0f} kB, {r['clients']} parallel clients, "
                  "one instance per request; RadPress as `make run` serves it (HTTP Basic checked on every request, the "
                  "study's jobs running), Orthanc with Debian's defaults (no authentication); both fsync each file")
+    lines.append("RadPress web CPU by worker process, ms/instance: "
+                 + " / ".join(f"{ms:.2f}" for ms in ours["web_cpu_ms_by_process"])
+                 + " (keep-alive connections stay on the worker the kernel gave them)")
     return "\n".join(lines)

@@ -45,5 +45,7 @@ def test_ingest_section_measures_both_servers_on_the_same_files():
         assert r[side]["per_s"] > 0 and r[side]["preview_ms CT 512²"] > 0
         assert 0 < r[side]["latency_ms"] <= r[side]["latency_p90_ms"] <= r[side]["seconds"] * 1000
     assert r["radpress"]["web_cpu_ms"] > 0 and r["orthanc"]["background_cpu_ms"] == 0  # Orthanc: one process
+    split = r["radpress"]["web_cpu_ms_by_process"]
+    assert split == sorted(split, reverse=True) and abs(sum(split) - r["radpress"]["web_cpu_ms"]) < 0.01 * len(split) + 0.05
     assert [c["target"].split(" ")[0] for c in r["checks"]] == ["upload", "full-size"]
     assert "upload, instances/s" in r["table"] and "one upload, ms (median)" in r["table"] and "preview CT 512²" in r["table"]
