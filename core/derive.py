@@ -122,7 +122,10 @@ def is_marked_lossy(ds: Dataset) -> bool:
     flag = str(ds.get("LossyImageCompression", "") or "").strip()
     meta = getattr(ds, "file_meta", None)
     uid = meta.get("TransferSyntaxUID") if meta is not None else None
-    return (flag == "01" or uid in _LOSSY_SYNTAXES or (uid in _EITHER_SYNTAXES and flag != "00")
+    # the flag missing, a lossy ratio or method named all the same (they are required when the flag is 01)
+    named = not flag and (any(r > 1 for r in _floats(ds.get("LossyImageCompressionRatio")))
+                          or bool(_strings(ds.get("LossyImageCompressionMethod"))))
+    return (flag == "01" or named or uid in _LOSSY_SYNTAXES or (uid in _EITHER_SYNTAXES and flag != "00")
             or _irreversible_j2k(ds, uid) is not None or _near_lossless_jls(ds, uid) is not None
             or _xyb_jxl(ds, uid) is not None or _dct_jpeg(ds, uid) is not None)
 

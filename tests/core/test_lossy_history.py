@@ -287,3 +287,20 @@ def test_a_lossless_jpeg_with_a_point_transform_is_lossy():
     del ds.LossyImageCompression
     history = lossy_history(ds)
     assert history.lossy and history.methods == ("ISO_10918_1",)
+
+
+def test_a_lossy_ratio_or_method_without_the_flag_is_lossy():
+    """A file naming its lossy compression (ratio 10, JPEG) but without Lossy Image Compression (0028,2110), which
+    those attributes require: lossy, as it says; "00" written out is taken at its word."""
+    ds = make_dataset(**KINDS["u12_odd"])
+    ds.LossyImageCompressionRatio, ds.LossyImageCompressionMethod = 10, "ISO_10918_1"
+    history = lossy_history(ds)
+    assert history.lossy and history.methods == ("ISO_10918_1",) and history.cumulative_ratio == 10
+    ds.LossyImageCompression = "00"
+    assert not lossy_history(ds).lossy
+
+
+def test_empty_lossy_attributes_without_the_flag_say_nothing():
+    ds = make_dataset(**KINDS["u12_odd"])
+    ds.LossyImageCompressionRatio, ds.LossyImageCompressionMethod = None, ""
+    assert not lossy_history(ds).lossy
