@@ -74,7 +74,8 @@ def create_app(data_dir: str | os.PathLike | None = None, *, run_jobs: bool = Tr
 
 def make_jobs(store: Store) -> Jobs:
     """The archive's job runner, built the same way in the web app and in the production launcher."""
-    return Jobs(store, workers=int(os.environ.get("RADPRESS_WORKERS", "2")), pool=engine.pool_factory())
+    return Jobs(store, workers=int(os.environ.get("RADPRESS_WORKERS", "2")), pool=engine.pool_factory(),
+                settle=float(os.environ.get("RADPRESS_STUDY_SETTLE_S", "2")))
 
 
 def _wrap_view(server, rule: str, guarded) -> None:

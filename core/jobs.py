@@ -91,8 +91,11 @@ def _runner_gone(owner: str | None) -> bool:
 
 class Jobs:
     def __init__(self, store: Store, workers: int = 2, lease: float = LEASE_SECONDS, kinds: tuple[str, ...] | None = None,
-                 pool: Callable[[int], Pool] = WorkerPool):
+                 pool: Callable[[int], Pool] = WorkerPool, settle: float = 0.0):
         self.store = store
+        # seconds a study must have received no instance before its copies are made (the app's runner: a study
+        # still arriving from a modality is not planned again per instance, and its copies do not compete with it)
+        self.settle = settle
         self.pool = pool  # where instances are made: local processes, or Celery (core.engine.pool_factory)
         self.kinds = kinds  # the kinds this runner claims (None: every kind but those its lanes run)
         self._lanes: list[Jobs] = []
@@ -186,10 +189,15 @@ class Jobs:
             kinds = f"kind NOT IN ({','.join('?' * len(other))})", other
         with self.store.connect() as db:
             self._release_abandoned(db, now)
+            settling, params = "", tuple(kinds[1])
+            if self.settle > 0:  # (an instance "from the future", the clock set back, does not hold a study up)
+                settling = (" AND NOT (j.kind='materialize' AND EXISTS (SELECT 1 FROM instances i JOIN series s "
+                            "USING (series_uid) WHERE s.study_uid=j.study_uid AND i.created>? AND i.created<=?))")
+                params += (now - self.settle, now)
             row = db.execute(
                 f"SELECT id FROM jobs j WHERE state='queued' AND {kinds[0]} AND NOT EXISTS "
-                "(SELECT 1 FROM jobs r WHERE r.study_uid=j.study_uid AND r.kind=j.kind AND r.state='running') ORDER BY id LIMIT 1",
-                tuple(kinds[1])).fetchone()
+                "(SELECT 1 FROM jobs r WHERE r.study_uid=j.study_uid AND r.kind=j.kind AND r.state='running')"
+                f"{settling} ORDER BY id LIMIT 1", params).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE jobs SET state='running', owner=?, lease=?, started=coalesce(started, ?) WHERE id=?",

@@ -657,6 +657,12 @@ def _owner_pid(path: Path) -> int | None:
 
 
 def _alive(pid: int) -> bool:
+    """Running: a zombie (exited, not yet reaped by a parent that died too) has written its last."""
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False
+    except (OSError, IndexError):
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -27,6 +27,7 @@ import time
 import types
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any, Callable, Hashable, Sized
 
 __all__ = ["Pool", "WorkerPool", "Outcome", "warm"]
@@ -41,7 +42,8 @@ JOB_NICE = 10
 
 # What the fork server imports once for every worker it forks: the artifact tasks and the codec libraries they
 # load on first use.
-PRELOAD = ("core.jobs", "core.codecs.openjpeg", "glymur", "imagecodecs", "jpeg_ls", "PIL.Image", "pydicom.pixels")
+PRELOAD = ("core.forkserver_guard", "core.jobs", "core.codecs.openjpeg", "glymur", "imagecodecs", "jpeg_ls", "PIL.Image",
+           "pydicom.pixels")
 
 
 def _die_with(app: int) -> None:
@@ -131,12 +133,32 @@ def _context():
     return context
 
 
+_ROOT = str(Path(__file__).resolve().parent.parent)  # where ``core`` is
+
+
+@contextlib.contextmanager
+def _server_finds_core():
+    """The fork server is ``python -c``: it imports from its working directory, and Python 3.11 drops the
+    ``sys.path`` it is handed.  While it may be started, PYTHONPATH names the directory ``core`` is in, so that
+    :data:`PRELOAD` is imported wherever the app was started from."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, before) if p)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
 def warm() -> None:
     """Start the fork server now (the job runner does at start-up) rather than when the first job needs a worker."""
     from multiprocessing import forkserver
 
     _context()
-    forkserver.ensure_running()
+    with _server_finds_core():
+        forkserver.ensure_running()
 
 
 class _Worker:
@@ -144,7 +166,7 @@ class _Worker:
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child, os.getpid(), dict(os.environ)), daemon=True,
                                        name=WORKER_NAME)
-        with _without_main():
+        with _without_main(), _server_finds_core():
             self.process.start()
         child.close()
         self.key: Hashable | None = None

@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import pytest
@@ -6,6 +7,9 @@ from core.pixels import read_dataset
 from core.samples import sample
 
 warnings.filterwarnings("ignore", module="pydicom")
+# Apps started by the tests (and their subprocesses) make a study's copies at once; the app's default wait for a
+# study to stop arriving (RADPRESS_STUDY_SETTLE_S, 2 s) has its own tests.
+os.environ.setdefault("RADPRESS_STUDY_SETTLE_S", "0")
 
 
 @pytest.fixture(scope="session")

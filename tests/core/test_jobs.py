@@ -386,3 +386,27 @@ def test_stopping_a_runner_mid_instance_waits_for_no_worker(tmp_path):
     assert time.monotonic() - started < 15  # the instance alone takes about a minute here
     assert not [pid for pid in busy if alive(pid)]
     assert jobs.get(job_id)["state"] == "queued"
+
+
+def test_a_study_still_arriving_waits_for_its_copies(tmp_path):
+    """With a settle time, a study that received an instance within it is not claimed; other studies are, and it
+    is once quiet (the app's runner: RADPRESS_STUDY_SETTLE_S, 2 s by default)."""
+    store = Store(tmp_path / "data")
+    quiet = ingest_series(store, tmp_path / "a", "emri_small", 1)
+    arriving = ingest_series(store, tmp_path / "b", "emri_small", 1)
+    with store.connect() as db:  # the first study's instances arrived a minute ago
+        db.execute("UPDATE instances SET created=created-60 WHERE series_uid IN (SELECT series_uid FROM series WHERE study_uid=?)",
+                   (quiet,))
+    jobs = Jobs(store, workers=1, settle=1.0)
+    waiting, ready = jobs.submit(arriving), jobs.submit(quiet)
+    assert jobs.claim()["id"] == ready  # the older job waits: its study is still arriving
+    assert jobs.claim() is None
+    time.sleep(1.1)
+    assert jobs.claim()["id"] == waiting
+
+
+def test_the_apps_runner_waits_two_seconds_for_a_study_to_settle(monkeypatch, tmp_path):
+    from app import make_jobs
+
+    monkeypatch.delenv("RADPRESS_STUDY_SETTLE_S")
+    assert make_jobs(Store(tmp_path / "data")).settle == 2.0

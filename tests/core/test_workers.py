@@ -175,3 +175,22 @@ def test_a_worker_runs_with_the_apps_environment_of_now(monkeypatch):
         pool.submit("env", _environment, "RADPRESS_INDEX_JOURNAL")
         [outcome] = pool.wait(30)
     assert outcome.value == "delete"
+
+
+def test_the_fork_server_preloads_wherever_the_app_was_started(tmp_path):
+    """The fork server (``python -c``) finds ``core`` from any working directory: its workers start with every
+    PRELOAD module, the guard that ties the server's life to the app's among them."""
+    script = tmp_path / "app.py"
+    script.write_text(f"""import sys
+sys.path.insert(0, {str(ROOT)!r})
+from core.workers import PRELOAD, WorkerPool
+from tests.core.test_workers import _loaded
+if __name__ == "__main__":
+    with WorkerPool(1) as pool:
+        pool.submit("loaded", _loaded, PRELOAD)
+        [outcome] = pool.wait(60)
+    print(outcome.value == list(PRELOAD), "core.forkserver_guard" in PRELOAD)
+""")
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]
