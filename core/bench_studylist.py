@@ -9,14 +9,14 @@ administrator and as a radiologist; QIDO-RS answering the same search over the s
 
 from __future__ import annotations
 
-import contextlib
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import requests
+
+from .environ import environment
 
 __all__ = ["measure", "SEARCHES", "STUDIES", "TARGET_MS"]
 
@@ -56,7 +56,8 @@ def measure(studies: int = STUDIES, repeat: int = REPEAT) -> dict:
         with store.connect() as db:  # one study in ten is for another radiologist only
             db.executemany("INSERT INTO study_readers (study_uid, user) VALUES (?, 'bench-other')",
                            [(f"2.25.{n}",) for n in range(0, studies, 10)])
-        with _no_dicom_node(), radpress_server(data) as (base, _pid):
+        # the list needs no DICOM node (and port 11112 may be another RadPress's)
+        with environment(RADPRESS_DICOM_PORT="0"), radpress_server(data) as (base, _pid):
             for name, password, role in ROLES:
                 http = requests.Session()
                 login = http.post(f"{base}/login", data={"username": name, "password": password}, allow_redirects=False, timeout=30)
@@ -83,20 +84,6 @@ def measure(studies: int = STUDIES, repeat: int = REPEAT) -> dict:
     ]
     out["table"] = _table(out)
     return out
-
-
-@contextlib.contextmanager
-def _no_dicom_node():
-    """The list needs no DICOM node (and port 11112 may be another RadPress's): RADPRESS_DICOM_PORT=0 while it runs."""
-    old = os.environ.get("RADPRESS_DICOM_PORT")
-    os.environ["RADPRESS_DICOM_PORT"] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["RADPRESS_DICOM_PORT"]
-        else:
-            os.environ["RADPRESS_DICOM_PORT"] = old
 
 
 def _list_callback(http: requests.Session, base: str) -> dict:

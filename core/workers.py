@@ -30,6 +30,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable, Hashable, Sized
 
+from .environ import environment
+
 __all__ = ["Pool", "WorkerPool", "Outcome", "warm"]
 
 _PR_SET_PDEATHSIG = 1
@@ -136,20 +138,11 @@ def _context():
 _ROOT = str(Path(__file__).resolve().parent.parent)  # where ``core`` is
 
 
-@contextlib.contextmanager
 def _server_finds_core():
     """The fork server is ``python -c``: it imports from its working directory, and Python 3.11 drops the
     ``sys.path`` it is handed.  While it may be started, PYTHONPATH names the directory ``core`` is in, so that
     :data:`PRELOAD` is imported wherever the app was started from."""
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, before) if p)
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = before
+    return environment(PYTHONPATH=os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p))
 
 
 def warm() -> None:
