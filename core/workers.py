@@ -77,7 +77,7 @@ def _let_the_fork_server_go() -> None:
         server._forkserver_alive_fd = None
 
 
-def _serve(tasks: Connection, app: int, environment: dict[str, str]) -> None:
+def _serve(tasks: Connection, app: int, env: dict[str, str]) -> None:
     """A worker's life: run tasks until told to stop or until the app's end of the pipe closes.
 
     It runs with the app's environment of now, not the fork server's of its start (as a spawned process would).
@@ -85,7 +85,7 @@ def _serve(tasks: Connection, app: int, environment: dict[str, str]) -> None:
     _let_the_fork_server_go()
     _die_with(app)
     os.environ.clear()
-    os.environ.update(environment)
+    os.environ.update(env)
     os.nice(JOB_NICE)
     while True:
         try:
