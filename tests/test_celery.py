@@ -12,6 +12,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from werkzeug.serving import make_server
 
+from core.environ import environment
 from tests.checkers import require
 from tests.test_browser import ADMIN, browser, instance_of, login, wait  # noqa: F401  (fixture)
 
@@ -32,28 +33,22 @@ def celery_server(tmp_path_factory):
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"REDIS_URL": f"redis://127.0.0.1:{port}/0", "RADPRESS_DATA": str(data),
            "RADPRESS_ADMIN_USER": ADMIN[0], "RADPRESS_ADMIN_PASSWORD": ADMIN[1]}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     worker = None
     try:
-        from app import create_app
+        with environment(**env):
+            from app import create_app
 
-        app = create_app(data, demo=True)
-        assert type(app._background_manager).__name__ == "CeleryManager"
-        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "app:celery_app", "worker", "--pool", "solo",
-                                   "--loglevel", "warning"], cwd=ROOT, env={**os.environ, **env},
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        httpd = make_server("127.0.0.1", 0, app.server, threaded=True)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        yield f"http://127.0.0.1:{httpd.server_port}"
-        httpd.shutdown()
-        app.server.extensions["radpress"]["jobs"].stop()
+            app = create_app(data, demo=True)
+            assert type(app._background_manager).__name__ == "CeleryManager"
+            worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "app:celery_app", "worker", "--pool", "solo",
+                                       "--loglevel", "warning"], cwd=ROOT, env={**os.environ, **env},
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            httpd = make_server("127.0.0.1", 0, app.server, threaded=True)
+            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+            yield f"http://127.0.0.1:{httpd.server_port}"
+            httpd.shutdown()
+            app.server.extensions["radpress"]["jobs"].stop()
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         for proc in (worker, redis):
             if proc is not None:
                 proc.terminate()
